@@ -1,0 +1,168 @@
+#include "moe/moe_layer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "moe/losses.h"
+#include "nn/swiglu.h"
+#include "tensor/error.h"
+
+namespace moe {
+
+MoeLayer::MoeLayer(const MoeConfig& config, ParamStore& store, const std::string& prefix,
+                   uint64_t seed)
+    : config_(config),
+      store_(store),
+      router_(config, store, prefix + ".gate"),
+      experts_(config.num_experts, config.hidden_size, config.moe_intermediate_size, store,
+               prefix + ".experts"),
+      noise_rng_(Rng::for_purpose(seed, 0x6E6F697365)),
+      bias_load_(config.num_experts, 0) {
+  own_params_ = {router_.weight(), experts_.w13(), experts_.w2()};
+  if (config.router_type == RouterType::NoisyTopK) own_params_.push_back(router_.noise_weight());
+  if (config.n_shared_experts > 0) {
+    const int64_t Fs = config.n_shared_experts * config.shared_expert_intermediate_size;
+    shared_w13_ = store.add(prefix + ".shared_experts.w13", {2 * Fs, config.hidden_size});
+    shared_w2_ = store.add(prefix + ".shared_experts.w2", {config.hidden_size, Fs});
+    own_params_.push_back(shared_w13_);
+    own_params_.push_back(shared_w2_);
+    if (config.shared_expert_gate) {
+      shared_gate_ = store.add(prefix + ".shared_expert_gate.weight", {1, config.hidden_size});
+      own_params_.push_back(shared_gate_);
+    }
+  }
+}
+
+void MoeLayer::init_parameters(Rng& rng, float std) {
+  for (ParamRef r : own_params_) rng.fill_normal(store_.value(r), 0.0f, std);
+}
+
+const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, std::span<float> y,
+                                      const MoeForwardOptions& options) {
+  const int64_t D = config_.hidden_size, E = config_.num_experts;
+  if (tokens <= 0 || static_cast<int64_t>(x.size()) < tokens * D ||
+      static_cast<int64_t>(y.size()) < tokens * D)
+    throw Error("MoE layer: x and y must hold [T, D] = [" + std::to_string(tokens) + ", " +
+                std::to_string(D) + "] values; got " + std::to_string(x.size()) + " and " +
+                std::to_string(y.size()));
+  require(store_.allocated(), "MoE layer: parameters not allocated");
+  require(all_finite(x.first(tokens * D)), "MoE layer: input contains NaN or inf");
+  const int64_t seq_len = options.seq_len > 0 ? options.seq_len : tokens;
+  if (tokens % seq_len != 0)
+    throw Error("MoE layer: " + std::to_string(tokens) +
+                " tokens are not a whole number of sequences of " + std::to_string(seq_len));
+  tokens_ = tokens;
+  x_.resize({tokens, D});
+  std::copy(x.begin(), x.begin() + tokens * D, x_.data());
+
+  const int64_t capacity = config_.capacity(tokens, options.training);
+  router_.forward(x_.span(), tokens, seq_len, options.training, capacity, options.noise,
+                  noise_rng_, plan_);
+  dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy);
+
+  const int64_t kept = dispatcher_.kept();
+  xp_.resize({kept, D});
+  yp_.resize({kept, D});
+  dispatcher_.permute(x_.span(), D, xp_.span());
+  experts_.forward(xp_.span(), dispatcher_.segment_offsets(), yp_.span());
+  dispatcher_.combine(yp_.span(), plan_.gate, D, y);
+
+  if (config_.n_shared_experts > 0) {
+    const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;
+    shared_h13_.resize({tokens, 2 * Fs});
+    shared_act_.resize({tokens, Fs});
+    shared_out_.resize({tokens, D});
+    swiglu_forward({tokens, D, Fs}, x_.span(), store_.value(shared_w13_),
+                   store_.value(shared_w2_), shared_h13_.span(), shared_act_.span(),
+                   shared_out_.span());
+    shared_scale_.resize({tokens});
+    const float* wg = config_.shared_expert_gate ? store_.value(shared_gate_).data() : nullptr;
+#pragma omp parallel for schedule(static) if (tokens * D > 65536)
+    for (int64_t t = 0; t < tokens; ++t) {
+      float scale = 1.0f;
+      if (wg) {
+        float z = 0.0f;
+        for (int64_t d = 0; d < D; ++d) z += x_[t * D + d] * wg[d];
+        scale = 1.0f / (1.0f + std::exp(-z));
+      }
+      shared_scale_[t] = scale;
+      for (int64_t d = 0; d < D; ++d) y[t * D + d] += scale * shared_out_[t * D + d];
+    }
+  }
+
+  const auto routed = dispatcher_.routed_counts();
+  const auto offsets = dispatcher_.segment_offsets();
+  stats_.tokens_per_expert.assign(routed.begin(), routed.end());
+  stats_.kept_per_expert.resize(E);
+  for (int64_t e = 0; e < E; ++e) stats_.kept_per_expert[e] = offsets[e + 1] - offsets[e];
+  stats_.mean_prob.resize(E);
+  router_.mean_probs(stats_.mean_prob);
+  stats_.assignments = plan_.assignments();
+  stats_.dropped = dispatcher_.dropped();
+  stats_.aux_loss = router_.aux_loss();
+  stats_.z_loss = router_.z_loss();
+  if (options.training)
+    for (int64_t e = 0; e < E; ++e) bias_load_[e] += routed[e];
+  return stats_;
+}
+
+void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool accumulate_grads) {
+  const int64_t T = tokens_, D = config_.hidden_size;
+  require(static_cast<int64_t>(dy.size()) >= T * D && static_cast<int64_t>(dx.size()) >= T * D,
+          "MoE layer backward: dy and dx must hold [T, D] values");
+  if (!accumulate_grads) {
+    // Experts and shared experts overwrite their gradients; the router's are cleared here.
+    for (ParamRef r : {router_.weight(), router_.noise_weight(), shared_gate_}) {
+      auto g = store_.grad(r);  // an unregistered ParamRef is empty
+      std::fill(g.begin(), g.end(), 0.0f);
+    }
+  }
+  const int64_t kept = dispatcher_.kept();
+  dyp_.resize({kept, D});
+  dxp_.resize({kept, D});
+  dgate_.resize(plan_.assignments());
+  dispatcher_.combine_backward(dy, yp_.span(), plan_.gate, D, dyp_.span(), dgate_);
+  experts_.backward(xp_.span(), dispatcher_.segment_offsets(), dyp_.span(), dxp_.span(),
+                    accumulate_grads);
+  dispatcher_.permute_backward(dxp_.span(), D, dx);
+  router_.backward(plan_, dgate_, dx);
+
+  if (config_.n_shared_experts > 0) {
+    const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;
+    dshared_.resize({T, D});
+    dshared_h13_.resize({T, 2 * Fs});
+    dshared_x_.resize({T, D});
+    const bool gated = config_.shared_expert_gate;
+    float* dwg = gated ? store_.grad(shared_gate_).data() : nullptr;
+    const float* wg = gated ? store_.value(shared_gate_).data() : nullptr;
+    for (int64_t t = 0; t < T; ++t) {
+      const float s = shared_scale_[t];
+      float dscale = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        dshared_[t * D + d] = s * dy[t * D + d];
+        dscale += dy[t * D + d] * shared_out_[t * D + d];
+      }
+      if (gated) {
+        // scale = sigmoid(z), z = x . w_g
+        const float dz = dscale * s * (1.0f - s);
+        for (int64_t d = 0; d < D; ++d) {
+          dwg[d] += dz * x_[t * D + d];
+          dx[t * D + d] += dz * wg[d];
+        }
+      }
+    }
+    swiglu_backward({T, D, Fs}, x_.span(), store_.value(shared_w13_), store_.value(shared_w2_),
+                    shared_h13_.span(), shared_act_.span(), dshared_.span(), dshared_h13_.span(),
+                    dshared_x_.span(), store_.grad(shared_w13_), store_.grad(shared_w2_),
+                    accumulate_grads);
+    for (int64_t i = 0; i < T * D; ++i) dx[i] += dshared_x_[i];
+  }
+}
+
+void MoeLayer::update_expert_bias() {
+  if (config_.router_type == RouterType::SigmoidBias)
+    moe::update_expert_bias(router_.expert_bias(), bias_load_, config_.bias_update_speed);
+  std::fill(bias_load_.begin(), bias_load_.end(), 0);
+}
+
+}  // namespace moe

@@ -1,0 +1,97 @@
+#pragma once
+// MoeLayer: router -> dispatcher.permute -> experts -> dispatcher.combine (+ shared experts).
+// y = sum over kept picks g_i FFN_i(x) + [sigmoid(x w_g)] * sum over shared FFN_s(x).
+// The residual is added by the caller; a dropped assignment contributes 0 here.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "moe/config.h"
+#include "moe/dispatcher.h"
+#include "moe/experts.h"
+#include "moe/router.h"
+#include "tensor/params.h"
+#include "tensor/rng.h"
+#include "tensor/tensor.h"
+
+namespace moe {
+
+struct RoutingStats {
+  std::vector<int64_t> tokens_per_expert;  // [E] assignments routed, before dropping
+  std::vector<int64_t> kept_per_expert;    // [E] assignments processed
+  std::vector<float> mean_prob;            // [E] mean normalised router score
+  int64_t assignments = 0;                 // routed assignments (T*k for token choice)
+  int64_t dropped = 0;                     // assignments over capacity
+  float aux_loss = 0.0f;                   // weighted (alpha already applied)
+  float z_loss = 0.0f;                     // weighted (beta already applied)
+};
+
+struct MoeForwardOptions {
+  bool training = true;
+  int64_t seq_len = 0;  // tokens per sequence for the sequence-level loss; 0 = all T
+  RouterNoise noise;    // fixed draws (tests); empty = drawn from the layer's Rng
+};
+
+class MoeLayer {
+ public:
+  // Registers its parameters under `prefix` (router: prefix.gate, experts: prefix.experts,
+  // shared: prefix.shared_experts, prefix.shared_expert_gate). seed feeds the noise Rng.
+  MoeLayer(const MoeConfig& config, ParamStore& store, const std::string& prefix,
+           uint64_t seed = 0);
+
+  // Fills this layer's parameters with N(0, std^2).
+  void init_parameters(Rng& rng, float std = 0.02f);
+
+  // x: [T, D] -> y: [T, D] overwritten. Throws Error on a non-finite input.
+  const RoutingStats& forward(std::span<const float> x, int64_t tokens, std::span<float> y,
+                              const MoeForwardOptions& options = {});
+  // dy: [T, D] -> dx: [T, D] overwritten. Includes the router losses' gradients (they enter
+  // the total loss with weight 1). Parameter gradients are accumulated into the store, or
+  // overwritten when !accumulate_grads (saves a read of every expert's gradient).
+  void backward(std::span<const float> dy, std::span<float> dx, bool accumulate_grads = true);
+
+  // aux + z loss of the last forward: add it to the training loss.
+  float loss() const { return stats_.aux_loss + stats_.z_loss; }
+  const RoutingStats& stats() const { return stats_; }
+  // Aux-loss-free balancing: moves the selection bias by the load seen in training forwards
+  // since the last call (SigmoidBias only; a no-op otherwise).
+  void update_expert_bias();
+
+  const MoeConfig& config() const { return config_; }
+  Router& router() { return router_; }
+  const Router& router() const { return router_; }
+  const Experts& experts() const { return experts_; }
+  ParamRef shared_w13() const { return shared_w13_; }
+  ParamRef shared_w2() const { return shared_w2_; }
+  ParamRef shared_gate() const { return shared_gate_; }
+  const RoutingPlan& plan() const { return plan_; }
+  const Dispatcher& dispatcher() const { return dispatcher_; }
+
+ private:
+  MoeConfig config_;
+  ParamStore& store_;
+  Router router_;
+  Dispatcher dispatcher_;
+  Experts experts_;
+  ParamRef shared_w13_, shared_w2_, shared_gate_;
+  std::vector<ParamRef> own_params_;
+  Rng noise_rng_;
+
+  RoutingPlan plan_;
+  RoutingStats stats_;
+  std::vector<int64_t> bias_load_;  // [E] training loads since the last bias update
+  int64_t tokens_ = 0;
+  Tensor x_;             // [T, D] saved input
+  Tensor xp_;            // [kept, D] permuted input
+  Tensor yp_;            // [kept, D] expert outputs
+  Tensor shared_h13_;    // [T, 2 S F_s]
+  Tensor shared_act_;    // [T, S F_s]
+  Tensor shared_out_;    // [T, D]
+  Tensor shared_scale_;  // [T] sigmoid(x w_g)
+  // Backward scratch.
+  Tensor dyp_, dxp_, dshared_, dshared_h13_, dshared_x_;
+  std::vector<float> dgate_;
+};
+
+}  // namespace moe

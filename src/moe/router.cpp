@@ -1,0 +1,329 @@
+#include "moe/router.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "moe/losses.h"
+#include "tensor/error.h"
+#include "tensor/gemm.h"
+
+namespace moe {
+namespace {
+
+inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+inline float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
+
+// Indices of the `count` largest values, highest first; ties go to the lower index.
+void top_indices(const float* values, int64_t n, int64_t count, int32_t* order, int32_t* out) {
+  std::iota(order, order + n, 0);
+  std::partial_sort(order, order + count, order + n, [values](int32_t a, int32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+  std::copy(order, order + count, out);
+}
+
+bool renormalises(const MoeConfig& c) {
+  return c.norm_topk_prob || c.router_type == RouterType::TopKSoftmax ||
+         c.router_type == RouterType::NoisyTopK;
+}
+
+}  // namespace
+
+Router::Router(const MoeConfig& config, ParamStore& store, const std::string& prefix)
+    : config_(config), store_(store), bias_({config.num_experts}) {
+  config_.validate();
+  weight_ = store.add(prefix + ".weight", {config.num_experts, config.hidden_size});
+  if (config.router_type == RouterType::NoisyTopK)
+    noise_weight_ = store.add(prefix + ".noise_weight", {config.num_experts, config.hidden_size});
+}
+
+void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
+                     int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan) {
+  const int64_t D = config_.hidden_size, E = config_.num_experts;
+  tokens_ = tokens;
+  seq_len_ = seq_len;
+  jittered_ = training && config_.jitter_eps > 0;
+  noisy_ = training && config_.router_type == RouterType::NoisyTopK;
+
+  input_.resize({tokens, D});
+  if (jittered_) {
+    jitter_.resize({tokens, D});
+    if (!noise.jitter.empty()) {
+      if (static_cast<int64_t>(noise.jitter.size()) != tokens * D)
+        throw Error("router jitter draws: expected [T, D] = " + std::to_string(tokens * D) +
+                    " values, got " + std::to_string(noise.jitter.size()));
+      std::copy(noise.jitter.begin(), noise.jitter.end(), jitter_.data());
+    } else {
+      rng.fill_uniform(jitter_.span(), 1.0f - config_.jitter_eps, 1.0f + config_.jitter_eps);
+    }
+    for (int64_t i = 0; i < tokens * D; ++i) input_[i] = x[i] * jitter_[i];
+  } else {
+    std::copy(x.begin(), x.begin() + tokens * D, input_.data());
+  }
+
+  // logits = input W_r^T: [T, E]
+  logits_.resize({tokens, E});
+  gemm(Trans::No, Trans::Yes, tokens, E, D, 1.0f, input_.data(), D, store_.value(weight_).data(),
+       D, 0.0f, logits_.data(), E);
+  if (noisy_) {
+    // H = l + n * softplus(input W_noise^T)
+    noise_pre_.resize({tokens, E});
+    noise_normal_.resize({tokens, E});
+    gemm(Trans::No, Trans::Yes, tokens, E, D, 1.0f, input_.data(), D,
+         store_.value(noise_weight_).data(), D, 0.0f, noise_pre_.data(), E);
+    if (!noise.normal.empty()) {
+      if (static_cast<int64_t>(noise.normal.size()) != tokens * E)
+        throw Error("router noise draws: expected [T, E] = " + std::to_string(tokens * E) +
+                    " values, got " + std::to_string(noise.normal.size()));
+      std::copy(noise.normal.begin(), noise.normal.end(), noise_normal_.data());
+    } else {
+      rng.fill_normal(noise_normal_.span(), 0.0f, 1.0f);
+    }
+    for (int64_t i = 0; i < tokens * E; ++i)
+      logits_[i] += noise_normal_[i] * softplus(noise_pre_[i]);
+  }
+
+  // Scores and the normalised probabilities the balancing loss sees.
+  scores_.resize({tokens, E});
+  probs_.resize({tokens, E});
+  const bool sigmoid_scores = config_.router_type == RouterType::SigmoidBias;
+#pragma omp parallel for schedule(static) if (tokens > 256)
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* l = logits_.data() + t * E;
+    float* s = scores_.data() + t * E;
+    float* p = probs_.data() + t * E;
+    if (sigmoid_scores) {
+      float sum = 0.0f;
+      for (int64_t i = 0; i < E; ++i) sum += (s[i] = sigmoid(l[i]));
+      for (int64_t i = 0; i < E; ++i) p[i] = s[i] / sum;
+    } else {
+      const float m = *std::max_element(l, l + E);
+      float sum = 0.0f;
+      for (int64_t i = 0; i < E; ++i) sum += (s[i] = std::exp(l[i] - m));
+      for (int64_t i = 0; i < E; ++i) p[i] = (s[i] /= sum);
+    }
+  }
+
+  plan.tokens = tokens;
+  plan.experts = E;
+  if (config_.router_type == RouterType::ExpertChoice) {
+    select_expert_choice(tokens, capacity, plan);
+  } else {
+    select_token_choice(tokens, plan);
+  }
+
+  aux_loss_ = 0.0f;
+  if (config_.aux_loss_type != AuxLossType::None && config_.aux_loss_coeff > 0) {
+    const int64_t s = config_.aux_loss_type == AuxLossType::Sequence ? seq_len : tokens;
+    aux_loss_ = balance_loss(probs_.span(), selected_, tokens, E, config_.top_k, s,
+                             config_.aux_loss_coeff, {});
+  }
+  z_loss_ = config_.z_loss_coeff > 0
+                ? moe::z_loss(logits_.span(), tokens, E, config_.z_loss_coeff, {})
+                : 0.0f;
+}
+
+void Router::select_token_choice(int64_t tokens, RoutingPlan& plan) {
+  const int64_t E = config_.num_experts, k = config_.top_k;
+  const int64_t G = config_.n_group, per_group = E / G;
+  const bool sigmoid_scores = config_.router_type == RouterType::SigmoidBias;
+  const float scale = config_.routed_scaling_factor;
+  const bool renorm = renormalises(config_);
+  const int threads = omp_get_max_threads();
+  order_scratch_.resize(static_cast<size_t>(threads) * std::max(E, tokens));
+  select_scratch_.resize(static_cast<size_t>(threads) * E);
+
+  plan.token_choice = true;
+  plan.top_k = k;
+  plan.token.resize(tokens * k);
+  plan.expert.resize(tokens * k);
+  plan.gate.resize(tokens * k);
+  selected_.resize(tokens * k);
+  picked_sum_.resize(tokens);
+
+#pragma omp parallel for schedule(static) if (tokens > 64)
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int tid = omp_get_thread_num();
+    float* sel = select_scratch_.data() + static_cast<size_t>(tid) * E;
+    int32_t* order = order_scratch_.data() + static_cast<size_t>(tid) * std::max(E, tokens);
+    const float* s = scores_.data() + t * E;
+    // Selection scores: the scores, plus the balancing bias for sigmoid routing (V3).
+    for (int64_t i = 0; i < E; ++i) sel[i] = sigmoid_scores ? s[i] + bias_[i] : s[i];
+    if (G > 1) {
+      // A group's score is the sum of its two best selection scores (DeepSeek-V3).
+      float group_score[256];
+      for (int64_t g = 0; g < G; ++g) {
+        const float* v = sel + g * per_group;
+        float best = -std::numeric_limits<float>::infinity(), second = best;
+        for (int64_t i = 0; i < per_group; ++i) {
+          if (v[i] > best) {
+            second = best;
+            best = v[i];
+          } else if (v[i] > second) {
+            second = v[i];
+          }
+        }
+        group_score[g] = per_group > 1 ? best + second : best;
+      }
+      int32_t kept_groups[256];
+      top_indices(group_score, G, config_.topk_group, order, kept_groups);
+      bool keep[256] = {};
+      for (int64_t g = 0; g < config_.topk_group; ++g) keep[kept_groups[g]] = true;
+      for (int64_t i = 0; i < E; ++i)
+        if (!keep[i / per_group]) sel[i] = -std::numeric_limits<float>::infinity();
+    }
+    int32_t* picks = selected_.data() + t * k;
+    top_indices(sel, E, k, order, picks);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) sum += s[picks[j]];
+    picked_sum_[t] = sum;
+    for (int64_t j = 0; j < k; ++j) {
+      plan.token[t * k + j] = static_cast<int32_t>(t);
+      plan.expert[t * k + j] = picks[j];
+      plan.gate[t * k + j] = scale * (renorm ? s[picks[j]] / sum : s[picks[j]]);
+    }
+  }
+}
+
+void Router::select_expert_choice(int64_t tokens, int64_t capacity, RoutingPlan& plan) {
+  const int64_t E = config_.num_experts;
+  const int64_t C = std::min(capacity, tokens);
+  require(C > 0, "expert choice: capacity must be positive");
+  const int threads = omp_get_max_threads();
+  order_scratch_.resize(static_cast<size_t>(threads) * std::max(E, tokens));
+  select_scratch_.resize(static_cast<size_t>(threads) * tokens);
+
+  plan.token_choice = false;
+  plan.top_k = config_.top_k;
+  plan.token.resize(E * C);
+  plan.expert.resize(E * C);
+  plan.gate.resize(E * C);
+  selected_.clear();
+
+#pragma omp parallel for schedule(static) if (E * tokens > 65536)
+  for (int64_t e = 0; e < E; ++e) {
+    const int tid = omp_get_thread_num();
+    float* column = select_scratch_.data() + static_cast<size_t>(tid) * tokens;
+    int32_t* order = order_scratch_.data() + static_cast<size_t>(tid) * std::max(E, tokens);
+    for (int64_t t = 0; t < tokens; ++t) column[t] = scores_[t * E + e];
+    top_indices(column, tokens, C, order, plan.token.data() + e * C);
+    for (int64_t c = 0; c < C; ++c) {
+      const int32_t t = plan.token[e * C + c];
+      plan.expert[e * C + c] = static_cast<int32_t>(e);
+      plan.gate[e * C + c] = config_.routed_scaling_factor * scores_[t * E + e];
+    }
+  }
+}
+
+void Router::mean_probs(std::span<float> out) const {
+  const int64_t E = config_.num_experts;
+  for (int64_t i = 0; i < E; ++i) {
+    double acc = 0.0;
+    for (int64_t t = 0; t < tokens_; ++t) acc += probs_[t * E + i];
+    out[i] = tokens_ ? static_cast<float>(acc / tokens_) : 0.0f;
+  }
+}
+
+void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx) {
+  const int64_t T = tokens_, D = config_.hidden_size, E = config_.num_experts;
+  const float scale = config_.routed_scaling_factor;
+  const bool sigmoid_scores = config_.router_type == RouterType::SigmoidBias;
+  if (static_cast<int64_t>(dgate.size()) != plan.assignments())
+    throw Error("router backward: dgate has " + std::to_string(dgate.size()) +
+                " values, plan has " + std::to_string(plan.assignments()) + " assignments");
+
+  // 1. Gate gradients -> score gradients.
+  dscores_.resize({T, E});
+  dscores_.fill(0.0f);
+  if (plan.token_choice) {
+    const int64_t k = plan.top_k;
+    const bool renorm = renormalises(config_);
+#pragma omp parallel for schedule(static) if (T > 256)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* s = scores_.data() + t * E;
+      const int32_t* picks = selected_.data() + t * k;
+      float* ds = dscores_.data() + t * E;
+      if (renorm) {
+        // g_j = scale * s_j / S,  S = sum of picked s  =>  ds_j = scale (dg_j - sum_i dg_i g_i/scale) / S
+        const float S = picked_sum_[t];
+        float dot = 0.0f;
+        for (int64_t j = 0; j < k; ++j) dot += dgate[t * k + j] * s[picks[j]];
+        for (int64_t j = 0; j < k; ++j)
+          ds[picks[j]] += scale * (dgate[t * k + j] / S - dot / (S * S));
+      } else {
+        for (int64_t j = 0; j < k; ++j) ds[picks[j]] += scale * dgate[t * k + j];
+      }
+    }
+  } else {
+    for (int64_t a = 0; a < plan.assignments(); ++a)
+      dscores_[static_cast<int64_t>(plan.token[a]) * E + plan.expert[a]] += scale * dgate[a];
+  }
+
+  // 2. Balancing loss: its P is probs_; for softmax scores probs_ == scores_.
+  if (config_.aux_loss_type != AuxLossType::None && config_.aux_loss_coeff > 0) {
+    const int64_t s = config_.aux_loss_type == AuxLossType::Sequence ? seq_len_ : T;
+    if (sigmoid_scores) {
+      // p = s / Z  =>  ds_m += (dp_m - sum_i dp_i p_i) / Z; dp is built in dlogits_ as scratch.
+      dlogits_.resize({T, E});
+      dlogits_.fill(0.0f);
+      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s, config_.aux_loss_coeff,
+                   dlogits_.span());
+      for (int64_t t = 0; t < T; ++t) {
+        const float* p = probs_.data() + t * E;
+        const float* dp = dlogits_.data() + t * E;
+        const float* sc = scores_.data() + t * E;
+        float Z = 0.0f, dot = 0.0f;
+        for (int64_t i = 0; i < E; ++i) {
+          Z += sc[i];
+          dot += dp[i] * p[i];
+        }
+        for (int64_t i = 0; i < E; ++i) dscores_[t * E + i] += (dp[i] - dot) / Z;
+      }
+    } else {
+      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s, config_.aux_loss_coeff,
+                   dscores_.span());
+    }
+  }
+
+  // 3. Scores -> logits (softmax or sigmoid Jacobian), then the z-loss on the logits.
+  dlogits_.resize({T, E});
+#pragma omp parallel for schedule(static) if (T > 256)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* s = scores_.data() + t * E;
+    const float* ds = dscores_.data() + t * E;
+    float* dl = dlogits_.data() + t * E;
+    if (sigmoid_scores) {
+      for (int64_t i = 0; i < E; ++i) dl[i] = ds[i] * s[i] * (1.0f - s[i]);
+    } else {
+      float dot = 0.0f;
+      for (int64_t i = 0; i < E; ++i) dot += ds[i] * s[i];
+      for (int64_t i = 0; i < E; ++i) dl[i] = s[i] * (ds[i] - dot);
+    }
+  }
+  if (config_.z_loss_coeff > 0)
+    moe::z_loss(logits_.span(), T, E, config_.z_loss_coeff, dlogits_.span());
+
+  // 4. Logits -> router weights and input. dW_r += dl^T input, dinput = dl W_r.
+  gemm(Trans::Yes, Trans::No, E, D, T, 1.0f, dlogits_.data(), E, input_.data(), D, 1.0f,
+       store_.grad(weight_).data(), D);
+  dinput_.resize({T, D});
+  gemm(Trans::No, Trans::No, T, D, E, 1.0f, dlogits_.data(), E, store_.value(weight_).data(), D,
+       0.0f, dinput_.data(), D);
+  if (noisy_) {
+    // H = l + n softplus(pre): dpre = dH * n * sigmoid(pre); dlogits_ is reused for dpre.
+    for (int64_t i = 0; i < T * E; ++i)
+      dlogits_[i] *= noise_normal_[i] * sigmoid(noise_pre_[i]);
+    gemm(Trans::Yes, Trans::No, E, D, T, 1.0f, dlogits_.data(), E, input_.data(), D, 1.0f,
+         store_.grad(noise_weight_).data(), D);
+    gemm(Trans::No, Trans::No, T, D, E, 1.0f, dlogits_.data(), E,
+         store_.value(noise_weight_).data(), D, 1.0f, dinput_.data(), D);
+  }
+  // 5. Through the jitter multiply: x_r = x * u.
+  for (int64_t i = 0; i < T * D; ++i) dx[i] += jittered_ ? dinput_[i] * jitter_[i] : dinput_[i];
+}
+
+}  // namespace moe

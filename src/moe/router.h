@@ -1,0 +1,96 @@
+#pragma once
+// Router: turns token activations into a RoutingPlan (who goes to which expert with what gate)
+// and carries the gate gradients back to its weights and its input. All math in fp32.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "moe/config.h"
+#include "tensor/params.h"
+#include "tensor/rng.h"
+#include "tensor/tensor.h"
+
+namespace moe {
+
+// A list of (token, expert, gate) assignments. Token choice: A = T*k, assignment a = t*k + j
+// is token t's j-th pick (highest score first). Expert choice: A = E*C, a = e*C + c.
+struct RoutingPlan {
+  int64_t tokens = 0;
+  int64_t experts = 0;
+  int64_t top_k = 0;  // picks per token (token choice); for expert choice the T*k of capacity
+  bool token_choice = true;
+  std::vector<int32_t> token;   // [A]
+  std::vector<int32_t> expert;  // [A]
+  std::vector<float> gate;      // [A]
+  int64_t assignments() const { return static_cast<int64_t>(token.size()); }
+};
+
+// Random draws for the training-time noise, passed in by tests so a reference can use the same
+// ones; when empty, the router draws them from its own Rng.
+struct RouterNoise {
+  std::span<const float> normal;  // [T, E] N(0,1) for noisy top-k
+  std::span<const float> jitter;  // [T, D] U(1-eps, 1+eps) multipliers for jitter
+};
+
+class Router {
+ public:
+  // Registers `prefix.weight` [E, D] (and `prefix.noise_weight` [E, D] for noisy top-k).
+  Router(const MoeConfig& config, ParamStore& store, const std::string& prefix);
+
+  // x: [T, D] -> plan. seq_len splits T into sequences for the sequence-level loss.
+  // capacity is used by expert choice only (C per expert).
+  void forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
+               int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan);
+
+  // plan: the one forward produced  dgate: [A] -> dx: [T, D] ADDED to; parameter gradients accumulated. Includes the
+  // gradients of aux_loss() and z_loss(), which enter the total loss with weight 1.
+  void backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx);
+
+  float aux_loss() const { return aux_loss_; }
+  float z_loss() const { return z_loss_; }
+  // Mean over tokens of each expert's normalised score -> out: [E]
+  void mean_probs(std::span<float> out) const;
+  // Aux-loss-free selection bias b: [E] (SigmoidBias only; zeros otherwise).
+  std::span<float> expert_bias() { return bias_.span(); }
+  std::span<const float> expert_bias() const { return bias_.span(); }
+
+  ParamRef weight() const { return weight_; }
+  ParamRef noise_weight() const { return noise_weight_; }
+
+ private:
+  void select_token_choice(int64_t tokens, RoutingPlan& plan);
+  void select_expert_choice(int64_t tokens, int64_t capacity, RoutingPlan& plan);
+
+  MoeConfig config_;
+  ParamStore& store_;
+  ParamRef weight_;        // [E, D]
+  ParamRef noise_weight_;  // [E, D], noisy top-k only
+  Tensor bias_;            // [E]
+
+  // Saved by forward for backward.
+  int64_t tokens_ = 0;
+  int64_t seq_len_ = 0;
+  bool jittered_ = false;
+  bool noisy_ = false;
+  Tensor input_;         // [T, D] router input (x, or x * jitter)
+  Tensor jitter_;        // [T, D]
+  Tensor logits_;        // [T, E] the logits routed on (H for noisy top-k)
+  Tensor noise_pre_;     // [T, E] x W_noise^T
+  Tensor noise_normal_;  // [T, E] n
+  Tensor scores_;        // [T, E] softmax(logits) or sigmoid(logits)
+  Tensor probs_;         // [T, E] normalised scores (the balancing loss's P)
+  std::vector<int32_t> selected_;  // [T, k] token choice picks
+  std::vector<float> picked_sum_;  // [T] sum of picked scores (renormalisation)
+  float aux_loss_ = 0.0f;
+  float z_loss_ = 0.0f;
+
+  // Backward scratch.
+  Tensor dscores_;  // [T, E]
+  Tensor dlogits_;  // [T, E]
+  Tensor dinput_;   // [T, D]
+  std::vector<int32_t> order_scratch_;  // [threads, max(E, T)] index scratch for selection
+  std::vector<float> select_scratch_;  // [threads, E] selection scores
+};
+
+}  // namespace moe

@@ -1,0 +1,208 @@
+#include "tensor/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tensor/error.h"
+
+namespace moe {
+namespace {
+
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1Fu;
+  uint32_t mant = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while (!(mant & 0x400u)) {
+        mant <<= 1;
+        --exp;
+      }
+      bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float bf16_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+size_t dtype_size(const std::string& dtype, const std::string& where) {
+  if (dtype == "F32") return 4;
+  if (dtype == "F16" || dtype == "BF16") return 2;
+  throw Error(where + ": unsupported dtype '" + dtype + "' (expected F32, F16 or BF16)");
+}
+
+void write_all(int fd, const void* data, size_t size, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0) throw Error(path + ": write failed: " + std::strerror(errno));
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+const Tensor& SafetensorsFile::at(const std::string& name) const {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) throw Error("missing tensor '" + name + "'");
+  return it->second;
+}
+
+SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source) {
+  require(bytes.size() >= 8, source + ": file too short for a safetensors header (" +
+                                 std::to_string(bytes.size()) + " bytes)");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(bytes[i]);
+  require(header_len <= kMaxHeaderBytes,
+          source + ": header length " + std::to_string(header_len) + " exceeds 100 MB");
+  require(header_len <= bytes.size() - 8, source + ": header length " +
+                                              std::to_string(header_len) +
+                                              " runs past the end of the file");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_len);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(source + ": header is not valid JSON: " + e.what());
+  }
+  require(header.is_object(), source + ": header is not a JSON object");
+
+  const uint64_t data_len = bytes.size() - 8 - header_len;
+  const char* data = bytes.data() + 8 + header_len;
+  SafetensorsFile file;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (auto& [name, entry] : header.items()) {
+    const std::string where = source + ": tensor '" + name + "'";
+    if (name == "__metadata__") {
+      require(entry.is_object(), source + ": __metadata__ is not an object");
+      for (auto& [key, value] : entry.items()) {
+        require(value.is_string(), source + ": __metadata__['" + key + "'] is not a string");
+        file.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    require(entry.is_object() && entry.contains("dtype") && entry.contains("shape") &&
+                entry.contains("data_offsets"),
+            where + ": needs dtype, shape and data_offsets");
+    require(entry["dtype"].is_string(), where + ": dtype is not a string");
+    const std::string dtype = entry["dtype"].get<std::string>();
+    const size_t elem = dtype_size(dtype, where);
+    Shape shape;
+    require(entry["shape"].is_array(), where + ": shape is not an array");
+    for (auto& d : entry["shape"]) {
+      require(d.is_number_unsigned(), where + ": shape has a non-natural dimension");
+      require(d.get<uint64_t>() < (1ull << 40), where + ": absurd dimension");
+      shape.push_back(d.get<int64_t>());
+    }
+    auto& offsets = entry["data_offsets"];
+    require(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
+                offsets[1].is_number_unsigned(),
+            where + ": data_offsets must be two natural numbers");
+    const uint64_t begin = offsets[0].get<uint64_t>();
+    const uint64_t end = offsets[1].get<uint64_t>();
+    require(begin <= end && end <= data_len,
+            where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                "] out of range (data section is " + std::to_string(data_len) + " bytes)");
+    const uint64_t numel = static_cast<uint64_t>(shape_numel(shape));
+    require(end - begin == numel * elem,
+            where + ": shape " + shape_str(shape) + " of " + dtype + " needs " +
+                std::to_string(numel * elem) + " bytes, offsets give " +
+                std::to_string(end - begin));
+    ranges.emplace_back(begin, end);
+
+    Tensor t(shape);
+    const char* src = data + begin;
+    if (dtype == "F32") {
+      std::memcpy(t.data(), src, numel * 4);
+    } else {
+      for (uint64_t i = 0; i < numel; ++i) {
+        uint16_t v;
+        std::memcpy(&v, src + 2 * i, 2);
+        t[static_cast<int64_t>(i)] = dtype == "F16" ? half_to_float(v) : bf16_to_float(v);
+      }
+    }
+    file.tensors.emplace(name, std::move(t));
+  }
+  std::sort(ranges.begin(), ranges.end());
+  uint64_t cursor = 0;
+  for (auto [begin, end] : ranges) {
+    require(begin >= cursor, source + ": tensor data ranges overlap at byte " +
+                                 std::to_string(begin));
+    require(begin == cursor, source + ": hole in the data section at byte " +
+                                 std::to_string(cursor));
+    cursor = end;
+  }
+  require(cursor == data_len, source + ": " + std::to_string(data_len - cursor) +
+                                  " trailing bytes after the last tensor");
+  return file;
+}
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  require(in.good(), path + ": cannot open");
+  const std::streamsize size = in.tellg();
+  in.seekg(0);
+  std::vector<char> bytes(static_cast<size_t>(size));
+  require(static_cast<bool>(in.read(bytes.data(), size)), path + ": read failed");
+  return parse_safetensors(bytes, path);
+}
+
+void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    const uint64_t bytes = static_cast<uint64_t>(t.numel()) * 4;
+    header[name] = {{"dtype", "F32"}, {"shape", t.shape()}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string json = header.dump();
+  json.append((8 - json.size() % 8) % 8, ' ');  // keeps the data section 8-byte aligned
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(json.size() >> (8 * i));
+
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  require(fd >= 0, tmp + ": cannot create: " + std::strerror(errno));
+  try {
+    write_all(fd, len, 8, tmp);
+    write_all(fd, json.data(), json.size(), tmp);
+    for (const auto& [name, t] : tensors) write_all(fd, t.data(), sizeof(float) * t.numel(), tmp);
+    require(::fsync(fd) == 0, tmp + ": fsync failed: " + std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  ::close(fd);
+  require(std::rename(tmp.c_str(), path.c_str()) == 0,
+          path + ": rename from temporary failed: " + std::strerror(errno));
+}
+
+}  // namespace moe

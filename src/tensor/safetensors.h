@@ -1,0 +1,29 @@
+#pragma once
+// safetensors: 8-byte little-endian header length N, N bytes of JSON, then raw tensor data.
+// The reader validates everything the header claims (REFERENCE.md, "safetensors") before it
+// trusts it and names the offending tensor in its error. F32, F16 and BF16 are read as float.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace moe {
+
+struct SafetensorsFile {
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::string> metadata;
+
+  const Tensor& at(const std::string& name) const;  // throws Error naming a missing tensor
+  bool has(const std::string& name) const { return tensors.count(name) != 0; }
+};
+
+// Parses a whole file already in memory; `source` names it in errors.
+SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source);
+SafetensorsFile read_safetensors(const std::string& path);
+
+// Writes F32 tensors atomically: a temporary file beside `path`, fsync, rename over `path`.
+void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace moe

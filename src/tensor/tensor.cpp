@@ -1,0 +1,79 @@
+#include "tensor/tensor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <new>
+#include <cstring>
+
+#include "tensor/error.h"
+
+namespace moe {
+
+int64_t shape_numel(std::span<const int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw Error("negative dimension in shape " + shape_str(shape));
+    n *= d;
+  }
+  return n;
+}
+
+std::string shape_str(std::span<const int64_t> shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+void Tensor::FreeDeleter::operator()(float* p) const {
+  ::operator delete[](p, std::align_val_t(64));
+}
+
+Tensor::Tensor(Shape shape) {
+  resize(shape);
+  fill(0.0f);
+}
+
+Tensor::Tensor(const Tensor& other) {
+  resize(other.shape_);
+  if (numel_) std::memcpy(data(), other.data(), sizeof(float) * numel_);
+}
+
+Tensor& Tensor::operator=(const Tensor& other) {
+  if (this != &other) {
+    resize(other.shape_);
+    if (numel_) std::memcpy(data(), other.data(), sizeof(float) * numel_);
+  }
+  return *this;
+}
+
+void Tensor::resize(std::span<const int64_t> shape) {
+  const int64_t n = shape_numel(shape);
+  if (n > capacity_) {
+    const size_t bytes = ((sizeof(float) * n + 63) / 64) * 64;
+    data_.reset(static_cast<float*>(::operator new[](bytes, std::align_val_t(64))));
+    capacity_ = n;
+  }
+  shape_.assign(shape.begin(), shape.end());  // reuses the vector's capacity
+  numel_ = n;
+}
+
+void Tensor::fill(float value) { std::fill_n(data(), numel_, value); }
+
+std::span<float> Tensor::row(int64_t r) {
+  const int64_t cols = shape_.empty() || shape_[0] == 0 ? 0 : numel_ / shape_[0];
+  return {data() + r * cols, static_cast<size_t>(cols)};
+}
+
+std::span<const float> Tensor::row(int64_t r) const {
+  const int64_t cols = shape_.empty() || shape_[0] == 0 ? 0 : numel_ / shape_[0];
+  return {data() + r * cols, static_cast<size_t>(cols)};
+}
+
+bool all_finite(std::span<const float> values) {
+  bool ok = true;
+#pragma omp parallel for reduction(&& : ok) schedule(static) if (values.size() > 65536)
+  for (size_t i = 0; i < values.size(); ++i) ok = ok && std::isfinite(values[i]);
+  return ok;
+}
+
+}  // namespace moe

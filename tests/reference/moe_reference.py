@@ -1,0 +1,224 @@
+#!/usr/bin/python3
+"""PyTorch reference for the MoE layer: every router, capacity and loss variant, written from
+the papers (Switch, ST-MoE, Mixtral, DeepSeekMoE/V2/V3, Expert Choice, Shazeer 2017) with
+autograd doing the backward. For each case of tests/cases/moe_cases.json it draws inputs from
+a fixed seed, runs forward and backward of
+
+    L = sum(y * dy) + aux_loss + z_loss
+
+and writes inputs, outputs and every gradient to <out>/<case>.safetensors, which the C++ test
+test_moe_reference loads. Random noise (normal draws, jitter) is an input, so both sides use
+the same draws. Run with Debian's interpreter: /usr/bin/python3.
+"""
+import argparse
+import json
+import math
+import os
+import struct
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+
+def write_safetensors(path, tensors, metadata):
+    header = {"__metadata__": metadata}
+    offset = 0
+    blobs = []
+    for name in sorted(tensors):
+        t = tensors[name].detach().to(torch.float32).contiguous()
+        data = t.numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def swiglu(x, w1, w3, w2):
+    """Mixtral's expert: w2(silu(w1 x) * w3 x); weights stored [out, in]."""
+    return (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
+
+
+def capacity_of(cfg, tokens, training):
+    cf = cfg.get("capacity_factor", 0.0)
+    if not training and cfg.get("eval_capacity_factor") is not None:
+        cf = cfg["eval_capacity_factor"]
+    if cf <= 0:
+        return None
+    exact = cf * tokens * cfg["top_k"] / cfg["num_experts"]
+    return max(cfg.get("min_capacity", 0), math.ceil(exact - 1e-9))
+
+
+def balance_loss(probs, topk_idx, num_experts, k, seq_len, alpha):
+    """Switch: alpha * E * sum_i f_i P_i per sequence, averaged; f counted before dropping."""
+    T = probs.shape[0]
+    losses = []
+    for s in range(0, T, seq_len):
+        p = probs[s:s + seq_len]
+        counts = F.one_hot(topk_idx[s:s + seq_len].reshape(-1), num_experts).sum(0).float()
+        f = counts / (seq_len * k)
+        losses.append(num_experts * (f * p.mean(0)).sum())
+    return alpha * torch.stack(losses).mean()
+
+
+def token_choice(cfg, logits, scores, bias):
+    """Returns top-k expert ids [T, k] and gate weights [T, k]."""
+    E, k = cfg["num_experts"], cfg["top_k"]
+    rtype = cfg.get("router_type", "topk_softmax")
+    scale = cfg.get("routed_scaling_factor", 1.0)
+    if rtype in ("topk_softmax", "noisy_topk"):
+        # Mixtral / Shazeer: keep the k largest logits, softmax over them.
+        top_logits, idx = logits.topk(k, dim=-1)
+        return idx, scale * F.softmax(top_logits, dim=-1)
+    selection = scores + bias if rtype == "sigmoid_bias" else scores
+    groups = cfg.get("n_group", 1)
+    if groups > 1:
+        # DeepSeek-V3: a group scores the sum of its top-2; keep topk_group groups.
+        grouped = selection.detach().view(-1, groups, E // groups)
+        group_score = grouped.topk(min(2, E // groups), dim=-1).values.sum(-1)
+        keep = group_score.topk(cfg["topk_group"], dim=-1).indices
+        mask = torch.zeros_like(group_score).scatter_(1, keep, 1.0)
+        mask = mask.repeat_interleave(E // groups, dim=1)
+        selection = selection.masked_fill(mask == 0, float("-inf"))
+    idx = selection.detach().topk(k, dim=-1).indices
+    w = scores.gather(1, idx)
+    if cfg.get("norm_topk_prob", True):
+        w = w / w.sum(-1, keepdim=True)
+    return idx, scale * w
+
+
+def keep_mask(cfg, idx, gates, training):
+    """Capacity per expert; over it keep the earliest tokens (position) or highest gates."""
+    T, k = idx.shape
+    cap = capacity_of(cfg, T, training)
+    keep = torch.ones(T, k, dtype=torch.bool)
+    if cap is None:
+        return keep
+    for e in range(cfg["num_experts"]):
+        slots = [(t, j) for t in range(T) for j in range(k) if idx[t, j] == e]
+        if len(slots) <= cap:
+            continue
+        if cfg.get("drop_policy", "probs") == "probs":
+            slots = sorted(slots, key=lambda s: -float(gates[s]))
+        for t, j in slots[cap:]:
+            keep[t, j] = False
+    return keep
+
+
+def moe_forward(cfg, case, p, training):
+    D, E, k = cfg["hidden_size"], cfg["num_experts"], cfg["top_k"]
+    rtype = cfg.get("router_type", "topk_softmax")
+    x = p["x"]
+    T = x.shape[0]
+    eps = cfg.get("jitter_eps", 0.0)
+    xr = x * p["jitter"] if training and eps > 0 else x
+    logits = xr @ p["gate.weight"].T
+    if rtype == "noisy_topk" and training:
+        logits = logits + p["noise_normal"] * F.softplus(xr @ p["gate.noise_weight"].T)
+    z_loss = cfg.get("z_loss_coeff", 0.001) * (torch.logsumexp(logits, -1) ** 2).mean()
+
+    if rtype == "sigmoid_bias":
+        scores = torch.sigmoid(logits)
+        probs = scores / scores.sum(-1, keepdim=True)
+    else:
+        scores = F.softmax(logits, dim=-1)
+        probs = scores
+
+    y = torch.zeros_like(x)
+    routed = torch.zeros(E)
+    kept = torch.zeros(E)
+    aux = torch.zeros(())
+    expert_out = {}
+
+    def ffn(e, rows):
+        return swiglu(x[rows], p[f"experts.{e}.w1"], p[f"experts.{e}.w3"], p[f"experts.{e}.w2"])
+
+    if rtype == "expert_choice":
+        C = min(capacity_of(cfg, T, training), T)
+        for e in range(E):
+            tok = scores[:, e].detach().topk(C).indices
+            y = y.index_add(0, tok, cfg.get("routed_scaling_factor", 1.0) * scores[tok, e, None] * ffn(e, tok))
+            routed[e] = kept[e] = C
+    else:
+        idx, gates = token_choice(cfg, logits, scores, p["gate.bias"])
+        keep = keep_mask(cfg, idx, gates, training)
+        for e in range(E):
+            t, j = torch.nonzero((idx == e) & keep, as_tuple=True)
+            routed[e] = (idx == e).sum()
+            kept[e] = len(t)
+            if len(t):
+                y = y.index_add(0, t, gates[t, j, None] * ffn(e, t))
+        aux_type = cfg.get("aux_loss_type", "switch")
+        if aux_type != "none":
+            seq = case["seq_len"] if aux_type == "seq" else T
+            aux = balance_loss(probs, idx, E, k, seq, cfg.get("aux_loss_coeff", 0.01))
+
+    for s in range(cfg.get("n_shared_experts", 0)):
+        out = swiglu(x, p[f"shared_experts.{s}.w1"], p[f"shared_experts.{s}.w3"],
+                     p[f"shared_experts.{s}.w2"])
+        if cfg.get("shared_expert_gate", False):
+            out = torch.sigmoid(x @ p["shared_expert_gate.weight"].T) * out
+        y = y + out
+    return y, aux, z_loss, routed, kept
+
+
+def make_case(name, case):
+    cfg = case["layer"]
+    torch.manual_seed(zlib.crc32(name.encode()))
+    T, D, Fh, E = case["tokens"], cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts"]
+    g = lambda *shape, std=0.4: (torch.randn(*shape) * std)
+    p = {"x": g(T, D, std=1.0), "dy": g(T, D, std=1.0), "noise_normal": g(T, E, std=1.0),
+         "gate.weight": g(E, D), "gate.noise_weight": g(E, D), "gate.bias": g(E, std=0.1)}
+    eps = cfg.get("jitter_eps", 0.0)
+    p["jitter"] = 1.0 - eps + 2 * eps * torch.rand(T, D)
+    for e in range(E):
+        p[f"experts.{e}.w1"], p[f"experts.{e}.w3"], p[f"experts.{e}.w2"] = g(Fh, D), g(Fh, D), g(D, Fh)
+    Fs = cfg.get("shared_expert_intermediate_size", 0)
+    for s in range(cfg.get("n_shared_experts", 0)):
+        p[f"shared_experts.{s}.w1"], p[f"shared_experts.{s}.w3"] = g(Fs, D), g(Fs, D)
+        p[f"shared_experts.{s}.w2"] = g(D, Fs)
+    p["shared_expert_gate.weight"] = g(1, D)
+
+    trainable = [n for n in p if n not in ("dy", "noise_normal", "jitter", "gate.bias")]
+    for n in trainable:
+        p[n].requires_grad_(True)
+    y, aux, z, routed, kept = moe_forward(cfg, case, p, case["training"])
+    loss = (y * p["dy"]).sum() + aux + z
+    loss.backward()
+
+    out = {n: v.detach() for n, v in p.items()}
+    out.update({"out.y": y.detach(), "out.aux_loss": aux.detach().reshape(1),
+                "out.z_loss": z.detach().reshape(1), "out.tokens_per_expert": routed,
+                "out.kept_per_expert": kept})
+    for n in trainable:
+        out["grad." + n] = p[n].grad if p[n].grad is not None else torch.zeros_like(p[n])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    with open(args.cases) as f:
+        cases = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    os.makedirs(args.out, exist_ok=True)
+    for name, case in cases.items():
+        tensors = make_case(name, case)
+        write_safetensors(os.path.join(args.out, name + ".safetensors"), tensors,
+                          {"case": name, "config": json.dumps(case)})
+        print(f"reference {name}: y[0,:3] = {tensors['out.y'][0, :3].tolist()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+// Tensor, GEMM wrapper, Rng and the safetensors reader's defences.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "tensor/error.h"
+#include "tensor/gemm.h"
+#include "tensor/rng.h"
+#include "tensor/safetensors.h"
+#include "tensor/tensor.h"
+
+namespace moe {
+namespace {
+
+TEST(Tensor, AlignedAndReusesCapacity) {
+  Tensor t({3, 5});
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data()) % 64, 0u);
+  const float* p = t.data();
+  t.resize({5, 3});
+  EXPECT_EQ(t.data(), p);
+  t.resize({2, 2});
+  EXPECT_EQ(t.data(), p);
+  EXPECT_EQ(t.numel(), 4);
+}
+
+TEST(Gemm, MatchesNaiveForAllTransposes) {
+  Rng rng(1);
+  const int64_t M = 7, N = 5, K = 9;
+  Tensor a({M, K}), at({K, M}), b({K, N}), bt({N, K}), c({M, N});
+  rng.fill_normal(a.span(), 0, 1);
+  rng.fill_normal(b.span(), 0, 1);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t k = 0; k < K; ++k) at[k * M + i] = a[i * K + k];
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < N; ++j) bt[j * K + k] = b[k * N + j];
+  for (auto ta : {Trans::No, Trans::Yes})
+    for (auto tb : {Trans::No, Trans::Yes}) {
+      c.fill(1.0f);
+      gemm(ta, tb, M, N, K, 2.0f, ta == Trans::No ? a.data() : at.data(), ta == Trans::No ? K : M,
+           tb == Trans::No ? b.data() : bt.data(), tb == Trans::No ? N : K, 0.5f, c.data(), N);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) s += a[i * K + k] * b[k * N + j];
+          EXPECT_NEAR(c[i * N + j], 2 * s + 0.5, 1e-4);
+        }
+    }
+}
+
+TEST(Rng, ReproducibleAndRoughlyNormal) {
+  Rng a(42), b(42);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(a.next_u64(), b.next_u64());
+  Rng r(7);
+  double sum = 0, sq = 0;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    const double v = r.normal();
+    sum += v;
+    sq += v * v;
+  }
+  EXPECT_NEAR(sum / n, 0.0, 0.01);
+  EXPECT_NEAR(sq / n, 1.0, 0.02);
+  EXPECT_NE(Rng::for_purpose(1, 1).next_u64(), Rng::for_purpose(1, 2).next_u64());
+}
+
+std::vector<char> make_file(const std::string& header, size_t data_bytes) {
+  std::vector<char> bytes(8 + header.size() + data_bytes, 0);
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(n >> (8 * i));
+  std::memcpy(bytes.data() + 8, header.data(), header.size());
+  return bytes;
+}
+
+void expect_rejected(const std::string& header, size_t data_bytes, const std::string& needle) {
+  try {
+    parse_safetensors(make_file(header, data_bytes), "f");
+    FAIL() << "accepted " << header;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(Safetensors, RoundTripAtomicWrite) {
+  const std::string path = testing::TempDir() + "/rt.safetensors";
+  Tensor a({2, 3});
+  for (int i = 0; i < 6; ++i) a[i] = static_cast<float>(i) - 2.5f;
+  write_safetensors(path, {{"a", a}, {"b", Tensor({4})}}, {{"format", "pt"}});
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  const auto f = read_safetensors(path);
+  EXPECT_EQ(f.metadata.at("format"), "pt");
+  EXPECT_EQ(f.at("a").shape(), (Shape{2, 3}));
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(f.at("a")[i], a[i]);
+  EXPECT_THROW(f.at("c"), Error);
+}
+
+TEST(Safetensors, ReadsHalfAndBfloat16) {
+  // 1.0 in F16 is 0x3C00, -2.0 in BF16 is 0xC000.
+  auto bytes = make_file(
+      R"({"h":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"b":{"dtype":"BF16","shape":[1],"data_offsets":[2,4]}})",
+      4);
+  const size_t base = bytes.size() - 4;
+  bytes[base] = 0x00;
+  bytes[base + 1] = 0x3C;
+  bytes[base + 2] = 0x00;
+  bytes[base + 3] = static_cast<char>(0xC0);
+  const auto f = parse_safetensors(bytes, "f");
+  EXPECT_EQ(f.at("h")[0], 1.0f);
+  EXPECT_EQ(f.at("b")[0], -2.0f);
+}
+
+TEST(Safetensors, RejectsEachKindOfCorruption) {
+  EXPECT_THROW(parse_safetensors(std::vector<char>(5, 0), "f"), Error);
+  auto huge = make_file("{}", 0);
+  huge[7] = 0x01;  // header length 2^56
+  EXPECT_THROW(parse_safetensors(huge, "f"), Error);
+  auto past_end = make_file("{}", 0);
+  past_end[0] = 100;
+  EXPECT_THROW(parse_safetensors(past_end, "f"), Error);
+  expect_rejected("[1,2]", 0, "not a JSON object");
+  expect_rejected("{not json", 0, "not valid JSON");
+  expect_rejected(R"({"w":{"dtype":"I7","shape":[1],"data_offsets":[0,4]}})", 4, "'w'");
+  expect_rejected(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", 4, "'w'");
+  expect_rejected(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}})", 4, "'w'");
+  expect_rejected(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      12, "overlap");
+  expect_rejected(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8, "hole");
+  expect_rejected(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8, "trailing");
+  expect_rejected(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, "'a'");
+  expect_rejected(R"({"a":{"dtype":"F32","shape":[1]}})", 4, "'a'");
+}
+
+}  // namespace
+}  // namespace moe
