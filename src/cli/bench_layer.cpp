@@ -1,1 +1,151 @@
+#include "cli/bench_layer.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "moe/moe_layer.h"
+#include "nn/swiglu.h"
+#include "tensor/error.h"
+#include "tensor/gemm.h"
+#include "tensor/threads.h"
+
+namespace moe::cli {
+namespace {
+
+struct BenchCase {
+  std::string name;
+  MoeConfig config;
+  int64_t dense_hidden;  // hidden size of the dense SwiGLU with the same active FLOPs
+};
+
+BenchCase make_case(const std::string& name) {
+  MoeConfig c;
+  c.hidden_size = 512;
+  c.aux_loss_type = AuxLossType::Switch;
+  if (name == "mixtral") {  // Mixtral-like: 8 experts, top-2, softmax over the top-2 logits
+    c.moe_intermediate_size = 1408;
+    c.num_experts = 8;
+    c.top_k = 2;
+    c.router_type = RouterType::TopKSoftmax;
+    return {name, c, 2 * 1408};
+  }
+  if (name == "deepseek") {  // DeepSeek-like: 64 fine-grained experts, top-6, 1 shared
+    c.moe_intermediate_size = 176;
+    c.num_experts = 64;
+    c.top_k = 6;
+    c.router_type = RouterType::SigmoidBias;
+    c.n_shared_experts = 1;
+    c.shared_expert_intermediate_size = 352;
+    return {name, c, 6 * 176 + 352};
+  }
+  throw Error("bench layer: unknown case '" + name + "' (expected mixtral or deepseek)");
+}
+
+// Median seconds per call of fn over at least 3 calls and min_seconds, after one warm-up.
+double time_call(const std::function<void()>& fn, double min_seconds) {
+  using clock = std::chrono::steady_clock;
+  fn();
+  std::vector<double> samples;
+  const auto start = clock::now();
+  while (samples.size() < 3 ||
+         std::chrono::duration<double>(clock::now() - start).count() < min_seconds) {
+    const auto t0 = clock::now();
+    fn();
+    samples.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+  }
+  std::nth_element(samples.begin(), samples.begin() + samples.size() / 2, samples.end());
+  return samples[samples.size() / 2];
+}
+
+double sgemm_gflops(double min_seconds) {
+  const int64_t n = 2048;
+  Tensor a({n, n}), b({n, n}), c({n, n});
+  Rng rng(1);
+  rng.fill_normal(a.span(), 0, 1);
+  rng.fill_normal(b.span(), 0, 1);
+  const double s = time_call(
+      [&] { gemm(Trans::No, Trans::No, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); },
+      min_seconds);
+  return 2.0 * n * n * n / s / 1e9;
+}
+
+}  // namespace
+
+int run_bench_layer(const BenchLayerOptions& options) {
+  const double peak = sgemm_gflops(options.min_seconds);
+  if (!options.json)
+    std::printf("threads %d, OpenBLAS %s kernels, sgemm 2048^3: %.1f GFLOP/s\n%-9s %6s %12s %14s %8s %10s %8s\n",
+                thread_count(), blas_core_name(), peak, "case", "tokens", "fwd tok/s", "fwd+bwd tok/s",
+                "dense x", "GFLOP/s", "of sgemm");
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string& name : options.cases) {
+    const BenchCase bc = make_case(name);
+    const MoeConfig& cfg = bc.config;
+    const int64_t D = cfg.hidden_size;
+    for (int64_t T : options.tokens) {
+      ParamStore store;
+      MoeLayer layer(cfg, store, "moe", 1);
+      store.allocate();
+      Rng rng(2);
+      layer.init_parameters(rng, 0.02f);
+      Tensor x({T, D}), y({T, D}), dy({T, D}), dx({T, D});
+      rng.fill_normal(x.span(), 0, 1);
+      rng.fill_normal(dy.span(), 0, 1);
+      // Gradients overwritten, as PyTorch does after zero_grad(set_to_none=True).
+      const double fwd = time_call([&] { layer.forward(x.span(), T, y.span()); }, options.min_seconds);
+      const double fwdbwd = time_call(
+          [&] {
+            layer.forward(x.span(), T, y.span());
+            layer.backward(dy.span(), dx.span(), /*accumulate_grads=*/false);
+          },
+          options.min_seconds);
+
+      // The dense SwiGLU with the same active FLOPs per token.
+      const int64_t Fd = bc.dense_hidden;
+      Tensor w13({2 * Fd, D}), w2({D, Fd}), dw13({2 * Fd, D}), dw2({D, Fd});
+      Tensor h13({T, 2 * Fd}), act({T, Fd}), dh13({T, 2 * Fd});
+      rng.fill_normal(w13.span(), 0, 0.02f);
+      rng.fill_normal(w2.span(), 0, 0.02f);
+      const double dense = time_call(
+          [&] {
+            swiglu_forward({T, D, Fd}, x.span(), w13.span(), w2.span(), h13.span(), act.span(),
+                           y.span());
+            swiglu_backward({T, D, Fd}, x.span(), w13.span(), w2.span(), h13.span(), act.span(),
+                            dy.span(), dh13.span(), dx.span(), dw13.span(), dw2.span(), false);
+          },
+          options.min_seconds);
+
+      // Active FLOPs per token, forward: 3 GEMMs of D x F per picked and shared expert, plus
+      // the router; backward costs twice the forward.
+      const double active_hidden =
+          static_cast<double>(cfg.top_k * cfg.moe_intermediate_size +
+                              cfg.n_shared_experts * cfg.shared_expert_intermediate_size);
+      const double fwd_flops = 6.0 * D * active_hidden + 2.0 * D * cfg.num_experts;
+      const double gflops = 3.0 * fwd_flops * T / fwdbwd / 1e9;
+      nlohmann::json row = {{"case", name},
+                            {"tokens", T},
+                            {"threads", thread_count()},
+                            {"fwd_tokens_per_s", T / fwd},
+                            {"fwdbwd_tokens_per_s", T / fwdbwd},
+                            {"dense_fwdbwd_tokens_per_s", T / dense},
+                            {"dense_ratio_fwdbwd", fwdbwd / dense},
+                            {"gflops_fwdbwd", gflops},
+                            {"sgemm_gflops", peak},
+                            {"blas_core", blas_core_name()}};
+      rows.push_back(row);
+      if (!options.json) {
+        std::printf("%-9s %6lld %12.0f %14.0f %8.2f %10.1f %7.0f%%\n", name.c_str(),
+                    static_cast<long long>(T), T / fwd, T / fwdbwd, fwdbwd / dense, gflops,
+                    100.0 * gflops / peak);
+        std::fflush(stdout);
+      }
+    }
+  }
+  if (options.json) std::printf("%s\n", rows.dump(1).c_str());
+  return 0;
+}
+
+}  // namespace moe::cli

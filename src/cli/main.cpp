@@ -1,1 +1,46 @@
-int main() { return 0; }
+// moe: train, run and inspect sparse Mixture-of-Experts transformers.
+// Exit codes: 0 success, 2 bad input (moe::Error or bad arguments), 1 internal failure.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "cli/bench_layer.h"
+#include "tensor/error.h"
+#include "tensor/threads.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moe: sparse Mixture-of-Experts transformers: train, run, inspect"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "Threads for OpenMP loops and OpenBLAS (default: MOE_THREADS or all cores)");
+
+  CLI::App* bench = app.add_subcommand("bench", "Measure throughput");
+  bench->require_subcommand(1);
+  moe::cli::BenchLayerOptions layer_opts;
+  CLI::App* bench_layer = bench->add_subcommand(
+      "layer", "MoE layer forward and forward+backward tokens/s vs a dense SwiGLU of equal active FLOPs");
+  bench_layer->add_option("--case", layer_opts.cases, "mixtral and/or deepseek")->capture_default_str();
+  bench_layer->add_option("--tokens", layer_opts.tokens, "Token counts T")->capture_default_str();
+  bench_layer->add_option("--min-seconds", layer_opts.min_seconds, "Minimum time per measurement")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench_layer->add_flag("--json", layer_opts.json, "Print one JSON array instead of a table");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    moe::set_threads(threads);
+    if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
+  } catch (const moe::Error& e) {
+    std::fprintf(stderr, "moe: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe: internal error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

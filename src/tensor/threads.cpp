@@ -8,7 +8,14 @@
 
 #include "tensor/error.h"
 
+// Exported by OpenBLAS's DYNAMIC_ARCH builds (Debian's), not declared in cblas.h.
+extern "C" {
+char* openblas_get_corename(void);
+}
+
 namespace moe {
+
+const char* blas_core_name() { return openblas_get_corename(); }
 
 void set_threads(int n) {
   if (n <= 0) {
