@@ -19,8 +19,12 @@ int main(int argc, char** argv) {
   moe::cli::BenchLayerOptions layer_opts;
   CLI::App* bench_layer = bench->add_subcommand(
       "layer", "MoE layer forward and forward+backward tokens/s vs a dense SwiGLU of equal active FLOPs");
-  bench_layer->add_option("--case", layer_opts.cases, "mixtral and/or deepseek")->capture_default_str();
-  bench_layer->add_option("--tokens", layer_opts.tokens, "Token counts T")->capture_default_str();
+  bench_layer->add_option("--case", layer_opts.cases, "mixtral and/or deepseek")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mixtral", "deepseek"}));
+  bench_layer->add_option("--tokens", layer_opts.tokens, "Token counts T")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   bench_layer->add_option("--min-seconds", layer_opts.min_seconds, "Minimum time per measurement")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
