@@ -24,10 +24,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"mixtral", "deepseek"}));
   bench_layer->add_option("--tokens", layer_opts.tokens, "Token counts T")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   bench_layer->add_option("--min-seconds", layer_opts.min_seconds, "Minimum time per measurement")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(0.001, 3600.0));
   bench_layer->add_flag("--json", layer_opts.json, "Print one JSON array instead of a table");
 
   try {
