@@ -37,8 +37,12 @@ void routing(benchmark::State& state, int64_t experts, int64_t k, RouterType typ
   state.SetItemsProcessed(state.iterations() * T);
 }
 
-void BM_RoutingMixtral(benchmark::State& s) { routing(s, 8, 2, RouterType::TopKSoftmax); }
-void BM_RoutingDeepSeek(benchmark::State& s) { routing(s, 64, 6, RouterType::SigmoidBias); }
+void BM_RoutingMixtral(benchmark::State& s) {
+  routing(s, 8, 2, RouterType::TopKSoftmax);
+}
+void BM_RoutingDeepSeek(benchmark::State& s) {
+  routing(s, 64, 6, RouterType::SigmoidBias);
+}
 BENCHMARK(BM_RoutingMixtral)->Arg(16)->Arg(256)->Arg(2048);
 BENCHMARK(BM_RoutingDeepSeek)->Arg(16)->Arg(256)->Arg(2048);
 

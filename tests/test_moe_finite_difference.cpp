@@ -13,7 +13,7 @@
 namespace moe {
 namespace {
 
-constexpr double kStep = 2e-3;   // central-difference step (fp32 forward)
+constexpr double kStep = 2e-3;    // central-difference step (fp32 forward)
 constexpr double kAbsTol = 1e-3;  // |analytic - numeric| <= kAbsTol + kRelTol * |numeric|
 constexpr double kRelTol = 2e-2;
 
@@ -87,8 +87,8 @@ TEST_P(MoeFiniteDifference, GradientsMatchCentralDifferences) {
             e.name + "[" + std::to_string(i) + "]");
 
   EXPECT_GT(checked, 0);
-  EXPECT_LE(skipped * 20, checked + skipped) << skipped << " of " << checked + skipped
-                                             << " coordinates changed the routing";
+  EXPECT_LE(skipped * 20, checked + skipped)
+      << skipped << " of " << checked + skipped << " coordinates changed the routing";
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, MoeFiniteDifference, testing::ValuesIn(test::moe_case_names()),

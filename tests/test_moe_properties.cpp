@@ -21,20 +21,36 @@ void* operator new(size_t n) {
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
-void* operator new[](size_t n) { return operator new(n); }
+void* operator new[](size_t n) {
+  return operator new(n);
+}
 void* operator new(size_t n, std::align_val_t a) {
   ++g_allocations;
   const size_t al = static_cast<size_t>(a);
   if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
   throw std::bad_alloc();
 }
-void* operator new[](size_t n, std::align_val_t a) { return operator new(n, a); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void* operator new[](size_t n, std::align_val_t a) {
+  return operator new(n, a);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, size_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
 
 namespace moe {
 namespace {
@@ -52,8 +68,12 @@ MoeConfig small_config() {
 
 struct Fixture {
   explicit Fixture(const MoeConfig& c, int64_t tokens, uint64_t seed = 5)
-      : layer(c, store, "layer", seed), T(tokens), x({tokens, c.hidden_size}),
-        y({tokens, c.hidden_size}), dy({tokens, c.hidden_size}), dx({tokens, c.hidden_size}) {
+      : layer(c, store, "layer", seed),
+        T(tokens),
+        x({tokens, c.hidden_size}),
+        y({tokens, c.hidden_size}),
+        dy({tokens, c.hidden_size}),
+        dx({tokens, c.hidden_size}) {
     store.allocate();
     Rng rng(seed);
     layer.init_parameters(rng, 0.3f);
@@ -86,7 +106,8 @@ TEST(MoeProperties, DroplessEqualsDenseMaskedReference) {
       float gate = 0.0f;
       for (int64_t j = 0; j < k; ++j)
         if (plan.expert[t * k + j] == e) gate = plan.gate[t * k + j];
-      swiglu_forward({1, D, F}, f.x.row(t), f.store.value(f.layer.experts().w13()).subspan(e * 2 * F * D, 2 * F * D),
+      swiglu_forward({1, D, F}, f.x.row(t),
+                     f.store.value(f.layer.experts().w13()).subspan(e * 2 * F * D, 2 * F * D),
                      f.store.value(f.layer.experts().w2()).subspan(e * D * F, D * F), h13.span(),
                      act.span(), out.span());
       for (int64_t d = 0; d < D; ++d) expect[d] += gate * out[d];
@@ -140,7 +161,8 @@ TEST(MoeProperties, DroppedTokenContributesZero) {
   for (int64_t n : s.tokens_per_expert) over += std::max<int64_t>(0, n - 1);
   EXPECT_EQ(s.dropped, over);
   std::vector<bool> has_kept(24, false);
-  for (int32_t a : f.layer.dispatcher().kept_assignments()) has_kept[f.layer.plan().token[a]] = true;
+  for (int32_t a : f.layer.dispatcher().kept_assignments())
+    has_kept[f.layer.plan().token[a]] = true;
   for (int64_t t = 0; t < 24; ++t) {
     if (has_kept[t]) continue;
     for (int64_t d = 0; d < c.hidden_size; ++d) EXPECT_EQ(f.y[t * c.hidden_size + d], 0.0f);

@@ -50,7 +50,8 @@ Tensor take_cols(std::span<const float> src, int64_t rows, int64_t stride, int64
                  int64_t cols) {
   Tensor t({rows, cols});
   for (int64_t r = 0; r < rows; ++r)
-    std::copy(src.data() + r * stride + col0, src.data() + r * stride + col0 + cols, t.data() + r * cols);
+    std::copy(src.data() + r * stride + col0, src.data() + r * stride + col0 + cols,
+              t.data() + r * cols);
   return t;
 }
 
@@ -69,38 +70,49 @@ TEST_P(MoeReference, ForwardAndBackwardMatchPyTorch) {
   ParamStore store;
   MoeLayer layer(cfg, store, "layer");
   store.allocate();
-  auto set = [&](ParamRef r, const Tensor& t) { std::copy(t.data(), t.data() + t.numel(), store.value(r).data()); };
+  auto set = [&](ParamRef r, const Tensor& t) {
+    std::copy(t.data(), t.data() + t.numel(), store.value(r).data());
+  };
   set(layer.router().weight(), ref.at("gate.weight"));
-  if (cfg.router_type == RouterType::NoisyTopK) set(layer.router().noise_weight(), ref.at("gate.noise_weight"));
+  if (cfg.router_type == RouterType::NoisyTopK)
+    set(layer.router().noise_weight(), ref.at("gate.noise_weight"));
   const Tensor& bias = ref.at("gate.bias");
   std::copy(bias.data(), bias.data() + E, layer.router().expert_bias().data());
   for (int64_t e = 0; e < E; ++e) {
     auto w13 = store.value(layer.experts().w13()).subspan(e * 2 * F * D, 2 * F * D);
     put_rows(w13, 0, ref.at("experts." + std::to_string(e) + ".w1"));
     put_rows(w13, F, ref.at("experts." + std::to_string(e) + ".w3"));
-    put_rows(store.value(layer.experts().w2()), e * D, ref.at("experts." + std::to_string(e) + ".w2"));
+    put_rows(store.value(layer.experts().w2()), e * D,
+             ref.at("experts." + std::to_string(e) + ".w2"));
   }
   // S shared experts sum to one SwiGLU whose hidden units are theirs side by side.
   for (int64_t s = 0; s < S; ++s) {
-    put_rows(store.value(layer.shared_w13()), s * Fs, ref.at("shared_experts." + std::to_string(s) + ".w1"));
-    put_rows(store.value(layer.shared_w13()), S * Fs + s * Fs, ref.at("shared_experts." + std::to_string(s) + ".w3"));
-    put_cols(store.value(layer.shared_w2()), S * Fs, s * Fs, ref.at("shared_experts." + std::to_string(s) + ".w2"));
+    put_rows(store.value(layer.shared_w13()), s * Fs,
+             ref.at("shared_experts." + std::to_string(s) + ".w1"));
+    put_rows(store.value(layer.shared_w13()), S * Fs + s * Fs,
+             ref.at("shared_experts." + std::to_string(s) + ".w3"));
+    put_cols(store.value(layer.shared_w2()), S * Fs, s * Fs,
+             ref.at("shared_experts." + std::to_string(s) + ".w2"));
   }
   if (cfg.shared_expert_gate) set(layer.shared_gate(), ref.at("shared_expert_gate.weight"));
 
   Tensor y({T, D}), dx({T, D});
-  MoeForwardOptions opt{c.training, c.seq_len,
-                        {ref.at("noise_normal").span(), ref.at("jitter").span()}};
+  MoeForwardOptions opt{
+      c.training, c.seq_len, {ref.at("noise_normal").span(), ref.at("jitter").span()}};
   const RoutingStats& stats = layer.forward(ref.at("x").span(), T, y.span(), opt);
   store.zero_grads();
   layer.backward(ref.at("dy").span(), dx.span());
 
   expect_close(y.span(), ref.at("out.y"), "y");
-  EXPECT_NEAR(stats.aux_loss, ref.at("out.aux_loss")[0], 1e-6 + 1e-4 * std::abs(ref.at("out.aux_loss")[0]));
-  EXPECT_NEAR(stats.z_loss, ref.at("out.z_loss")[0], 1e-6 + 1e-4 * std::abs(ref.at("out.z_loss")[0]));
+  EXPECT_NEAR(stats.aux_loss, ref.at("out.aux_loss")[0],
+              1e-6 + 1e-4 * std::abs(ref.at("out.aux_loss")[0]));
+  EXPECT_NEAR(stats.z_loss, ref.at("out.z_loss")[0],
+              1e-6 + 1e-4 * std::abs(ref.at("out.z_loss")[0]));
   for (int64_t e = 0; e < E; ++e) {
-    EXPECT_EQ(stats.tokens_per_expert[e], static_cast<int64_t>(ref.at("out.tokens_per_expert")[e])) << e;
-    EXPECT_EQ(stats.kept_per_expert[e], static_cast<int64_t>(ref.at("out.kept_per_expert")[e])) << e;
+    EXPECT_EQ(stats.tokens_per_expert[e], static_cast<int64_t>(ref.at("out.tokens_per_expert")[e]))
+        << e;
+    EXPECT_EQ(stats.kept_per_expert[e], static_cast<int64_t>(ref.at("out.kept_per_expert")[e]))
+        << e;
   }
   expect_close(dx.span(), ref.at("grad.x"), "dx");
   expect_close(store.grad(layer.router().weight()), ref.at("grad.gate.weight"), "d gate.weight");
@@ -112,16 +124,17 @@ TEST_P(MoeReference, ForwardAndBackwardMatchPyTorch) {
     auto dw13 = store.grad(layer.experts().w13()).subspan(e * 2 * F * D, 2 * F * D);
     expect_close(take_rows(dw13, 0, F, D).span(), ref.at("grad." + n + ".w1"), "d " + n + ".w1");
     expect_close(take_rows(dw13, F, F, D).span(), ref.at("grad." + n + ".w3"), "d " + n + ".w3");
-    expect_close(take_rows(store.grad(layer.experts().w2()), e * D, D, F).span(), ref.at("grad." + n + ".w2"),
-                 "d " + n + ".w2");
+    expect_close(take_rows(store.grad(layer.experts().w2()), e * D, D, F).span(),
+                 ref.at("grad." + n + ".w2"), "d " + n + ".w2");
   }
   for (int64_t s = 0; s < S; ++s) {
     const std::string n = "shared_experts." + std::to_string(s);
-    expect_close(take_rows(store.grad(layer.shared_w13()), s * Fs, Fs, D).span(), ref.at("grad." + n + ".w1"), "d " + n + ".w1");
-    expect_close(take_rows(store.grad(layer.shared_w13()), S * Fs + s * Fs, Fs, D).span(), ref.at("grad." + n + ".w3"),
-                 "d " + n + ".w3");
-    expect_close(take_cols(store.grad(layer.shared_w2()), D, S * Fs, s * Fs, Fs).span(), ref.at("grad." + n + ".w2"),
-                 "d " + n + ".w2");
+    expect_close(take_rows(store.grad(layer.shared_w13()), s * Fs, Fs, D).span(),
+                 ref.at("grad." + n + ".w1"), "d " + n + ".w1");
+    expect_close(take_rows(store.grad(layer.shared_w13()), S * Fs + s * Fs, Fs, D).span(),
+                 ref.at("grad." + n + ".w3"), "d " + n + ".w3");
+    expect_close(take_cols(store.grad(layer.shared_w2()), D, S * Fs, s * Fs, Fs).span(),
+                 ref.at("grad." + n + ".w2"), "d " + n + ".w2");
   }
   if (cfg.shared_expert_gate)
     expect_close(store.grad(layer.shared_gate()), ref.at("grad.shared_expert_gate.weight"),

@@ -67,7 +67,9 @@ double sgemm_gflops(double min_seconds) {
   rng.fill_normal(a.span(), 0, 1);
   rng.fill_normal(b.span(), 0, 1);
   const double s = time_call(
-      [&] { gemm(Trans::No, Trans::No, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); },
+      [&] {
+        gemm(Trans::No, Trans::No, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+      },
       min_seconds);
   return 2.0 * n * n * n / s / 1e9;
 }
@@ -77,9 +79,11 @@ double sgemm_gflops(double min_seconds) {
 int run_bench_layer(const BenchLayerOptions& options) {
   const double peak = sgemm_gflops(options.min_seconds);
   if (!options.json)
-    std::printf("threads %d, OpenBLAS %s kernels, sgemm 2048^3: %.1f GFLOP/s\n%-9s %6s %12s %14s %8s %10s %8s\n",
-                thread_count(), blas_core_name(), peak, "case", "tokens", "fwd tok/s", "fwd+bwd tok/s",
-                "dense x", "GFLOP/s", "of sgemm");
+    std::printf(
+        "threads %d, OpenBLAS %s kernels, sgemm 2048^3: %.1f GFLOP/s\n%-9s %6s %12s %14s %8s %10s "
+        "%8s\n",
+        thread_count(), blas_core_name(), peak, "case", "tokens", "fwd tok/s", "fwd+bwd tok/s",
+        "dense x", "GFLOP/s", "of sgemm");
   nlohmann::json rows = nlohmann::json::array();
   for (const std::string& name : options.cases) {
     const BenchCase bc = make_case(name);
@@ -95,7 +99,8 @@ int run_bench_layer(const BenchLayerOptions& options) {
       rng.fill_normal(x.span(), 0, 1);
       rng.fill_normal(dy.span(), 0, 1);
       // Gradients overwritten, as PyTorch does after zero_grad(set_to_none=True).
-      const double fwd = time_call([&] { layer.forward(x.span(), T, y.span()); }, options.min_seconds);
+      const double fwd =
+          time_call([&] { layer.forward(x.span(), T, y.span()); }, options.min_seconds);
       const double fwdbwd = time_call(
           [&] {
             layer.forward(x.span(), T, y.span());

@@ -12,13 +12,15 @@ int main(int argc, char** argv) {
   CLI::App app{"moe: sparse Mixture-of-Experts transformers: train, run, inspect"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "Threads for OpenMP loops and OpenBLAS (default: MOE_THREADS or all cores)");
+  app.add_option("--threads", threads,
+                 "Threads for OpenMP loops and OpenBLAS (default: MOE_THREADS or all cores)");
 
   CLI::App* bench = app.add_subcommand("bench", "Measure throughput");
   bench->require_subcommand(1);
   moe::cli::BenchLayerOptions layer_opts;
   CLI::App* bench_layer = bench->add_subcommand(
-      "layer", "MoE layer forward and forward+backward tokens/s vs a dense SwiGLU of equal active FLOPs");
+      "layer",
+      "MoE layer forward and forward+backward tokens/s vs a dense SwiGLU of equal active FLOPs");
   bench_layer->add_option("--case", layer_opts.cases, "mixtral and/or deepseek")
       ->capture_default_str()
       ->check(CLI::IsMember({"mixtral", "deepseek"}));

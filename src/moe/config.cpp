@@ -28,8 +28,8 @@ constexpr std::pair<const char*, RouterType> kRouterNames[] = {
     {"noisy_topk", RouterType::NoisyTopK},       {"sigmoid_bias", RouterType::SigmoidBias},
     {"expert_choice", RouterType::ExpertChoice},
 };
-constexpr std::pair<const char*, DropPolicy> kDropNames[] = {
-    {"probs", DropPolicy::Probs}, {"position", DropPolicy::Position}};
+constexpr std::pair<const char*, DropPolicy> kDropNames[] = {{"probs", DropPolicy::Probs},
+                                                             {"position", DropPolicy::Position}};
 constexpr std::pair<const char*, AuxLossType> kAuxNames[] = {
     {"none", AuxLossType::None}, {"switch", AuxLossType::Switch}, {"seq", AuxLossType::Sequence}};
 
@@ -59,9 +59,15 @@ void check(bool ok, const char* field, const std::string& what) {
 
 }  // namespace
 
-const char* to_string(RouterType t) { return enum_name(t, kRouterNames); }
-const char* to_string(DropPolicy p) { return enum_name(p, kDropNames); }
-const char* to_string(AuxLossType t) { return enum_name(t, kAuxNames); }
+const char* to_string(RouterType t) {
+  return enum_name(t, kRouterNames);
+}
+const char* to_string(DropPolicy p) {
+  return enum_name(p, kDropNames);
+}
+const char* to_string(AuxLossType t) {
+  return enum_name(t, kAuxNames);
+}
 
 void MoeConfig::validate() const {
   check(hidden_size > 0, "hidden_size", "must be positive");
@@ -70,8 +76,8 @@ void MoeConfig::validate() const {
   check(top_k > 0, "top_k", "must be positive");
   check(top_k <= num_experts, "top_k",
         std::to_string(top_k) + " exceeds num_experts " + std::to_string(num_experts));
-  check(std::isfinite(routed_scaling_factor) && routed_scaling_factor > 0,
-        "routed_scaling_factor", "must be a positive number");
+  check(std::isfinite(routed_scaling_factor) && routed_scaling_factor > 0, "routed_scaling_factor",
+        "must be a positive number");
   check(jitter_eps >= 0 && jitter_eps < 1, "jitter_eps", "must be in [0, 1)");
   check(n_group > 0 && num_experts % n_group == 0, "n_group",
         "must be positive and divide num_experts");
@@ -117,31 +123,53 @@ MoeConfig moe_config_from_json(const nlohmann::json& j) {
   MoeConfig c;
   for (auto& [key, v] : j.items()) {
     const char* k = key.c_str();
-    if (key == "hidden_size") c.hidden_size = get_int(v, k);
-    else if (key == "moe_intermediate_size") c.moe_intermediate_size = get_int(v, k);
-    else if (key == "num_experts") c.num_experts = get_int(v, k);
-    else if (key == "top_k") c.top_k = get_int(v, k);
-    else if (key == "router_type") c.router_type = parse_enum(v, k, kRouterNames);
-    else if (key == "norm_topk_prob") c.norm_topk_prob = get_bool(v, k);
-    else if (key == "routed_scaling_factor") c.routed_scaling_factor = get_float(v, k);
-    else if (key == "jitter_eps") c.jitter_eps = get_float(v, k);
-    else if (key == "n_group") c.n_group = get_int(v, k);
-    else if (key == "topk_group") c.topk_group = get_int(v, k);
-    else if (key == "bias_update_speed") c.bias_update_speed = get_float(v, k);
-    else if (key == "capacity_factor") c.capacity_factor = v.is_null() ? 0.0f : get_float(v, k);
+    if (key == "hidden_size")
+      c.hidden_size = get_int(v, k);
+    else if (key == "moe_intermediate_size")
+      c.moe_intermediate_size = get_int(v, k);
+    else if (key == "num_experts")
+      c.num_experts = get_int(v, k);
+    else if (key == "top_k")
+      c.top_k = get_int(v, k);
+    else if (key == "router_type")
+      c.router_type = parse_enum(v, k, kRouterNames);
+    else if (key == "norm_topk_prob")
+      c.norm_topk_prob = get_bool(v, k);
+    else if (key == "routed_scaling_factor")
+      c.routed_scaling_factor = get_float(v, k);
+    else if (key == "jitter_eps")
+      c.jitter_eps = get_float(v, k);
+    else if (key == "n_group")
+      c.n_group = get_int(v, k);
+    else if (key == "topk_group")
+      c.topk_group = get_int(v, k);
+    else if (key == "bias_update_speed")
+      c.bias_update_speed = get_float(v, k);
+    else if (key == "capacity_factor")
+      c.capacity_factor = v.is_null() ? 0.0f : get_float(v, k);
     else if (key == "eval_capacity_factor") {
-      if (v.is_null()) c.eval_capacity_factor.reset();
-      else c.eval_capacity_factor = get_float(v, k);
-    } else if (key == "min_capacity") c.min_capacity = get_int(v, k);
-    else if (key == "drop_policy") c.drop_policy = parse_enum(v, k, kDropNames);
-    else if (key == "aux_loss_type") c.aux_loss_type = parse_enum(v, k, kAuxNames);
-    else if (key == "aux_loss_coeff") c.aux_loss_coeff = get_float(v, k);
-    else if (key == "z_loss_coeff") c.z_loss_coeff = get_float(v, k);
-    else if (key == "n_shared_experts") c.n_shared_experts = get_int(v, k);
+      if (v.is_null())
+        c.eval_capacity_factor.reset();
+      else
+        c.eval_capacity_factor = get_float(v, k);
+    } else if (key == "min_capacity")
+      c.min_capacity = get_int(v, k);
+    else if (key == "drop_policy")
+      c.drop_policy = parse_enum(v, k, kDropNames);
+    else if (key == "aux_loss_type")
+      c.aux_loss_type = parse_enum(v, k, kAuxNames);
+    else if (key == "aux_loss_coeff")
+      c.aux_loss_coeff = get_float(v, k);
+    else if (key == "z_loss_coeff")
+      c.z_loss_coeff = get_float(v, k);
+    else if (key == "n_shared_experts")
+      c.n_shared_experts = get_int(v, k);
     else if (key == "shared_expert_intermediate_size")
       c.shared_expert_intermediate_size = get_int(v, k);
-    else if (key == "shared_expert_gate") c.shared_expert_gate = get_bool(v, k);
-    else throw Error("unknown MoE config field '" + key + "'");
+    else if (key == "shared_expert_gate")
+      c.shared_expert_gate = get_bool(v, k);
+    else
+      throw Error("unknown MoE config field '" + key + "'");
   }
   c.validate();
   return c;
@@ -170,8 +198,8 @@ nlohmann::json moe_config_to_json(const MoeConfig& c) {
       {"shared_expert_intermediate_size", c.shared_expert_intermediate_size},
       {"shared_expert_gate", c.shared_expert_gate},
   };
-  j["eval_capacity_factor"] = c.eval_capacity_factor ? nlohmann::json(*c.eval_capacity_factor)
-                                                     : nlohmann::json(nullptr);
+  j["eval_capacity_factor"] =
+      c.eval_capacity_factor ? nlohmann::json(*c.eval_capacity_factor) : nlohmann::json(nullptr);
   return j;
 }
 

@@ -19,21 +19,22 @@ enum class DropPolicy { Probs, Position };
 enum class AuxLossType { None, Switch, Sequence };
 
 struct MoeConfig {
-  int64_t hidden_size = 512;            // D
-  int64_t moe_intermediate_size = 1408; // F, per routed expert
-  int64_t num_experts = 8;              // E
-  int64_t top_k = 2;                    // k
+  int64_t hidden_size = 512;             // D
+  int64_t moe_intermediate_size = 1408;  // F, per routed expert
+  int64_t num_experts = 8;               // E
+  int64_t top_k = 2;                     // k
 
   RouterType router_type = RouterType::TopKSoftmax;
-  bool norm_topk_prob = true;  // renormalise the k picked gates (always so for TopKSoftmax, NoisyTopK)
+  bool norm_topk_prob =
+      true;  // renormalise the k picked gates (always so for TopKSoftmax, NoisyTopK)
   float routed_scaling_factor = 1.0f;  // multiplies every routed gate (2.5 in DeepSeek-V3)
   float jitter_eps = 0.0f;             // Switch multiplicative jitter on the router input; 0 = off
   int64_t n_group = 1;                 // group-limited routing: groups of experts
   int64_t topk_group = 1;              // groups kept per token
   float bias_update_speed = 0.001f;    // gamma, aux-loss-free bias update (SigmoidBias)
 
-  float capacity_factor = 0.0f;                    // 0 = dropless
-  std::optional<float> eval_capacity_factor;       // when absent, capacity_factor
+  float capacity_factor = 0.0f;               // 0 = dropless
+  std::optional<float> eval_capacity_factor;  // when absent, capacity_factor
   int64_t min_capacity = 0;
   DropPolicy drop_policy = DropPolicy::Probs;
 
@@ -41,9 +42,9 @@ struct MoeConfig {
   float aux_loss_coeff = 0.01f;  // alpha
   float z_loss_coeff = 0.001f;   // beta
 
-  int64_t n_shared_experts = 0;                // S, always-on experts
-  int64_t shared_expert_intermediate_size = 0; // F_s, per shared expert
-  bool shared_expert_gate = false;             // Qwen2-MoE: sigmoid(x w_g) scales shared output
+  int64_t n_shared_experts = 0;                 // S, always-on experts
+  int64_t shared_expert_intermediate_size = 0;  // F_s, per shared expert
+  bool shared_expert_gate = false;              // Qwen2-MoE: sigmoid(x w_g) scales shared output
 
   // Throws moe::Error naming the first inconsistent field.
   void validate() const;

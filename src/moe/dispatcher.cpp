@@ -62,7 +62,8 @@ void Dispatcher::plan(const RoutingPlan& plan, int64_t capacity, DropPolicy poli
   for (int64_t t = 0; t < tokens_; ++t) token_offsets_[t + 1] = token_offsets_[t] + cursor_[t];
   std::copy(token_offsets_.begin(), token_offsets_.end() - 1, cursor_.begin());
   token_rows_.resize(kept_rows);
-  for (int64_t r = 0; r < kept_rows; ++r) token_rows_[cursor_[row_token_[r]]++] = static_cast<int32_t>(r);
+  for (int64_t r = 0; r < kept_rows; ++r)
+    token_rows_[cursor_[row_token_[r]]++] = static_cast<int32_t>(r);
 }
 
 void Dispatcher::permute(std::span<const float> x, int64_t D, std::span<float> xp) const {

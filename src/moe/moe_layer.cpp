@@ -56,8 +56,8 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
   std::copy(x.begin(), x.begin() + tokens * D, x_.data());
 
   const int64_t capacity = config_.capacity(tokens, options.training);
-  router_.forward(x_.span(), tokens, seq_len, options.training, capacity, options.noise,
-                  noise_rng_, plan_);
+  router_.forward(x_.span(), tokens, seq_len, options.training, capacity, options.noise, noise_rng_,
+                  plan_);
   dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy);
 
   const int64_t kept = dispatcher_.kept();
@@ -72,9 +72,8 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     shared_h13_.resize({tokens, 2 * Fs});
     shared_act_.resize({tokens, Fs});
     shared_out_.resize({tokens, D});
-    swiglu_forward({tokens, D, Fs}, x_.span(), store_.value(shared_w13_),
-                   store_.value(shared_w2_), shared_h13_.span(), shared_act_.span(),
-                   shared_out_.span());
+    swiglu_forward({tokens, D, Fs}, x_.span(), store_.value(shared_w13_), store_.value(shared_w2_),
+                   shared_h13_.span(), shared_act_.span(), shared_out_.span());
     shared_scale_.resize({tokens});
     const float* wg = config_.shared_expert_gate ? store_.value(shared_gate_).data() : nullptr;
 #pragma omp parallel for schedule(static) if (tokens * D > 65536)

@@ -14,8 +14,12 @@
 namespace moe {
 namespace {
 
-inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
-inline float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
+inline float sigmoid(float v) {
+  return 1.0f / (1.0f + std::exp(-v));
+}
+inline float softplus(float v) {
+  return v > 20.0f ? v : std::log1p(std::exp(v));
+}
 
 // Indices of the `count` largest values, highest first; ties go to the lower index.
 void top_indices(const float* values, int64_t n, int64_t count, int32_t* order, int32_t* out) {
@@ -67,8 +71,8 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
 
   // logits = input W_r^T: [T, E]
   logits_.resize({tokens, E});
-  gemm(Trans::No, Trans::Yes, tokens, E, D, 1.0f, input_.data(), D, store_.value(weight_).data(),
-       D, 0.0f, logits_.data(), E);
+  gemm(Trans::No, Trans::Yes, tokens, E, D, 1.0f, input_.data(), D, store_.value(weight_).data(), D,
+       0.0f, logits_.data(), E);
   if (noisy_) {
     // H = l + n * softplus(input W_noise^T)
     noise_pre_.resize({tokens, E});
@@ -248,7 +252,8 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
       const int32_t* picks = selected_.data() + t * k;
       float* ds = dscores_.data() + t * E;
       if (renorm) {
-        // g_j = scale * s_j / S,  S = sum of picked s  =>  ds_j = scale (dg_j - sum_i dg_i g_i/scale) / S
+        // g_j = scale * s_j / S,  S = sum of picked s  =>  ds_j = scale (dg_j - sum_i dg_i
+        // g_i/scale) / S
         const float S = picked_sum_[t];
         float dot = 0.0f;
         for (int64_t j = 0; j < k; ++j) dot += dgate[t * k + j] * s[picks[j]];
@@ -315,8 +320,7 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
        0.0f, dinput_.data(), D);
   if (noisy_) {
     // H = l + n softplus(pre): dpre = dH * n * sigmoid(pre); dlogits_ is reused for dpre.
-    for (int64_t i = 0; i < T * E; ++i)
-      dlogits_[i] *= noise_normal_[i] * sigmoid(noise_pre_[i]);
+    for (int64_t i = 0; i < T * E; ++i) dlogits_[i] *= noise_normal_[i] * sigmoid(noise_pre_[i]);
     gemm(Trans::Yes, Trans::No, E, D, T, 1.0f, dlogits_.data(), E, input_.data(), D, 1.0f,
          store_.grad(noise_weight_).data(), D);
     gemm(Trans::No, Trans::No, T, D, E, 1.0f, dlogits_.data(), E,

@@ -43,8 +43,9 @@ class Router {
   void forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
                int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan);
 
-  // plan: the one forward produced  dgate: [A] -> dx: [T, D] ADDED to; parameter gradients accumulated. Includes the
-  // gradients of aux_loss() and z_loss(), which enter the total loss with weight 1.
+  // plan: the one forward produced  dgate: [A] -> dx: [T, D] ADDED to; parameter gradients
+  // accumulated. Includes the gradients of aux_loss() and z_loss(), which enter the total loss with
+  // weight 1.
   void backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx);
 
   float aux_loss() const { return aux_loss_; }
@@ -73,24 +74,24 @@ class Router {
   int64_t seq_len_ = 0;
   bool jittered_ = false;
   bool noisy_ = false;
-  Tensor input_;         // [T, D] router input (x, or x * jitter)
-  Tensor jitter_;        // [T, D]
-  Tensor logits_;        // [T, E] the logits routed on (H for noisy top-k)
-  Tensor noise_pre_;     // [T, E] x W_noise^T
-  Tensor noise_normal_;  // [T, E] n
-  Tensor scores_;        // [T, E] softmax(logits) or sigmoid(logits)
-  Tensor probs_;         // [T, E] normalised scores (the balancing loss's P)
+  Tensor input_;                   // [T, D] router input (x, or x * jitter)
+  Tensor jitter_;                  // [T, D]
+  Tensor logits_;                  // [T, E] the logits routed on (H for noisy top-k)
+  Tensor noise_pre_;               // [T, E] x W_noise^T
+  Tensor noise_normal_;            // [T, E] n
+  Tensor scores_;                  // [T, E] softmax(logits) or sigmoid(logits)
+  Tensor probs_;                   // [T, E] normalised scores (the balancing loss's P)
   std::vector<int32_t> selected_;  // [T, k] token choice picks
   std::vector<float> picked_sum_;  // [T] sum of picked scores (renormalisation)
   float aux_loss_ = 0.0f;
   float z_loss_ = 0.0f;
 
   // Backward scratch.
-  Tensor dscores_;  // [T, E]
-  Tensor dlogits_;  // [T, E]
-  Tensor dinput_;   // [T, D]
+  Tensor dscores_;                      // [T, E]
+  Tensor dlogits_;                      // [T, E]
+  Tensor dinput_;                       // [T, D]
   std::vector<int32_t> order_scratch_;  // [threads, max(E, T)] index scratch for selection
-  std::vector<float> select_scratch_;  // [threads, E] selection scores
+  std::vector<float> select_scratch_;   // [threads, E] selection scores
 };
 
 }  // namespace moe

@@ -7,7 +7,9 @@
 namespace moe {
 namespace {
 
-inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+inline float sigmoid(float v) {
+  return 1.0f / (1.0f + std::exp(-v));
+}
 
 }  // namespace
 
@@ -56,8 +58,8 @@ void swiglu_backward(SwigluShape s, std::span<const float> x, std::span<const fl
     }
   }
   // dW13 = dh13^T x,  dx = dh13 W13
-  gemm(Trans::Yes, Trans::No, 2 * F, D, n, 1.0f, dh13.data(), 2 * F, x.data(), D, beta,
-       dw13.data(), D);
+  gemm(Trans::Yes, Trans::No, 2 * F, D, n, 1.0f, dh13.data(), 2 * F, x.data(), D, beta, dw13.data(),
+       D);
   gemm(Trans::No, Trans::No, n, D, 2 * F, 1.0f, dh13.data(), 2 * F, w13.data(), D, 0.0f, dx.data(),
        D);
 }

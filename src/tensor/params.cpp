@@ -6,7 +6,8 @@ namespace moe {
 
 ParamRef ParamStore::add(const std::string& name, const Shape& shape) {
   require(!allocated_, "parameter '" + name + "' registered after allocation");
-  for (const auto& e : entries_) require(e.name != name, "parameter '" + name + "' registered twice");
+  for (const auto& e : entries_)
+    require(e.name != name, "parameter '" + name + "' registered twice");
   // Every tensor starts on a 64-byte boundary so BLAS sees aligned rows.
   total_ = (total_ + 15) / 16 * 16;
   ParamRef ref{total_, shape_numel(shape)};

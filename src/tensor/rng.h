@@ -14,9 +14,9 @@ class Rng {
   static Rng for_purpose(uint64_t run_seed, uint64_t purpose);
 
   uint64_t next_u64();
-  float uniform();                     // [0, 1)
-  float uniform(float lo, float hi);   // [lo, hi)
-  float normal();                      // N(0, 1), Box-Muller
+  float uniform();                    // [0, 1)
+  float uniform(float lo, float hi);  // [lo, hi)
+  float normal();                     // N(0, 1), Box-Muller
   void fill_uniform(std::span<float> out, float lo, float hi);
   void fill_normal(std::span<float> out, float mean, float stddev);
 

@@ -81,8 +81,7 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(bytes[i]);
   require(header_len <= kMaxHeaderBytes,
           source + ": header length " + std::to_string(header_len) + " exceeds 100 MB");
-  require(header_len <= bytes.size() - 8, source + ": header length " +
-                                              std::to_string(header_len) +
+  require(header_len <= bytes.size() - 8, source + ": header length " + std::to_string(header_len) +
                                               " runs past the end of the file");
   nlohmann::json header;
   try {
@@ -129,10 +128,9 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
             where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                 "] out of range (data section is " + std::to_string(data_len) + " bytes)");
     const uint64_t numel = static_cast<uint64_t>(shape_numel(shape));
-    require(end - begin == numel * elem,
-            where + ": shape " + shape_str(shape) + " of " + dtype + " needs " +
-                std::to_string(numel * elem) + " bytes, offsets give " +
-                std::to_string(end - begin));
+    require(end - begin == numel * elem, where + ": shape " + shape_str(shape) + " of " + dtype +
+                                             " needs " + std::to_string(numel * elem) +
+                                             " bytes, offsets give " + std::to_string(end - begin));
     ranges.emplace_back(begin, end);
 
     Tensor t(shape);
@@ -151,10 +149,10 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
   std::sort(ranges.begin(), ranges.end());
   uint64_t cursor = 0;
   for (auto [begin, end] : ranges) {
-    require(begin >= cursor, source + ": tensor data ranges overlap at byte " +
-                                 std::to_string(begin));
-    require(begin == cursor, source + ": hole in the data section at byte " +
-                                 std::to_string(cursor));
+    require(begin >= cursor,
+            source + ": tensor data ranges overlap at byte " + std::to_string(begin));
+    require(begin == cursor,
+            source + ": hole in the data section at byte " + std::to_string(cursor));
     cursor = end;
   }
   require(cursor == data_len, source + ": " + std::to_string(data_len - cursor) +
@@ -179,7 +177,8 @@ void write_safetensors(const std::string& path, const std::map<std::string, Tens
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     const uint64_t bytes = static_cast<uint64_t>(t.numel()) * 4;
-    header[name] = {{"dtype", "F32"}, {"shape", t.shape()}, {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {
+        {"dtype", "F32"}, {"shape", t.shape()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string json = header.dump();

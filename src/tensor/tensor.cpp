@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <new>
 #include <cstring>
+#include <new>
 
 #include "tensor/error.h"
 
@@ -57,7 +57,9 @@ void Tensor::resize(std::span<const int64_t> shape) {
   numel_ = n;
 }
 
-void Tensor::fill(float value) { std::fill_n(data(), numel_, value); }
+void Tensor::fill(float value) {
+  std::fill_n(data(), numel_, value);
+}
 
 std::span<float> Tensor::row(int64_t r) {
   const int64_t cols = shape_.empty() || shape_[0] == 0 ? 0 : numel_ / shape_[0];

@@ -15,7 +15,9 @@ char* openblas_get_corename(void);
 
 namespace moe {
 
-const char* blas_core_name() { return openblas_get_corename(); }
+const char* blas_core_name() {
+  return openblas_get_corename();
+}
 
 void set_threads(int n) {
   if (n <= 0) {
@@ -34,6 +36,8 @@ void set_threads(int n) {
   openblas_set_num_threads(n);
 }
 
-int thread_count() { return omp_get_max_threads(); }
+int thread_count() {
+  return omp_get_max_threads();
+}
 
 }  // namespace moe
