@@ -13,9 +13,21 @@ Experts::Experts(int64_t experts, int64_t model, int64_t hidden, ParamStore& sto
   w2_ = store.add(prefix + ".w2", {experts, model, hidden});
 }
 
-bool Experts::parallel_over_experts(std::span<const int64_t> offsets) const {
-  return offsets[experts_] < 48 * experts_;
+namespace {
+
+// Runs run(e) for every expert. Small segments go one expert per thread (BLAS single-threaded
+// inside); large ones one after another, each GEMM using every thread.
+template <typename Run>
+void for_each_expert(int64_t experts, std::span<const int64_t> offsets, Run&& run) {
+  if (offsets[experts] < 48 * experts) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t e = 0; e < experts; ++e) run(e);
+  } else {
+    for (int64_t e = 0; e < experts; ++e) run(e);
+  }
 }
+
+}  // namespace
 
 void Experts::forward(std::span<const float> xp, std::span<const int64_t> offsets,
                       std::span<float> yp) {
@@ -30,12 +42,7 @@ void Experts::forward(std::span<const float> xp, std::span<const int64_t> offset
                    store_.value(w2_).subspan(e * D * F, D * F), h13_.span().subspan(r0 * 2 * F),
                    act_.span().subspan(r0 * F), yp.subspan(r0 * D, rows * D));
   };
-  if (parallel_over_experts(offsets)) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t e = 0; e < experts_; ++e) run(e);
-  } else {
-    for (int64_t e = 0; e < experts_; ++e) run(e);
-  }
+  for_each_expert(experts_, offsets, run);
 }
 
 void Experts::backward(std::span<const float> xp, std::span<const int64_t> offsets,
@@ -60,12 +67,7 @@ void Experts::backward(std::span<const float> xp, std::span<const int64_t> offse
                     dh13_.span().subspan(r0 * 2 * F), dxp.subspan(r0 * D, rows * D), dw13, dw2,
                     accumulate);
   };
-  if (parallel_over_experts(offsets)) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t e = 0; e < experts_; ++e) run(e);
-  } else {
-    for (int64_t e = 0; e < experts_; ++e) run(e);
-  }
+  for_each_expert(experts_, offsets, run);
 }
 
 }  // namespace moe

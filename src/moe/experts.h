@@ -27,10 +27,6 @@ class Experts {
   int64_t hidden() const { return hidden_; }
 
  private:
-  // Small segments are run one expert per thread (BLAS single-threaded inside); large ones
-  // one after another, each GEMM using every thread.
-  bool parallel_over_experts(std::span<const int64_t> offsets) const;
-
   int64_t experts_, model_, hidden_;
   ParamStore& store_;
   ParamRef w13_, w2_;
