@@ -105,7 +105,8 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
   return stats_;
 }
 
-void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool accumulate_grads) {
+void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool accumulate_grads,
+                        float router_loss_weight) {
   const int64_t T = tokens_, D = config_.hidden_size;
   require(static_cast<int64_t>(dy.size()) >= T * D && static_cast<int64_t>(dx.size()) >= T * D,
           "MoE layer backward: dy and dx must hold [T, D] values");
@@ -124,7 +125,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool acc
   experts_.backward(xp_.span(), dispatcher_.segment_offsets(), dyp_.span(), dxp_.span(),
                     accumulate_grads);
   dispatcher_.permute_backward(dxp_.span(), D, dx);
-  router_.backward(plan_, dgate_, dx);
+  router_.backward(plan_, dgate_, dx, router_loss_weight);
 
   if (config_.n_shared_experts > 0) {
     const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;

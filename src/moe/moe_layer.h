@@ -47,9 +47,10 @@ class MoeLayer {
   const RoutingStats& forward(std::span<const float> x, int64_t tokens, std::span<float> y,
                               const MoeForwardOptions& options = {});
   // dy: [T, D] -> dx: [T, D] overwritten. Includes the router losses' gradients (they enter
-  // the total loss with weight 1). Parameter gradients are accumulated into the store, or
-  // overwritten when !accumulate_grads (saves a read of every expert's gradient).
-  void backward(std::span<const float> dy, std::span<float> dx, bool accumulate_grads = true);
+  // the total loss with weight router_loss_weight). Parameter gradients are accumulated into
+  // the store, or overwritten when !accumulate_grads (saves a read of every expert's gradient).
+  void backward(std::span<const float> dy, std::span<float> dx, bool accumulate_grads = true,
+                float router_loss_weight = 1.0f);
 
   // aux + z loss of the last forward: add it to the training loss.
   float loss() const { return stats_.aux_loss + stats_.z_loss; }

@@ -232,7 +232,8 @@ void Router::mean_probs(std::span<float> out) const {
   }
 }
 
-void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx) {
+void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx,
+                      float loss_weight) {
   const int64_t T = tokens_, D = config_.hidden_size, E = config_.num_experts;
   const float scale = config_.routed_scaling_factor;
   const bool sigmoid_scores = config_.router_type == RouterType::SigmoidBias;
@@ -275,8 +276,8 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
       // p = s / Z  =>  ds_m += (dp_m - sum_i dp_i p_i) / Z; dp is built in dlogits_ as scratch.
       dlogits_.resize({T, E});
       dlogits_.fill(0.0f);
-      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s, config_.aux_loss_coeff,
-                   dlogits_.span());
+      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s,
+                   config_.aux_loss_coeff * loss_weight, dlogits_.span());
       for (int64_t t = 0; t < T; ++t) {
         const float* p = probs_.data() + t * E;
         const float* dp = dlogits_.data() + t * E;
@@ -289,8 +290,8 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
         for (int64_t i = 0; i < E; ++i) dscores_[t * E + i] += (dp[i] - dot) / Z;
       }
     } else {
-      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s, config_.aux_loss_coeff,
-                   dscores_.span());
+      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s,
+                   config_.aux_loss_coeff * loss_weight, dscores_.span());
     }
   }
 
@@ -310,7 +311,7 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
     }
   }
   if (config_.z_loss_coeff > 0)
-    moe::z_loss(logits_.span(), T, E, config_.z_loss_coeff, dlogits_.span());
+    moe::z_loss(logits_.span(), T, E, config_.z_loss_coeff * loss_weight, dlogits_.span());
 
   // 4. Logits -> router weights and input. dW_r += dl^T input, dinput = dl W_r.
   gemm(Trans::Yes, Trans::No, E, D, T, 1.0f, dlogits_.data(), E, input_.data(), D, 1.0f,

@@ -44,9 +44,10 @@ class Router {
                int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan);
 
   // plan: the one forward produced  dgate: [A] -> dx: [T, D] ADDED to; parameter gradients
-  // accumulated. Includes the gradients of aux_loss() and z_loss(), which enter the total loss with
-  // weight 1.
-  void backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx);
+  // accumulated. Includes the gradients of aux_loss() and z_loss(), which enter the total loss
+  // with weight loss_weight (1 for one batch; 1/n when n micro-batches are accumulated).
+  void backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx,
+                float loss_weight = 1.0f);
 
   float aux_loss() const { return aux_loss_; }
   float z_loss() const { return z_loss_; }

@@ -1,0 +1,157 @@
+#include "model/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tensor/error.h"
+
+namespace moe {
+namespace {
+
+void check(bool ok, const char* field, const std::string& what) {
+  if (!ok) throw Error(std::string("model config field '") + field + "': " + what);
+}
+
+int64_t get_int(const nlohmann::json& v, const std::string& key) {
+  require(v.is_number_integer(), "model config field '" + key + "' must be an integer");
+  return v.get<int64_t>();
+}
+double get_number(const nlohmann::json& v, const std::string& key) {
+  require(v.is_number(), "model config field '" + key + "' must be a number");
+  return v.get<double>();
+}
+bool get_bool(const nlohmann::json& v, const std::string& key) {
+  require(v.is_boolean(), "model config field '" + key + "' must be true or false");
+  return v.get<bool>();
+}
+
+}  // namespace
+
+bool ModelConfig::is_moe_layer(int64_t layer) const {
+  return moe.has_value() && layer >= first_k_dense_replace && (layer + 1) % moe_layer_freq == 0;
+}
+
+int64_t ModelConfig::num_moe_layers() const {
+  int64_t n = 0;
+  for (int64_t i = 0; i < num_hidden_layers; ++i) n += is_moe_layer(i);
+  return n;
+}
+
+void ModelConfig::validate() const {
+  check(vocab_size > 0, "vocab_size", "must be positive");
+  check(hidden_size > 0, "hidden_size", "must be positive");
+  check(num_hidden_layers > 0, "num_hidden_layers", "must be positive");
+  check(num_attention_heads > 0, "num_attention_heads", "must be positive");
+  check(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0,
+        "num_key_value_heads",
+        "must be positive and divide num_attention_heads (" + std::to_string(num_attention_heads) +
+            ")");
+  check(head_dim >= 0, "head_dim", "must be >= 0 (0 = hidden_size / num_attention_heads)");
+  check(head_dim > 0 || hidden_size % num_attention_heads == 0, "hidden_size",
+        "must be a multiple of num_attention_heads when head_dim is not given");
+  check(resolved_head_dim() % 2 == 0, "head_dim", "must be even (RoPE rotates pairs)");
+  check(max_position_embeddings > 0, "max_position_embeddings", "must be positive");
+  check(std::isfinite(rope_theta) && rope_theta > 1.0, "rope_theta", "must be > 1");
+  check(std::isfinite(rms_norm_eps) && rms_norm_eps > 0, "rms_norm_eps", "must be positive");
+  check(std::isfinite(initializer_range) && initializer_range > 0, "initializer_range",
+        "must be positive");
+  check(moe_layer_freq > 0, "moe_layer_freq", "must be positive");
+  check(first_k_dense_replace >= 0, "first_k_dense_replace", "must be >= 0");
+  const bool any_dense = num_moe_layers() < num_hidden_layers;
+  check(!any_dense || intermediate_size > 0, "intermediate_size",
+        "must be positive: the model has dense FFN blocks");
+  if (moe) {
+    check(moe->hidden_size == hidden_size, "moe.hidden_size", "must equal hidden_size");
+    check(num_moe_layers() > 0, "moe_layer_freq",
+          "with first_k_dense_replace leaves no MoE block; drop \"moe\" for a dense model");
+    moe->validate();
+  }
+}
+
+ModelConfig model_config_from_json(const nlohmann::json& j) {
+  require(j.is_object(), "model config must be a JSON object");
+  ModelConfig c;
+  for (const auto& [key, v] : j.items()) {
+    if (key == "vocab_size")
+      c.vocab_size = get_int(v, key);
+    else if (key == "hidden_size")
+      c.hidden_size = get_int(v, key);
+    else if (key == "intermediate_size")
+      c.intermediate_size = get_int(v, key);
+    else if (key == "num_hidden_layers")
+      c.num_hidden_layers = get_int(v, key);
+    else if (key == "num_attention_heads")
+      c.num_attention_heads = get_int(v, key);
+    else if (key == "num_key_value_heads")
+      c.num_key_value_heads = get_int(v, key);
+    else if (key == "head_dim")
+      c.head_dim = get_int(v, key);
+    else if (key == "max_position_embeddings")
+      c.max_position_embeddings = get_int(v, key);
+    else if (key == "rope_theta")
+      c.rope_theta = get_number(v, key);
+    else if (key == "rms_norm_eps")
+      c.rms_norm_eps = static_cast<float>(get_number(v, key));
+    else if (key == "tie_word_embeddings")
+      c.tie_word_embeddings = get_bool(v, key);
+    else if (key == "initializer_range")
+      c.initializer_range = static_cast<float>(get_number(v, key));
+    else if (key == "moe_layer_freq")
+      c.moe_layer_freq = get_int(v, key);
+    else if (key == "first_k_dense_replace")
+      c.first_k_dense_replace = get_int(v, key);
+    else if (key == "moe") {
+      require(v.is_object(), "model config field 'moe' must be an object (or absent)");
+      nlohmann::json m = v;
+      // The MoE layer's width is the model's (keys arrive sorted, so hidden_size is read);
+      // a different one given here fails validate().
+      if (!m.contains("hidden_size")) m["hidden_size"] = c.hidden_size;
+      try {
+        c.moe = moe_config_from_json(m);
+      } catch (const Error& e) {
+        throw Error(std::string("in 'moe': ") + e.what());
+      }
+    } else
+      throw Error("unknown model config field '" + key + "'");
+  }
+  c.validate();
+  return c;
+}
+
+nlohmann::json model_config_to_json(const ModelConfig& c) {
+  nlohmann::json j = {{"vocab_size", c.vocab_size},
+                      {"hidden_size", c.hidden_size},
+                      {"intermediate_size", c.intermediate_size},
+                      {"num_hidden_layers", c.num_hidden_layers},
+                      {"num_attention_heads", c.num_attention_heads},
+                      {"num_key_value_heads", c.num_key_value_heads},
+                      {"head_dim", c.resolved_head_dim()},
+                      {"max_position_embeddings", c.max_position_embeddings},
+                      {"rope_theta", c.rope_theta},
+                      {"rms_norm_eps", c.rms_norm_eps},
+                      {"tie_word_embeddings", c.tie_word_embeddings},
+                      {"initializer_range", c.initializer_range},
+                      {"moe_layer_freq", c.moe_layer_freq},
+                      {"first_k_dense_replace", c.first_k_dense_replace}};
+  if (c.moe) j["moe"] = moe_config_to_json(*c.moe);
+  return j;
+}
+
+ModelConfig load_model_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("cannot open config file '" + path + "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error("config file '" + path + "' is not valid JSON: " + e.what());
+  }
+  try {
+    return model_config_from_json(j);
+  } catch (const Error& e) {
+    throw Error("config file '" + path + "': " + e.what());
+  }
+}
+
+}  // namespace moe

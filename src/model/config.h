@@ -1,0 +1,47 @@
+#pragma once
+// ModelConfig: the decoder-only transformer's shape, with Hugging Face's key names
+// (Mixtral / Llama / DeepSeek) wherever one exists, plus the MoE layer's options in "moe".
+#include <cstdint>
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <string>
+
+#include "moe/config.h"
+
+namespace moe {
+
+struct ModelConfig {
+  int64_t vocab_size = 4096;
+  int64_t hidden_size = 256;              // D
+  int64_t intermediate_size = 688;        // dense SwiGLU blocks' F
+  int64_t num_hidden_layers = 6;          // L
+  int64_t num_attention_heads = 8;        // H
+  int64_t num_key_value_heads = 4;        // KV (GQA); = H is plain multi-head attention
+  int64_t head_dim = 0;                   // 0 = hidden_size / num_attention_heads
+  int64_t max_position_embeddings = 256;  // longest sequence (RoPE table size)
+  double rope_theta = 10000.0;
+  float rms_norm_eps = 1e-5f;
+  bool tie_word_embeddings = false;
+  float initializer_range = 0.02f;  // std of the normal initialisation
+  // Block i (0-based) uses the MoE FFN when moe is set, i >= first_k_dense_replace and
+  // (i + 1) % moe_layer_freq == 0: freq 1 = every block (Mixtral), 2 = every other (Switch).
+  int64_t moe_layer_freq = 1;
+  int64_t first_k_dense_replace = 0;
+  std::optional<MoeConfig> moe;  // absent = a dense model
+
+  int64_t resolved_head_dim() const {
+    return head_dim > 0 ? head_dim : hidden_size / num_attention_heads;
+  }
+  bool is_moe_layer(int64_t layer) const;
+  int64_t num_moe_layers() const;
+  // Throws moe::Error naming the first inconsistent field.
+  void validate() const;
+};
+
+// Parses and validates; unknown keys and wrong types are errors naming the key.
+ModelConfig model_config_from_json(const nlohmann::json& j);
+nlohmann::json model_config_to_json(const ModelConfig& c);
+// Reads a JSON file; errors name the file.
+ModelConfig load_model_config(const std::string& path);
+
+}  // namespace moe

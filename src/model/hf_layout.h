@@ -1,0 +1,39 @@
+#pragma once
+// The model's tensors under Hugging Face's names and shapes (Mixtral / Llama / DeepSeek):
+// q_proj/k_proj/v_proj, gate_proj/up_proj and each expert's w1/w3 are contiguous row blocks
+// of our stacked tensors, so every Hugging Face tensor is a plain view, no copy.
+//   model.embed_tokens.weight                          [V, D]
+//   model.layers.{l}.input_layernorm.weight            [D]
+//   model.layers.{l}.self_attn.{q,k,v,o}_proj.weight   [H hd, D] [KV hd, D] [KV hd, D] [D, H hd]
+//   model.layers.{l}.post_attention_layernorm.weight   [D]
+//   model.layers.{l}.mlp.{gate,up,down}_proj.weight    dense blocks
+//   model.layers.{l}.block_sparse_moe.gate.weight      [E, D] router
+//   model.layers.{l}.block_sparse_moe.gate.noise_weight             noisy top-k only
+//   model.layers.{l}.block_sparse_moe.gate.e_score_correction_bias  [E] selection bias
+//   model.layers.{l}.block_sparse_moe.experts.{e}.{w1,w3,w2}.weight [F, D] [F, D] [D, F]
+//   model.layers.{l}.block_sparse_moe.shared_experts.{gate,up,down}_proj.weight
+//       all shared experts as one MLP of width S F_s (DeepSeek-V2's layout)
+//   model.layers.{l}.block_sparse_moe.shared_expert_gate.weight     [1, D]
+//   model.norm.weight [D],  lm_head.weight [V, D] (absent when tied)
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "tensor/params.h"
+
+namespace moe {
+
+struct HfTensorView {
+  std::string name;
+  Shape shape;
+  std::span<float> data;
+};
+
+enum class HfWhich { Values, Grads };
+
+// Views of every tensor (Values) or of every trainable tensor's gradient (Grads; the
+// selection bias has none and is left out).
+std::vector<HfTensorView> hf_tensor_views(Transformer& model, ParamStore& store, HfWhich which);
+
+}  // namespace moe

@@ -1,0 +1,186 @@
+#include "nn/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "tensor/error.h"
+#include "tensor/gemm.h"
+
+namespace moe {
+
+RopeTable::RopeTable(int64_t head_dim, int64_t max_positions, double theta)
+    : half_(head_dim / 2), max_positions_(max_positions) {
+  require(head_dim > 0 && head_dim % 2 == 0, "RoPE: head_dim must be positive and even");
+  require(max_positions > 0, "RoPE: max_positions must be positive");
+  cos_.resize(static_cast<size_t>(max_positions * half_));
+  sin_.resize(cos_.size());
+  for (int64_t p = 0; p < max_positions; ++p)
+    for (int64_t i = 0; i < half_; ++i) {
+      const double inv_freq = std::pow(theta, -2.0 * double(i) / double(head_dim));
+      const double angle = double(p) * inv_freq;
+      cos_[p * half_ + i] = static_cast<float>(std::cos(angle));
+      sin_[p * half_ + i] = static_cast<float>(std::sin(angle));
+    }
+}
+
+void RopeTable::rotate(float* vec, int64_t pos) const {
+  const float* c = cos_.data() + pos * half_;
+  const float* s = sin_.data() + pos * half_;
+  for (int64_t i = 0; i < half_; ++i) {
+    const float a = vec[i], b = vec[i + half_];
+    vec[i] = a * c[i] - b * s[i];
+    vec[i + half_] = b * c[i] + a * s[i];
+  }
+}
+
+void RopeTable::rotate_back(float* grad, int64_t pos) const {
+  const float* c = cos_.data() + pos * half_;
+  const float* s = sin_.data() + pos * half_;
+  for (int64_t i = 0; i < half_; ++i) {
+    const float a = grad[i], b = grad[i + half_];
+    grad[i] = a * c[i] + b * s[i];
+    grad[i + half_] = b * c[i] - a * s[i];
+  }
+}
+
+int64_t attention_scratch_size(const AttentionShape& s, int threads) {
+  return 2 * int64_t{threads} * s.seq * s.seq;  // probabilities and their gradient, per thread
+}
+
+namespace {
+
+void check_shape(const AttentionShape& s, const RopeTable& rope, int64_t scratch) {
+  require(s.batch > 0 && s.seq > 0 && s.model > 0, "attention: empty shape");
+  require(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+          "attention: num_key_value_heads must divide num_attention_heads");
+  if (s.seq > rope.max_positions())
+    throw Error("attention: sequence length " + std::to_string(s.seq) +
+                " exceeds max_position_embeddings " + std::to_string(rope.max_positions()));
+  if (scratch < attention_scratch_size(s, omp_get_max_threads()))
+    throw Error("attention: scratch too small");
+}
+
+// Rotates (or un-rotates, for gradients) the q and k heads of every token in place.
+void rope_qk(const AttentionShape& s, const RopeTable& rope, std::span<float> qkv, bool back) {
+  const int64_t W = s.qkv_width(), hd = s.head_dim, rotated = s.heads + s.kv_heads;
+#pragma omp parallel for schedule(static) if (s.tokens() * W > 65536)
+  for (int64_t t = 0; t < s.tokens(); ++t) {
+    const int64_t pos = t % s.seq;
+    for (int64_t h = 0; h < rotated; ++h) {
+      float* v = qkv.data() + t * W + h * hd;
+      back ? rope.rotate_back(v, pos) : rope.rotate(v, pos);
+    }
+  }
+}
+
+}  // namespace
+
+void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
+                       std::span<const float> wqkv, std::span<const float> wo, std::span<float> qkv,
+                       std::span<float> ctx, std::span<float> lse, std::span<float> y,
+                       std::span<float> scratch) {
+  check_shape(s, rope, static_cast<int64_t>(scratch.size()));
+  const int64_t T = s.tokens(), D = s.model, S = s.seq, H = s.heads, hd = s.head_dim;
+  const int64_t W = s.qkv_width(), C = s.ctx_width(), group = H / s.kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  gemm(Trans::No, Trans::Yes, T, W, D, 1.0f, x.data(), D, wqkv.data(), D, 0.0f, qkv.data(), W);
+  rope_qk(s, rope, qkv, false);
+
+  // One (sequence, head) pair per task; BLAS runs single-threaded inside the parallel loop.
+  const int64_t tasks = s.batch * H;
+#pragma omp parallel for schedule(dynamic) if (tasks > 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / H, h = task % H, g = h / group;
+    float* probs = scratch.data() + int64_t{omp_get_thread_num()} * S * S;
+    const float* q = qkv.data() + b * S * W + h * hd;
+    const float* k = qkv.data() + b * S * W + (H + g) * hd;
+    const float* v = qkv.data() + b * S * W + (H + s.kv_heads + g) * hd;
+    gemm(Trans::No, Trans::Yes, S, S, hd, scale, q, W, k, W, 0.0f, probs, S);
+    float* row_lse = lse.data() + (b * H + h) * S;
+    for (int64_t i = 0; i < S; ++i) {
+      float* p = probs + i * S;
+      const float m = *std::max_element(p, p + i + 1);
+      float sum = 0.0f;
+      for (int64_t j = 0; j <= i; ++j) {
+        p[j] = std::exp(p[j] - m);
+        sum += p[j];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
+      std::fill(p + i + 1, p + S, 0.0f);
+      row_lse[i] = m + std::log(sum);
+    }
+    gemm(Trans::No, Trans::No, S, hd, S, 1.0f, probs, S, v, W, 0.0f,
+         ctx.data() + b * S * C + h * hd, C);
+  }
+  gemm(Trans::No, Trans::Yes, T, D, C, 1.0f, ctx.data(), C, wo.data(), C, 0.0f, y.data(), D);
+}
+
+void attention_backward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
+                        std::span<const float> wqkv, std::span<const float> wo,
+                        std::span<const float> qkv, std::span<const float> ctx,
+                        std::span<const float> lse, std::span<const float> dy,
+                        std::span<float> dqkv, std::span<float> dctx, std::span<float> dx,
+                        std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch) {
+  check_shape(s, rope, static_cast<int64_t>(scratch.size()));
+  const int64_t T = s.tokens(), D = s.model, S = s.seq, H = s.heads, KV = s.kv_heads;
+  const int64_t hd = s.head_dim, W = s.qkv_width(), C = s.ctx_width(), group = H / KV;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  // y = ctx Wo^T:  dWo += dy^T ctx,  dctx = dy Wo
+  gemm(Trans::Yes, Trans::No, D, C, T, 1.0f, dy.data(), D, ctx.data(), C, 1.0f, dwo.data(), C);
+  gemm(Trans::No, Trans::No, T, C, D, 1.0f, dy.data(), D, wo.data(), C, 0.0f, dctx.data(), C);
+
+  // One (sequence, kv group) per task: the group's heads add into the same dk and dv.
+  const int64_t tasks = s.batch * KV;
+  const int threads = omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic) if (tasks >= threads)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / KV, g = task % KV;
+    float* probs = scratch.data() + int64_t{omp_get_thread_num()} * 2 * S * S;
+    float* dprobs = probs + S * S;
+    const float* k = qkv.data() + b * S * W + (H + g) * hd;
+    const float* v = qkv.data() + b * S * W + (H + KV + g) * hd;
+    float* dk = dqkv.data() + b * S * W + (H + g) * hd;
+    float* dv = dqkv.data() + b * S * W + (H + KV + g) * hd;
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      const float* q = qkv.data() + b * S * W + h * hd;
+      const float* o = ctx.data() + b * S * C + h * hd;
+      const float* dout = dctx.data() + b * S * C + h * hd;
+      float* dq = dqkv.data() + b * S * W + h * hd;
+      const float* row_lse = lse.data() + (b * H + h) * S;
+      const float beta = h == g * group ? 0.0f : 1.0f;
+      // P = exp(q k^T * scale - lse) under the causal mask.
+      gemm(Trans::No, Trans::Yes, S, S, hd, scale, q, W, k, W, 0.0f, probs, S);
+      for (int64_t i = 0; i < S; ++i) {
+        float* p = probs + i * S;
+        for (int64_t j = 0; j <= i; ++j) p[j] = std::exp(p[j] - row_lse[i]);
+        std::fill(p + i + 1, p + S, 0.0f);
+      }
+      // dV += P^T dout;  dP = dout V^T
+      gemm(Trans::Yes, Trans::No, S, hd, S, 1.0f, probs, S, dout, C, beta, dv, W);
+      gemm(Trans::No, Trans::Yes, S, S, hd, 1.0f, dout, C, v, W, 0.0f, dprobs, S);
+      // dlogits = P * (dP - rowsum(dout * out)) * scale  (softmax backward, scale folded in)
+      for (int64_t i = 0; i < S; ++i) {
+        float delta = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) delta += dout[i * C + d] * o[i * C + d];
+        float* p = probs + i * S;
+        const float* dp = dprobs + i * S;
+        for (int64_t j = 0; j <= i; ++j) p[j] = p[j] * (dp[j] - delta) * scale;
+      }
+      // dQ = dlogits K;  dK += dlogits^T Q
+      gemm(Trans::No, Trans::No, S, hd, S, 1.0f, probs, S, k, W, 0.0f, dq, W);
+      gemm(Trans::Yes, Trans::No, S, hd, S, 1.0f, probs, S, q, W, beta, dk, W);
+    }
+  }
+  rope_qk(s, rope, dqkv, true);
+  // qkv = x Wqkv^T:  dWqkv += dqkv^T x,  dx = dqkv Wqkv
+  gemm(Trans::Yes, Trans::No, W, D, T, 1.0f, dqkv.data(), W, x.data(), D, 1.0f, dwqkv.data(), D);
+  gemm(Trans::No, Trans::No, T, D, W, 1.0f, dqkv.data(), W, wqkv.data(), D, 0.0f, dx.data(), D);
+}
+
+}  // namespace moe

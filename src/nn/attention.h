@@ -1,0 +1,70 @@
+#pragma once
+// Causal multi-head self-attention with rotary position embeddings (RoPE, Su et al. 2021, in
+// Hugging Face's rotate-half layout) and grouped-query heads (GQA, Ainslie et al. 2023):
+// H query heads share KV key/value heads, H / KV query heads per group.
+//
+//   qkv = x Wqkv^T            Wqkv: [(H + 2 KV) hd, D] = q_proj, k_proj, v_proj stacked
+//   q, k <- RoPE(q, k, position within the sequence)
+//   ctx_h = softmax(q_h k_g^T / sqrt(hd) + causal mask) v_g,   g = h / (H / KV)
+//   y = ctx Wo^T              Wo: [D, H hd]
+//
+// The attention probabilities are not stored: forward keeps each row's logsumexp and the
+// backward recomputes the probabilities from it (as FlashAttention does), so saved memory is
+// O(T) per head rather than O(T S).
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace moe {
+
+struct AttentionShape {
+  int64_t batch;     // B sequences
+  int64_t seq;       // S positions per sequence
+  int64_t model;     // D
+  int64_t heads;     // H
+  int64_t kv_heads;  // KV, divides H
+  int64_t head_dim;  // hd, even
+
+  int64_t tokens() const { return batch * seq; }
+  int64_t qkv_width() const { return (heads + 2 * kv_heads) * head_dim; }
+  int64_t ctx_width() const { return heads * head_dim; }
+};
+
+// cos/sin of position * theta^(-2i/hd) for i < hd/2, positions [0, max_positions).
+class RopeTable {
+ public:
+  RopeTable() = default;
+  RopeTable(int64_t head_dim, int64_t max_positions, double theta);
+  int64_t max_positions() const { return max_positions_; }
+  // vec: [hd] rotated in place to position pos.
+  void rotate(float* vec, int64_t pos) const;
+  // grad: [hd] through the rotation's transpose (the backward of rotate).
+  void rotate_back(float* grad, int64_t pos) const;
+
+ private:
+  int64_t half_ = 0;
+  int64_t max_positions_ = 0;
+  std::vector<float> cos_, sin_;  // [max_positions, hd/2]
+};
+
+// Floats of scratch the forward/backward need for `threads` OpenMP threads.
+int64_t attention_scratch_size(const AttentionShape& s, int threads);
+
+// x: [T, D]  wqkv: [(H+2KV) hd, D]  wo: [D, H hd]
+// qkv: [T, (H+2KV) hd] saved (q and k rotated)  ctx: [T, H hd] saved  lse: [B, H, S] saved
+// y: [T, D] overwritten.
+void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
+                       std::span<const float> wqkv, std::span<const float> wo, std::span<float> qkv,
+                       std::span<float> ctx, std::span<float> lse, std::span<float> y,
+                       std::span<float> scratch);
+
+// dy: [T, D] -> dx: [T, D] overwritten; dwqkv, dwo added to. dqkv: [T, (H+2KV) hd] and
+// dctx: [T, H hd] are scratch.
+void attention_backward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
+                        std::span<const float> wqkv, std::span<const float> wo,
+                        std::span<const float> qkv, std::span<const float> ctx,
+                        std::span<const float> lse, std::span<const float> dy,
+                        std::span<float> dqkv, std::span<float> dctx, std::span<float> dx,
+                        std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch);
+
+}  // namespace moe
