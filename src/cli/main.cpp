@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "cli/bench_layer.h"
+#include "cli/params.h"
 #include "tensor/error.h"
 #include "tensor/threads.h"
 
@@ -32,6 +33,20 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.001, 3600.0));
   bench_layer->add_flag("--json", layer_opts.json, "Print one JSON array instead of a table");
 
+  moe::cli::ParamsOptions params_opts;
+  CLI::App* params = app.add_subcommand(
+      "params", "Total and active parameters and FLOPs per token (no option: every preset)");
+  params->add_option("--preset", params_opts.preset,
+                     "mixtral-8x7b, mixtral-8x22b, deepseek-v2, deepseek-v3, qwen1.5-moe-a2.7b, "
+                     "olmoe-1b-7b, grok-1, default, dense-baseline");
+  params->add_option("--config", params_opts.config, "A model config JSON file")
+      ->check(CLI::ExistingFile);
+  params
+      ->add_option("--context", params_opts.context,
+                   "Sequence length for attention FLOPs (default: the model's)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  params->add_flag("--json", params_opts.json, "Print JSON");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -41,6 +56,7 @@ int main(int argc, char** argv) {
   try {
     moe::set_threads(threads);
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
+    if (*params) return moe::cli::run_params(params_opts);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

@@ -1,0 +1,245 @@
+#include "model/param_count.h"
+
+#include <nlohmann/json.hpp>
+
+#include "tensor/error.h"
+
+namespace moe {
+
+ParamCount count_params(const ArchSpec& a) {
+  ParamCount c;
+  const int64_t D = a.hidden_size;
+  const bool mla = a.kv_lora_rank > 0;
+
+  // Attention per layer: weights, and the width of q.k and of the weighted values per head.
+  int64_t attn = 0, qk_width = 0, v_width = 0;
+  if (mla) {
+    const int64_t qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    if (a.q_lora_rank > 0)
+      attn += a.q_lora_rank * D + a.q_lora_rank + a.heads * qk_head * a.q_lora_rank;
+    else
+      attn += a.heads * qk_head * D;
+    attn += (a.kv_lora_rank + a.qk_rope_head_dim) * D + a.kv_lora_rank;
+    attn += a.heads * (a.qk_nope_head_dim + a.v_head_dim) * a.kv_lora_rank;
+    attn += D * a.heads * a.v_head_dim;
+    qk_width = a.heads * qk_head;
+    v_width = a.heads * a.v_head_dim;
+  } else {
+    const int64_t q = a.heads * a.head_dim, kv = a.kv_heads * a.head_dim;
+    attn = q * D + 2 * kv * D + D * q;
+    if (a.attention_bias) attn += q + 2 * kv;
+    if (a.qk_norm) attn += q + kv;
+    qk_width = q;
+    v_width = q;
+  }
+
+  const int64_t dense_ffn = 3 * D * a.intermediate_size;
+  const int64_t expert = 3 * D * a.moe_intermediate_size;
+  const int64_t shared = 3 * D * a.n_shared_experts * a.shared_expert_intermediate_size;
+  const int64_t router =
+      a.num_experts * D * (a.router_noise_weight ? 2 : 1) + (a.shared_expert_gate ? D : 0);
+
+  c.embeddings = a.vocab_size * D * (a.tie_word_embeddings ? 1 : 2);
+  c.norms = D;  // final norm
+  for (int64_t l = 0; l < a.num_layers; ++l) {
+    c.attention += attn;
+    c.norms += 2 * D;
+    if (a.is_moe_layer(l)) {
+      c.routed_experts += a.num_experts * expert;
+      c.routed_experts_active += a.top_k * expert;
+      c.shared_experts += shared;
+      c.routers += router;
+    } else {
+      c.dense_ffn += dense_ffn;
+    }
+  }
+  const int64_t common = c.attention + c.norms + c.dense_ffn + c.shared_experts + c.routers;
+  c.total = c.embeddings + common + c.routed_experts;
+  c.active = c.embeddings + common + c.routed_experts_active;
+
+  // Matrices a token multiplies through: every active one but the embedding lookup (a tied
+  // table is counted once, as the LM head's [V, D] product).
+  const double matmul =
+      double(c.active - c.norms) - (a.tie_word_embeddings ? 0.0 : double(a.vocab_size * D));
+  const double positions = (double(a.context) + 1.0) / 2.0;
+  c.forward_flops_per_token =
+      2.0 * matmul + 2.0 * double(a.num_layers) * positions * double(qk_width + v_width);
+  return c;
+}
+
+ArchSpec arch_from_model_config(const ModelConfig& m, const std::string& name) {
+  ArchSpec a;
+  a.name = name;
+  a.vocab_size = m.vocab_size;
+  a.hidden_size = m.hidden_size;
+  a.num_layers = m.num_hidden_layers;
+  a.tie_word_embeddings = m.tie_word_embeddings;
+  a.heads = m.num_attention_heads;
+  a.kv_heads = m.num_key_value_heads;
+  a.head_dim = m.resolved_head_dim();
+  a.intermediate_size = m.intermediate_size;
+  a.moe_layer_freq = m.moe_layer_freq;
+  a.first_k_dense = m.first_k_dense_replace;
+  a.context = m.max_position_embeddings;
+  if (m.moe) {
+    a.num_experts = m.moe->num_experts;
+    a.top_k = m.moe->top_k;
+    a.moe_intermediate_size = m.moe->moe_intermediate_size;
+    a.n_shared_experts = m.moe->n_shared_experts;
+    a.shared_expert_intermediate_size = m.moe->shared_expert_intermediate_size;
+    a.shared_expert_gate = m.moe->shared_expert_gate;
+    a.router_noise_weight = m.moe->router_type == RouterType::NoisyTopK;
+  }
+  return a;
+}
+
+ModelConfig default_model_config() {
+  ModelConfig c;  // ModelConfig's defaults are the default model's attention and dense blocks
+  c.moe_layer_freq = 2;
+  MoeConfig m;
+  m.hidden_size = c.hidden_size;
+  m.moe_intermediate_size = c.intermediate_size / 2;  // k = 2 halves: same active FLOPs
+  m.num_experts = 8;
+  m.top_k = 2;
+  m.router_type = RouterType::TopKSoftmax;
+  m.capacity_factor = 0.0f;
+  c.moe = m;
+  return c;
+}
+
+ModelConfig dense_baseline_model_config() {
+  ModelConfig c;
+  c.moe.reset();
+  return c;
+}
+
+namespace {
+
+ArchSpec gqa(std::string name, int64_t V, int64_t D, int64_t L, int64_t H, int64_t KV, int64_t hd) {
+  ArchSpec a;
+  a.name = std::move(name);
+  a.vocab_size = V;
+  a.hidden_size = D;
+  a.num_layers = L;
+  a.heads = H;
+  a.kv_heads = KV;
+  a.head_dim = hd;
+  return a;
+}
+
+std::vector<ArchSpec> build_presets() {
+  std::vector<ArchSpec> p;
+  {  // mistralai/Mixtral-8x7B-v0.1 config.json
+    ArchSpec a = gqa("mixtral-8x7b", 32000, 4096, 32, 32, 8, 128);
+    a.num_experts = 8, a.top_k = 2, a.moe_intermediate_size = 14336;
+    a.published_total = 46.7e9, a.published_active = 12.9e9;
+    a.source = "Mixtral of Experts (Jiang et al. 2024): 46.7B total, 12.9B active";
+    p.push_back(a);
+  }
+  {  // mistralai/Mixtral-8x22B-v0.1 config.json
+    ArchSpec a = gqa("mixtral-8x22b", 32000, 6144, 56, 48, 8, 128);
+    a.num_experts = 8, a.top_k = 2, a.moe_intermediate_size = 16384;
+    a.published_total = 141e9, a.published_active = 39e9;
+    a.source = "Mistral AI, Mixtral 8x22B announcement: 141B total, 39B active";
+    p.push_back(a);
+  }
+  {  // deepseek-ai/DeepSeek-V2 config.json (MLA)
+    ArchSpec a = gqa("deepseek-v2", 102400, 5120, 60, 128, 128, 0);
+    a.q_lora_rank = 1536, a.kv_lora_rank = 512;
+    a.qk_nope_head_dim = 128, a.qk_rope_head_dim = 64, a.v_head_dim = 128;
+    a.intermediate_size = 12288, a.first_k_dense = 1;
+    a.num_experts = 160, a.top_k = 6, a.moe_intermediate_size = 1536;
+    a.n_shared_experts = 2, a.shared_expert_intermediate_size = 1536;
+    a.published_total = 236e9, a.published_active = 21e9;
+    a.source = "DeepSeek-V2 (DeepSeek-AI 2024): 236B total, 21B activated";
+    p.push_back(a);
+  }
+  {  // deepseek-ai/DeepSeek-V3 config.json (MLA; the multi-token-prediction module excluded)
+    ArchSpec a = gqa("deepseek-v3", 129280, 7168, 61, 128, 128, 0);
+    a.q_lora_rank = 1536, a.kv_lora_rank = 512;
+    a.qk_nope_head_dim = 128, a.qk_rope_head_dim = 64, a.v_head_dim = 128;
+    a.intermediate_size = 18432, a.first_k_dense = 3;
+    a.num_experts = 256, a.top_k = 8, a.moe_intermediate_size = 2048;
+    a.n_shared_experts = 1, a.shared_expert_intermediate_size = 2048;
+    a.published_total = 671e9, a.published_active = 37e9;
+    a.source = "DeepSeek-V3 (DeepSeek-AI 2024): 671B total, 37B activated";
+    p.push_back(a);
+  }
+  {  // Qwen/Qwen1.5-MoE-A2.7B config.json
+    ArchSpec a = gqa("qwen1.5-moe-a2.7b", 151936, 2048, 24, 16, 16, 128);
+    a.attention_bias = true;
+    a.num_experts = 60, a.top_k = 4, a.moe_intermediate_size = 1408;
+    a.n_shared_experts = 1, a.shared_expert_intermediate_size = 5632, a.shared_expert_gate = true;
+    a.published_total = 14.3e9, a.published_active = 2.7e9;
+    a.source = "Qwen1.5-MoE-A2.7B model card: 14.3B total, 2.7B activated";
+    p.push_back(a);
+  }
+  {  // allenai/OLMoE-1B-7B-0924 config.json
+    ArchSpec a = gqa("olmoe-1b-7b", 50304, 2048, 16, 16, 16, 128);
+    a.qk_norm = true;
+    a.num_experts = 64, a.top_k = 8, a.moe_intermediate_size = 1024;
+    a.published_total = 6.9e9, a.published_active = 1.3e9;
+    a.source = "OLMoE (Muennighoff et al. 2024): 6.9B total, 1.3B active";
+    p.push_back(a);
+  }
+  {  // xai-org/grok-1 (model.py): widening factor 8 gives a 32768-wide expert FFN
+    ArchSpec a = gqa("grok-1", 131072, 6144, 64, 48, 8, 128);
+    a.tie_word_embeddings = true;
+    a.num_experts = 8, a.top_k = 2, a.moe_intermediate_size = 32768;
+    a.published_total = 314e9;
+    a.source = "xAI, Grok-1 open release: 314B parameters";
+    p.push_back(a);
+  }
+  p.push_back(arch_from_model_config(default_model_config(), "default"));
+  p.push_back(arch_from_model_config(dense_baseline_model_config(), "dense-baseline"));
+  return p;
+}
+
+const std::vector<ArchSpec>& presets() {
+  static const std::vector<ArchSpec> all = build_presets();
+  return all;
+}
+
+}  // namespace
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  for (const ArchSpec& a : presets()) names.push_back(a.name);
+  return names;
+}
+
+std::optional<ArchSpec> find_preset(const std::string& name) {
+  for (const ArchSpec& a : presets())
+    if (a.name == name) return a;
+  return std::nullopt;
+}
+
+nlohmann::json param_count_to_json(const ArchSpec& a, const ParamCount& c) {
+  nlohmann::json j = {{"name", a.name},
+                      {"total_params", c.total},
+                      {"active_params", c.active},
+                      {"active_fraction", double(c.active) / double(c.total)},
+                      {"forward_flops_per_token", c.forward_flops_per_token},
+                      {"context", a.context},
+                      {"breakdown",
+                       {{"embeddings", c.embeddings},
+                        {"attention", c.attention},
+                        {"norms", c.norms},
+                        {"dense_ffn", c.dense_ffn},
+                        {"routers", c.routers},
+                        {"routed_experts", c.routed_experts},
+                        {"routed_experts_active", c.routed_experts_active},
+                        {"shared_experts", c.shared_experts}}}};
+  if (a.published_total > 0) {
+    j["published_total"] = a.published_total;
+    j["total_vs_published"] = double(c.total) / a.published_total;
+  }
+  if (a.published_active > 0) {
+    j["published_active"] = a.published_active;
+    j["active_vs_published"] = double(c.active) / a.published_active;
+  }
+  if (!a.source.empty()) j["source"] = a.source;
+  return j;
+}
+
+}  // namespace moe

@@ -1,0 +1,133 @@
+// Model config parsing and validation, block placement of MoE layers, and parameter
+// accounting: our count equals the parameters the model really allocates, and the presets
+// come within 2% of their published totals.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+#include "model/param_count.h"
+#include "model/transformer.h"
+#include "model_cases.h"
+#include "tensor/error.h"
+
+namespace moe {
+namespace {
+
+std::string error_of(const nlohmann::json& j) {
+  try {
+    model_config_from_json(j);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelConfig, RejectsBadFieldsNamingThem) {
+  const nlohmann::json ok = model_config_to_json(default_model_config());
+  EXPECT_EQ(error_of(ok), "");
+  auto with = [&](const std::string& key, nlohmann::json v) {
+    nlohmann::json j = ok;
+    j[key] = std::move(v);
+    return error_of(j);
+  };
+  EXPECT_NE(with("num_key_value_heads", 3).find("num_key_value_heads"), std::string::npos);
+  EXPECT_NE(with("hidden_size", -1).find("hidden_size"), std::string::npos);
+  EXPECT_NE(with("vocab_size", "big").find("vocab_size"), std::string::npos);
+  EXPECT_NE(with("head_dim", 7).find("head_dim"), std::string::npos);
+  EXPECT_NE(with("hidden_sise", 8).find("unknown model config field 'hidden_sise'"),
+            std::string::npos);
+  EXPECT_NE(with("moe_layer_freq", 0).find("moe_layer_freq"), std::string::npos);
+  nlohmann::json bad_moe = ok;
+  bad_moe["moe"]["top_k"] = 9;
+  EXPECT_NE(error_of(bad_moe).find("top_k"), std::string::npos);
+  bad_moe = ok;
+  bad_moe["moe"]["hidden_size"] = 128;
+  EXPECT_NE(error_of(bad_moe).find("hidden_size"), std::string::npos);
+  EXPECT_NE(error_of(nlohmann::json::array()).find("object"), std::string::npos);
+}
+
+TEST(ModelConfig, LoadReportsFileAndJsonErrors) {
+  EXPECT_THROW(load_model_config("/nonexistent/config.json"), Error);
+  const std::string path = testing::TempDir() + "/broken_config.json";
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs("{\"hidden_size\": 64,", f);
+  std::fclose(f);
+  try {
+    load_model_config(path);
+    FAIL() << "a truncated file parsed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+}
+
+TEST(ModelConfig, MoeBlockPlacement) {
+  ModelConfig c = default_model_config();
+  c.num_hidden_layers = 6;
+  c.moe_layer_freq = 2;
+  std::vector<int64_t> moe_blocks;
+  for (int64_t l = 0; l < 6; ++l)
+    if (c.is_moe_layer(l)) moe_blocks.push_back(l);
+  EXPECT_EQ(moe_blocks, (std::vector<int64_t>{1, 3, 5}));
+  c.moe_layer_freq = 1;
+  c.first_k_dense_replace = 2;
+  EXPECT_EQ(c.num_moe_layers(), 4);
+  EXPECT_FALSE(c.is_moe_layer(1));
+  EXPECT_TRUE(c.is_moe_layer(2));
+  c.moe.reset();
+  EXPECT_EQ(c.num_moe_layers(), 0);
+}
+
+TEST(ModelConfig, ShippedConfigsEqualTheBuiltInOnes) {
+  EXPECT_EQ(model_config_to_json(load_model_config(MOE_SOURCE_DIR "/configs/default.json")),
+            model_config_to_json(default_model_config()));
+  EXPECT_EQ(model_config_to_json(load_model_config(MOE_SOURCE_DIR "/configs/dense-baseline.json")),
+            model_config_to_json(dense_baseline_model_config()));
+}
+
+TEST(ParamCount, EqualsWhatTheModelAllocates) {
+  std::vector<std::pair<std::string, ModelConfig>> configs = {
+      {"default", default_model_config()}, {"dense-baseline", dense_baseline_model_config()}};
+  for (const auto& [name, c] : test::load_model_cases()) configs.push_back({name, c.config});
+  for (const auto& [name, config] : configs) {
+    ParamStore store;
+    Transformer model(config, store);
+    int64_t allocated = 0;
+    for (const auto& e : store.entries()) allocated += e.ref.numel;
+    EXPECT_EQ(count_params(arch_from_model_config(config, name)).total, allocated) << name;
+  }
+}
+
+TEST(ParamCount, ActiveCountsOnlyTopKExperts) {
+  const ModelConfig c = default_model_config();
+  const ParamCount moe = count_params(arch_from_model_config(c, "default"));
+  const ParamCount dense = count_params(arch_from_model_config(dense_baseline_model_config(), "d"));
+  const int64_t expert = 3 * c.hidden_size * c.moe->moe_intermediate_size;
+  EXPECT_EQ(moe.total - moe.active, c.num_moe_layers() * (c.moe->num_experts - 2) * expert);
+  // The dense baseline matches the default's active FLOPs up to the routers (0.2%).
+  EXPECT_NEAR(moe.forward_flops_per_token / dense.forward_flops_per_token, 1.0, 0.002);
+}
+
+TEST(ParamCount, PresetsMatchPublishedTotalsWithinTwoPercent) {
+  int64_t checked = 0;
+  for (const std::string& name : preset_names()) {
+    const ArchSpec a = *find_preset(name);
+    const ParamCount c = count_params(a);
+    if (a.published_total > 0) {
+      EXPECT_NEAR(double(c.total) / a.published_total, 1.0, 0.02) << name;
+      ++checked;
+    }
+    if (a.published_active > 0) {
+      EXPECT_NEAR(double(c.active) / a.published_active, 1.0, 0.02) << name;
+    }
+  }
+  EXPECT_EQ(checked, 7);
+  // Mixtral 8x7B by hand: 32 x (attention 41.9M + 8 experts x 176.2M + router) + 2 x 131M.
+  const ParamCount mixtral = count_params(*find_preset("mixtral-8x7b"));
+  EXPECT_EQ(mixtral.total, 46702792704);
+  EXPECT_EQ(mixtral.active, 12879925248);
+}
+
+}  // namespace
+}  // namespace moe
