@@ -6,6 +6,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libopenblas-openmp-dev          # OpenBLAS, OpenMP build: shares one thread pool with our loops
   nlohmann-json3-dev libcli11-dev
+  libsentencepiece-dev zlib1g-dev   # tokenizer; reading the gzip corpus
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
   python3 python3-torch python3-numpy   # PyTorch reference tests (run with /usr/bin/python3)

@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "nn/cross_entropy.h"
 #include "nn/embedding.h"
@@ -209,6 +211,95 @@ void Transformer::backward() {
                      dres_.span(), store_.grad(b.attn_norm));
   }
   embedding_backward(D, tokens_, dres_.span(), store_.grad(embed_));
+}
+
+KvCache Transformer::make_cache() const {
+  KvCache cache;
+  const int64_t width = config_.num_key_value_heads * config_.resolved_head_dim();
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    cache.keys.emplace_back(Shape{config_.max_position_embeddings, width});
+    cache.values.emplace_back(Shape{config_.max_position_embeddings, width});
+  }
+  return cache;
+}
+
+void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> logits) {
+  require(store_.allocated(), "transformer: parameters not allocated");
+  const int64_t D = config_.hidden_size, V = config_.vocab_size, F = config_.intermediate_size;
+  const int64_t H = config_.num_attention_heads, KV = config_.num_key_value_heads;
+  const int64_t hd = config_.resolved_head_dim(), W = (H + 2 * KV) * hd, group = H / KV;
+  const int64_t pos = cache.length;
+  if (pos >= config_.max_position_embeddings)
+    throw Error("generation: the context is full (max_position_embeddings " +
+                std::to_string(config_.max_position_embeddings) + ")");
+  require(static_cast<int64_t>(cache.keys.size()) == num_layers(), "generation: bad cache");
+  require(static_cast<int64_t>(logits.size()) >= V, "generation: logits must hold [V]");
+  have_grad_state_ = false;
+  step_x_.resize({1, D});
+  step_n_.resize({1, D});
+  step_qkv_.resize({1, W});
+  step_ctx_.resize({1, H * hd});
+  step_out_.resize({1, D});
+  step_scores_.resize({pos + 1});
+  Tensor rstd({1});
+  const int32_t ids[1] = {token};
+  embedding_forward(V, D, ids, store_.value(embed_), step_x_.span());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    Block& b = blocks_[l];
+    rmsnorm_forward(1, D, config_.rms_norm_eps, step_x_.span(), store_.value(b.attn_norm),
+                    step_n_.span(), rstd.span());
+    gemm(Trans::No, Trans::Yes, 1, W, D, 1.0f, step_n_.data(), D, store_.value(b.wqkv).data(), D,
+         0.0f, step_qkv_.data(), W);
+    for (int64_t h = 0; h < H + KV; ++h) rope_.rotate(step_qkv_.data() + h * hd, pos);
+    float* kc = cache.keys[l].data();
+    float* vc = cache.values[l].data();
+    std::copy_n(step_qkv_.data() + H * hd, KV * hd, kc + pos * KV * hd);
+    std::copy_n(step_qkv_.data() + (H + KV) * hd, KV * hd, vc + pos * KV * hd);
+    for (int64_t h = 0; h < H; ++h) {
+      const float* q = step_qkv_.data() + h * hd;
+      const int64_t g = h / group;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j <= pos; ++j) {
+        const float* k = kc + j * KV * hd + g * hd;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) dot += q[d] * k[d];
+        step_scores_[j] = dot * scale;
+        m = std::max(m, step_scores_[j]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j <= pos; ++j) sum += (step_scores_[j] = std::exp(step_scores_[j] - m));
+      float* ctx = step_ctx_.data() + h * hd;
+      std::fill_n(ctx, hd, 0.0f);
+      for (int64_t j = 0; j <= pos; ++j) {
+        const float p = step_scores_[j] / sum;
+        const float* v = vc + j * KV * hd + g * hd;
+        for (int64_t d = 0; d < hd; ++d) ctx[d] += p * v[d];
+      }
+    }
+    gemm(Trans::No, Trans::Yes, 1, D, H * hd, 1.0f, step_ctx_.data(), H * hd,
+         store_.value(b.wo).data(), H * hd, 0.0f, step_out_.data(), D);
+    for (int64_t i = 0; i < D; ++i) step_x_[i] += step_out_[i];
+    rmsnorm_forward(1, D, config_.rms_norm_eps, step_x_.span(), store_.value(b.ffn_norm),
+                    step_n_.span(), rstd.span());
+    if (b.moe) {
+      MoeForwardOptions eval;
+      eval.training = false;
+      b.moe->forward(step_n_.span(), 1, step_out_.span(), eval);
+    } else {
+      step_h13_.resize({1, 2 * F});
+      step_act_.resize({1, F});
+      swiglu_forward({1, D, F}, step_n_.span(), store_.value(b.w13), store_.value(b.w2),
+                     step_h13_.span(), step_act_.span(), step_out_.span());
+    }
+    for (int64_t i = 0; i < D; ++i) step_x_[i] += step_out_[i];
+  }
+  rmsnorm_forward(1, D, config_.rms_norm_eps, step_x_.span(), store_.value(final_norm_),
+                  step_n_.span(), rstd.span());
+  gemm(Trans::No, Trans::Yes, 1, V, D, 1.0f, step_n_.data(), D, store_.value(head_).data(), D, 0.0f,
+       logits.data(), V);
+  cache.length = pos + 1;
 }
 
 void Transformer::update_expert_bias() {

@@ -68,6 +68,8 @@ class MoeLayer {
   ParamRef shared_gate() const { return shared_gate_; }
   const RoutingPlan& plan() const { return plan_; }
   const Dispatcher& dispatcher() const { return dispatcher_; }
+  // The routing-noise stream (noisy top-k, jitter): checkpoints save and restore its state.
+  Rng& noise_rng() { return noise_rng_; }
 
  private:
   MoeConfig config_;

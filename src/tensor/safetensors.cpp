@@ -1,8 +1,5 @@
 #include "tensor/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -10,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tensor/atomic_file.h"
 #include "tensor/error.h"
 
 namespace moe {
@@ -54,16 +52,6 @@ size_t dtype_size(const std::string& dtype, const std::string& where) {
   if (dtype == "F32") return 4;
   if (dtype == "F16" || dtype == "BF16") return 2;
   throw Error(where + ": unsupported dtype '" + dtype + "' (expected F32, F16 or BF16)");
-}
-
-void write_all(int fd, const void* data, size_t size, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0) throw Error(path + ": write failed: " + std::strerror(errno));
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
 }
 
 }  // namespace
@@ -186,22 +174,11 @@ void write_safetensors(const std::string& path, const std::map<std::string, Tens
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(json.size() >> (8 * i));
 
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  require(fd >= 0, tmp + ": cannot create: " + std::strerror(errno));
-  try {
-    write_all(fd, len, 8, tmp);
-    write_all(fd, json.data(), json.size(), tmp);
-    for (const auto& [name, t] : tensors) write_all(fd, t.data(), sizeof(float) * t.numel(), tmp);
-    require(::fsync(fd) == 0, tmp + ": fsync failed: " + std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  require(std::rename(tmp.c_str(), path.c_str()) == 0,
-          path + ": rename from temporary failed: " + std::strerror(errno));
+  AtomicFile file(path);
+  file.write(len, 8);
+  file.write(json.data(), json.size());
+  for (const auto& [name, t] : tensors) file.write(t.data(), sizeof(float) * t.numel());
+  file.commit();
 }
 
 }  // namespace moe

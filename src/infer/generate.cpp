@@ -1,0 +1,72 @@
+#include "infer/generate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "tensor/error.h"
+
+namespace moe {
+
+int32_t sample_token(std::span<const float> logits, const SamplingOptions& o, Rng& rng,
+                     std::vector<std::pair<float, int32_t>>& scratch) {
+  const int64_t V = static_cast<int64_t>(logits.size());
+  if (o.temperature <= 0.0f)
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  scratch.resize(V);
+  for (int64_t i = 0; i < V; ++i) scratch[i] = {logits[i], static_cast<int32_t>(i)};
+  const int64_t k = o.top_k > 0 ? std::min(o.top_k, V) : V;
+  std::partial_sort(scratch.begin(), scratch.begin() + k, scratch.end(),
+                    [](const auto& a, const auto& b) { return a.first > b.first; });
+  // Softmax over the k best at the given temperature, then keep the smallest prefix whose
+  // mass reaches top_p.
+  const float top = scratch[0].first;
+  double total = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    scratch[i].first = std::exp((scratch[i].first - top) / o.temperature);
+    total += scratch[i].first;
+  }
+  int64_t keep = k;
+  double mass = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    mass += scratch[i].first / total;
+    if (mass >= o.top_p) {
+      keep = i + 1;
+      break;
+    }
+  }
+  double kept_total = 0;
+  for (int64_t i = 0; i < keep; ++i) kept_total += scratch[i].first;
+  double u = double(rng.uniform()) * kept_total;
+  for (int64_t i = 0; i < keep; ++i) {
+    u -= scratch[i].first;
+    if (u <= 0) return scratch[i].second;
+  }
+  return scratch[keep - 1].second;
+}
+
+std::vector<int32_t> generate(Transformer& model, std::span<const int32_t> prompt,
+                              int64_t max_tokens, const SamplingOptions& options, uint64_t seed,
+                              int32_t stop_token, const std::function<void(int32_t)>& on_token) {
+  require(!prompt.empty(), "generate: the prompt must hold at least one token");
+  const int64_t context = model.config().max_position_embeddings;
+  if (static_cast<int64_t>(prompt.size()) > context)
+    throw Error("generate: the prompt has " + std::to_string(prompt.size()) +
+                " tokens, more than the context of " + std::to_string(context));
+  KvCache cache = model.make_cache();
+  std::vector<float> logits(model.config().vocab_size);
+  for (int32_t t : prompt) model.decode_step(t, cache, logits);
+  Rng rng(seed);
+  std::vector<std::pair<float, int32_t>> scratch;
+  std::vector<int32_t> out;
+  while (static_cast<int64_t>(out.size()) < max_tokens) {
+    const int32_t next = sample_token(logits, options, rng, scratch);
+    if (next == stop_token) break;
+    out.push_back(next);
+    if (on_token) on_token(next);
+    if (cache.length >= context) break;
+    model.decode_step(next, cache, logits);
+  }
+  return out;
+}
+
+}  // namespace moe

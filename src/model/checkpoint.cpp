@@ -1,0 +1,62 @@
+#include "model/checkpoint.h"
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "model/hf_layout.h"
+#include "tensor/atomic_file.h"
+#include "tensor/error.h"
+
+namespace moe {
+
+std::map<std::string, Tensor> model_tensors(Transformer& model, ParamStore& store) {
+  std::map<std::string, Tensor> out;
+  for (const HfTensorView& v : hf_tensor_views(model, store, HfWhich::Values)) {
+    Tensor t(v.shape);
+    std::copy(v.data.begin(), v.data.end(), t.data());
+    out.emplace(v.name, std::move(t));
+  }
+  return out;
+}
+
+void load_model_tensors(Transformer& model, ParamStore& store, const SafetensorsFile& file,
+                        const std::string& source) {
+  const auto views = hf_tensor_views(model, store, HfWhich::Values);
+  std::set<std::string> expected;
+  for (const HfTensorView& v : views) {
+    expected.insert(v.name);
+    auto it = file.tensors.find(v.name);
+    if (it == file.tensors.end())
+      throw Error(source + ": missing tensor '" + v.name + "' (shape " + shape_str(v.shape) + ")");
+    if (it->second.shape() != v.shape)
+      throw Error(source + ": tensor '" + v.name + "' has shape " + shape_str(it->second.shape()) +
+                  ", the config needs " + shape_str(v.shape));
+    if (!all_finite(it->second.span()))
+      throw Error(source + ": tensor '" + v.name + "' holds NaN or inf");
+  }
+  for (const auto& [name, t] : file.tensors)
+    if (!expected.count(name))
+      throw Error(source + ": unexpected tensor '" + name + "' (not in this config's model)");
+  // Everything checked: now copy.
+  for (const HfTensorView& v : views) {
+    const Tensor& t = file.tensors.at(v.name);
+    std::copy(t.data(), t.data() + t.numel(), v.data.data());
+  }
+}
+
+void save_model_config(const std::string& dir, const ModelConfig& config) {
+  write_file_atomic(dir + "/config.json", model_config_to_json(config).dump(2) + "\n");
+}
+
+LoadedModel load_model(const std::string& dir, const std::string& weights, uint64_t seed) {
+  LoadedModel m;
+  m.config = load_model_config(dir + "/config.json");
+  m.store = std::make_unique<ParamStore>();
+  m.model = std::make_unique<Transformer>(m.config, *m.store, seed);
+  m.store->allocate();
+  const std::string path = weights.empty() ? dir + "/model.safetensors" : weights;
+  load_model_tensors(*m.model, *m.store, read_safetensors(path), path);
+  return m;
+}
+
+}  // namespace moe

@@ -1,0 +1,36 @@
+#pragma once
+// Model files: config.json (ModelConfig) and model.safetensors (Hugging Face tensor names,
+// hf_layout.h). Loading checks every tensor's presence, shape and values and names the first
+// one that is wrong; nothing is half-loaded into a model that is then used.
+#include <map>
+#include <memory>
+#include <string>
+
+#include "model/config.h"
+#include "model/transformer.h"
+#include "tensor/params.h"
+#include "tensor/safetensors.h"
+
+namespace moe {
+
+// A model together with the store that owns its parameters.
+struct LoadedModel {
+  ModelConfig config;
+  std::unique_ptr<ParamStore> store;
+  std::unique_ptr<Transformer> model;
+};
+
+// Every tensor of the model under its Hugging Face name (copies).
+std::map<std::string, Tensor> model_tensors(Transformer& model, ParamStore& store);
+
+// Copies `file`'s tensors into the model; throws Error (naming `source` and the tensor) on a
+// missing, extra, misshapen or non-finite tensor.
+void load_model_tensors(Transformer& model, ParamStore& store, const SafetensorsFile& file,
+                        const std::string& source);
+
+void save_model_config(const std::string& dir, const ModelConfig& config);
+
+// Reads <dir>/config.json and <dir>/model.safetensors (or `weights`, when given).
+LoadedModel load_model(const std::string& dir, const std::string& weights = "", uint64_t seed = 0);
+
+}  // namespace moe

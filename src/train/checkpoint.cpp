@@ -1,0 +1,113 @@
+#include "train/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "model/checkpoint.h"
+#include "tensor/atomic_file.h"
+#include "tensor/error.h"
+#include "tensor/safetensors.h"
+
+namespace moe {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kTensorFiles[] = {"model.safetensors", "optimizer.safetensors"};
+
+std::map<std::string, Tensor> optimizer_tensors(ParamStore& store, AdamW& opt) {
+  std::map<std::string, Tensor> out;
+  for (const auto& e : store.entries())
+    for (auto [suffix, moment] : {std::pair{".exp_avg", &opt.first_moment()},
+                                  std::pair{".exp_avg_sq", &opt.second_moment()}}) {
+      Tensor t(e.shape);
+      std::copy_n(moment->data() + e.ref.offset, e.ref.numel, t.data());
+      out.emplace(e.name + suffix, std::move(t));
+    }
+  return out;
+}
+
+int64_t step_of(const SafetensorsFile& f, const std::string& path) {
+  auto it = f.metadata.find("step");
+  if (it == f.metadata.end()) throw Error(path + ": no 'step' in its metadata");
+  return std::stoll(it->second);
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("cannot open '" + path + "'");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error("'" + path + "' is not valid JSON: " + e.what());
+  }
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& store,
+                     AdamW& optimizer, const nlohmann::json& trainer_state) {
+  const std::map<std::string, std::string> meta = {
+      {"step", std::to_string(trainer_state.at("step").get<int64_t>())}, {"format", "pt"}};
+  save_model_config(dir, model.config());
+  write_safetensors(dir + "/model.safetensors.next", model_tensors(model, store), meta);
+  write_safetensors(dir + "/optimizer.safetensors.next", optimizer_tensors(store, optimizer), meta);
+  write_file_atomic(dir + "/trainer_state.json", trainer_state.dump(2) + "\n");  // commit
+  for (const char* name : kTensorFiles) fs::rename(dir + "/" + name + ".next", dir + "/" + name);
+}
+
+nlohmann::json recover_checkpoint(const std::string& dir) {
+  const std::string state_path = dir + "/trainer_state.json";
+  if (!fs::exists(state_path))
+    throw Error("'" + dir + "' holds no checkpoint (no trainer_state.json)");
+  nlohmann::json state = read_json(state_path);
+  if (!state.contains("step") || !state["step"].is_number_integer())
+    throw Error(state_path + ": no integer 'step'");
+  const int64_t step = state["step"];
+  for (const char* name : kTensorFiles) {
+    const std::string path = dir + "/" + name, next = path + ".next";
+    if (fs::exists(next)) {
+      // Killed mid-save: the .next file belongs to the committed step (finish the rename)
+      // or to a save that never committed (drop it).
+      int64_t next_step = -1;
+      try {
+        next_step = step_of(read_safetensors(next), next);
+      } catch (const Error&) {
+      }
+      if (next_step == step)
+        fs::rename(next, path);
+      else
+        fs::remove(next);
+    }
+    if (!fs::exists(path)) throw Error("checkpoint '" + dir + "' lacks " + name);
+  }
+  return state;
+}
+
+void load_checkpoint(const std::string& dir, Transformer& model, ParamStore& store,
+                     AdamW& optimizer) {
+  const int64_t step = recover_checkpoint(dir).at("step");
+  const std::string model_path = dir + "/model.safetensors";
+  const SafetensorsFile weights = read_safetensors(model_path);
+  if (step_of(weights, model_path) != step)
+    throw Error(model_path + " is from another step than trainer_state.json");
+  load_model_tensors(model, store, weights, model_path);
+
+  const std::string opt_path = dir + "/optimizer.safetensors";
+  const SafetensorsFile moments = read_safetensors(opt_path);
+  if (step_of(moments, opt_path) != step)
+    throw Error(opt_path + " is from another step than trainer_state.json");
+  for (const auto& e : store.entries())
+    for (auto [suffix, moment] : {std::pair{".exp_avg", &optimizer.first_moment()},
+                                  std::pair{".exp_avg_sq", &optimizer.second_moment()}}) {
+      if (!moments.has(e.name + suffix))
+        throw Error(opt_path + ": missing tensor '" + e.name + suffix + "'");
+      const Tensor& t = moments.at(e.name + suffix);
+      if (t.shape() != e.shape)
+        throw Error(opt_path + ": tensor '" + e.name + suffix + "' has shape " +
+                    shape_str(t.shape()) + ", expected " + shape_str(e.shape));
+      std::copy_n(t.data(), e.ref.numel, moment->data() + e.ref.offset);
+    }
+  optimizer.set_steps(step);
+}
+
+}  // namespace moe

@@ -1,0 +1,29 @@
+#pragma once
+// Training checkpoints in a run folder:
+//   config.json, model.safetensors, optimizer.safetensors, trainer_state.json, tokenizer.model
+// Each file is written atomically. So that the set stays consistent when a run is killed
+// mid-save, the two tensor files are first written as "<name>.next", then trainer_state.json
+// (the commit point, naming the step), then the .next files are renamed into place.
+// recover_checkpoint() finishes or undoes an interrupted save by comparing steps.
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/transformer.h"
+#include "tensor/params.h"
+#include "train/optimizer.h"
+
+namespace moe {
+
+void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& store,
+                     AdamW& optimizer, const nlohmann::json& trainer_state);
+
+// Makes the folder's files consistent (see above) and returns trainer_state.json.
+// Throws Error when the folder holds no checkpoint or an inconsistent one.
+nlohmann::json recover_checkpoint(const std::string& dir);
+
+// Loads model.safetensors and optimizer.safetensors into an allocated model and optimizer.
+void load_checkpoint(const std::string& dir, Transformer& model, ParamStore& store,
+                     AdamW& optimizer);
+
+}  // namespace moe

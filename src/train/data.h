@@ -1,0 +1,62 @@
+#pragma once
+// The corpus and its token streams.
+//   corpus:  gzip JSONL, one {"domain", "source", "split", "text"} per line (data/README.md)
+//   tokens:  <dir>/<split>.tokens, a header then uint16 ids (memory-mapped), every document
+//            followed by EOS; <dir>/documents.jsonl says which span is which document and domain
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tensor/rng.h"
+#include "train/tokenizer.h"
+
+namespace moe {
+
+struct Document {
+  std::string domain, source, split, text;
+};
+
+// Reads the whole corpus; errors name the file and line.
+std::vector<Document> read_corpus(const std::string& path);
+
+// Tokenises every document of `docs` into <dir>/train.tokens and <dir>/valid.tokens (atomic
+// writes) and <dir>/documents.jsonl.
+void build_token_files(const std::vector<Document>& docs, const Tokenizer& tokenizer,
+                       const std::string& dir);
+
+// A read-only, memory-mapped token file. Its header is checked against the file's size.
+class TokenStream {
+ public:
+  explicit TokenStream(const std::string& path);
+  ~TokenStream();
+  TokenStream(const TokenStream&) = delete;
+  TokenStream& operator=(const TokenStream&) = delete;
+
+  int64_t size() const { return count_; }
+  int32_t vocab_size() const { return vocab_; }
+  int32_t operator[](int64_t i) const { return tokens_[i]; }
+
+ private:
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  const uint16_t* tokens_ = nullptr;
+  int64_t count_ = 0;
+  int32_t vocab_ = 0;
+};
+
+// Writes a token file (used by build_token_files and tests).
+void write_token_file(const std::string& path, std::span<const int32_t> tokens, int32_t vocab);
+
+// Training batches: B windows of S+1 tokens at uniformly drawn offsets; tokens are the first
+// S, targets the last S. tokens, targets: [B, S].
+void sample_batch(const TokenStream& stream, Rng& rng, int64_t batch, int64_t seq,
+                  std::span<int32_t> tokens, std::span<int32_t> targets);
+
+// Evaluation windows: consecutive, non-overlapping windows from the start, the w-th window
+// of batch b being window b * batch + w. Returns how many windows the stream holds.
+int64_t eval_windows(const TokenStream& stream, int64_t seq);
+void eval_batch(const TokenStream& stream, int64_t first_window, int64_t batch, int64_t seq,
+                std::span<int32_t> tokens, std::span<int32_t> targets);
+
+}  // namespace moe

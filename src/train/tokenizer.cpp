@@ -1,0 +1,149 @@
+#include "train/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <unordered_map>
+
+#include "tensor/atomic_file.h"
+#include "tensor/error.h"
+
+namespace moe {
+namespace {
+
+constexpr std::string_view kNewline = "\u21B5";  // ↵
+constexpr std::string_view kTab = "\u21E5";      // ⇥
+
+std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(text.size());
+  size_t pos = 0;
+  while (true) {
+    const size_t hit = text.find(from, pos);
+    out.append(text.substr(pos, hit == std::string_view::npos ? hit : hit - pos));
+    if (hit == std::string_view::npos) break;
+    out.append(to);
+    pos = hit + from.size();
+  }
+  return out;
+}
+
+std::string to_model_text(std::string_view text) {
+  return replace_all(replace_all(text, "\n", kNewline), "\t", kTab);
+}
+
+// Training sentences: each document cut into pieces of at most max_bytes at line ends.
+class ChunkIterator : public sentencepiece::SentenceIterator {
+ public:
+  ChunkIterator(std::span<const std::string> texts, int64_t max_bytes)
+      : texts_(texts), max_bytes_(max_bytes) {
+    advance();
+  }
+  bool done() const override { return done_; }
+  void Next() override { advance(); }
+  const std::string& value() const override { return value_; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  void advance() {
+    while (doc_ < texts_.size()) {
+      const std::string& t = texts_[doc_];
+      if (pos_ >= t.size()) {
+        ++doc_;
+        pos_ = 0;
+        continue;
+      }
+      size_t end = std::min(t.size(), pos_ + static_cast<size_t>(max_bytes_));
+      if (end < t.size()) {
+        const size_t nl = t.rfind('\n', end);
+        if (nl != std::string::npos && nl > pos_) end = nl + 1;
+      }
+      value_ = to_model_text(std::string_view(t).substr(pos_, end - pos_));
+      pos_ = end;
+      return;
+    }
+    done_ = true;
+  }
+  std::span<const std::string> texts_;
+  int64_t max_bytes_;
+  size_t doc_ = 0, pos_ = 0;
+  std::string value_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+void Tokenizer::train(std::span<const std::string> texts, const TokenizerTrainOptions& o,
+                      const std::string& model_path) {
+  require(o.vocab_size >= 256, "tokenizer: vocab_size must be at least 256");
+  ChunkIterator it(texts, o.max_chunk_bytes);
+  const std::unordered_map<std::string, std::string> args = {
+      {"model_type", "bpe"},
+      {"vocab_size", std::to_string(o.vocab_size)},
+      {"character_coverage", "0.9995"},
+      {"byte_fallback", "true"},  // any byte stays encodable
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},  // indentation is content in code
+      {"allow_whitespace_only_pieces", "true"},
+      {"split_digits", "true"},
+      {"user_defined_symbols", std::string(kNewline) + "," + std::string(kTab)},
+      {"max_sentence_length", std::to_string(4 * o.max_chunk_bytes)},
+      {"input_sentence_size", "0"},
+      {"shuffle_input_sentence", "false"},
+      {"num_threads", std::to_string(o.threads)},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "-1"},
+      {"minloglevel", "2"}};
+  std::string proto;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &it, &proto);
+  if (!status.ok()) throw Error("tokenizer training failed: " + status.ToString());
+  write_file_atomic(model_path, proto);
+}
+
+Tokenizer::Tokenizer(const std::string& model_path)
+    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+  std::ifstream in(model_path, std::ios::binary);
+  if (!in) throw Error("cannot open tokenizer model '" + model_path + "'");
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  serialized_ = bytes.str();
+  const auto status = sp_->LoadFromSerializedProto(serialized_);
+  if (!status.ok())
+    throw Error("tokenizer model '" + model_path +
+                "' is not a sentencepiece model: " + status.ToString());
+}
+
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+  std::vector<int> ids;
+  const auto status = sp_->Encode(to_model_text(text), &ids);
+  if (!status.ok()) throw Error("tokenizer: encode failed: " + status.ToString());
+  return {ids.begin(), ids.end()};
+}
+
+std::string Tokenizer::decode(std::span<const int32_t> ids) const {
+  std::vector<int> v(ids.begin(), ids.end());
+  for (int& id : v)
+    if (id < 0 || id >= sp_->GetPieceSize()) id = sp_->unk_id();
+  std::string text;
+  const auto status = sp_->Decode(v, &text);
+  if (!status.ok()) throw Error("tokenizer: decode failed: " + status.ToString());
+  return replace_all(replace_all(text, kNewline, "\n"), kTab, "\t");
+}
+
+int32_t Tokenizer::vocab_size() const {
+  return sp_->GetPieceSize();
+}
+int32_t Tokenizer::eos_id() const {
+  return sp_->eos_id();
+}
+
+}  // namespace moe

@@ -1,0 +1,48 @@
+#pragma once
+// Tokenizer: a sentencepiece BPE model. Newlines and tabs are kept as the user-defined
+// symbols U+21B5 and U+21E5 (sentencepiece treats its input as lines of text), so code and
+// manual pages keep their layout through encode and decode.
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sentencepiece {
+class SentencePieceProcessor;
+}
+
+namespace moe {
+
+struct TokenizerTrainOptions {
+  int vocab_size = 4096;
+  int threads = 2;
+  int64_t max_chunk_bytes = 4000;  // training "sentences": document pieces cut at line ends
+};
+
+class Tokenizer {
+ public:
+  // Trains a BPE model on `texts` and writes it to model_path (atomically). Throws Error.
+  static void train(std::span<const std::string> texts, const TokenizerTrainOptions& options,
+                    const std::string& model_path);
+
+  // Loads a model file; throws Error naming the file.
+  explicit Tokenizer(const std::string& model_path);
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+  std::vector<int32_t> encode(std::string_view text) const;
+  std::string decode(std::span<const int32_t> ids) const;
+  int32_t vocab_size() const;
+  int32_t eos_id() const;  // ends every document in the token streams
+  // The model file's bytes (checkpoints copy it verbatim).
+  const std::string& serialized() const { return serialized_; }
+
+ private:
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::string serialized_;
+};
+
+}  // namespace moe
