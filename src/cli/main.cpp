@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "cli/bench_layer.h"
+#include "cli/bench_train.h"
 #include "cli/params.h"
 #include "cli/train_cmd.h"
 #include "tensor/error.h"
@@ -33,6 +34,21 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(0.001, 3600.0));
   bench_layer->add_flag("--json", layer_opts.json, "Print one JSON array instead of a table");
+  moe::cli::BenchTrainOptions train_bench_opts;
+  CLI::App* bench_train = bench->add_subcommand(
+      "train", "Training-step tokens/s and peak memory of a model on random tokens");
+  bench_train->add_option("--config", train_bench_opts.config, "Model config (default: default)")
+      ->check(CLI::ExistingFile);
+  bench_train->add_option("--batch-size", train_bench_opts.batch_size)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench_train->add_option("--seq-len", train_bench_opts.seq_len)
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  bench_train->add_option("--steps", train_bench_opts.steps, "Timed steps (after 3 warm-up)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench_train->add_flag("--json", train_bench_opts.json, "Print JSON");
 
   moe::cli::ParamsOptions params_opts;
   CLI::App* params = app.add_subcommand(
@@ -127,6 +143,7 @@ int main(int argc, char** argv) {
   try {
     moe::set_threads(threads);
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
+    if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
     if (*params) return moe::cli::run_params(params_opts);
     if (*train) return moe::cli::run_train(train_cmd, steps_opt->count() ? t.steps : 0);
     if (*generate) return moe::cli::run_generate(gen);
