@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "expect_close.h"
 #include "model/hf_layout.h"
 #include "model/transformer.h"
 #include "model_cases.h"
@@ -20,14 +21,7 @@ constexpr double kAbsTol = 3e-5;
 constexpr double kRelTol = 3e-4;
 
 void expect_close(std::span<const float> ours, const Tensor& ref, const std::string& what) {
-  ASSERT_EQ(static_cast<int64_t>(ours.size()), ref.numel()) << what;
-  int64_t bad = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    const double tol = kAbsTol + kRelTol * std::abs(ref[i]);
-    if (!(std::abs(ours[i] - ref[i]) <= tol) && bad++ < 5)
-      ADD_FAILURE() << what << "[" << i << "]: ours " << ours[i] << ", torch " << ref[i];
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.numel() << " elements differ";
+  test::expect_close(ours, ref, what, kAbsTol, kRelTol);
 }
 
 std::vector<int32_t> ids(const Tensor& t) {

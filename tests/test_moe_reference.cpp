@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "expect_close.h"
 #include "moe/moe_layer.h"
 #include "moe_cases.h"
 #include "tensor/safetensors.h"
@@ -20,14 +21,7 @@ constexpr double kAbsTol = 2e-5;
 constexpr double kRelTol = 2e-4;
 
 void expect_close(std::span<const float> ours, const Tensor& ref, const std::string& what) {
-  ASSERT_EQ(static_cast<int64_t>(ours.size()), ref.numel()) << what;
-  int64_t bad = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    const double tol = kAbsTol + kRelTol * std::abs(ref[i]);
-    if (!(std::abs(ours[i] - ref[i]) <= tol) && bad++ < 5)
-      ADD_FAILURE() << what << "[" << i << "]: ours " << ours[i] << ", torch " << ref[i];
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.numel() << " elements differ";
+  test::expect_close(ours, ref, what, kAbsTol, kRelTol);
 }
 
 // Copies [rows, cols] `src` into rows [row0, row0+rows) of a [.., cols] destination.

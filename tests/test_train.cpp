@@ -282,7 +282,7 @@ TEST(Checkpoint, InterruptedSaveRollsForwardOrBack) {
 }
 
 TEST(Generation, KvCacheDecodeMatchesTheFullForward) {
-  for (const char* name : {"dense", "moe_every_other", "moe_deepseek"}) {
+  for (const char* name : {"dense", "moe_every_other", "moe_deepseek", "long_sequence"}) {
     const test::ModelCase c = test::load_model_cases().at(name);
     ParamStore store;
     Transformer model(c.config, store);

@@ -16,7 +16,8 @@
 namespace moe::cli {
 
 int run_bench_train(const BenchTrainOptions& o) {
-  const ModelConfig config = o.config.empty() ? default_model_config() : load_model_config(o.config);
+  const ModelConfig config =
+      o.config.empty() ? default_model_config() : load_model_config(o.config);
   ParamStore store;
   Transformer model(config, store, 1);
   store.allocate();
@@ -64,14 +65,15 @@ int run_bench_train(const BenchTrainOptions& o) {
                             .dump()
                             .c_str());
   } else {
-    std::printf("model %.2fM parameters (%.2fM active), batch %lld x %lld, %d threads, "
-                "OpenBLAS %s\n",
-                double(count.total) / 1e6, double(count.active) / 1e6,
-                static_cast<long long>(B), static_cast<long long>(S), thread_count(),
-                blas_core_name());
-    std::printf("training step (fwd+bwd+clip+AdamW): median %.1f ms, %.0f tokens/s, "
-                "peak RSS %.0f MiB\n",
-                1e3 * median, tok_s, peak_mib);
+    std::printf(
+        "model %.2fM parameters (%.2fM active), batch %lld x %lld, %d threads, "
+        "OpenBLAS %s\n",
+        double(count.total) / 1e6, double(count.active) / 1e6, static_cast<long long>(B),
+        static_cast<long long>(S), thread_count(), blas_core_name());
+    std::printf(
+        "training step (fwd+bwd+clip+AdamW): median %.1f ms, %.0f tokens/s, "
+        "peak RSS %.0f MiB\n",
+        1e3 * median, tok_s, peak_mib);
   }
   return 0;
 }

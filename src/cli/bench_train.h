@@ -11,7 +11,7 @@ struct BenchTrainOptions {
   std::string config;  // empty = the default model
   int64_t batch_size = 16;
   int64_t seq_len = 128;
-  int64_t steps = 20;   // timed steps, after 3 warm-up steps
+  int64_t steps = 20;  // timed steps, after 3 warm-up steps
   bool json = false;
 };
 

@@ -52,6 +52,9 @@ int64_t attention_scratch_size(const AttentionShape& s, int threads) {
 
 namespace {
 
+// Query rows per block of the causal core (see attention_forward).
+constexpr int64_t kRowBlock = 64;
+
 void check_shape(const AttentionShape& s, const RopeTable& rope, int64_t scratch) {
   require(s.batch > 0 && s.seq > 0 && s.model > 0, "attention: empty shape");
   require(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
@@ -91,6 +94,8 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
   rope_qk(s, rope, qkv, false);
 
   // One (sequence, head) pair per task; BLAS runs single-threaded inside the parallel loop.
+  // Rows go in blocks of kRowBlock: a block's scores need only the columns up to its last row,
+  // so the GEMMs skip most of the masked upper triangle.
   const int64_t tasks = s.batch * H;
 #pragma omp parallel for schedule(dynamic) if (tasks > 1)
   for (int64_t task = 0; task < tasks; ++task) {
@@ -99,23 +104,27 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
     const float* q = qkv.data() + b * S * W + h * hd;
     const float* k = qkv.data() + b * S * W + (H + g) * hd;
     const float* v = qkv.data() + b * S * W + (H + s.kv_heads + g) * hd;
-    gemm(Trans::No, Trans::Yes, S, S, hd, scale, q, W, k, W, 0.0f, probs, S);
     float* row_lse = lse.data() + (b * H + h) * S;
-    for (int64_t i = 0; i < S; ++i) {
-      float* p = probs + i * S;
-      const float m = *std::max_element(p, p + i + 1);
-      float sum = 0.0f;
-      for (int64_t j = 0; j <= i; ++j) {
-        p[j] = std::exp(p[j] - m);
-        sum += p[j];
+    for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
+      const int64_t r1 = std::min(S, r0 + kRowBlock), rows = r1 - r0;
+      float* block = probs + r0 * S;
+      gemm(Trans::No, Trans::Yes, rows, r1, hd, scale, q + r0 * W, W, k, W, 0.0f, block, S);
+      for (int64_t i = r0; i < r1; ++i) {
+        float* p = probs + i * S;
+        const float m = *std::max_element(p, p + i + 1);
+        float sum = 0.0f;
+        for (int64_t j = 0; j <= i; ++j) {
+          p[j] = std::exp(p[j] - m);
+          sum += p[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
+        std::fill(p + i + 1, p + r1, 0.0f);
+        row_lse[i] = m + std::log(sum);
       }
-      const float inv = 1.0f / sum;
-      for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
-      std::fill(p + i + 1, p + S, 0.0f);
-      row_lse[i] = m + std::log(sum);
+      gemm(Trans::No, Trans::No, rows, hd, r1, 1.0f, block, S, v, W, 0.0f,
+           ctx.data() + (b * S + r0) * C + h * hd, C);
     }
-    gemm(Trans::No, Trans::No, S, hd, S, 1.0f, probs, S, v, W, 0.0f,
-         ctx.data() + b * S * C + h * hd, C);
   }
   gemm(Trans::No, Trans::Yes, T, D, C, 1.0f, ctx.data(), C, wo.data(), C, 0.0f, y.data(), D);
 }
@@ -135,7 +144,8 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
   gemm(Trans::Yes, Trans::No, D, C, T, 1.0f, dy.data(), D, ctx.data(), C, 1.0f, dwo.data(), C);
   gemm(Trans::No, Trans::No, T, C, D, 1.0f, dy.data(), D, wo.data(), C, 0.0f, dctx.data(), C);
 
-  // One (sequence, kv group) per task: the group's heads add into the same dk and dv.
+  // One (sequence, kv group) per task: the group's heads add into the same dk and dv. Rows go
+  // in causal blocks as in the forward.
   const int64_t tasks = s.batch * KV;
   const int threads = omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic) if (tasks >= threads)
@@ -147,34 +157,42 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
     const float* v = qkv.data() + b * S * W + (H + KV + g) * hd;
     float* dk = dqkv.data() + b * S * W + (H + g) * hd;
     float* dv = dqkv.data() + b * S * W + (H + KV + g) * hd;
+    for (int64_t i = 0; i < S; ++i) {
+      std::fill_n(dk + i * W, hd, 0.0f);
+      std::fill_n(dv + i * W, hd, 0.0f);
+    }
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
       const float* q = qkv.data() + b * S * W + h * hd;
       const float* o = ctx.data() + b * S * C + h * hd;
       const float* dout = dctx.data() + b * S * C + h * hd;
       float* dq = dqkv.data() + b * S * W + h * hd;
       const float* row_lse = lse.data() + (b * H + h) * S;
-      const float beta = h == g * group ? 0.0f : 1.0f;
-      // P = exp(q k^T * scale - lse) under the causal mask.
-      gemm(Trans::No, Trans::Yes, S, S, hd, scale, q, W, k, W, 0.0f, probs, S);
-      for (int64_t i = 0; i < S; ++i) {
-        float* p = probs + i * S;
-        for (int64_t j = 0; j <= i; ++j) p[j] = std::exp(p[j] - row_lse[i]);
-        std::fill(p + i + 1, p + S, 0.0f);
+      for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
+        const int64_t r1 = std::min(S, r0 + kRowBlock), rows = r1 - r0;
+        float* p_block = probs + r0 * S;
+        float* dp_block = dprobs + r0 * S;
+        // P = exp(q k^T * scale - lse) under the causal mask, columns [0, r1).
+        gemm(Trans::No, Trans::Yes, rows, r1, hd, scale, q + r0 * W, W, k, W, 0.0f, p_block, S);
+        for (int64_t i = r0; i < r1; ++i) {
+          float* p = probs + i * S;
+          for (int64_t j = 0; j <= i; ++j) p[j] = std::exp(p[j] - row_lse[i]);
+          std::fill(p + i + 1, p + r1, 0.0f);
+        }
+        // dV += P^T dout;  dP = dout V^T
+        gemm(Trans::Yes, Trans::No, r1, hd, rows, 1.0f, p_block, S, dout + r0 * C, C, 1.0f, dv, W);
+        gemm(Trans::No, Trans::Yes, rows, r1, hd, 1.0f, dout + r0 * C, C, v, W, 0.0f, dp_block, S);
+        // dlogits = P * (dP - rowsum(dout * out)) * scale  (softmax backward, scale folded in)
+        for (int64_t i = r0; i < r1; ++i) {
+          float delta = 0.0f;
+          for (int64_t d = 0; d < hd; ++d) delta += dout[i * C + d] * o[i * C + d];
+          float* p = probs + i * S;
+          const float* dp = dprobs + i * S;
+          for (int64_t j = 0; j <= i; ++j) p[j] = p[j] * (dp[j] - delta) * scale;
+        }
+        // dQ = dlogits K;  dK += dlogits^T Q
+        gemm(Trans::No, Trans::No, rows, hd, r1, 1.0f, p_block, S, k, W, 0.0f, dq + r0 * W, W);
+        gemm(Trans::Yes, Trans::No, r1, hd, rows, 1.0f, p_block, S, q + r0 * W, W, 1.0f, dk, W);
       }
-      // dV += P^T dout;  dP = dout V^T
-      gemm(Trans::Yes, Trans::No, S, hd, S, 1.0f, probs, S, dout, C, beta, dv, W);
-      gemm(Trans::No, Trans::Yes, S, S, hd, 1.0f, dout, C, v, W, 0.0f, dprobs, S);
-      // dlogits = P * (dP - rowsum(dout * out)) * scale  (softmax backward, scale folded in)
-      for (int64_t i = 0; i < S; ++i) {
-        float delta = 0.0f;
-        for (int64_t d = 0; d < hd; ++d) delta += dout[i * C + d] * o[i * C + d];
-        float* p = probs + i * S;
-        const float* dp = dprobs + i * S;
-        for (int64_t j = 0; j <= i; ++j) p[j] = p[j] * (dp[j] - delta) * scale;
-      }
-      // dQ = dlogits K;  dK += dlogits^T Q
-      gemm(Trans::No, Trans::No, S, hd, S, 1.0f, probs, S, k, W, 0.0f, dq, W);
-      gemm(Trans::Yes, Trans::No, S, hd, S, 1.0f, probs, S, q, W, beta, dk, W);
     }
   }
   rope_qk(s, rope, dqkv, true);

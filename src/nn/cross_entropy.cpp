@@ -23,23 +23,34 @@ double cross_entropy(int64_t n, int64_t V, std::span<const float> logits,
   const float inv_count = count > 0 ? grad_scale / static_cast<float>(count) : 0.0f;
   // Per-thread partial sums added in thread order: the same bits for the same thread count.
   std::vector<double> partial(static_cast<size_t>(omp_get_max_threads()), 0.0);
+  // Without dlogits, the exponentials go to a per-thread row, so both paths compute the loss
+  // with the same operations (the same bits with and without the gradient).
+  std::vector<float> rows(dlogits.empty() ? static_cast<size_t>(omp_get_max_threads() * V) : 0);
 #pragma omp parallel for schedule(static) if (n * V > 65536)
   for (int64_t r = 0; r < n; ++r) {
     const float* l = logits.data() + r * V;
     const int32_t target = targets[r];
     const float m = *std::max_element(l, l + V);
-    double sum = 0.0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(l[i] - m));
-    const double lse = m + std::log(sum);
-    if (target >= 0) partial[static_cast<size_t>(omp_get_thread_num())] += lse - l[target];
+    // One exp per logit: exp(l - m) is written into d, then scaled into the softmax.
+    float* d =
+        dlogits.empty() ? rows.data() + int64_t{omp_get_thread_num()} * V : dlogits.data() + r * V;
+    const float l_target = target >= 0 ? l[target] : 0.0f;  // d may alias l
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < V; ++i) {
+      d[i] = std::exp(l[i] - m);
+      sum += d[i];
+    }
+    if (target >= 0)
+      partial[static_cast<size_t>(omp_get_thread_num())] += m + std::log(double(sum)) - l_target;
     if (dlogits.empty()) continue;
-    float* d = dlogits.data() + r * V;
     if (target < 0) {
       std::fill_n(d, V, 0.0f);
       continue;
     }
-    const float lse_f = static_cast<float>(lse);
-    for (int64_t i = 0; i < V; ++i) d[i] = std::exp(l[i] - lse_f) * inv_count;
+    const float scale = inv_count / sum;
+#pragma omp simd
+    for (int64_t i = 0; i < V; ++i) d[i] *= scale;
     d[target] -= inv_count;
   }
   double total = 0.0;

@@ -1,5 +1,7 @@
 #include "nn/rmsnorm.h"
 
+#include <omp.h>
+
 #include <cmath>
 
 namespace moe {
@@ -35,13 +37,19 @@ void rmsnorm_backward(int64_t n, int64_t D, std::span<const float> x, std::span<
 #pragma omp simd
     for (int64_t i = 0; i < D; ++i) dxr[i] += s * w[i] * gr[i] - c * xr[i];
   }
-  // dw sums over rows; done serially so the result does not depend on the thread count.
-  for (int64_t r = 0; r < n; ++r) {
-    const float* xr = x.data() + r * D;
-    const float* gr = dy.data() + r * D;
-    const float s = rstd[r];
+  // dw sums over rows: each thread owns a range of columns and walks the rows in order, so
+  // the result does not depend on the thread count.
+#pragma omp parallel if (n * D > 65536)
+  {
+    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t c0 = D * t / threads, c1 = D * (t + 1) / threads;
+    for (int64_t r = 0; r < n; ++r) {
+      const float* xr = x.data() + r * D;
+      const float* gr = dy.data() + r * D;
+      const float s = rstd[r];
 #pragma omp simd
-    for (int64_t i = 0; i < D; ++i) dw[i] += gr[i] * xr[i] * s;
+      for (int64_t i = c0; i < c1; ++i) dw[i] += gr[i] * xr[i] * s;
+    }
   }
 }
 

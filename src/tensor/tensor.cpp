@@ -58,7 +58,10 @@ void Tensor::resize(std::span<const int64_t> shape) {
 }
 
 void Tensor::fill(float value) {
-  std::fill_n(data(), numel_, value);
+  float* p = data();
+  const int64_t n = numel_;
+#pragma omp parallel for simd schedule(static) if (n > (1 << 20))
+  for (int64_t i = 0; i < n; ++i) p[i] = value;
 }
 
 std::span<float> Tensor::row(int64_t r) {

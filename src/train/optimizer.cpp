@@ -1,7 +1,9 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <vector>
 
 namespace moe {
 
@@ -45,13 +47,25 @@ float learning_rate(int64_t step, int64_t total, int64_t warmup, float max_lr, f
 }
 
 double clip_grad_norm(ParamStore& store, double max_norm) {
-  auto g = store.grads().span();
+  float* g = store.grads().data();
+  const int64_t n = store.grads().numel();
+  // Fixed chunks summed in order: the same bits for any thread count.
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks));
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double sum = 0.0;
+    for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) sum += double(g[i]) * g[i];
+    partial[c] = sum;
+  }
   double sum = 0.0;
-  for (float x : g) sum += double(x) * x;  // serial: the same bits for any thread count
+  for (double p : partial) sum += p;
   const double norm = std::sqrt(sum);
   if (max_norm > 0 && norm > max_norm) {
     const float scale = static_cast<float>(max_norm / (norm + 1e-6));
-    for (float& x : g) x *= scale;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) g[i] *= scale;
   }
   return norm;
 }

@@ -12,8 +12,6 @@ tensors), tokens and targets from a fixed seed, computes
 and writes weights, logits, losses and every gradient to <out>/<case>.safetensors for
 test_model_reference. Run with Debian's interpreter: /usr/bin/python3.
 """
-import argparse
-import json
 import os
 import sys
 import zlib
@@ -22,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moe_reference import moe_forward, write_safetensors  # noqa: E402
+from moe_reference import moe_forward, run_cases  # noqa: E402
 
 
 def rms_norm(x, w, eps):
@@ -171,20 +169,9 @@ def make_case(name, case):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    with open(args.cases) as f:
-        cases = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
-    os.makedirs(args.out, exist_ok=True)
-    for name, case in cases.items():
-        tensors = make_case(name, case)
-        write_safetensors(os.path.join(args.out, "model_" + name + ".safetensors"), tensors,
-                          {"case": name, "config": json.dumps(case)})
-        print(f"reference model {name}: loss = {tensors['out.ce_loss'].item():.6f} "
-              f"+ router {tensors['out.router_loss'].item():.6f}")
+    run_cases(__doc__.splitlines()[0], make_case, "model_",
+              lambda name, t: f"reference model {name}: loss = {t['out.ce_loss'].item():.6f} "
+                              f"+ router {t['out.router_loss'].item():.6f}")
 
 
 if __name__ == "__main__":

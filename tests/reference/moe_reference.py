@@ -204,8 +204,10 @@ def make_case(name, case):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cases(description, make_case, file_prefix, summary):
+    """Shared driver of the reference scripts: --cases FILE --out DIR; one safetensors file per
+    case (keys starting with "_" are comments), summary(name, tensors) printed for each."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--cases", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -215,9 +217,14 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     for name, case in cases.items():
         tensors = make_case(name, case)
-        write_safetensors(os.path.join(args.out, name + ".safetensors"), tensors,
+        write_safetensors(os.path.join(args.out, file_prefix + name + ".safetensors"), tensors,
                           {"case": name, "config": json.dumps(case)})
-        print(f"reference {name}: y[0,:3] = {tensors['out.y'][0, :3].tolist()}")
+        print(summary(name, tensors))
+
+
+def main():
+    run_cases(__doc__.splitlines()[0], make_case, "",
+              lambda name, t: f"reference {name}: y[0,:3] = {t['out.y'][0, :3].tolist()}")
 
 
 if __name__ == "__main__":
