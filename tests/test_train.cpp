@@ -281,6 +281,41 @@ TEST(Checkpoint, InterruptedSaveRollsForwardOrBack) {
   EXPECT_NE(error_of([&] { recover_checkpoint(dir); }).find("no checkpoint"), std::string::npos);
 }
 
+TEST(GradientAccumulation, TwoHalfBatchesEqualOneFullBatch) {
+  // Dense model: the loss is a mean over tokens, so half-batches weighted 1/2 each give the
+  // full batch's gradient (an MoE's balancing loss is batch-level, so it is not tested here).
+  const test::ModelCase c = test::load_model_cases().at("dense");
+  ParamStore store;
+  Transformer model(c.config, store);
+  store.allocate();
+  Rng rng(9);
+  rng.fill_normal(store.values().span(), 0.0f, 0.3f);
+  const int64_t B = 4, S = c.seq, V = c.config.vocab_size;
+  std::vector<int32_t> tokens(B * S), targets(B * S);
+  for (int64_t i = 0; i < B * S; ++i) {
+    tokens[i] = static_cast<int32_t>(rng.next_u64() % V);
+    targets[i] = static_cast<int32_t>(rng.next_u64() % V);
+  }
+  store.zero_grads();
+  model.forward(tokens, targets, B, S);
+  model.backward();
+  const std::vector<float> full(store.grads().span().begin(), store.grads().span().end());
+  store.zero_grads();
+  ModelStepOptions half;
+  half.grad_scale = 0.5f;
+  for (int64_t part = 0; part < 2; ++part) {
+    const auto first = static_cast<size_t>(part * B / 2 * S),
+               count = static_cast<size_t>(B / 2 * S);
+    model.forward(std::span(tokens).subspan(first, count), std::span(targets).subspan(first, count),
+                  B / 2, S, half);
+    model.backward();
+  }
+  int64_t bad = 0;
+  for (size_t i = 0; i < full.size(); ++i)
+    bad += !(std::abs(store.grads()[i] - full[i]) <= 1e-6f + 1e-4f * std::abs(full[i]));
+  EXPECT_EQ(bad, 0);
+}
+
 TEST(Generation, KvCacheDecodeMatchesTheFullForward) {
   for (const char* name : {"dense", "moe_every_other", "moe_deepseek", "long_sequence"}) {
     const test::ModelCase c = test::load_model_cases().at(name);

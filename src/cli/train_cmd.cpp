@@ -1,9 +1,11 @@
 #include "cli/train_cmd.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "model/checkpoint.h"
 #include "moe/load_metrics.h"
@@ -13,26 +15,33 @@
 namespace moe::cli {
 namespace {
 
-// Streams `prompt`'s continuation to stdout; decoding the whole text each time keeps
-// multi-byte characters split over pieces intact.
+// Streams `prompt`'s continuation to stdout. The whole text is decoded after every token and
+// the new part printed; a trailing U+FFFD (an incomplete byte sequence the next byte-fallback
+// piece may complete) is held back until it resolves.
 void stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                        const SamplingOptions& sampling, uint64_t seed) {
   LoadedModel m = load_model(run);
   const Tokenizer tokenizer(run + "/tokenizer.model");
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (ids.empty()) ids.push_back(tokenizer.eos_id());
-  std::string printed = tokenizer.decode(ids);
-  std::fputs(printed.c_str(), stdout);
-  std::fflush(stdout);
+  std::string printed;
+  auto emit = [&](bool final) {
+    std::string text = tokenizer.decode(ids);
+    constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+    while (!final && text.ends_with(kReplacement)) text.resize(text.size() - kReplacement.size());
+    const size_t common =
+        std::mismatch(text.begin(), text.end(), printed.begin(), printed.end()).first -
+        text.begin();
+    if (text.size() > common) std::fwrite(text.data() + common, 1, text.size() - common, stdout);
+    std::fflush(stdout);
+    printed = std::move(text);
+  };
+  emit(false);
   generate(*m.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), [&](int32_t t) {
     ids.push_back(t);
-    const std::string text = tokenizer.decode(ids);
-    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
-      std::fputs(text.c_str() + printed.size(), stdout);
-      std::fflush(stdout);
-      printed = text;
-    }
+    emit(false);
   });
+  emit(true);
   std::fputc('\n', stdout);
 }
 
