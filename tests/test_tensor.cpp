@@ -1,12 +1,14 @@
 // Tensor, GEMM wrapper, Rng and the safetensors reader's defences.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "tensor/error.h"
+#include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
@@ -131,6 +133,26 @@ TEST(Safetensors, RejectsEachKindOfCorruption) {
   expect_rejected(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8, "trailing");
   expect_rejected(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, "'a'");
   expect_rejected(R"({"a":{"dtype":"F32","shape":[1]}})", 4, "'a'");
+}
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(FastExp, WithinAFewUlpOfStdExpAndKeepsSpecialValues) {
+  double worst = 0;
+  for (double x = -87.0; x <= 88.0; x += 0.000917) {
+    const float xf = static_cast<float>(x);
+    const double ref = std::exp(double(xf));
+    worst = std::max(worst, std::abs(double(fast_exp(xf)) - ref) / ref);
+  }
+  EXPECT_LT(worst, 2.5e-7) << "worst relative error";
+  EXPECT_EQ(fast_exp(0.0f), 1.0f);
+  EXPECT_EQ(fast_exp(-1000.0f) < 1e-37f, true);
+  EXPECT_TRUE(std::isinf(fast_exp(1000.0f)));
+  EXPECT_TRUE(std::isnan(fast_exp(std::nanf(""))));
 }
 
 }  // namespace

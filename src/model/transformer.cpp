@@ -11,6 +11,7 @@
 #include "nn/rmsnorm.h"
 #include "nn/swiglu.h"
 #include "tensor/error.h"
+#include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
 
 namespace moe {
@@ -269,7 +270,7 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
         m = std::max(m, step_scores_[j]);
       }
       float sum = 0.0f;
-      for (int64_t j = 0; j <= pos; ++j) sum += (step_scores_[j] = std::exp(step_scores_[j] - m));
+      for (int64_t j = 0; j <= pos; ++j) sum += (step_scores_[j] = fast_exp(step_scores_[j] - m));
       float* ctx = step_ctx_.data() + h * hd;
       std::fill_n(ctx, hd, 0.0f);
       for (int64_t j = 0; j <= pos; ++j) {

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "tensor/error.h"
+#include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
 
 namespace moe {
@@ -113,8 +114,9 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
         float* p = probs + i * S;
         const float m = *std::max_element(p, p + i + 1);
         float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j <= i; ++j) {
-          p[j] = std::exp(p[j] - m);
+          p[j] = fast_exp(p[j] - m);
           sum += p[j];
         }
         const float inv = 1.0f / sum;
@@ -175,7 +177,7 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
         gemm(Trans::No, Trans::Yes, rows, r1, hd, scale, q + r0 * W, W, k, W, 0.0f, p_block, S);
         for (int64_t i = r0; i < r1; ++i) {
           float* p = probs + i * S;
-          for (int64_t j = 0; j <= i; ++j) p[j] = std::exp(p[j] - row_lse[i]);
+          for (int64_t j = 0; j <= i; ++j) p[j] = fast_exp(p[j] - row_lse[i]);
           std::fill(p + i + 1, p + r1, 0.0f);
         }
         // dV += P^T dout;  dP = dout V^T

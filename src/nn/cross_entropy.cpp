@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "tensor/error.h"
+#include "tensor/fast_exp.h"
 
 namespace moe {
 
@@ -38,7 +39,7 @@ double cross_entropy(int64_t n, int64_t V, std::span<const float> logits,
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < V; ++i) {
-      d[i] = std::exp(l[i] - m);
+      d[i] = fast_exp(l[i] - m);
       sum += d[i];
     }
     if (target >= 0)

@@ -2,13 +2,14 @@
 
 #include <cmath>
 
+#include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
 
 namespace moe {
 namespace {
 
 inline float sigmoid(float v) {
-  return 1.0f / (1.0f + std::exp(-v));
+  return 1.0f / (1.0f + fast_exp(-v));
 }
 
 }  // namespace
