@@ -269,14 +269,15 @@ TEST(Checkpoint, InterruptedSaveRollsForwardOrBack) {
   Transformer model2(small_config(), store2);
   store2.allocate();
   AdamW opt2(store2, {});
-  load_checkpoint(dir, model2, store2, opt2);
+  load_checkpoint(dir, recover_checkpoint(dir)["step"], model2, store2, opt2);
   EXPECT_TRUE(std::equal(store.values().span().begin(), store.values().span().end(),
                          store2.values().span().begin()));
   EXPECT_EQ(opt2.steps(), 7);
   // A truncated weights file: an error naming it, and nothing loaded.
   fs::resize_file(dir + "/model.safetensors", fs::file_size(dir + "/model.safetensors") - 100);
-  EXPECT_NE(error_of([&] { load_checkpoint(dir, model2, store2, opt2); }).find("model.safetensors"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { load_checkpoint(dir, 7, model2, store2, opt2); }).find("model.safetensors"),
+      std::string::npos);
   fs::remove(dir + "/trainer_state.json");
   EXPECT_NE(error_of([&] { recover_checkpoint(dir); }).find("no checkpoint"), std::string::npos);
 }

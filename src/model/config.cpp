@@ -138,15 +138,18 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
   return j;
 }
 
-ModelConfig load_model_config(const std::string& path) {
+nlohmann::json read_json_file(const std::string& path, const std::string& what) {
   std::ifstream in(path);
-  if (!in) throw Error("cannot open config file '" + path + "'");
-  nlohmann::json j;
+  if (!in) throw Error("cannot open " + what + " '" + path + "'");
   try {
-    j = nlohmann::json::parse(in);
+    return nlohmann::json::parse(in);
   } catch (const nlohmann::json::parse_error& e) {
-    throw Error("config file '" + path + "' is not valid JSON: " + e.what());
+    throw Error(what + " '" + path + "' is not valid JSON: " + e.what());
   }
+}
+
+ModelConfig load_model_config(const std::string& path) {
+  const nlohmann::json j = read_json_file(path, "config file");
   try {
     return model_config_from_json(j);
   } catch (const Error& e) {

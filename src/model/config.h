@@ -43,5 +43,7 @@ ModelConfig model_config_from_json(const nlohmann::json& j);
 nlohmann::json model_config_to_json(const ModelConfig& c);
 // Reads a JSON file; errors name the file.
 ModelConfig load_model_config(const std::string& path);
+// Parses a whole JSON file; errors say "<what> '<path>'" (what: "config file", ...).
+nlohmann::json read_json_file(const std::string& path, const std::string& what);
 
 }  // namespace moe

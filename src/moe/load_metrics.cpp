@@ -24,9 +24,7 @@ LoadMetrics load_metrics(std::span<const int64_t> counts) {
   m.cv = std::sqrt(var / double(E)) / mean;
   m.gini = abs_diff / (2.0 * double(E) * total);
   m.normalized_entropy = E > 1 ? entropy / std::log(double(E)) : 1.0;
-  const auto [lo, hi] = std::minmax_element(counts.begin(), counts.end());
-  m.max_over_mean = double(*hi) / mean;
-  m.min_over_mean = double(*lo) / mean;
+  m.max_over_mean = double(*std::max_element(counts.begin(), counts.end())) / mean;
   return m;
 }
 

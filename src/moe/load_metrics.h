@@ -12,7 +12,6 @@ struct LoadMetrics {
   double gini = 0;                // 0 uniform, (E-1)/E all on one expert
   double normalized_entropy = 0;  // 1 uniform, 0 all on one expert
   double max_over_mean = 0;
-  double min_over_mean = 0;
   std::vector<int64_t> overloaded;  // experts above 3x the mean load
   std::vector<int64_t> starved;     // experts below 0.1x the mean load (collapse)
 };

@@ -1,7 +1,7 @@
 #include "train/checkpoint.h"
 
+#include <array>
 #include <filesystem>
-#include <fstream>
 
 #include "model/checkpoint.h"
 #include "tensor/atomic_file.h"
@@ -14,11 +14,15 @@ namespace {
 
 constexpr const char* kTensorFiles[] = {"model.safetensors", "optimizer.safetensors"};
 
+// AdamW's moments with their tensor-name suffixes (PyTorch's state names).
+std::array<std::pair<const char*, Tensor*>, 2> moment_tensors(AdamW& opt) {
+  return {{{".exp_avg", &opt.first_moment()}, {".exp_avg_sq", &opt.second_moment()}}};
+}
+
 std::map<std::string, Tensor> optimizer_tensors(ParamStore& store, AdamW& opt) {
   std::map<std::string, Tensor> out;
   for (const auto& e : store.entries())
-    for (auto [suffix, moment] : {std::pair{".exp_avg", &opt.first_moment()},
-                                  std::pair{".exp_avg_sq", &opt.second_moment()}}) {
+    for (auto [suffix, moment] : moment_tensors(opt)) {
       Tensor t(e.shape);
       std::copy_n(moment->data() + e.ref.offset, e.ref.numel, t.data());
       out.emplace(e.name + suffix, std::move(t));
@@ -30,16 +34,6 @@ int64_t step_of(const SafetensorsFile& f, const std::string& path) {
   auto it = f.metadata.find("step");
   if (it == f.metadata.end()) throw Error(path + ": no 'step' in its metadata");
   return std::stoll(it->second);
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error("cannot open '" + path + "'");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error("'" + path + "' is not valid JSON: " + e.what());
-  }
 }
 
 }  // namespace
@@ -59,7 +53,7 @@ nlohmann::json recover_checkpoint(const std::string& dir) {
   const std::string state_path = dir + "/trainer_state.json";
   if (!fs::exists(state_path))
     throw Error("'" + dir + "' holds no checkpoint (no trainer_state.json)");
-  nlohmann::json state = read_json(state_path);
+  nlohmann::json state = read_json_file(state_path, "trainer state");
   if (!state.contains("step") || !state["step"].is_number_integer())
     throw Error(state_path + ": no integer 'step'");
   const int64_t step = state["step"];
@@ -83,9 +77,8 @@ nlohmann::json recover_checkpoint(const std::string& dir) {
   return state;
 }
 
-void load_checkpoint(const std::string& dir, Transformer& model, ParamStore& store,
+void load_checkpoint(const std::string& dir, int64_t step, Transformer& model, ParamStore& store,
                      AdamW& optimizer) {
-  const int64_t step = recover_checkpoint(dir).at("step");
   const std::string model_path = dir + "/model.safetensors";
   const SafetensorsFile weights = read_safetensors(model_path);
   if (step_of(weights, model_path) != step)
@@ -97,8 +90,7 @@ void load_checkpoint(const std::string& dir, Transformer& model, ParamStore& sto
   if (step_of(moments, opt_path) != step)
     throw Error(opt_path + " is from another step than trainer_state.json");
   for (const auto& e : store.entries())
-    for (auto [suffix, moment] : {std::pair{".exp_avg", &optimizer.first_moment()},
-                                  std::pair{".exp_avg_sq", &optimizer.second_moment()}}) {
+    for (auto [suffix, moment] : moment_tensors(optimizer)) {
       if (!moments.has(e.name + suffix))
         throw Error(opt_path + ": missing tensor '" + e.name + suffix + "'");
       const Tensor& t = moments.at(e.name + suffix);

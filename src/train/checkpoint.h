@@ -22,8 +22,10 @@ void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& sto
 // Throws Error when the folder holds no checkpoint or an inconsistent one.
 nlohmann::json recover_checkpoint(const std::string& dir);
 
-// Loads model.safetensors and optimizer.safetensors into an allocated model and optimizer.
-void load_checkpoint(const std::string& dir, Transformer& model, ParamStore& store,
+// Loads model.safetensors and optimizer.safetensors of the checkpoint at `step` (as
+// recover_checkpoint returned it) into an allocated model and optimizer; both files must be
+// from that step.
+void load_checkpoint(const std::string& dir, int64_t step, Transformer& model, ParamStore& store,
                      AdamW& optimizer);
 
 }  // namespace moe

@@ -111,8 +111,7 @@ Tokenizer::Tokenizer(const std::string& model_path)
   if (!in) throw Error("cannot open tokenizer model '" + model_path + "'");
   std::ostringstream bytes;
   bytes << in.rdbuf();
-  serialized_ = bytes.str();
-  const auto status = sp_->LoadFromSerializedProto(serialized_);
+  const auto status = sp_->LoadFromSerializedProto(bytes.str());
   if (!status.ok())
     throw Error("tokenizer model '" + model_path +
                 "' is not a sentencepiece model: " + status.ToString());

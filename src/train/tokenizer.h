@@ -37,12 +37,9 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids) const;
   int32_t vocab_size() const;
   int32_t eos_id() const;  // ends every document in the token streams
-  // The model file's bytes (checkpoints copy it verbatim).
-  const std::string& serialized() const { return serialized_; }
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
-  std::string serialized_;
 };
 
 }  // namespace moe

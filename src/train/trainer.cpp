@@ -85,10 +85,6 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 }  // namespace
 
-void request_stop() {
-  g_stop.store(true);
-}
-
 nlohmann::json train_options_to_json(const TrainOptions& o) {
   return {{"config", o.config},
           {"corpus", o.corpus},
@@ -168,33 +164,39 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
   // Tokenizer and token files: built once per run folder, reused on resume.
   const std::string tok_path = dir + "/tokenizer.model";
   const std::string data_dir = dir + "/data";
-  if (!fs::exists(tok_path) || !fs::exists(data_dir + "/train.tokens") ||
-      !fs::exists(data_dir + "/valid.tokens")) {
-    if (resume) throw Error("run '" + dir + "' lacks its tokenizer or token files");
+  const bool need_tokenizer = !fs::exists(tok_path);
+  const bool need_tokens =
+      !fs::exists(data_dir + "/train.tokens") || !fs::exists(data_dir + "/valid.tokens");
+  if (resume && (need_tokenizer || need_tokens))
+    throw Error("run '" + dir + "' lacks its tokenizer or token files");
+  std::vector<Document> docs;
+  if (need_tokenizer || need_tokens) {
     std::fprintf(stderr, "reading corpus %s\n", o.corpus.c_str());
-    const std::vector<Document> docs = read_corpus(o.corpus);
-    if (!fs::exists(tok_path)) {
-      std::vector<std::string> texts;
-      for (const Document& d : docs)
-        if (d.split == "train") texts.push_back(d.text);
-      std::fprintf(stderr, "training a %lld-piece BPE tokenizer on %zu documents...\n",
-                   static_cast<long long>(config.vocab_size), texts.size());
-      const auto t0 = std::chrono::steady_clock::now();
-      TokenizerTrainOptions topt;
-      topt.vocab_size = static_cast<int>(config.vocab_size);
-      topt.threads = omp_get_max_threads();
-      Tokenizer::train(texts, topt, tok_path);
-      std::fprintf(stderr, "  done in %.1f s\n",
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    fs::create_directories(data_dir);
-    build_token_files(docs, Tokenizer(tok_path), data_dir);
+    docs = read_corpus(o.corpus);
+  }
+  if (need_tokenizer) {
+    std::vector<std::string> texts;
+    for (const Document& d : docs)
+      if (d.split == "train") texts.push_back(d.text);
+    std::fprintf(stderr, "training a %lld-piece BPE tokenizer on %zu documents...\n",
+                 static_cast<long long>(config.vocab_size), texts.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    TokenizerTrainOptions topt;
+    topt.vocab_size = static_cast<int>(config.vocab_size);
+    topt.threads = omp_get_max_threads();
+    Tokenizer::train(texts, topt, tok_path);
+    std::fprintf(stderr, "  done in %.1f s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   const Tokenizer tokenizer(tok_path);
   if (tokenizer.vocab_size() != config.vocab_size)
     throw Error("tokenizer '" + tok_path + "' has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces but the model config's vocab_size is " +
                 std::to_string(config.vocab_size));
+  if (need_tokens) {
+    fs::create_directories(data_dir);
+    build_token_files(docs, tokenizer, data_dir);
+  }
   const TokenStream train_tokens(data_dir + "/train.tokens");
   const TokenStream valid_tokens(data_dir + "/valid.tokens");
 
@@ -208,8 +210,8 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
   Rng data_rng = Rng::for_purpose(o.seed, kDataPurpose);
   int64_t start_step = 0;
   if (resume) {
-    load_checkpoint(dir, model, store, optimizer);
     start_step = state.at("step");
+    load_checkpoint(dir, start_step, model, store, optimizer);
     rng_from_json(data_rng, state.at("data_rng"));
     const auto& noise = state.at("noise_rngs");
     for (int64_t l = 0; l < model.num_layers(); ++l)

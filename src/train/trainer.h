@@ -46,7 +46,4 @@ struct TrainResult {
 // non-finite loss (the last checkpoint stays).
 TrainResult train(TrainOptions options, bool resume, int64_t resume_steps = 0);
 
-// SIGINT/SIGTERM: finish the current step, save, return (installed by train()).
-void request_stop();
-
 }  // namespace moe
