@@ -1,5 +1,7 @@
 #include "moe/experts.h"
 
+#include <omp.h>
+
 #include <algorithm>
 
 #include "nn/swiglu.h"
@@ -11,23 +13,33 @@ Experts::Experts(int64_t experts, int64_t model, int64_t hidden, ParamStore& sto
     : experts_(experts), model_(model), hidden_(hidden), store_(store) {
   w13_ = store.add(prefix + ".w13", {experts, 2 * hidden, model});
   w2_ = store.add(prefix + ".w2", {experts, model, hidden});
+  schedule_.reserve(experts);
 }
 
-namespace {
-
-// Runs run(e) for every expert. Small segments go one expert per thread (BLAS single-threaded
-// inside); large ones one after another, each GEMM using every thread.
+// Runs run(e) for every expert with rows. One expert per thread (BLAS single-threaded inside
+// the parallel region) beats all threads sharing each GEMM: no hand-offs inside OpenBLAS, and
+// each thread packs only its own expert's weights (measured with 2 threads, AVX2: 1.25x at 64
+// rows per expert, 1.05x at 512, 2.7x at 4). An expert holding more than 1/threads of the rows
+// would leave the other threads idle, so such experts run first, one at a time, with every
+// thread inside their GEMMs. The rest go largest first, taken dynamically.
 template <typename Run>
-void for_each_expert(int64_t experts, std::span<const int64_t> offsets, Run&& run) {
-  if (offsets[experts] < 48 * experts) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t e = 0; e < experts; ++e) run(e);
-  } else {
-    for (int64_t e = 0; e < experts; ++e) run(e);
+void Experts::for_each_expert(std::span<const int64_t> offsets, Run&& run) {
+  const int64_t threads = omp_get_max_threads(), total = offsets[experts_];
+  auto rows = [&](int64_t e) { return offsets[e + 1] - offsets[e]; };
+  schedule_.clear();
+  for (int64_t e = 0; e < experts_; ++e) {
+    if (rows(e) * threads > total)
+      run(e);
+    else
+      schedule_.push_back(e);
   }
+  std::sort(schedule_.begin(), schedule_.end(), [&](int64_t a, int64_t b) {
+    return rows(a) != rows(b) ? rows(a) > rows(b) : a < b;  // stable_sort would allocate
+  });
+  const auto count = static_cast<int64_t>(schedule_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < count; ++i) run(schedule_[i]);
 }
-
-}  // namespace
 
 void Experts::forward(std::span<const float> xp, std::span<const int64_t> offsets,
                       std::span<float> yp) {
@@ -42,7 +54,7 @@ void Experts::forward(std::span<const float> xp, std::span<const int64_t> offset
                    store_.value(w2_).subspan(e * D * F, D * F), h13_.span().subspan(r0 * 2 * F),
                    act_.span().subspan(r0 * F), yp.subspan(r0 * D, rows * D));
   };
-  for_each_expert(experts_, offsets, run);
+  for_each_expert(offsets, run);
 }
 
 void Experts::backward(std::span<const float> xp, std::span<const int64_t> offsets,
@@ -67,7 +79,7 @@ void Experts::backward(std::span<const float> xp, std::span<const int64_t> offse
                     dh13_.span().subspan(r0 * 2 * F), dxp.subspan(r0 * D, rows * D), dw13, dw2,
                     accumulate);
   };
-  for_each_expert(experts_, offsets, run);
+  for_each_expert(offsets, run);
 }
 
 }  // namespace moe

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tensor/params.h"
 #include "tensor/tensor.h"
@@ -27,12 +28,16 @@ class Experts {
   int64_t hidden() const { return hidden_; }
 
  private:
+  template <typename Run>
+  void for_each_expert(std::span<const int64_t> offsets, Run&& run);
+
   int64_t experts_, model_, hidden_;
   ParamStore& store_;
   ParamRef w13_, w2_;
   Tensor h13_;   // [n, 2F] saved
   Tensor act_;   // [n, F] saved
   Tensor dh13_;  // [n, 2F] scratch
+  std::vector<int64_t> schedule_;  // experts run one per thread, largest first
 };
 
 }  // namespace moe
