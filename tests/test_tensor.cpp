@@ -52,6 +52,39 @@ TEST(Gemm, MatchesNaiveForAllTransposes) {
     }
 }
 
+// A x B^T with at most 6 rows of A takes gemm's own streaming path: check it for every row
+// count (the 4-row blocks and the remainder), padded strides, both beta cases (beta 0 must
+// not read C, here NaN), and a size large enough to be split among the threads.
+TEST(Gemm, FewRowsTimesTransposeMatchesNaive) {
+  Rng rng(2);
+  for (const int64_t N : {int64_t{37}, int64_t{3000}})
+    for (int64_t M = 1; M <= 8; ++M) {
+      const int64_t K = 129, lda = K + 3, ldb = K + 5, ldc = N + 2;
+      Tensor a({M, lda}), b({N, ldb}), c({M, ldc});
+      rng.fill_normal(a.span(), 0, 1);
+      rng.fill_normal(b.span(), 0, 1);
+      for (const float beta : {0.0f, 0.5f}) {
+        rng.fill_normal(c.span(), 0, 1);
+        if (beta == 0.0f) c.fill(std::nanf(""));
+        const Tensor before = c;
+        gemm(Trans::No, Trans::Yes, M, N, K, 1.5f, a.data(), lda, b.data(), ldb, beta, c.data(),
+             ldc);
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < ldc; ++j) {
+            if (j >= N) {  // padding untouched
+              ASSERT_TRUE(std::isnan(c[i * ldc + j]) || c[i * ldc + j] == before[i * ldc + j]);
+              continue;
+            }
+            double s = 0;
+            for (int64_t k = 0; k < K; ++k) s += double(a[i * lda + k]) * b[j * ldb + k];
+            const double want = 1.5 * s + (beta == 0.0f ? 0.0 : beta * before[i * ldc + j]);
+            ASSERT_NEAR(c[i * ldc + j], want, 1e-5 * (1 + std::abs(want)))
+                << "M=" << M << " N=" << N << " beta=" << beta << " at " << i << "," << j;
+          }
+      }
+    }
+}
+
 TEST(Rng, ReproducibleAndRoughlyNormal) {
   Rng a(42), b(42);
   for (int i = 0; i < 10; ++i) EXPECT_EQ(a.next_u64(), b.next_u64());
