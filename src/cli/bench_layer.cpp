@@ -74,16 +74,51 @@ double sgemm_gflops(double min_seconds) {
   return 2.0 * n * n * n / s / 1e9;
 }
 
+// Sum of a buffer's values, all threads, read in order: a plain stream of loads.
+float sum_all(std::span<const float> values) {
+  constexpr int64_t kChunk = 4096;
+  const float* p = values.data();
+  const auto chunks = static_cast<int64_t>(values.size()) / kChunk;
+  float sum = 0.0f;
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const float* chunk = p + c * kChunk;
+    float chunk_sum = 0.0f;
+#pragma omp simd reduction(+ : chunk_sum)
+    for (int64_t i = 0; i < kChunk; ++i) chunk_sum += chunk[i];
+    sum += chunk_sum;
+  }
+  return sum;
+}
+
+// Memory bandwidth of the machine, all threads: reading and writing a 256 MiB buffer, far
+// larger than any cache. At small T the layer is a stream over the experts' weights, and
+// these give the fastest that stream can go.
+struct Bandwidth {
+  double read_gbs, write_gbs;
+};
+
+Bandwidth memory_bandwidth(double min_seconds) {
+  Tensor buffer({int64_t{64} << 20});
+  buffer.fill(1.0f);
+  float sink = 0.0f;
+  const double read = time_call([&] { sink += sum_all(buffer.span()); }, min_seconds);
+  const double write = time_call([&] { buffer.fill(sink); }, min_seconds);
+  const double bytes = 4.0 * static_cast<double>(buffer.numel());
+  return {bytes / read / 1e9, bytes / write / 1e9};
+}
+
 }  // namespace
 
 int run_bench_layer(const BenchLayerOptions& options) {
   const double peak = sgemm_gflops(options.min_seconds);
+  const Bandwidth bandwidth = memory_bandwidth(options.min_seconds);
   if (!options.json)
     std::printf(
-        "threads %d, OpenBLAS %s kernels, sgemm 2048^3: %.1f GFLOP/s\n%-9s %6s %12s %14s %8s %10s "
-        "%8s\n",
-        thread_count(), blas_core_name(), peak, "case", "tokens", "fwd tok/s", "fwd+bwd tok/s",
-        "dense x", "GFLOP/s", "of sgemm");
+        "threads %d, OpenBLAS %s kernels, sgemm 2048^3: %.1f GFLOP/s, memory read %.1f GB/s, "
+        "write %.1f GB/s\n%-9s %6s %12s %14s %8s %10s %8s %12s\n",
+        thread_count(), blas_core_name(), peak, bandwidth.read_gbs, bandwidth.write_gbs, "case",
+        "tokens", "fwd tok/s", "fwd+bwd tok/s", "dense x", "GFLOP/s", "of sgemm", "of mem limit");
   nlohmann::json rows = nlohmann::json::array();
   for (const std::string& name : options.cases) {
     const BenchCase bc = make_case(name);
@@ -107,6 +142,19 @@ int run_bench_layer(const BenchLayerOptions& options) {
             layer.backward(dy.span(), dx.span(), /*accumulate_grads=*/false);
           },
           options.min_seconds);
+      // The weights a fwd+bwd must touch: each expert that got a token, the shared experts and
+      // the router, read in the forward, read again and their gradients written in the
+      // backward. Activations are left out, so the limit is optimistic.
+      const RoutingStats& stats = layer.forward(x.span(), T, y.span());
+      const auto used = std::count_if(stats.kept_per_expert.begin(), stats.kept_per_expert.end(),
+                                      [](int64_t rows) { return rows > 0; });
+      const double weight_bytes =
+          4.0 * D *
+          (3.0 * (static_cast<double>(used) * cfg.moe_intermediate_size +
+                  cfg.n_shared_experts * cfg.shared_expert_intermediate_size) +
+           cfg.num_experts);
+      const double memory_limit = T / (2.0 * weight_bytes / (bandwidth.read_gbs * 1e9) +
+                                       weight_bytes / (bandwidth.write_gbs * 1e9));
 
       // The dense SwiGLU with the same active FLOPs per token.
       const int64_t Fd = bc.dense_hidden;
@@ -139,12 +187,16 @@ int run_bench_layer(const BenchLayerOptions& options) {
                             {"dense_ratio_fwdbwd", fwdbwd / dense},
                             {"gflops_fwdbwd", gflops},
                             {"sgemm_gflops", peak},
+                            {"weight_bytes", weight_bytes},
+                            {"memory_read_gbs", bandwidth.read_gbs},
+                            {"memory_write_gbs", bandwidth.write_gbs},
+                            {"memory_limit_fwdbwd_tokens_per_s", memory_limit},
                             {"blas_core", blas_core_name()}};
       rows.push_back(row);
       if (!options.json) {
-        std::printf("%-9s %6lld %12.0f %14.0f %8.2f %10.1f %7.0f%%\n", name.c_str(),
+        std::printf("%-9s %6lld %12.0f %14.0f %8.2f %10.1f %7.0f%% %11.0f%%\n", name.c_str(),
                     static_cast<long long>(T), T / fwd, T / fwdbwd, fwdbwd / dense, gflops,
-                    100.0 * gflops / peak);
+                    100.0 * gflops / peak, 100.0 * (T / fwdbwd) / memory_limit);
         std::fflush(stdout);
       }
     }
