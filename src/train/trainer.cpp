@@ -83,6 +83,116 @@ void truncate_metrics(const std::string& path, int64_t step) {
   std::ofstream(path, std::ios::trunc) << kept;
 }
 
+// The run folder's tokenizer and token files: built once, from the corpus, and reused on
+// resume (a resumed run that lacks them is an error, not a silent rebuild).
+void prepare_run_data(const std::string& corpus, const std::string& dir,
+                      const ModelConfig& config, bool resume) {
+  const std::string tok_path = dir + "/tokenizer.model";
+  const std::string data_dir = dir + "/data";
+  const bool need_tokenizer = !fs::exists(tok_path);
+  const bool need_tokens =
+      !fs::exists(data_dir + "/train.tokens") || !fs::exists(data_dir + "/valid.tokens");
+  if (resume && (need_tokenizer || need_tokens))
+    throw Error("run '" + dir + "' lacks its tokenizer or token files");
+  std::vector<Document> docs;
+  if (need_tokenizer || need_tokens) {
+    std::fprintf(stderr, "reading corpus %s\n", corpus.c_str());
+    docs = read_corpus(corpus);
+  }
+  if (need_tokenizer) {
+    std::vector<std::string> texts;
+    for (const Document& d : docs)
+      if (d.split == "train") texts.push_back(d.text);
+    std::fprintf(stderr, "training a %lld-piece BPE tokenizer on %zu documents...\n",
+                 static_cast<long long>(config.vocab_size), texts.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    TokenizerTrainOptions topt;
+    topt.vocab_size = static_cast<int>(config.vocab_size);
+    topt.threads = omp_get_max_threads();
+    Tokenizer::train(texts, topt, tok_path);
+    std::fprintf(stderr, "  done in %.1f s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const Tokenizer tokenizer(tok_path);
+  if (tokenizer.vocab_size() != config.vocab_size)
+    throw Error("tokenizer '" + tok_path + "' has " + std::to_string(tokenizer.vocab_size()) +
+                " pieces but the model config's vocab_size is " +
+                std::to_string(config.vocab_size));
+  if (need_tokens) {
+    fs::create_directories(data_dir);
+    build_token_files(docs, tokenizer, data_dir);
+  }
+}
+
+// Expert loads accumulated between monitor reports, per layer: printed as bars with Gini,
+// entropy and drop rate, with a warning for each expert over 3x or under a tenth of the mean
+// load, and logged in full. Saved in checkpoints, so a resumed run reports the same windows
+// as one never stopped.
+class ExpertMonitor {
+ public:
+  explicit ExpertMonitor(int64_t layers) : loads_(layers), dropped_(layers), assigned_(layers) {}
+
+  void restore(const nlohmann::json& saved, const std::string& dir) {
+    const size_t layers = loads_.size();
+    loads_ = saved.at("loads").get<std::vector<std::vector<int64_t>>>();
+    dropped_ = saved.at("dropped").get<std::vector<int64_t>>();
+    assigned_ = saved.at("assigned").get<std::vector<int64_t>>();
+    if (loads_.size() != layers || dropped_.size() != layers || assigned_.size() != layers)
+      throw Error(dir + "/trainer_state.json: 'monitor' does not match the model's layers");
+  }
+  nlohmann::json to_json() const {
+    return {{"loads", loads_}, {"dropped", dropped_}, {"assigned", assigned_}};
+  }
+
+  // Adds the routing of the model's last forward.
+  void add(const Transformer& model) {
+    for (int64_t l = 0; l < model.num_layers(); ++l)
+      if (const MoeLayer* m = model.moe_layer(l)) {
+        const RoutingStats& rs = m->stats();
+        if (loads_[l].empty()) loads_[l].assign(rs.tokens_per_expert.size(), 0);
+        for (size_t e = 0; e < rs.tokens_per_expert.size(); ++e)
+          loads_[l][e] += rs.tokens_per_expert[e];
+        dropped_[l] += rs.dropped;
+        assigned_[l] += rs.assignments;
+      }
+  }
+
+  // Prints the window's report, returns it for metrics.jsonl and starts a new window.
+  nlohmann::json report(const Transformer& model) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (int64_t l = 0; l < model.num_layers(); ++l) {
+      if (!model.moe_layer(l)) continue;
+      const LoadMetrics lm = load_metrics(loads_[l]);
+      const double drop_rate = assigned_[l] ? double(dropped_[l]) / double(assigned_[l]) : 0.0;
+      layers.push_back({{"layer", l},
+                        {"counts", loads_[l]},
+                        {"gini", lm.gini},
+                        {"entropy", lm.normalized_entropy},
+                        {"cv", lm.cv},
+                        {"max_over_mean", lm.max_over_mean},
+                        {"drop_rate", drop_rate}});
+      std::fprintf(stderr, "  layer %2lld experts |%s|  gini %.3f  entropy %.3f  drop %.1f%%\n",
+                   static_cast<long long>(l), load_bars(loads_[l]).c_str(), lm.gini,
+                   lm.normalized_entropy, 100.0 * drop_rate);
+      for (int64_t e : lm.overloaded)
+        std::fprintf(stderr, "  warning: layer %lld expert %lld has over 3x the mean load\n",
+                     static_cast<long long>(l), static_cast<long long>(e));
+      for (int64_t e : lm.starved)
+        std::fprintf(stderr,
+                     "  warning: layer %lld expert %lld gets under a tenth of the mean load "
+                     "(collapse)\n",
+                     static_cast<long long>(l), static_cast<long long>(e));
+      std::fill(loads_[l].begin(), loads_[l].end(), 0);
+      dropped_[l] = assigned_[l] = 0;
+    }
+    return layers;
+  }
+
+ private:
+  std::vector<std::vector<int64_t>> loads_;  // [layer][expert]; empty for dense layers
+  std::vector<int64_t> dropped_, assigned_;  // [layer]
+};
+
 }  // namespace
 
 nlohmann::json train_options_to_json(const TrainOptions& o) {
@@ -161,42 +271,8 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
     throw Error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's " +
                 "max_position_embeddings " + std::to_string(config.max_position_embeddings));
 
-  // Tokenizer and token files: built once per run folder, reused on resume.
-  const std::string tok_path = dir + "/tokenizer.model";
   const std::string data_dir = dir + "/data";
-  const bool need_tokenizer = !fs::exists(tok_path);
-  const bool need_tokens =
-      !fs::exists(data_dir + "/train.tokens") || !fs::exists(data_dir + "/valid.tokens");
-  if (resume && (need_tokenizer || need_tokens))
-    throw Error("run '" + dir + "' lacks its tokenizer or token files");
-  std::vector<Document> docs;
-  if (need_tokenizer || need_tokens) {
-    std::fprintf(stderr, "reading corpus %s\n", o.corpus.c_str());
-    docs = read_corpus(o.corpus);
-  }
-  if (need_tokenizer) {
-    std::vector<std::string> texts;
-    for (const Document& d : docs)
-      if (d.split == "train") texts.push_back(d.text);
-    std::fprintf(stderr, "training a %lld-piece BPE tokenizer on %zu documents...\n",
-                 static_cast<long long>(config.vocab_size), texts.size());
-    const auto t0 = std::chrono::steady_clock::now();
-    TokenizerTrainOptions topt;
-    topt.vocab_size = static_cast<int>(config.vocab_size);
-    topt.threads = omp_get_max_threads();
-    Tokenizer::train(texts, topt, tok_path);
-    std::fprintf(stderr, "  done in %.1f s\n",
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  const Tokenizer tokenizer(tok_path);
-  if (tokenizer.vocab_size() != config.vocab_size)
-    throw Error("tokenizer '" + tok_path + "' has " + std::to_string(tokenizer.vocab_size()) +
-                " pieces but the model config's vocab_size is " +
-                std::to_string(config.vocab_size));
-  if (need_tokens) {
-    fs::create_directories(data_dir);
-    build_token_files(docs, tokenizer, data_dir);
-  }
+  prepare_run_data(o.corpus, dir, config, resume);
   const TokenStream train_tokens(data_dir + "/train.tokens");
   const TokenStream valid_tokens(data_dir + "/valid.tokens");
 
@@ -259,18 +335,8 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
   std::vector<int32_t> tokens(B * S), targets(B * S);
   const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
 
-  // Expert loads accumulated between monitor reports: [layer][expert]. Saved in checkpoints,
-  // so a resumed run reports the same windows as one never stopped.
-  std::vector<std::vector<int64_t>> loads(model.num_layers());
-  std::vector<int64_t> dropped(model.num_layers(), 0), assigned(model.num_layers(), 0);
-  if (resume && state.contains("monitor")) {
-    const auto& mon = state["monitor"];
-    loads = mon.at("loads").get<std::vector<std::vector<int64_t>>>();
-    dropped = mon.at("dropped").get<std::vector<int64_t>>();
-    assigned = mon.at("assigned").get<std::vector<int64_t>>();
-    if (static_cast<int64_t>(loads.size()) != model.num_layers())
-      throw Error(dir + "/trainer_state.json: 'monitor' does not match the model's layers");
-  }
+  ExpertMonitor monitor(model.num_layers());
+  if (resume && state.contains("monitor")) monitor.restore(state["monitor"], dir);
 
   auto evaluate = [&]() {
     const int64_t windows = eval_windows(valid_tokens, S);
@@ -296,7 +362,7 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
       noise.push_back(model.moe_layer(l) ? rng_to_json(model.moe_layer(l)->noise_rng())
                                          : nlohmann::json(nullptr));
     st["noise_rngs"] = noise;
-    st["monitor"] = {{"loads", loads}, {"dropped", dropped}, {"assigned", assigned}};
+    st["monitor"] = monitor.to_json();
     save_checkpoint(dir, model, store, optimizer, st);
   };
 
@@ -322,15 +388,7 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
       }
       router += model.router_loss() / double(o.grad_accum);
       model.backward();
-      for (int64_t l = 0; l < model.num_layers(); ++l)
-        if (const MoeLayer* m = model.moe_layer(l)) {
-          const RoutingStats& rs = m->stats();
-          if (loads[l].empty()) loads[l].assign(rs.tokens_per_expert.size(), 0);
-          for (size_t e = 0; e < rs.tokens_per_expert.size(); ++e)
-            loads[l][e] += rs.tokens_per_expert[e];
-          dropped[l] += rs.dropped;
-          assigned[l] += rs.assignments;
-        }
+      monitor.add(model);
     }
     if (!std::isfinite(loss) || !std::isfinite(router))
       throw Error("loss is " + std::to_string(loss) + " at step " + std::to_string(step + 1) +
@@ -349,9 +407,9 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
 
     nlohmann::json line;
     const bool log = step % o.log_every == 0 || step == o.steps;
-    const bool monitor = config.moe && (step % o.monitor_every == 0 || step == o.steps);
+    const bool report = config.moe && (step % o.monitor_every == 0 || step == o.steps);
     const bool eval = step % o.eval_every == 0 || step == o.steps;
-    if (log || monitor || eval) {
+    if (log || report || eval) {
       const double now_s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_window).count();
       const double tok_s = double(window_steps * tokens_per_step) / std::max(now_s, 1e-9);
@@ -374,40 +432,12 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
                      tty ? "\r" : "", bar, static_cast<long long>(step),
                      static_cast<long long>(o.steps), window_loss / double(window_steps), lr, tok_s,
                      format_duration(eta).c_str(), tty ? "\033[K" : "\n");
-      if (tty && (monitor || eval)) std::fputc('\n', stderr);
+      if (tty && (report || eval)) std::fputc('\n', stderr);
       t_window = std::chrono::steady_clock::now();
       window_steps = 0;
       window_loss = 0;
     }
-    if (monitor) {
-      nlohmann::json layers = nlohmann::json::array();
-      for (int64_t l = 0; l < model.num_layers(); ++l) {
-        if (!model.moe_layer(l)) continue;
-        const LoadMetrics lm = load_metrics(loads[l]);
-        const double drop_rate = assigned[l] ? double(dropped[l]) / double(assigned[l]) : 0.0;
-        layers.push_back({{"layer", l},
-                          {"counts", loads[l]},
-                          {"gini", lm.gini},
-                          {"entropy", lm.normalized_entropy},
-                          {"cv", lm.cv},
-                          {"max_over_mean", lm.max_over_mean},
-                          {"drop_rate", drop_rate}});
-        std::fprintf(stderr, "  layer %2lld experts |%s|  gini %.3f  entropy %.3f  drop %.1f%%\n",
-                     static_cast<long long>(l), load_bars(loads[l]).c_str(), lm.gini,
-                     lm.normalized_entropy, 100.0 * drop_rate);
-        for (int64_t e : lm.overloaded)
-          std::fprintf(stderr, "  warning: layer %lld expert %lld has over 3x the mean load\n",
-                       static_cast<long long>(l), static_cast<long long>(e));
-        for (int64_t e : lm.starved)
-          std::fprintf(stderr,
-                       "  warning: layer %lld expert %lld gets under a tenth of the mean load "
-                       "(collapse)\n",
-                       static_cast<long long>(l), static_cast<long long>(e));
-        std::fill(loads[l].begin(), loads[l].end(), 0);
-        dropped[l] = assigned[l] = 0;
-      }
-      line["experts"] = layers;
-    }
+    if (report) line["experts"] = monitor.report(model);
     if (eval) {
       result.val_loss = evaluate();
       line["val_loss"] = result.val_loss;
