@@ -11,6 +11,7 @@
 #include "moe/moe_layer.h"
 #include "nn/swiglu.h"
 #include "tensor/error.h"
+#include "tensor/threads.h"
 
 // Counts every allocation made through operator new (Tensor uses the aligned form). The
 // replacements pair malloc with free, which GCC cannot see through.
@@ -113,6 +114,58 @@ TEST(MoeProperties, DroplessEqualsDenseMaskedReference) {
       for (int64_t d = 0; d < D; ++d) expect[d] += gate * out[d];
     }
     for (int64_t d = 0; d < D; ++d) EXPECT_NEAR(f.y[t * D + d], expect[d], 1e-5) << t << "," << d;
+  }
+}
+
+// How the experts are scheduled (one per thread, largest first; an expert holding more than
+// 1/threads of the rows alone, with every thread in its GEMMs) must not change what each
+// computes. Layout: a heavy expert, an empty one, few-row ones (gemm's streaming path) and
+// one just above that path; each compared with its SwiGLU run by itself.
+TEST(Experts, ScheduleKeepsEachExpertsResults) {
+  set_threads(2);
+  const int64_t E = 5, D = 16, F = 24;
+  const std::vector<int64_t> offsets = {0, 60, 60, 63, 70, 74};  // 60, 0, 3, 7, 4 rows
+  const int64_t n = offsets.back();
+  ParamStore store;
+  Experts experts(E, D, F, store, "experts");
+  store.allocate();
+  Rng rng(3);
+  rng.fill_normal(store.values().span(), 0, 0.2f);
+  Tensor xp({n, D}), yp({n, D}), dyp({n, D}), dxp({n, D});
+  rng.fill_normal(xp.span(), 0, 1);
+  rng.fill_normal(dyp.span(), 0, 1);
+  store.grads().fill(7.0f);  // overwritten, or zeroed for the empty expert
+  experts.forward(xp.span(), offsets, yp.span());
+  experts.backward(xp.span(), offsets, dyp.span(), dxp.span(), /*accumulate=*/false);
+
+  auto expect_close = [](std::span<const float> got, std::span<const float> want,
+                         const char* what, int64_t e) {
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], 1e-5f * (1.0f + std::abs(want[i])))
+          << what << " of expert " << e << " at " << i;
+  };
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
+    auto w13 = store.value(experts.w13()).subspan(e * 2 * F * D, 2 * F * D);
+    auto w2 = store.value(experts.w2()).subspan(e * D * F, D * F);
+    auto dw13 = store.grad(experts.w13()).subspan(e * 2 * F * D, 2 * F * D);
+    auto dw2 = store.grad(experts.w2()).subspan(e * D * F, D * F);
+    if (rows == 0) {
+      for (float g : dw13) ASSERT_EQ(g, 0.0f);
+      for (float g : dw2) ASSERT_EQ(g, 0.0f);
+      continue;
+    }
+    Tensor h13({rows, 2 * F}), act({rows, F}), y({rows, D}), dh13({rows, 2 * F}), dx({rows, D});
+    Tensor want_dw13({2 * F, D}), want_dw2({D, F});
+    const auto x = xp.span().subspan(r0 * D, rows * D), dy = dyp.span().subspan(r0 * D, rows * D);
+    swiglu_forward({rows, D, F}, x, w13, w2, h13.span(), act.span(), y.span());
+    swiglu_backward({rows, D, F}, x, w13, w2, h13.span(), act.span(), dy, dh13.span(), dx.span(),
+                    want_dw13.span(), want_dw2.span(), false);
+    expect_close(yp.span().subspan(r0 * D, rows * D), y.span(), "y", e);
+    expect_close(dxp.span().subspan(r0 * D, rows * D), dx.span(), "dx", e);
+    expect_close(dw13, want_dw13.span(), "dw13", e);
+    expect_close(dw2, want_dw2.span(), "dw2", e);
   }
 }
 
