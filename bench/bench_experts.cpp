@@ -26,9 +26,8 @@ void set_counters(benchmark::State& state, const Shape& s, int64_t tokens) {
   // fwd+bwd: 3 GEMMs of D x F per assignment forward, twice that backward.
   const double flops = 18.0 * kModel * s.hidden * tokens * s.top_k;
   state.SetItemsProcessed(state.iterations() * tokens);
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops * 1e-9 * static_cast<double>(state.iterations()),
-                         benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      flops * 1e-9 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 
 void experts(benchmark::State& state, Shape s) {
@@ -67,8 +66,8 @@ void bare_gemms(benchmark::State& state, Shape s) {
   Rng rng(1);
   for (int64_t e = 0; e < s.experts; ++e) {
     b.push_back({Tensor({m, D}), Tensor({2 * F, D}), Tensor({D, F}), Tensor({m, 2 * F}),
-                 Tensor({m, F}), Tensor({m, D}), Tensor({m, D}), Tensor({2 * F, D}),
-                 Tensor({D, F}), Tensor({m, D})});
+                 Tensor({m, F}), Tensor({m, D}), Tensor({m, D}), Tensor({2 * F, D}), Tensor({D, F}),
+                 Tensor({m, D})});
     for (Tensor* t : {&b.back().x, &b.back().w13, &b.back().w2, &b.back().act, &b.back().dy})
       rng.fill_normal(t->span(), 0, 1);
   }
@@ -99,10 +98,18 @@ void bare_gemms(benchmark::State& state, Shape s) {
   set_counters(state, s, T);
 }
 
-void BM_ExpertsMixtral(benchmark::State& s) { experts(s, kMixtral); }
-void BM_BareGemmsMixtral(benchmark::State& s) { bare_gemms(s, kMixtral); }
-void BM_ExpertsDeepSeek(benchmark::State& s) { experts(s, kDeepSeek); }
-void BM_BareGemmsDeepSeek(benchmark::State& s) { bare_gemms(s, kDeepSeek); }
+void BM_ExpertsMixtral(benchmark::State& s) {
+  experts(s, kMixtral);
+}
+void BM_BareGemmsMixtral(benchmark::State& s) {
+  bare_gemms(s, kMixtral);
+}
+void BM_ExpertsDeepSeek(benchmark::State& s) {
+  experts(s, kDeepSeek);
+}
+void BM_BareGemmsDeepSeek(benchmark::State& s) {
+  bare_gemms(s, kDeepSeek);
+}
 BENCHMARK(BM_ExpertsMixtral)->Arg(16)->Arg(256)->Arg(2048)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_BareGemmsMixtral)->Arg(16)->Arg(256)->Arg(2048)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_ExpertsDeepSeek)->Arg(16)->Arg(256)->Arg(2048)->UseRealTime()->MinTime(1.0);

@@ -138,8 +138,8 @@ TEST(Experts, ScheduleKeepsEachExpertsResults) {
   experts.forward(xp.span(), offsets, yp.span());
   experts.backward(xp.span(), offsets, dyp.span(), dxp.span(), /*accumulate=*/false);
 
-  auto expect_close = [](std::span<const float> got, std::span<const float> want,
-                         const char* what, int64_t e) {
+  auto expect_close = [](std::span<const float> got, std::span<const float> want, const char* what,
+                         int64_t e) {
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i)
       ASSERT_NEAR(got[i], want[i], 1e-5f * (1.0f + std::abs(want[i])))

@@ -34,9 +34,9 @@ class Experts {
   int64_t experts_, model_, hidden_;
   ParamStore& store_;
   ParamRef w13_, w2_;
-  Tensor h13_;   // [n, 2F] saved
-  Tensor act_;   // [n, F] saved
-  Tensor dh13_;  // [n, 2F] scratch
+  Tensor h13_;                     // [n, 2F] saved
+  Tensor act_;                     // [n, F] saved
+  Tensor dh13_;                    // [n, 2F] scratch
   std::vector<int64_t> schedule_;  // experts run one per thread, largest first
 };
 

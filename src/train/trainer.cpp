@@ -85,8 +85,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 // The run folder's tokenizer and token files: built once, from the corpus, and reused on
 // resume (a resumed run that lacks them is an error, not a silent rebuild).
-void prepare_run_data(const std::string& corpus, const std::string& dir,
-                      const ModelConfig& config, bool resume) {
+void prepare_run_data(const std::string& corpus, const std::string& dir, const ModelConfig& config,
+                      bool resume) {
   const std::string tok_path = dir + "/tokenizer.model";
   const std::string data_dir = dir + "/data";
   const bool need_tokenizer = !fs::exists(tok_path);
