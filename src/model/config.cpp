@@ -5,25 +5,15 @@
 #include <nlohmann/json.hpp>
 
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 
 namespace moe {
 namespace {
 
-void check(bool ok, const char* field, const std::string& what) {
-  if (!ok) throw Error(std::string("model config field '") + field + "': " + what);
-}
+constexpr const char* kWhat = "model config";  // how errors name the object: "<kWhat> field 'x'"
 
-int64_t get_int(const nlohmann::json& v, const std::string& key) {
-  require(v.is_number_integer(), "model config field '" + key + "' must be an integer");
-  return v.get<int64_t>();
-}
-double get_number(const nlohmann::json& v, const std::string& key) {
-  require(v.is_number(), "model config field '" + key + "' must be a number");
-  return v.get<double>();
-}
-bool get_bool(const nlohmann::json& v, const std::string& key) {
-  require(v.is_boolean(), "model config field '" + key + "' must be true or false");
-  return v.get<bool>();
+void check(bool ok, const char* field, const std::string& what) {
+  if (!ok) throw Error(std::string(kWhat) + " field '" + field + "': " + what);
 }
 
 }  // namespace
@@ -74,33 +64,33 @@ ModelConfig model_config_from_json(const nlohmann::json& j) {
   ModelConfig c;
   for (const auto& [key, v] : j.items()) {
     if (key == "vocab_size")
-      c.vocab_size = get_int(v, key);
+      c.vocab_size = json_int(v, kWhat, key);
     else if (key == "hidden_size")
-      c.hidden_size = get_int(v, key);
+      c.hidden_size = json_int(v, kWhat, key);
     else if (key == "intermediate_size")
-      c.intermediate_size = get_int(v, key);
+      c.intermediate_size = json_int(v, kWhat, key);
     else if (key == "num_hidden_layers")
-      c.num_hidden_layers = get_int(v, key);
+      c.num_hidden_layers = json_int(v, kWhat, key);
     else if (key == "num_attention_heads")
-      c.num_attention_heads = get_int(v, key);
+      c.num_attention_heads = json_int(v, kWhat, key);
     else if (key == "num_key_value_heads")
-      c.num_key_value_heads = get_int(v, key);
+      c.num_key_value_heads = json_int(v, kWhat, key);
     else if (key == "head_dim")
-      c.head_dim = get_int(v, key);
+      c.head_dim = json_int(v, kWhat, key);
     else if (key == "max_position_embeddings")
-      c.max_position_embeddings = get_int(v, key);
+      c.max_position_embeddings = json_int(v, kWhat, key);
     else if (key == "rope_theta")
-      c.rope_theta = get_number(v, key);
+      c.rope_theta = json_number(v, kWhat, key);
     else if (key == "rms_norm_eps")
-      c.rms_norm_eps = static_cast<float>(get_number(v, key));
+      c.rms_norm_eps = static_cast<float>(json_number(v, kWhat, key));
     else if (key == "tie_word_embeddings")
-      c.tie_word_embeddings = get_bool(v, key);
+      c.tie_word_embeddings = json_bool(v, kWhat, key);
     else if (key == "initializer_range")
-      c.initializer_range = static_cast<float>(get_number(v, key));
+      c.initializer_range = static_cast<float>(json_number(v, kWhat, key));
     else if (key == "moe_layer_freq")
-      c.moe_layer_freq = get_int(v, key);
+      c.moe_layer_freq = json_int(v, kWhat, key);
     else if (key == "first_k_dense_replace")
-      c.first_k_dense_replace = get_int(v, key);
+      c.first_k_dense_replace = json_int(v, kWhat, key);
     else if (key == "moe") {
       require(v.is_object(), "model config field 'moe' must be an object (or absent)");
       nlohmann::json m = v;

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 
 namespace moe {
 namespace {
@@ -40,21 +41,10 @@ const char* enum_name(Enum e, const std::pair<const char*, Enum> (&names)[N]) {
   return "?";
 }
 
-int64_t get_int(const nlohmann::json& v, const char* key) {
-  require(v.is_number_integer(), std::string("config field '") + key + "' must be an integer");
-  return v.get<int64_t>();
-}
-float get_float(const nlohmann::json& v, const char* key) {
-  require(v.is_number(), std::string("config field '") + key + "' must be a number");
-  return v.get<float>();
-}
-bool get_bool(const nlohmann::json& v, const char* key) {
-  require(v.is_boolean(), std::string("config field '") + key + "' must be true or false");
-  return v.get<bool>();
-}
+constexpr const char* kWhat = "config";  // how errors name the object: "<kWhat> field 'x'"
 
 void check(bool ok, const char* field, const std::string& what) {
-  if (!ok) throw Error(std::string("config field '") + field + "': " + what);
+  if (!ok) throw Error(std::string(kWhat) + " field '" + field + "': " + what);
 }
 
 }  // namespace
@@ -124,50 +114,50 @@ MoeConfig moe_config_from_json(const nlohmann::json& j) {
   for (auto& [key, v] : j.items()) {
     const char* k = key.c_str();
     if (key == "hidden_size")
-      c.hidden_size = get_int(v, k);
+      c.hidden_size = json_int(v, kWhat, k);
     else if (key == "moe_intermediate_size")
-      c.moe_intermediate_size = get_int(v, k);
+      c.moe_intermediate_size = json_int(v, kWhat, k);
     else if (key == "num_experts")
-      c.num_experts = get_int(v, k);
+      c.num_experts = json_int(v, kWhat, k);
     else if (key == "top_k")
-      c.top_k = get_int(v, k);
+      c.top_k = json_int(v, kWhat, k);
     else if (key == "router_type")
       c.router_type = parse_enum(v, k, kRouterNames);
     else if (key == "norm_topk_prob")
-      c.norm_topk_prob = get_bool(v, k);
+      c.norm_topk_prob = json_bool(v, kWhat, k);
     else if (key == "routed_scaling_factor")
-      c.routed_scaling_factor = get_float(v, k);
+      c.routed_scaling_factor = json_float(v, kWhat, k);
     else if (key == "jitter_eps")
-      c.jitter_eps = get_float(v, k);
+      c.jitter_eps = json_float(v, kWhat, k);
     else if (key == "n_group")
-      c.n_group = get_int(v, k);
+      c.n_group = json_int(v, kWhat, k);
     else if (key == "topk_group")
-      c.topk_group = get_int(v, k);
+      c.topk_group = json_int(v, kWhat, k);
     else if (key == "bias_update_speed")
-      c.bias_update_speed = get_float(v, k);
+      c.bias_update_speed = json_float(v, kWhat, k);
     else if (key == "capacity_factor")
-      c.capacity_factor = v.is_null() ? 0.0f : get_float(v, k);
+      c.capacity_factor = v.is_null() ? 0.0f : json_float(v, kWhat, k);
     else if (key == "eval_capacity_factor") {
       if (v.is_null())
         c.eval_capacity_factor.reset();
       else
-        c.eval_capacity_factor = get_float(v, k);
+        c.eval_capacity_factor = json_float(v, kWhat, k);
     } else if (key == "min_capacity")
-      c.min_capacity = get_int(v, k);
+      c.min_capacity = json_int(v, kWhat, k);
     else if (key == "drop_policy")
       c.drop_policy = parse_enum(v, k, kDropNames);
     else if (key == "aux_loss_type")
       c.aux_loss_type = parse_enum(v, k, kAuxNames);
     else if (key == "aux_loss_coeff")
-      c.aux_loss_coeff = get_float(v, k);
+      c.aux_loss_coeff = json_float(v, kWhat, k);
     else if (key == "z_loss_coeff")
-      c.z_loss_coeff = get_float(v, k);
+      c.z_loss_coeff = json_float(v, kWhat, k);
     else if (key == "n_shared_experts")
-      c.n_shared_experts = get_int(v, k);
+      c.n_shared_experts = json_int(v, kWhat, k);
     else if (key == "shared_expert_intermediate_size")
-      c.shared_expert_intermediate_size = get_int(v, k);
+      c.shared_expert_intermediate_size = json_int(v, kWhat, k);
     else if (key == "shared_expert_gate")
-      c.shared_expert_gate = get_bool(v, k);
+      c.shared_expert_gate = json_bool(v, kWhat, k);
     else
       throw Error("unknown MoE config field '" + key + "'");
   }
