@@ -142,10 +142,10 @@ int run_bench_layer(const BenchLayerOptions& options) {
             layer.backward(dy.span(), dx.span(), /*accumulate_grads=*/false);
           },
           options.min_seconds);
-      // The weights a fwd+bwd must touch: each expert that got a token, the shared experts and
-      // the router, read in the forward, read again and their gradients written in the
-      // backward. Activations are left out, so the limit is optimistic.
-      const RoutingStats& stats = layer.forward(x.span(), T, y.span());
+      // The weights a fwd+bwd must touch: each expert that got a token (in the last timed
+      // call), the shared experts and the router, read in the forward, read again and their
+      // gradients written in the backward. Activations are left out: the limit is optimistic.
+      const RoutingStats& stats = layer.stats();
       const auto used = std::count_if(stats.kept_per_expert.begin(), stats.kept_per_expert.end(),
                                       [](int64_t rows) { return rows > 0; });
       const double weight_bytes =
