@@ -3,15 +3,12 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 
 #include "nn/cross_entropy.h"
 #include "nn/embedding.h"
 #include "nn/rmsnorm.h"
 #include "nn/swiglu.h"
 #include "tensor/error.h"
-#include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
 
 namespace moe {
@@ -228,7 +225,7 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
   require(store_.allocated(), "transformer: parameters not allocated");
   const int64_t D = config_.hidden_size, V = config_.vocab_size, F = config_.intermediate_size;
   const int64_t H = config_.num_attention_heads, KV = config_.num_key_value_heads;
-  const int64_t hd = config_.resolved_head_dim(), W = (H + 2 * KV) * hd, group = H / KV;
+  const int64_t hd = config_.resolved_head_dim(), W = (H + 2 * KV) * hd;
   const int64_t pos = cache.length;
   if (pos >= config_.max_position_embeddings)
     throw Error("generation: the context is full (max_position_embeddings " +
@@ -245,40 +242,14 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
   Tensor rstd({1});
   const int32_t ids[1] = {token};
   embedding_forward(V, D, ids, store_.value(embed_), step_x_.span());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-
   for (size_t l = 0; l < blocks_.size(); ++l) {
     Block& b = blocks_[l];
     rmsnorm_forward(1, D, config_.rms_norm_eps, step_x_.span(), store_.value(b.attn_norm),
                     step_n_.span(), rstd.span());
     gemm(Trans::No, Trans::Yes, 1, W, D, 1.0f, step_n_.data(), D, store_.value(b.wqkv).data(), D,
          0.0f, step_qkv_.data(), W);
-    for (int64_t h = 0; h < H + KV; ++h) rope_.rotate(step_qkv_.data() + h * hd, pos);
-    float* kc = cache.keys[l].data();
-    float* vc = cache.values[l].data();
-    std::copy_n(step_qkv_.data() + H * hd, KV * hd, kc + pos * KV * hd);
-    std::copy_n(step_qkv_.data() + (H + KV) * hd, KV * hd, vc + pos * KV * hd);
-    for (int64_t h = 0; h < H; ++h) {
-      const float* q = step_qkv_.data() + h * hd;
-      const int64_t g = h / group;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j <= pos; ++j) {
-        const float* k = kc + j * KV * hd + g * hd;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < hd; ++d) dot += q[d] * k[d];
-        step_scores_[j] = dot * scale;
-        m = std::max(m, step_scores_[j]);
-      }
-      float sum = 0.0f;
-      for (int64_t j = 0; j <= pos; ++j) sum += (step_scores_[j] = fast_exp(step_scores_[j] - m));
-      float* ctx = step_ctx_.data() + h * hd;
-      std::fill_n(ctx, hd, 0.0f);
-      for (int64_t j = 0; j <= pos; ++j) {
-        const float p = step_scores_[j] / sum;
-        const float* v = vc + j * KV * hd + g * hd;
-        for (int64_t d = 0; d < hd; ++d) ctx[d] += p * v[d];
-      }
-    }
+    attention_decode(attn_shape_, rope_, pos, step_qkv_.span(), cache.keys[l].span(),
+                     cache.values[l].span(), step_scores_.span(), step_ctx_.span());
     gemm(Trans::No, Trans::Yes, 1, D, H * hd, 1.0f, step_ctx_.data(), H * hd,
          store_.value(b.wo).data(), H * hd, 0.0f, step_out_.data(), D);
     for (int64_t i = 0; i < D; ++i) step_x_[i] += step_out_[i];

@@ -203,4 +203,37 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
   gemm(Trans::No, Trans::No, T, D, W, 1.0f, dqkv.data(), W, wqkv.data(), D, 0.0f, dx.data(), D);
 }
 
+void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                      std::span<float> qkv, std::span<float> key_cache,
+                      std::span<float> value_cache, std::span<float> scores, std::span<float> ctx) {
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int64_t h = 0; h < H + KV; ++h) rope.rotate(qkv.data() + h * hd, pos);
+  const float* kc = key_cache.data();
+  const float* vc = value_cache.data();
+  std::copy_n(qkv.data() + H * hd, KV * hd, key_cache.data() + pos * KV * hd);
+  std::copy_n(qkv.data() + (H + KV) * hd, KV * hd, value_cache.data() + pos * KV * hd);
+  for (int64_t h = 0; h < H; ++h) {
+    const float* q = qkv.data() + h * hd;
+    const int64_t g = h / group;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j <= pos; ++j) {
+      const float* k = kc + j * KV * hd + g * hd;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < hd; ++d) dot += q[d] * k[d];
+      scores[j] = dot * scale;
+      m = std::max(m, scores[j]);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j <= pos; ++j) sum += (scores[j] = fast_exp(scores[j] - m));
+    float* out = ctx.data() + h * hd;
+    std::fill_n(out, hd, 0.0f);
+    for (int64_t j = 0; j <= pos; ++j) {
+      const float p = scores[j] / sum;
+      const float* v = vc + j * KV * hd + g * hd;
+      for (int64_t d = 0; d < hd; ++d) out[d] += p * v[d];
+    }
+  }
+}
+
 }  // namespace moe

@@ -67,4 +67,13 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
                         std::span<float> dqkv, std::span<float> dctx, std::span<float> dx,
                         std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch);
 
+// One new token at position pos against a KV cache (generation). qkv: [(H+2KV) hd] of the
+// token, q and k rotated in place; its k and v are written to row pos of key_cache and
+// value_cache ([max_positions, KV hd], keys rotated); ctx: [H hd] = softmax(q_h k_g^T /
+// sqrt(hd)) v_g over positions 0..pos. scores: [pos + 1] scratch. Only the head fields of s
+// are read.
+void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                      std::span<float> qkv, std::span<float> key_cache,
+                      std::span<float> value_cache, std::span<float> scores, std::span<float> ctx);
+
 }  // namespace moe
