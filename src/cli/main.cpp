@@ -6,6 +6,7 @@
 
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
+#include "cli/generate_cmd.h"
 #include "cli/params.h"
 #include "cli/train_cmd.h"
 #include "tensor/error.h"
@@ -65,74 +66,9 @@ int main(int argc, char** argv) {
   params->add_flag("--json", params_opts.json, "Print JSON");
 
   moe::cli::TrainCommand train_cmd;
-  moe::TrainOptions& t = train_cmd.options;
-  CLI::App* train =
-      app.add_subcommand("train", "Train an MoE language model on the shipped corpus");
-  train->add_option("--config", t.config, "Model config JSON (default: configs/default.json)")
-      ->check(CLI::ExistingFile);
-  train->add_option("--out", t.out_dir, "Run folder")->capture_default_str();
-  train->add_option("--resume", train_cmd.resume, "Continue the run in this folder exactly")
-      ->check(CLI::ExistingDirectory);
-  CLI::Option* steps_opt = train->add_option("--steps", t.steps, "Optimizer steps")
-                               ->capture_default_str()
-                               ->check(CLI::PositiveNumber);
-  train->add_option("--batch-size", t.batch_size, "Sequences per micro-batch")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--seq-len", t.seq_len, "Tokens per sequence")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  train->add_option("--grad-accum", t.grad_accum, "Micro-batches per step")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--lr", t.lr, "Peak learning rate")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--min-lr", t.min_lr, "Final learning rate")->capture_default_str();
-  train->add_option("--warmup", t.warmup, "Warm-up steps")->capture_default_str();
-  train->add_option("--weight-decay", t.weight_decay, "AdamW decay")->capture_default_str();
-  train->add_option("--grad-clip", t.grad_clip, "Global gradient-norm clip (0 = off)")
-      ->capture_default_str();
-  train->add_option("--eval-every", t.eval_every, "Steps between validations")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--eval-batches", t.eval_batches, "Validation batches")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--save-every", t.save_every, "Steps between checkpoints")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--monitor-every", t.monitor_every, "Steps between expert-load reports")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--log-every", t.log_every, "Steps between progress lines")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train->add_option("--corpus", t.corpus, "Corpus (gzip JSONL; default data/corpus.jsonl.gz)")
-      ->check(CLI::ExistingFile);
-  train->add_option("--seed", t.seed, "Run seed")->capture_default_str();
-  train->add_flag("--quiet", t.quiet, "No progress bar");
-  train->add_flag("!--no-sample", train_cmd.sample, "Skip the sample generation at the end");
-
+  CLI::App* train = moe::cli::add_train_command(app, train_cmd);
   moe::cli::GenerateCommand gen;
-  CLI::App* generate = app.add_subcommand("generate", "Generate text from a trained run");
-  generate->add_option("--model", gen.model, "Run folder")
-      ->required()
-      ->check(CLI::ExistingDirectory);
-  generate->add_option("--prompt", gen.prompt, "Prompt text")->required();
-  generate->add_option("--max-tokens", gen.max_tokens, "Tokens to generate")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  generate->add_option("--temperature", gen.sampling.temperature, "0 = greedy")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 100.0));
-  generate->add_option("--top-k", gen.sampling.top_k, "0 = all")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  generate->add_option("--top-p", gen.sampling.top_p, "Nucleus mass")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  generate->add_option("--seed", gen.seed, "Sampling seed")->capture_default_str();
+  CLI::App* generate = moe::cli::add_generate_command(app, gen);
 
   try {
     app.parse(argc, argv);
@@ -145,7 +81,7 @@ int main(int argc, char** argv) {
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
     if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
     if (*params) return moe::cli::run_params(params_opts);
-    if (*train) return moe::cli::run_train(train_cmd, steps_opt->count() ? t.steps : 0);
+    if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());

@@ -5,49 +5,67 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <string_view>
 
-#include "model/checkpoint.h"
+#include "cli/generate_cmd.h"
 #include "moe/load_metrics.h"
 #include "tensor/error.h"
-#include "train/tokenizer.h"
 
 namespace moe::cli {
-namespace {
 
-// Streams `prompt`'s continuation to stdout. The whole text is decoded after every token and
-// the new part printed; a trailing U+FFFD (an incomplete byte sequence the next byte-fallback
-// piece may complete) is held back until it resolves.
-void stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
-                       const SamplingOptions& sampling, uint64_t seed) {
-  LoadedModel m = load_model(run);
-  const Tokenizer tokenizer(run + "/tokenizer.model");
-  std::vector<int32_t> ids = tokenizer.encode(prompt);
-  if (ids.empty()) ids.push_back(tokenizer.eos_id());
-  std::string printed;
-  auto emit = [&](bool final) {
-    std::string text = tokenizer.decode(ids);
-    constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-    while (!final && text.ends_with(kReplacement)) text.resize(text.size() - kReplacement.size());
-    const size_t common =
-        std::mismatch(text.begin(), text.end(), printed.begin(), printed.end()).first -
-        text.begin();
-    if (text.size() > common) std::fwrite(text.data() + common, 1, text.size() - common, stdout);
-    std::fflush(stdout);
-    printed = std::move(text);
-  };
-  emit(false);
-  generate(*m.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), [&](int32_t t) {
-    ids.push_back(t);
-    emit(false);
-  });
-  emit(true);
-  std::fputc('\n', stdout);
+CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
+  TrainOptions& t = c.options;
+  CLI::App* train =
+      app.add_subcommand("train", "Train an MoE language model on the shipped corpus");
+  train->add_option("--config", t.config, "Model config JSON (default: configs/default.json)")
+      ->check(CLI::ExistingFile);
+  train->add_option("--out", t.out_dir, "Run folder")->capture_default_str();
+  train->add_option("--resume", c.resume, "Continue the run in this folder exactly")
+      ->check(CLI::ExistingDirectory);
+  c.steps_option = train->add_option("--steps", t.steps, "Optimizer steps")
+                       ->capture_default_str()
+                       ->check(CLI::PositiveNumber);
+  train->add_option("--batch-size", t.batch_size, "Sequences per micro-batch")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--seq-len", t.seq_len, "Tokens per sequence")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  train->add_option("--grad-accum", t.grad_accum, "Micro-batches per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--lr", t.lr, "Peak learning rate")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--min-lr", t.min_lr, "Final learning rate")->capture_default_str();
+  train->add_option("--warmup", t.warmup, "Warm-up steps")->capture_default_str();
+  train->add_option("--weight-decay", t.weight_decay, "AdamW decay")->capture_default_str();
+  train->add_option("--grad-clip", t.grad_clip, "Global gradient-norm clip (0 = off)")
+      ->capture_default_str();
+  train->add_option("--eval-every", t.eval_every, "Steps between validations")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--eval-batches", t.eval_batches, "Validation batches")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--save-every", t.save_every, "Steps between checkpoints")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--monitor-every", t.monitor_every, "Steps between expert-load reports")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--log-every", t.log_every, "Steps between progress lines")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  train->add_option("--corpus", t.corpus, "Corpus (gzip JSONL; default data/corpus.jsonl.gz)")
+      ->check(CLI::ExistingFile);
+  train->add_option("--seed", t.seed, "Run seed")->capture_default_str();
+  train->add_flag("--quiet", t.quiet, "No progress bar");
+  train->add_flag("!--no-sample", c.sample, "Skip the sample generation at the end");
+  return train;
 }
 
-}  // namespace
-
-int run_train(TrainCommand c, int64_t steps_given) {
+int run_train(TrainCommand c) {
+  const int64_t steps_given = c.steps_option->count() ? c.options.steps : 0;
   const bool resume = !c.resume.empty();
   if (resume) c.options.out_dir = c.resume;
   const TrainResult r = train(c.options, resume, resume ? steps_given : 0);
@@ -81,11 +99,6 @@ int run_train(TrainCommand c, int64_t steps_given) {
     SamplingOptions s;
     stream_generation(dir, "NAME\n       ", 120, s, 7);
   }
-  return 0;
-}
-
-int run_generate(const GenerateCommand& c) {
-  stream_generation(c.model, c.prompt, c.max_tokens, c.sampling, c.seed);
   return 0;
 }
 

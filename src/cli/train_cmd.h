@@ -1,27 +1,22 @@
 #pragma once
-// `moe train` and `moe generate`.
+// `moe train`.
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
 
-#include "infer/generate.h"
 #include "train/trainer.h"
 
 namespace moe::cli {
 
 struct TrainCommand {
   TrainOptions options;
-  std::string resume;  // run folder to continue
-  bool sample = true;  // a short generation at the end
+  std::string resume;                   // run folder to continue
+  bool sample = true;                   // a short generation at the end
+  CLI::Option* steps_option = nullptr;  // set by add_train_command: --steps given?
 };
-int run_train(TrainCommand command, int64_t steps_given);
 
-struct GenerateCommand {
-  std::string model;  // run folder
-  std::string prompt;
-  int64_t max_tokens = 200;
-  SamplingOptions sampling;
-  uint64_t seed = 0;
-};
-int run_generate(const GenerateCommand& command);
+// Registers `train` and its options on `app`, bound to `command`.
+CLI::App* add_train_command(CLI::App& app, TrainCommand& command);
+int run_train(TrainCommand command);
 
 }  // namespace moe::cli
