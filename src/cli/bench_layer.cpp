@@ -8,6 +8,7 @@
 
 #include "moe/moe_layer.h"
 #include "nn/swiglu.h"
+#include "tensor/blas_info.h"
 #include "tensor/error.h"
 #include "tensor/gemm.h"
 #include "tensor/threads.h"
@@ -111,6 +112,7 @@ Bandwidth memory_bandwidth(double min_seconds) {
 }  // namespace
 
 int run_bench_layer(const BenchLayerOptions& options) {
+  warn_about_blas_kernel();
   const double peak = sgemm_gflops(options.min_seconds);
   const Bandwidth bandwidth = memory_bandwidth(options.min_seconds);
   if (!options.json)

@@ -10,12 +10,14 @@
 
 #include "model/param_count.h"
 #include "model/transformer.h"
+#include "tensor/blas_info.h"
 #include "tensor/threads.h"
 #include "train/optimizer.h"
 
 namespace moe::cli {
 
 int run_bench_train(const BenchTrainOptions& o) {
+  warn_about_blas_kernel();
   const ModelConfig config =
       o.config.empty() ? default_model_config() : load_model_config(o.config);
   ParamStore store;

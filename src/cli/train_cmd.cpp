@@ -8,6 +8,7 @@
 
 #include "cli/generate_cmd.h"
 #include "moe/load_metrics.h"
+#include "tensor/blas_info.h"
 #include "tensor/error.h"
 
 namespace moe::cli {
@@ -65,6 +66,7 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
 }
 
 int run_train(TrainCommand c) {
+  warn_about_blas_kernel();
   const int64_t steps_given = c.steps_option->count() ? c.options.steps : 0;
   const bool resume = !c.resume.empty();
   if (resume) c.options.out_dir = c.resume;
