@@ -6,13 +6,16 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
 
 namespace moe {
+namespace fs = std::filesystem;
 namespace {
 
 constexpr char kMagic[8] = {'M', 'O', 'E', 'T', 'O', 'K', '1', '\0'};
@@ -24,11 +27,14 @@ struct TokenHeader {
 };
 static_assert(sizeof(TokenHeader) == 24);
 
-}  // namespace
+// Plain-text corpora: every kValidEvery-th document of a domain is validation (as the shipped
+// corpus's split).
+constexpr size_t kValidEvery = 16;
 
-std::vector<Document> read_corpus(const std::string& path) {
+// The bytes of a file, gunzipped when it is gzip (zlib passes other files through as they are).
+std::string read_maybe_gzip(const std::string& path) {
   gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) throw Error("cannot open corpus '" + path + "'");
+  if (!f) throw Error("cannot open corpus file '" + path + "'");
   std::string content;
   char buf[1 << 16];
   int n;
@@ -38,7 +44,20 @@ std::vector<Document> read_corpus(const std::string& path) {
   const std::string why = err != Z_OK && err != Z_STREAM_END ? msg : "";
   gzclose(f);
   if (n < 0 || !why.empty()) throw Error("corpus '" + path + "': " + why + " (truncated?)");
+  return content;
+}
 
+// The shipped format: a file named *.jsonl or *.jsonl.gz, or one whose first line is a JSON
+// object with a "text" field (a plain text that begins so is very unlikely).
+bool is_jsonl_corpus(const std::string& path, std::string_view content) {
+  if (path.ends_with(".jsonl") || path.ends_with(".jsonl.gz")) return true;
+  const std::string_view first = content.substr(0, content.find('\n'));
+  if (!first.starts_with('{')) return false;
+  const nlohmann::json j = nlohmann::json::parse(first, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("text");
+}
+
+std::vector<Document> read_jsonl_corpus(const std::string& path, const std::string& content) {
   std::vector<Document> docs;
   size_t pos = 0;
   int64_t line = 0;
@@ -67,6 +86,168 @@ std::vector<Document> read_corpus(const std::string& path) {
     if (d.split != "train" && d.split != "valid")
       throw Error(where + ": split must be \"train\" or \"valid\", got \"" + d.split + "\"");
     docs.push_back(std::move(d));
+  }
+  return docs;
+}
+
+// Offset of the first byte that breaks UTF-8 (or is NUL), or npos when the text is clean.
+size_t first_bad_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == 0) return i;
+    size_t len = 0;
+    uint32_t code = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      code = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      code = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      code = c & 0x07;
+    } else {
+      return i;
+    }
+    if (i + len > s.size()) return i;
+    for (size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return i;
+      code = (code << 6) | (cc & 0x3F);
+    }
+    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8.
+    static constexpr uint32_t kSmallest[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < kSmallest[len] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+// A plain-text file's contents, checked to be UTF-8 (a leading byte-order mark is dropped).
+std::string checked_text(const std::string& path, std::string text) {
+  if (text.starts_with("\xEF\xBB\xBF")) text.erase(0, 3);
+  if (const size_t bad = first_bad_utf8(text); bad != std::string::npos)
+    throw Error("corpus file '" + path + "' is not UTF-8 text (byte " + std::to_string(bad) + ")");
+  return text;
+}
+
+bool is_blank(std::string_view line) {
+  return line.find_first_not_of(" \t\n\r\f\v") == std::string_view::npos;
+}
+
+// `a.txt` and `a.txt.gz` name the domain `a`.
+std::string domain_of_file(const fs::path& file) {
+  fs::path name = file.filename();
+  if (name.extension() == ".gz") name = name.stem();
+  return name.stem().string();
+}
+
+// Every 16th document of a domain is validation; a domain of 2 to 15 documents gives its last.
+void split_by_document(std::vector<Document>& docs, size_t first) {
+  const size_t n = docs.size() - first;
+  for (size_t i = 0; i < n; ++i) {
+    const bool valid =
+        i % kValidEvery == kValidEvery - 1 || (n >= 2 && n < kValidEvery && i == n - 1);
+    docs[first + i].split = valid ? "valid" : "train";
+  }
+}
+
+// A plain-text file: documents are separated by blank lines. source = "path:line".
+void read_text_documents(const fs::path& file, const std::string& domain, std::string content,
+                         std::vector<Document>& docs) {
+  const std::string text = checked_text(file.string(), std::move(content));
+  std::string current;
+  int64_t line_number = 0, start_line = 0;
+  auto finish = [&] {
+    if (current.empty()) return;
+    docs.push_back({domain, file.string() + ":" + std::to_string(start_line), "", current});
+    current.clear();
+  };
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + pos, end - pos);
+    pos = end + 1;
+    ++line_number;
+    if (is_blank(line)) {
+      finish();
+      continue;
+    }
+    if (current.empty())
+      start_line = line_number;
+    else
+      current += '\n';
+    current += line.ends_with('\r') ? line.substr(0, line.size() - 1) : line;
+  }
+  finish();
+}
+
+// The files of a folder, hidden ones (".name") left out, sorted by path.
+std::vector<fs::path> files_under(const fs::path& folder, bool recursive) {
+  std::vector<fs::path> files;
+  auto take = [&](const fs::directory_entry& e) {
+    if (e.is_regular_file() && !e.path().filename().string().starts_with('.'))
+      files.push_back(e.path());
+  };
+  if (recursive) {
+    for (auto it = fs::recursive_directory_iterator(folder);
+         it != fs::recursive_directory_iterator(); ++it) {
+      if (it->is_directory() && it->path().filename().string().starts_with('.'))
+        it.disable_recursion_pending();
+      else
+        take(*it);
+    }
+  } else {
+    for (const auto& e : fs::directory_iterator(folder)) take(e);
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// A folder: each subfolder is a domain named after it, each file under it one document; files
+// directly in the folder form a domain named after the folder.
+std::vector<Document> read_text_folder(const fs::path& folder) {
+  std::vector<Document> docs;
+  auto add_domain = [&](const std::string& domain, const std::vector<fs::path>& files) {
+    const size_t first = docs.size();
+    for (const fs::path& file : files) {
+      std::string text = checked_text(file.string(), read_maybe_gzip(file.string()));
+      if (is_blank(text)) continue;
+      docs.push_back({domain, file.string(), "", std::move(text)});
+    }
+    split_by_document(docs, first);
+  };
+  fs::path name = fs::absolute(folder).lexically_normal();
+  if (!name.has_filename()) name = name.parent_path();  // "corpus/" names the domain "corpus"
+  add_domain(name.filename().string(), files_under(folder, false));
+  std::vector<fs::path> domains;
+  for (const auto& e : fs::directory_iterator(folder))
+    if (e.is_directory() && !e.path().filename().string().starts_with('.'))
+      domains.push_back(e.path());
+  std::sort(domains.begin(), domains.end());
+  for (const fs::path& d : domains) add_domain(d.filename().string(), files_under(d, true));
+  return docs;
+}
+
+}  // namespace
+
+std::vector<Document> read_corpus(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) throw Error("corpus '" + path + "' does not exist");
+  std::vector<Document> docs;
+  if (fs::is_directory(status)) {
+    docs = read_text_folder(path);
+  } else if (std::string content = read_maybe_gzip(path); is_jsonl_corpus(path, content)) {
+    docs = read_jsonl_corpus(path, content);
+  } else {
+    read_text_documents(path, domain_of_file(path), std::move(content), docs);
+    split_by_document(docs, 0);
   }
   if (docs.empty()) throw Error("corpus '" + path + "' holds no documents");
   return docs;

@@ -1,6 +1,7 @@
 #pragma once
 // The corpus and its token streams.
-//   corpus:  gzip JSONL, one {"domain", "source", "split", "text"} per line (data/README.md)
+//   corpus:  gzip JSONL, one {"domain", "source", "split", "text"} per line (data/README.md),
+//            or plain UTF-8 text: a file, or a folder whose subfolders name the domains
 //   tokens:  <dir>/<split>.tokens, a header then uint16 ids (memory-mapped), every document
 //            followed by EOS; <dir>/documents.jsonl says which span is which document and domain
 #include <cstdint>
@@ -17,7 +18,15 @@ struct Document {
   std::string domain, source, split, text;
 };
 
-// Reads the whole corpus; errors name the file and line.
+// Reads the whole corpus at `path`; errors name the file (and line or byte). `path` is
+//  - a file named *.jsonl or *.jsonl.gz, or whose first line is a JSON object with a "text"
+//    field: the shipped format (gzip-compressed or not), its split given per document;
+//  - any other file: plain UTF-8 text (gzip-compressed or not), documents separated by blank
+//    lines, the domain the file name without its extension (`books.txt` -> `books`);
+//  - a folder: each subfolder a domain named after it, each file under it one document
+//    (files directly in the folder form a domain named after the folder).
+// Plain text is split by document: within each domain every 16th document is validation, and
+// a domain of 2 to 15 documents gives its last one.
 std::vector<Document> read_corpus(const std::string& path);
 
 // Tokenises every document of `docs` into <dir>/train.tokens and <dir>/valid.tokens (atomic
