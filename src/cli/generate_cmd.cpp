@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <iostream>
+#include <iterator>
 #include <string_view>
 
 #include "model/checkpoint.h"
@@ -11,11 +13,16 @@ namespace moe::cli {
 
 CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
   CLI::App* generate = app.add_subcommand("generate", "Generate text from a trained run");
-  generate->add_option("--model", c.model, "Run folder")->required()->check(CLI::ExistingDirectory);
-  generate->add_option("--prompt", c.prompt, "Prompt text")->required();
-  generate->add_option("--max-tokens", c.max_tokens, "Tokens to generate")
+  generate->add_option("-m,--model", c.model, "Run folder")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  generate->add_option("-p,--prompt", c.prompt, "Prompt text; - reads it from standard input")
+      ->required();
+  generate->add_option("-n,--max-tokens", c.max_tokens, "Tokens to generate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  generate->add_option("--stop", c.stop,
+                       "Stop when the generated text contains TEXT (printed up to just before it)");
   generate->add_option("--temperature", c.sampling.temperature, "0 = greedy")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 100.0));
@@ -29,38 +36,81 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
   return generate;
 }
 
+namespace {
+
+// Length of the longest proper prefix of `stop` that `text` ends with: text that may yet
+// become `stop` once more tokens arrive.
+size_t partial_stop_suffix(std::string_view text, std::string_view stop) {
+  for (size_t n = std::min(text.size(), stop.size() - 1); n > 0; --n)
+    if (text.ends_with(stop.substr(0, n))) return n;
+  return 0;
+}
+
+}  // namespace
+
 // The whole text is decoded after every token and the new part printed; a trailing U+FFFD (an
-// incomplete byte sequence the next byte-fallback piece may complete) is held back until it
-// resolves.
-void stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
-                       const SamplingOptions& sampling, uint64_t seed) {
+// incomplete byte sequence the next byte-fallback piece may complete) and a trailing start of
+// the stop text are held back until they resolve.
+Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
+                             const SamplingOptions& sampling, uint64_t seed,
+                             const std::string& stop) {
   LoadedModel m = load_model(run);
   const Tokenizer tokenizer(run + "/tokenizer.model");
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (ids.empty()) ids.push_back(tokenizer.eos_id());
+  // The stop text is looked for in what follows the prompt only.
+  const size_t prompt_chars = tokenizer.decode(ids).size();
   std::string printed;
+  // Prints what is new; returns false once the stop text has appeared.
   auto emit = [&](bool final) {
     std::string text = tokenizer.decode(ids);
+    bool stopped = false;
+    if (!stop.empty() && text.size() > prompt_chars) {
+      if (const size_t at = text.find(stop, prompt_chars); at != std::string::npos) {
+        text.resize(at);
+        stopped = true;
+      } else if (!final) {
+        const std::string_view generated = std::string_view(text).substr(prompt_chars);
+        text.resize(text.size() - partial_stop_suffix(generated, stop));
+      }
+    }
     constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-    while (!final && text.ends_with(kReplacement)) text.resize(text.size() - kReplacement.size());
+    while (!final && !stopped && text.ends_with(kReplacement))
+      text.resize(text.size() - kReplacement.size());
     const size_t common =
         std::mismatch(text.begin(), text.end(), printed.begin(), printed.end()).first -
         text.begin();
     if (text.size() > common) std::fwrite(text.data() + common, 1, text.size() - common, stdout);
     std::fflush(stdout);
     printed = std::move(text);
+    return !stopped;
   };
   emit(false);
-  generate(*m.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), [&](int32_t t) {
-    ids.push_back(t);
-    emit(false);
-  });
+  const Generation g =
+      generate(*m.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), [&](int32_t t) {
+        ids.push_back(t);
+        return emit(false);
+      });
   emit(true);
   std::fputc('\n', stdout);
+  return g;
 }
 
 int run_generate(const GenerateCommand& c) {
-  stream_generation(c.model, c.prompt, c.max_tokens, c.sampling, c.seed);
+  std::string prompt = c.prompt;
+  if (prompt == "-") {
+    prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    if (prompt.ends_with('\n')) prompt.pop_back();  // the newline `echo` and editors add
+  }
+  const Generation g = stream_generation(c.model, prompt, c.max_tokens, c.sampling, c.seed, c.stop);
+  if (g.stop == StopReason::ContextFull)
+    std::fprintf(stderr, "moe: stopped at the model's context length (%lld tokens)\n",
+                 static_cast<long long>(g.context));
+  auto rate = [](double tokens, double seconds) { return seconds > 0 ? tokens / seconds : 0.0; };
+  std::fprintf(
+      stderr, "prefill: %lld tokens, %.1f tokens/s; decode: %lld tokens, %.1f tokens/s\n",
+      static_cast<long long>(g.prompt_tokens), rate(double(g.prompt_tokens), g.prefill_seconds),
+      static_cast<long long>(g.tokens.size()), rate(double(g.tokens.size()), g.decode_seconds));
   return 0;
 }
 

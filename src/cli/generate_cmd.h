@@ -1,5 +1,6 @@
 #pragma once
-// `moe generate`: text from a trained run, streamed to stdout.
+// `moe generate`: text from a trained run, streamed to stdout; how it stopped and its speed
+// go to stderr.
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
@@ -9,9 +10,10 @@
 namespace moe::cli {
 
 struct GenerateCommand {
-  std::string model;  // run folder
-  std::string prompt;
+  std::string model;   // run folder
+  std::string prompt;  // "-" = read standard input
   int64_t max_tokens = 200;
+  std::string stop;  // stop before the first occurrence of this text in the generated part
   SamplingOptions sampling;
   uint64_t seed = 0;
 };
@@ -20,8 +22,11 @@ struct GenerateCommand {
 CLI::App* add_generate_command(CLI::App& app, GenerateCommand& command);
 int run_generate(const GenerateCommand& command);
 
-// Streams `prompt`'s continuation from the run folder `run` to stdout.
-void stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
-                       const SamplingOptions& sampling, uint64_t seed);
+// Streams `prompt` and its continuation from the run folder `run` to stdout. With a non-empty
+// `stop`, generation ends where the generated text first contains it, and the output ends just
+// before it.
+Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
+                             const SamplingOptions& sampling, uint64_t seed,
+                             const std::string& stop = {});
 
 }  // namespace moe::cli

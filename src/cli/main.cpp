@@ -3,6 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <new>
+#include <regex>
+#include <string>
 
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
@@ -12,12 +15,107 @@
 #include "tensor/error.h"
 #include "tensor/threads.h"
 
+namespace {
+
+// A bound as a person writes it: 1048576, 0.001, 1e+30.
+std::string format_bound(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.15g", v);
+  return buf;
+}
+
+// The deepest command the parse reached: `moe bench layer ...` gives `layer`.
+CLI::App* innermost_command(CLI::App& app) {
+  CLI::App* current = &app;
+  for (;;) {
+    const auto chosen = current->get_subcommands([](CLI::App* s) { return s->parsed(); });
+    if (chosen.empty()) return current;
+    current = chosen.front();
+  }
+}
+
+std::string command_path(const CLI::App* command) {
+  std::string path = command->get_name();
+  for (const CLI::App* p = command->get_parent(); p; p = p->get_parent())
+    path = p->get_name() + (path.empty() ? "" : " " + path);
+  return path;
+}
+
+// Whether `name` is an option of `command` (or of a command above it) checked by
+// CLI::PositiveNumber, whose range prints as "0.000000 to <DBL_MAX>", like NonNegativeNumber's.
+bool checked_positive(CLI::App* command, const std::string& name) {
+  for (CLI::App* c = command; c; c = c->get_parent())
+    if (CLI::Option* option = c->get_option_no_throw(name)) {
+      try {
+        return option->get_validator()->get_description() == "POSITIVE";
+      } catch (const CLI::OptionNotFound&) {
+        return false;
+      }
+    }
+  return false;
+}
+
+// CLI11's range message prints its bounds with std::to_string, which spells out DBL_MAX in
+// 300 digits: "--steps: Value 0 not in range 0.000000 to 1797...". Reworded as
+// "--steps must be positive, got 0" or "--tokens must be in [1, 1048576], got 0".
+std::string reword_range_error(CLI::App* command, const std::string& what) {
+  static const std::regex range(R"(^(\S+): Value (.*) not in range (\S+) to (\S+)$)");
+  std::smatch m;
+  if (!std::regex_match(what, m, range)) return what;
+  const std::string name = m[1];
+  const double lo = std::stod(m[3]), hi = std::stod(m[4]);
+  std::string rule;
+  if (hi < 1e300)
+    rule = "must be in [" + format_bound(lo) + ", " + format_bound(hi) + "]";
+  else if (checked_positive(command, name))
+    rule = "must be positive";
+  else
+    rule = "must be >= " + format_bound(lo);
+  return name + " " + rule + ", got " + m[2].str();
+}
+
+// One line for a parse error. A command that needs a subcommand and got an unknown word (or
+// none) lists the ones it has.
+std::string describe_parse_error(CLI::App& app, const CLI::ParseError& e) {
+  CLI::App* command = innermost_command(app);
+  const std::string path = command_path(command);
+  const auto children = command->get_subcommands([](CLI::App*) { return true; });
+  if (!children.empty() && command->get_require_subcommand_min() > 0 &&
+      command->get_subcommands().empty()) {
+    std::string names;
+    for (const CLI::App* c : children) names += (names.empty() ? "" : ", ") + c->get_name();
+    // An unknown word falls through to the parent commands' leftovers.
+    std::string given;
+    for (const CLI::App* c = command; c && given.empty(); c = c->get_parent())
+      for (const std::string& word : c->remaining())
+        if (!word.starts_with("-")) {
+          given = word;
+          break;
+        }
+    const std::string where = command->get_parent() ? " for '" + path + "'" : "";
+    if (!given.empty())
+      return "unknown command '" + given + "'" + where + " (commands: " + names + ")";
+    return "a command is required" + where + " (commands: " + names + ")";
+  }
+  std::string what = reword_range_error(command, e.what());
+  for (char& c : what)
+    if (c == '\n') c = ' ';
+  return what + " (see: " + path + " --help)";
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"moe: sparse Mixture-of-Experts transformers: train, run, inspect"};
+  app.name("moe");
   app.require_subcommand(1);
+  // Subcommands inherit this: an option they do not know (--threads) goes to their parent, so
+  // global options work after the subcommand too.
+  app.fallthrough();
   int threads = 0;
   app.add_option("--threads", threads,
-                 "Threads for OpenMP loops and OpenBLAS (default: MOE_THREADS or all cores)");
+                 "Threads for OpenMP loops and OpenBLAS (default: MOE_THREADS or all cores)")
+      ->check(CLI::Range(1, 4096));
 
   CLI::App* bench = app.add_subcommand("bench", "Measure throughput");
   bench->require_subcommand(1);
@@ -38,17 +136,19 @@ int main(int argc, char** argv) {
   moe::cli::BenchTrainOptions train_bench_opts;
   CLI::App* bench_train = bench->add_subcommand(
       "train", "Training-step tokens/s and peak memory of a model on random tokens");
-  bench_train->add_option("--config", train_bench_opts.config, "Model config (default: default)")
+  bench_train
+      ->add_option("--config", train_bench_opts.config,
+                   "Model config JSON (default: the built-in default model)")
       ->check(CLI::ExistingFile);
-  bench_train->add_option("--batch-size", train_bench_opts.batch_size)
+  bench_train->add_option("--batch-size", train_bench_opts.batch_size, "Sequences per step")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  bench_train->add_option("--seq-len", train_bench_opts.seq_len)
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_train->add_option("--seq-len", train_bench_opts.seq_len, "Tokens per sequence")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
   bench_train->add_option("--steps", train_bench_opts.steps, "Timed steps (after 3 warm-up)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   bench_train->add_flag("--json", train_bench_opts.json, "Print JSON");
 
   moe::cli::ParamsOptions params_opts;
@@ -73,8 +173,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::fprintf(stderr, "moe: error: %s\n", describe_parse_error(app, e).c_str());
+    return 2;
   }
   try {
     moe::set_threads(threads);
@@ -85,6 +186,12 @@ int main(int argc, char** argv) {
     if (*generate) return moe::cli::run_generate(gen);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    // Large tensors name themselves in a moe::Error; this is whatever else ran out.
+    std::fprintf(stderr,
+                 "moe: error: out of memory (an allocation failed; try a smaller model, "
+                 "--batch-size, --seq-len or --threads)\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe: internal error: %s\n", e.what());

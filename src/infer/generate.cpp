@@ -1,6 +1,7 @@
 #include "infer/generate.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "tensor/error.h"
@@ -44,29 +45,55 @@ int32_t sample_token(std::span<const float> logits, const SamplingOptions& o, Rn
   return scratch[keep - 1].second;
 }
 
-std::vector<int32_t> generate(Transformer& model, std::span<const int32_t> prompt,
-                              int64_t max_tokens, const SamplingOptions& options, uint64_t seed,
-                              int32_t stop_token, const std::function<void(int32_t)>& on_token) {
+Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t max_tokens,
+                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
+                    const std::function<bool(int32_t)>& on_token) {
+  using clock = std::chrono::steady_clock;
+  auto seconds_since = [](clock::time_point t0) {
+    return std::chrono::duration<double>(clock::now() - t0).count();
+  };
   require(!prompt.empty(), "generate: the prompt must hold at least one token");
   const int64_t context = model.config().max_position_embeddings;
   if (static_cast<int64_t>(prompt.size()) > context)
     throw Error("generate: the prompt has " + std::to_string(prompt.size()) +
                 " tokens, more than the context of " + std::to_string(context));
+  Generation g;
+  g.prompt_tokens = static_cast<int64_t>(prompt.size());
+  g.context = context;
   KvCache cache = model.make_cache();
   std::vector<float> logits(model.config().vocab_size);
+  const auto prefill_start = clock::now();
   for (int32_t t : prompt) model.decode_step(t, cache, logits);
+  g.prefill_seconds = seconds_since(prefill_start);
   Rng rng(seed);
   std::vector<std::pair<float, int32_t>> scratch;
-  std::vector<int32_t> out;
-  while (static_cast<int64_t>(out.size()) < max_tokens) {
+  const auto decode_start = clock::now();
+  double callback_seconds = 0;  // the caller's printing is not decoding
+  while (static_cast<int64_t>(g.tokens.size()) < max_tokens) {
     const int32_t next = sample_token(logits, options, rng, scratch);
-    if (next == stop_token) break;
-    out.push_back(next);
-    if (on_token) on_token(next);
-    if (cache.length >= context) break;
+    if (next == stop_token) {
+      g.stop = StopReason::StopToken;
+      break;
+    }
+    g.tokens.push_back(next);
+    if (on_token) {
+      const auto t0 = clock::now();
+      const bool go_on = on_token(next);
+      callback_seconds += seconds_since(t0);
+      if (!go_on) {
+        g.stop = StopReason::Caller;
+        break;
+      }
+    }
+    if (static_cast<int64_t>(g.tokens.size()) == max_tokens) break;  // no logits needed
+    if (cache.length >= context) {
+      g.stop = StopReason::ContextFull;
+      break;
+    }
     model.decode_step(next, cache, logits);
   }
-  return out;
+  g.decode_seconds = seconds_since(decode_start) - callback_seconds;
+  return g;
 }
 
 }  // namespace moe

@@ -21,12 +21,27 @@ struct SamplingOptions {
 int32_t sample_token(std::span<const float> logits, const SamplingOptions& options, Rng& rng,
                      std::vector<std::pair<float, int32_t>>& scratch);
 
+enum class StopReason {
+  MaxTokens,    // max_tokens were drawn
+  StopToken,    // the model drew stop_token
+  ContextFull,  // the KV cache holds max_position_embeddings tokens
+  Caller,       // on_token returned false
+};
+
+struct Generation {
+  std::vector<int32_t> tokens;  // the sampled tokens (stop_token excluded)
+  StopReason stop = StopReason::MaxTokens;
+  int64_t prompt_tokens = 0;
+  int64_t context = 0;         // the model's max_position_embeddings
+  double prefill_seconds = 0;  // feeding the prompt
+  double decode_seconds = 0;   // drawing the tokens after it (the caller's on_token excluded)
+};
+
 // Feeds `prompt` (at least one token), then samples up to max_tokens tokens, calling on_token
-// for each as soon as it is drawn; stops early at `stop_token` (when >= 0) or a full context.
-// Returns the sampled tokens.
-std::vector<int32_t> generate(Transformer& model, std::span<const int32_t> prompt,
-                              int64_t max_tokens, const SamplingOptions& options, uint64_t seed,
-                              int32_t stop_token,
-                              const std::function<void(int32_t)>& on_token = {});
+// for each as soon as it is drawn (returning false stops there); stops early at `stop_token`
+// (when >= 0) or a full context.
+Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t max_tokens,
+                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
+                    const std::function<bool(int32_t)>& on_token = {});
 
 }  // namespace moe

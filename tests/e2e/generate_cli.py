@@ -1,0 +1,109 @@
+#!/usr/bin/python3
+"""`moe generate` end to end on a tiny model trained here from a plain-text corpus (a file of
+documents separated by blank lines, cut from the shipped corpus): short flags, --prompt -
+from standard input, --stop, the line at the context length, prefill and decode speeds."""
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+MOE, SRC = sys.argv[1], sys.argv[2]
+SPEED = re.compile(r"^prefill: (\d+) tokens, [0-9.]+ tokens/s; decode: (\d+) tokens, "
+                   r"[0-9.]+ tokens/s$")
+
+
+def run(*args, stdin=None, check=True):
+    r = subprocess.run([MOE, *args], capture_output=True, text=True, input=stdin)
+    if check:
+        assert r.returncode == 0, f"moe {' '.join(args)}: exit {r.returncode}\n{r.stderr}"
+    return r
+
+
+def speeds(stderr):
+    """(prompt tokens, generated tokens) from the one speed line, which ends stderr."""
+    lines = stderr.splitlines()
+    m = SPEED.match(lines[-1]) if lines else None
+    assert m, f"no speed line at the end of stderr: {stderr!r}"
+    return int(m.group(1)), int(m.group(2))
+
+
+def main():
+    with tempfile.TemporaryDirectory() as work:
+        check_generate(work)
+
+
+def check_generate(work):
+    texts = []
+    with gzip.open(os.path.join(SRC, "data", "corpus.jsonl.gz"), "rt") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            if len(texts) == 40:
+                break
+    corpus = os.path.join(work, "manpages.txt")
+    with open(corpus, "w") as f:
+        f.write("\n\n".join(texts))
+    model = os.path.join(work, "run")
+    run("train", "--out", model, "--config", os.path.join(SRC, "tests/cases/tiny_model.json"),
+        "--corpus", corpus, "--steps", "20", "--batch-size", "4", "--seq-len", "16",
+        "--eval-every", "20", "--quiet", "--no-sample")
+    context = 32  # tiny_model.json's max_position_embeddings
+
+    greedy = ["--temperature", "0"]
+    full = run("generate", "-m", model, "-p", "NAME", "-n", "20", *greedy)
+    prompt_tokens, generated_tokens = speeds(full.stderr)
+    assert 0 < generated_tokens <= 20, full.stderr
+    assert full.stdout.startswith("NAME"), full.stdout
+    long_flags = run("generate", "--model", model, "--prompt", "NAME", "--max-tokens", "20",
+                     *greedy)
+    assert long_flags.stdout == full.stdout, (long_flags.stdout, full.stdout)
+    print(f"ok: short flags; {full.stderr.splitlines()[-1]}")
+
+    # --prompt - reads standard input (its final newline dropped); --threads after the command.
+    piped = run("generate", "-m", model, "-p", "-", "-n", "20", "--threads", "1", *greedy,
+                stdin="NAME\n")
+    assert piped.stdout == full.stdout, (piped.stdout, full.stdout)
+    assert speeds(piped.stderr)[0] == prompt_tokens
+    print("ok: --prompt - reads standard input")
+
+    # --stop: the output ends just before the first occurrence in the generated text, and
+    # generation stops there (fewer tokens drawn).
+    generated = full.stdout[len("NAME"):].rstrip("\n")
+    assert len(generated) >= 6, f"too little generated to test --stop: {generated!r}"
+    stop = generated[3:5]
+    cut = run("generate", "-m", model, "-p", "NAME", "-n", "20", "--stop", stop, *greedy)
+    expected = "NAME" + generated[:generated.find(stop)] + "\n"
+    assert cut.stdout == expected, (cut.stdout, expected, stop)
+    assert speeds(cut.stderr)[1] < generated_tokens, cut.stderr
+    # A stop text that never comes changes nothing; one inside the prompt does not count.
+    absent = run("generate", "-m", model, "-p", "NAME", "-n", "20", "--stop", "\x01", *greedy)
+    assert absent.stdout == full.stdout
+    in_prompt = run("generate", "-m", model, "-p", "NAME", "-n", "20", "--stop", "AM", *greedy)
+    if "AM" not in generated:
+        assert in_prompt.stdout == full.stdout
+    print(f"ok: --stop {stop!r}")
+
+    # The context: a line on stderr when generation stops there (sampled runs, so that one
+    # of the seeds goes on to the end of the context instead of drawing end-of-text).
+    hit = False
+    for seed in range(20):
+        r = run("generate", "-m", model, "-p", "NAME", "-n", "500", "--temperature", "1",
+                "--seed", str(seed))
+        p, n = speeds(r.stderr)
+        stopped = f"moe: stopped at the model's context length ({context} tokens)" in r.stderr
+        assert stopped == (p + n > context), (p, n, r.stderr)
+        hit |= stopped
+        if hit:
+            break
+    assert hit, "no seed reached the context length"
+    print("ok: the context-length line")
+    r = run("generate", "-m", model, "-p", "word " * 60, check=False)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "more than the context of 32" in r.stderr, r.stderr
+    print("ok: a prompt longer than the context is one error line")
+
+
+if __name__ == "__main__":
+    main()
