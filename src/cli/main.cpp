@@ -114,7 +114,8 @@ int main(int argc, char** argv) {
   app.fallthrough();
   int threads = 0;
   app.add_option("--threads", threads,
-                 "Threads for OpenMP loops and OpenBLAS (default: MOE_THREADS or all cores)")
+                 "Threads for OpenMP loops and OpenBLAS, before or after the command (default: "
+                 "MOE_THREADS or all cores)")
       ->check(CLI::Range(1, 4096));
 
   CLI::App* bench = app.add_subcommand("bench", "Measure throughput");

@@ -2,6 +2,7 @@
 """The command line a new user meets, without training anything: global options before or
 after the subcommand, one short line (exit 2) for a bad value or an unknown command, and help
 text without CLI11's internals."""
+import resource
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def main():
     one_line_error(["params", "--threads", "-2"], "--threads must be in [1, 4096], got -2")
     one_line_error(["bench", "layer", "--tokens", "0"], "--tokens must be in [1, 1048576], got 0")
     one_line_error(["bench", "layer", "--threads", "0"], "--threads")
+    one_line_error(["train", "--threads", "0"], "--threads must be in [1, 4096], got 0")
     one_line_error(["bench", "train", "--steps", "0"], "--steps must be in [1, 1048576], got 0")
     one_line_error(["bench", "train", "--batch-size", "-1"], "--batch-size", "got -1")
     one_line_error(["bench", "train", "--seq-len", "1"], "--seq-len must be in [2, 1048576]")
@@ -58,6 +60,17 @@ def main():
     one_line_error(["bench", "frob"], "unknown command 'frob' for 'moe bench'", "layer, train")
     one_line_error(["bench"], "a command is required for 'moe bench'", "layer, train")
     one_line_error(["params", "--no-such-option"], "--no-such-option")
+
+    # Out of memory (here a 4 TiB batch of token ids, under a 16 GiB address-space limit so
+    # that nothing is touched): one error line and exit 2, not "internal error" and exit 1.
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+    r = subprocess.run([MOE, "bench", "train", "--batch-size", "1048576", "--seq-len", "1048576"],
+                       capture_output=True, text=True, preexec_fn=limit_memory)
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("moe: warning:")]
+    assert r.returncode == 2, f"out of memory: exit {r.returncode}, {r.stderr!r}"
+    assert len(errors) == 1 and errors[0].startswith("moe: error: out of memory"), r.stderr
+    print(f"ok: {errors[0]}")
 
     # Help: no flag defaults in braces, no "(default: default)".
     for args in (["--help"], ["bench", "train", "--help"], ["bench", "layer", "--help"],
