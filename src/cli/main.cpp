@@ -63,7 +63,13 @@ std::string reword_range_error(CLI::App* command, const std::string& what) {
   std::smatch m;
   if (!std::regex_match(what, m, range)) return what;
   const std::string name = m[1];
-  const double lo = std::stod(m[3]), hi = std::stod(m[4]);
+  double lo = 0, hi = 0;
+  try {
+    lo = std::stod(m[3]);
+    hi = std::stod(m[4]);
+  } catch (const std::exception&) {
+    return what;  // not the bounds this was written for: CLI11's own words then
+  }
   std::string rule;
   if (hi < 1e300)
     rule = "must be in [" + format_bound(lo) + ", " + format_bound(hi) + "]";

@@ -242,7 +242,11 @@ std::vector<Document> read_corpus(const std::string& path) {
   if (ec || !fs::exists(status)) throw Error("corpus '" + path + "' does not exist");
   std::vector<Document> docs;
   if (fs::is_directory(status)) {
-    docs = read_text_folder(path);
+    try {
+      docs = read_text_folder(path);
+    } catch (const fs::filesystem_error& e) {  // an unreadable subfolder, say
+      throw Error("corpus '" + path + "': " + e.what());
+    }
   } else if (std::string content = read_maybe_gzip(path); is_jsonl_corpus(path, content)) {
     docs = read_jsonl_corpus(path, content);
   } else {
