@@ -48,7 +48,7 @@ def check_generate(work):
     model = os.path.join(work, "run")
     run("train", "--out", model, "--config", os.path.join(SRC, "tests/cases/tiny_model.json"),
         "--corpus", corpus, "--steps", "20", "--batch-size", "4", "--seq-len", "16",
-        "--eval-every", "20", "--quiet", "--no-sample")
+        "--eval-every", "20", "--warmup", "2", "--quiet", "--no-sample")
     context = 32  # tiny_model.json's max_position_embeddings
 
     # A seed whose 20 tokens hold no end-of-text, so there is text enough to cut with --stop.
