@@ -1,7 +1,6 @@
 #include "model/hf_export.h"
 
 #include <charconv>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -65,10 +64,9 @@ uint16_t bf16_of(float v, const std::string& tensor) {
 }
 
 // Name of one of our MoE block's tensors in Qwen2-MoE's layout; `suffix` follows
-// "block_sparse_moe.". Empty for a tensor Qwen2-MoE has no place for (training-only).
+// "block_sparse_moe.".
 std::string qwen2_moe_name(const std::string& suffix) {
   if (suffix == "gate.weight") return "mlp.gate.weight";
-  if (suffix == "gate.noise_weight") return "";
   if (suffix.starts_with("experts.")) {
     const size_t dot = suffix.find('.', 8);
     const std::string expert = suffix.substr(0, dot), matrix = suffix.substr(dot + 1);
