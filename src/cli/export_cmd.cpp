@@ -49,6 +49,9 @@ CLI::App* add_export_command(CLI::App& app, ExportCommand& c) {
 
 int run_export(const ExportCommand& c) {
   // The layout is checked before any weight is read, so a refused run fails at once.
+  std::error_code ec;
+  if (std::filesystem::equivalent(c.model, c.out, ec))
+    throw Error("--out '" + c.out + "' is the run folder itself; export into another folder");
   const ModelConfig config = load_model_config(c.model + "/config.json");
   hf_model_type(config, c.dropless);
   const std::string tokenizer_path = c.model + "/tokenizer.model";

@@ -36,6 +36,7 @@ grep -q '"model_type": "qwen2_moe"' "$work/hf/config.json" || { echo "FAIL: not 
 grep -q '"eos_token_id": 2' "$work/hf/generation_config.json" || { echo "FAIL: eos id"; exit 1; }
 
 expect_refusal "not empty" --model "$work/run" --out "$work/hf" --dropless
+expect_refusal "the run folder itself" --model "$work/run" --out "$work/run/." --dropless --force
 "$moe" export --model "$work/run" --out "$work/hf" --dropless --force --dtype bf16 > /dev/null
 grep -q '"torch_dtype": "bfloat16"' "$work/hf/config.json" || { echo "FAIL: dtype"; exit 1; }
 "$python" "$src/tests/reference/hf_reference.py" --tokens 5,9,30,2 --job "$work/hf" "$work/logits.safetensors"
