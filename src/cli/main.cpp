@@ -9,6 +9,7 @@
 
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
+#include "cli/export_cmd.h"
 #include "cli/generate_cmd.h"
 #include "cli/params.h"
 #include "cli/train_cmd.h"
@@ -176,6 +177,8 @@ int main(int argc, char** argv) {
   CLI::App* train = moe::cli::add_train_command(app, train_cmd);
   moe::cli::GenerateCommand gen;
   CLI::App* generate = moe::cli::add_generate_command(app, gen);
+  moe::cli::ExportCommand export_cmd;
+  CLI::App* export_app = moe::cli::add_export_command(app, export_cmd);
 
   try {
     app.parse(argc, argv);
@@ -191,6 +194,7 @@ int main(int argc, char** argv) {
     if (*params) return moe::cli::run_params(params_opts);
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);
+    if (*export_app) return moe::cli::run_export(export_cmd);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

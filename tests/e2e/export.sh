@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# End to end: `moe export` on a run trained by `moe train` (the tiny test model: noisy top-k,
+# MoE every other block, a training capacity factor), then read back by the PyTorch reference.
+# Checks the refusals too: each exits 2 with one line on stderr naming the reason.
+set -euo pipefail
+moe=$1
+src=$2
+python=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+{ zcat "$src/data/corpus.jsonl.gz" || true; } | head -n 60 | gzip > "$work/corpus.jsonl.gz"
+"$moe" train --out "$work/run" --config "$src/tests/cases/tiny_model.json" \
+  --corpus "$work/corpus.jsonl.gz" --steps 3 --batch-size 2 --seq-len 16 --quiet --no-sample \
+  > /dev/null 2>&1
+
+# expect_refusal WORDS ARGS...: exit code 2 and one stderr line containing WORDS.
+expect_refusal() {
+  local words=$1 rc=0
+  shift
+  "$moe" export "$@" 2> "$work/err" > /dev/null || rc=$?
+  if [ "$rc" -ne 2 ]; then echo "FAIL: export $* exited $rc, expected 2"; cat "$work/err"; exit 1; fi
+  if [ "$(wc -l < "$work/err")" -ne 1 ] || ! grep -qF -- "$words" "$work/err"; then
+    echo "FAIL: export $*: expected one line naming '$words', got:"; cat "$work/err"; exit 1
+  fi
+  echo "refused as expected: $(cat "$work/err")"
+}
+
+# The tiny model drops tokens at eval (capacity_factor 1.25): refused unless --dropless.
+expect_refusal "capacity_factor 1.25" --model "$work/run" --out "$work/hf"
+[ ! -e "$work/hf" ] || { echo "FAIL: a refused export left $work/hf behind"; exit 1; }
+"$moe" export --model "$work/run" --out "$work/hf" --dropless
+for f in config.json generation_config.json model.safetensors tokenizer.model tokenizer_config.json; do
+  [ -s "$work/hf/$f" ] || { echo "FAIL: $f missing from the export"; exit 1; }
+done
+grep -q '"model_type": "qwen2_moe"' "$work/hf/config.json" || { echo "FAIL: not qwen2_moe"; exit 1; }
+grep -q '"eos_token_id": 2' "$work/hf/generation_config.json" || { echo "FAIL: eos id"; exit 1; }
+
+expect_refusal "not empty" --model "$work/run" --out "$work/hf" --dropless
+expect_refusal "the run folder itself" --model "$work/run" --out "$work/run/." --dropless --force
+"$moe" export --model "$work/run" --out "$work/hf" --dropless --force --dtype bf16 > /dev/null
+grep -q '"torch_dtype": "bfloat16"' "$work/hf/config.json" || { echo "FAIL: dtype"; exit 1; }
+"$python" "$src/tests/reference/hf_reference.py" --tokens 5,9,30,2 --job "$work/hf" "$work/logits.safetensors"
+
+# Sigmoid routing with a selection bias has no Hugging Face Mixtral / Qwen2-MoE equivalent.
+mkdir "$work/sigmoid"
+sed 's/"noisy_topk"/"sigmoid_bias"/' "$work/run/config.json" > "$work/sigmoid/config.json"
+grep -q sigmoid_bias "$work/sigmoid/config.json" || { echo "FAIL: test setup"; exit 1; }
+expect_refusal "sigmoid_bias" --model "$work/sigmoid" --out "$work/hf_sigmoid"
+echo "PASS"
