@@ -17,6 +17,11 @@ enum class RouterType {
 };
 enum class DropPolicy { Probs, Position };
 enum class AuxLossType { None, Switch, Sequence };
+// How group-limited routing scores a group of experts before keeping topk_group of them.
+enum class GroupScore {
+  Top2Sum,  // DeepSeek-V3: the sum of the group's two best selection scores
+  Max,      // DeepSeek-V2: the group's best score
+};
 
 struct MoeConfig {
   int64_t hidden_size = 512;             // D
@@ -31,10 +36,12 @@ struct MoeConfig {
   float jitter_eps = 0.0f;             // Switch multiplicative jitter on the router input; 0 = off
   int64_t n_group = 1;                 // group-limited routing: groups of experts
   int64_t topk_group = 1;              // groups kept per token
-  float bias_update_speed = 0.001f;    // gamma, aux-loss-free bias update (SigmoidBias)
+  GroupScore group_score = GroupScore::Top2Sum;
+  float bias_update_speed = 0.001f;  // gamma, aux-loss-free bias update (SigmoidBias)
 
-  float capacity_factor = 0.0f;               // 0 = dropless
-  std::optional<float> eval_capacity_factor;  // when absent, capacity_factor
+  // Double, not float: 1.1f is 1.10000002, enough to push ceil(cf T k / E) up by one.
+  double capacity_factor = 0.0;                // 0 = dropless
+  std::optional<double> eval_capacity_factor;  // when absent, capacity_factor
   int64_t min_capacity = 0;
   DropPolicy drop_policy = DropPolicy::Probs;
 
@@ -46,9 +53,11 @@ struct MoeConfig {
   int64_t shared_expert_intermediate_size = 0;  // F_s, per shared expert
   bool shared_expert_gate = false;              // Qwen2-MoE: sigmoid(x w_g) scales shared output
 
-  // Throws moe::Error naming the first inconsistent field.
+  // Throws moe::Error naming the first field out of its range (stated in the message) or
+  // inconsistent with another; non-finite numbers are out of every range.
   void validate() const;
-  // Capacity in assignments per expert for T tokens; -1 when dropless.
+  // Capacity in assignments per expert for T tokens, max(min_capacity, ceil(cf T k / E)) with
+  // the formula part capped at T (an expert never receives more); -1 when dropless.
   int64_t capacity(int64_t tokens, bool training) const;
   bool uses_noise() const { return router_type == RouterType::NoisyTopK; }
 };
@@ -60,5 +69,6 @@ nlohmann::json moe_config_to_json(const MoeConfig& c);
 const char* to_string(RouterType t);
 const char* to_string(DropPolicy p);
 const char* to_string(AuxLossType t);
+const char* to_string(GroupScore s);
 
 }  // namespace moe
