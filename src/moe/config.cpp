@@ -60,9 +60,11 @@ std::string number_text(double v) {
 constexpr int64_t kMaxWidth = int64_t{1} << 20;            // hidden and FFN widths
 constexpr int64_t kMaxExperts = int64_t{1} << 16;          // routed experts
 constexpr int64_t kMaxSharedExperts = 256;                 // always-on experts
+constexpr int64_t kMaxGroups = 256;                        // the router's per-group arrays
 constexpr int64_t kMaxMinCapacity = int64_t{1} << 30;      // assignments per expert
 constexpr int64_t kMaxLayerParameters = int64_t{1} << 40;  // one MoE layer's weights
 constexpr double kMaxCapacityFactor = 1000.0;
+constexpr double kMaxScalingFactor = 1000.0;
 constexpr double kMaxLossCoeff = 100.0;
 
 void check_range(int64_t v, const char* field, int64_t lo, int64_t hi, const char* note = "") {
@@ -99,10 +101,10 @@ void MoeConfig::validate() const {
   check_range(moe_intermediate_size, "moe_intermediate_size", 1, kMaxWidth);
   check_range(num_experts, "num_experts", 1, kMaxExperts);
   check_range(top_k, "top_k", 1, num_experts, " (at most num_experts)");
-  check_range(routed_scaling_factor, "routed_scaling_factor", 0.0, 1000.0, true);
+  check_range(routed_scaling_factor, "routed_scaling_factor", 0.0, kMaxScalingFactor, true);
   check(std::isfinite(jitter_eps) && jitter_eps >= 0 && jitter_eps < 1, "jitter_eps",
         "must be a finite number in [0, 1), got " + number_text(jitter_eps));
-  check_range(n_group, "n_group", 1, 256);
+  check_range(n_group, "n_group", 1, kMaxGroups);
   check(num_experts % n_group == 0, "n_group",
         std::to_string(n_group) + " does not divide num_experts " + std::to_string(num_experts));
   check_range(topk_group, "topk_group", 1, n_group, " (at most n_group)");

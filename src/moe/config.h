@@ -23,6 +23,12 @@ enum class GroupScore {
   Max,      // DeepSeek-V2: the group's best score
 };
 
+// Ranges that validate() enforces: hidden_size, moe_intermediate_size and
+// shared_expert_intermediate_size up to 2^20; num_experts [1, 2^16]; top_k [1, E];
+// n_group [1, 256] dividing E; topk_group [1, n_group]; n_shared_experts [0, 256];
+// min_capacity [0, 2^30]; (eval_)capacity_factor [0, 1000]; routed_scaling_factor (0, 1000];
+// jitter_eps [0, 1); bias_update_speed [0, 1]; aux_loss_coeff and z_loss_coeff [0, 100];
+// and at most 2^40 weights in one MoE layer. Non-finite numbers are out of every range.
 struct MoeConfig {
   int64_t hidden_size = 512;             // D
   int64_t moe_intermediate_size = 1408;  // F, per routed expert
@@ -54,7 +60,7 @@ struct MoeConfig {
   bool shared_expert_gate = false;              // Qwen2-MoE: sigmoid(x w_g) scales shared output
 
   // Throws moe::Error naming the first field out of its range (stated in the message) or
-  // inconsistent with another; non-finite numbers are out of every range.
+  // inconsistent with another.
   void validate() const;
   // Capacity in assignments per expert for T tokens, max(min_capacity, ceil(cf T k / E)) with
   // the formula part capped at T (an expert never receives more); -1 when dropless.
