@@ -3,7 +3,10 @@
 // with respect to sampled coordinates of every parameter tensor (embedding, norms, attention,
 // dense FFN, router, experts, shared experts, LM head) is compared with central differences.
 // Coordinates whose perturbation changes any MoE layer's routing are skipped (L is not
-// differentiable there); the test fails if more than 10% are skipped.
+// differentiable there); the test fails if more than 10% are skipped. The MoE cases weight
+// their router losses by about 1, so that the balancing and z-losses' gradients are a large
+// part of the routers' (an aux or z gradient 10% off fails). Cases of over 256 tokens are
+// left to the reference test: so many tokens flip some routing at almost every coordinate.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -94,7 +97,14 @@ TEST_P(ModelFiniteDifference, GradientsMatchCentralDifferences) {
   EXPECT_GT(checked, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, ModelFiniteDifference, testing::ValuesIn(test::model_case_names()),
+std::vector<std::string> small_case_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, c] : test::load_model_cases())
+    if (c.batch * c.seq <= 256) names.push_back(name);
+  return names;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, ModelFiniteDifference, testing::ValuesIn(small_case_names()),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -172,7 +172,7 @@ TEST(Experts, ScheduleKeepsEachExpertsResults) {
 TEST(MoeProperties, LargeCapacityEqualsDropless) {
   MoeConfig dropless = small_config();
   MoeConfig roomy = dropless;
-  roomy.capacity_factor = 100.0f;
+  roomy.capacity_factor = 100.0;
   Fixture a(dropless, 32), b(roomy, 32);
   EXPECT_EQ(b.run().dropped, 0);
   a.run();
@@ -185,7 +185,7 @@ TEST(MoeProperties, LargeCapacityEqualsDropless) {
 TEST(MoeProperties, CountsSumToAssignmentsMinusDrops) {
   for (auto policy : {DropPolicy::Probs, DropPolicy::Position}) {
     MoeConfig c = small_config();
-    c.capacity_factor = 0.5f;
+    c.capacity_factor = 0.5;
     c.drop_policy = policy;
     Fixture f(c, 40);
     const auto& s = f.run();
@@ -206,7 +206,7 @@ TEST(MoeProperties, CountsSumToAssignmentsMinusDrops) {
 TEST(MoeProperties, DroppedTokenContributesZero) {
   // Capacity 1 per expert: most assignments are dropped; a token with no kept pick gets y = 0.
   MoeConfig c = small_config();
-  c.capacity_factor = 0.01f;
+  c.capacity_factor = 0.01;
   c.min_capacity = 1;
   Fixture f(c, 24);
   const auto& s = f.run();
@@ -224,7 +224,7 @@ TEST(MoeProperties, DroppedTokenContributesZero) {
 
 TEST(MoeProperties, PositionPolicyKeepsEarliestTokens) {
   MoeConfig c = small_config();
-  c.capacity_factor = 0.5f;
+  c.capacity_factor = 0.5;
   c.drop_policy = DropPolicy::Position;
   Fixture f(c, 30);
   f.run();
@@ -245,7 +245,7 @@ TEST(MoeProperties, PositionPolicyKeepsEarliestTokens) {
 
 TEST(MoeProperties, ProbsPolicyKeepsHighestGates) {
   MoeConfig c = small_config();
-  c.capacity_factor = 0.5f;
+  c.capacity_factor = 0.5;
   c.drop_policy = DropPolicy::Probs;
   Fixture f(c, 30);
   f.run();
@@ -266,7 +266,7 @@ TEST(MoeProperties, ProbsPolicyKeepsHighestGates) {
 TEST(MoeProperties, ExpertChoiceGivesEachExpertExactlyCapacity) {
   MoeConfig c = small_config();
   c.router_type = RouterType::ExpertChoice;
-  c.capacity_factor = 1.5f;
+  c.capacity_factor = 1.5;
   c.aux_loss_type = AuxLossType::None;
   Fixture f(c, 24);
   const auto& s = f.run();
@@ -286,6 +286,26 @@ TEST(MoeProperties, UniformRoutingGivesAuxLossAlpha) {
   EXPECT_FLOAT_EQ(f.run().aux_loss, 0.01f);
 }
 
+TEST(MoeProperties, UnderflowingSigmoidScoresGiveZeroGatesNotNaN) {
+  // Logits of -320: every sigmoid score is 0 in fp32, so renormalising the picked scores and
+  // normalising P divide 0 by 0 unless the sums carry DeepSeek-V3's 1e-20.
+  MoeConfig c = small_config();
+  c.router_type = RouterType::SigmoidBias;
+  c.norm_topk_prob = true;
+  c.aux_loss_type = AuxLossType::Sequence;
+  Fixture f(c, 8);
+  std::fill(f.x.span().begin(), f.x.span().end(), 1.0f);
+  auto w = f.store.value(f.layer.router().weight());
+  std::fill(w.begin(), w.end(), -20.0f);
+  const auto& s = f.run();
+  for (float g : f.layer.plan().gate) EXPECT_EQ(g, 0.0f);
+  EXPECT_TRUE(all_finite(f.y.span()));
+  EXPECT_TRUE(all_finite(f.dx.span()));
+  EXPECT_TRUE(all_finite(f.store.grads().span()));
+  EXPECT_TRUE(std::isfinite(s.aux_loss));
+  EXPECT_TRUE(std::isfinite(s.z_loss));
+}
+
 TEST(MoeProperties, SameSeedSameBits) {
   MoeConfig c = small_config();
   c.router_type = RouterType::NoisyTopK;
@@ -302,7 +322,7 @@ TEST(MoeProperties, NoAllocationInSteadyState) {
   MoeConfig c = small_config();
   c.n_shared_experts = 1;
   c.shared_expert_intermediate_size = 8;
-  c.capacity_factor = 1.0f;
+  c.capacity_factor = 1.0;
   Fixture f(c, 64);
   f.run();
   f.run();

@@ -3,6 +3,8 @@
 // Reference weights use Hugging Face's per-expert names (experts.{e}.w1/w3/w2, [out, in]);
 // they are packed here into the layer's stacked w13 and fused shared-expert layout, so the
 // test also checks that packing. Tolerance: |ours - torch| <= 2e-5 + 2e-4 |torch| (fp32 both).
+// ctest runs every case at 1 and at 2 threads (OMP_NUM_THREADS; see tests/CMakeLists.txt), so
+// the cases of over 256 tokens check the threaded branches too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -97,6 +99,7 @@ TEST_P(MoeReference, ForwardAndBackwardMatchPyTorch) {
   store.zero_grads();
   layer.backward(ref.at("dy").span(), dx.span());
 
+  EXPECT_EQ(cfg.capacity(T, c.training), static_cast<int64_t>(ref.at("out.capacity")[0]));
   expect_close(y.span(), ref.at("out.y"), "y");
   EXPECT_NEAR(stats.aux_loss, ref.at("out.aux_loss")[0],
               1e-6 + 1e-4 * std::abs(ref.at("out.aux_loss")[0]));

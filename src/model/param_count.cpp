@@ -149,6 +149,7 @@ std::vector<ArchSpec> build_presets() {
     a.qk_nope_head_dim = 128, a.qk_rope_head_dim = 64, a.v_head_dim = 128;
     a.intermediate_size = 12288, a.first_k_dense = 1;
     a.num_experts = 160, a.top_k = 6, a.moe_intermediate_size = 1536;
+    a.n_group = 8, a.topk_group = 3, a.group_score = GroupScore::Max;
     a.n_shared_experts = 2, a.shared_expert_intermediate_size = 1536;
     a.published_total = 236e9, a.published_active = 21e9;
     a.source = "DeepSeek-V2 (DeepSeek-AI 2024): 236B total, 21B activated";
@@ -160,6 +161,7 @@ std::vector<ArchSpec> build_presets() {
     a.qk_nope_head_dim = 128, a.qk_rope_head_dim = 64, a.v_head_dim = 128;
     a.intermediate_size = 18432, a.first_k_dense = 3;
     a.num_experts = 256, a.top_k = 8, a.moe_intermediate_size = 2048;
+    a.n_group = 8, a.topk_group = 4, a.group_score = GroupScore::Top2Sum;
     a.n_shared_experts = 1, a.shared_expert_intermediate_size = 2048;
     a.published_total = 671e9, a.published_active = 37e9;
     a.source = "DeepSeek-V3 (DeepSeek-AI 2024): 671B total, 37B activated";

@@ -40,6 +40,10 @@ struct ArchSpec {
   int64_t moe_layer_freq = 1;        // block i is MoE when i >= first_k_dense and
   int64_t first_k_dense = 0;         // (i + 1) % moe_layer_freq == 0
 
+  // Group-limited routing (DeepSeek): no effect on the counts, part of the description.
+  int64_t n_group = 1, topk_group = 1;
+  GroupScore group_score = GroupScore::Top2Sum;
+
   int64_t context = 4096;  // sequence length the attention FLOPs are counted at
 
   // Published figures, for presets (0 = none published).

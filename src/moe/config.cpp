@@ -1,8 +1,8 @@
 #include "moe/config.h"
 
+#include <charconv>
 #include <cmath>
 #include <nlohmann/json.hpp>
-#include <set>
 
 #include "tensor/error.h"
 #include "tensor/json_field.h"
@@ -33,6 +33,8 @@ constexpr std::pair<const char*, DropPolicy> kDropNames[] = {{"probs", DropPolic
                                                              {"position", DropPolicy::Position}};
 constexpr std::pair<const char*, AuxLossType> kAuxNames[] = {
     {"none", AuxLossType::None}, {"switch", AuxLossType::Switch}, {"seq", AuxLossType::Sequence}};
+constexpr std::pair<const char*, GroupScore> kGroupScoreNames[] = {
+    {"top2_sum", GroupScore::Top2Sum}, {"max", GroupScore::Max}};
 
 template <typename Enum, size_t N>
 const char* enum_name(Enum e, const std::pair<const char*, Enum> (&names)[N]) {
@@ -47,6 +49,38 @@ void check(bool ok, const char* field, const std::string& what) {
   if (!ok) throw Error(std::string(kWhat) + " field '" + field + "': " + what);
 }
 
+// Shortest text that reads back as v ("1e+18", "0.1", "inf").
+std::string number_text(double v) {
+  char buf[32];
+  const auto end = std::to_chars(buf, buf + sizeof buf, v).ptr;
+  return std::string(buf, end);
+}
+
+// Every size has an upper bound too, so products of sizes below stay far inside int64.
+constexpr int64_t kMaxWidth = int64_t{1} << 20;            // hidden and FFN widths
+constexpr int64_t kMaxExperts = int64_t{1} << 16;          // routed experts
+constexpr int64_t kMaxSharedExperts = 256;                 // always-on experts
+constexpr int64_t kMaxGroups = 256;                        // the router's per-group arrays
+constexpr int64_t kMaxMinCapacity = int64_t{1} << 30;      // assignments per expert
+constexpr int64_t kMaxLayerParameters = int64_t{1} << 40;  // one MoE layer's weights
+constexpr double kMaxCapacityFactor = 1000.0;
+constexpr double kMaxScalingFactor = 1000.0;
+constexpr double kMaxLossCoeff = 100.0;
+
+void check_range(int64_t v, const char* field, int64_t lo, int64_t hi, const char* note = "") {
+  check(v >= lo && v <= hi, field,
+        "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" + note + ", got " +
+            std::to_string(v));
+}
+// [lo, hi], or (lo, hi] when lo_open; NaN and infinities fail every range.
+void check_range(double v, const char* field, double lo, double hi, bool lo_open = false,
+                 const char* note = "") {
+  const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
+  check(ok, field,
+        std::string("must be a finite number in ") + (lo_open ? "(" : "[") + number_text(lo) +
+            ", " + number_text(hi) + "]" + note + ", got " + number_text(v));
+}
+
 }  // namespace
 
 const char* to_string(RouterType t) {
@@ -58,37 +92,46 @@ const char* to_string(DropPolicy p) {
 const char* to_string(AuxLossType t) {
   return enum_name(t, kAuxNames);
 }
+const char* to_string(GroupScore s) {
+  return enum_name(s, kGroupScoreNames);
+}
 
 void MoeConfig::validate() const {
-  check(hidden_size > 0, "hidden_size", "must be positive");
-  check(moe_intermediate_size > 0, "moe_intermediate_size", "must be positive");
-  check(num_experts > 0, "num_experts", "must be positive, got " + std::to_string(num_experts));
-  check(top_k > 0, "top_k", "must be positive");
-  check(top_k <= num_experts, "top_k",
-        std::to_string(top_k) + " exceeds num_experts " + std::to_string(num_experts));
-  check(std::isfinite(routed_scaling_factor) && routed_scaling_factor > 0, "routed_scaling_factor",
-        "must be a positive number");
-  check(jitter_eps >= 0 && jitter_eps < 1, "jitter_eps", "must be in [0, 1)");
-  check(n_group > 0 && num_experts % n_group == 0, "n_group",
-        "must be positive and divide num_experts");
-  check(n_group <= 256, "n_group", "at most 256 groups");
-  check(topk_group > 0 && topk_group <= n_group, "topk_group", "must be in [1, n_group]");
+  check_range(hidden_size, "hidden_size", 1, kMaxWidth);
+  check_range(moe_intermediate_size, "moe_intermediate_size", 1, kMaxWidth);
+  check_range(num_experts, "num_experts", 1, kMaxExperts);
+  check_range(top_k, "top_k", 1, num_experts, " (at most num_experts)");
+  check_range(routed_scaling_factor, "routed_scaling_factor", 0.0, kMaxScalingFactor, true);
+  check(std::isfinite(jitter_eps) && jitter_eps >= 0 && jitter_eps < 1, "jitter_eps",
+        "must be a finite number in [0, 1), got " + number_text(jitter_eps));
+  check_range(n_group, "n_group", 1, kMaxGroups);
+  check(num_experts % n_group == 0, "n_group",
+        std::to_string(n_group) + " does not divide num_experts " + std::to_string(num_experts));
+  check_range(topk_group, "topk_group", 1, n_group, " (at most n_group)");
   check(top_k <= topk_group * (num_experts / n_group), "topk_group",
         "the kept groups hold fewer than top_k experts");
-  check(std::isfinite(capacity_factor) && capacity_factor >= 0, "capacity_factor",
-        "must be >= 0 (0 = dropless)");
+  check_range(bias_update_speed, "bias_update_speed", 0.0, 1.0);
+  check_range(capacity_factor, "capacity_factor", 0.0, kMaxCapacityFactor, false,
+              " (0 = dropless)");
   if (eval_capacity_factor)
-    check(std::isfinite(*eval_capacity_factor) && *eval_capacity_factor >= 0,
-          "eval_capacity_factor", "must be >= 0 (0 = dropless)");
-  check(min_capacity >= 0, "min_capacity", "must be >= 0");
-  check(aux_loss_coeff >= 0, "aux_loss_coeff", "must be >= 0");
-  check(z_loss_coeff >= 0, "z_loss_coeff", "must be >= 0");
-  check(bias_update_speed >= 0, "bias_update_speed", "must be >= 0");
-  check(n_shared_experts >= 0, "n_shared_experts", "must be >= 0");
+    check_range(*eval_capacity_factor, "eval_capacity_factor", 0.0, kMaxCapacityFactor, false,
+                " (0 = dropless)");
+  check_range(min_capacity, "min_capacity", 0, kMaxMinCapacity);
+  check_range(aux_loss_coeff, "aux_loss_coeff", 0.0, kMaxLossCoeff);
+  check_range(z_loss_coeff, "z_loss_coeff", 0.0, kMaxLossCoeff);
+  check_range(n_shared_experts, "n_shared_experts", 0, kMaxSharedExperts);
+  check_range(shared_expert_intermediate_size, "shared_expert_intermediate_size", 0, kMaxWidth);
   check(n_shared_experts == 0 || shared_expert_intermediate_size > 0,
         "shared_expert_intermediate_size", "must be positive when n_shared_experts > 0");
   check(!shared_expert_gate || n_shared_experts > 0, "shared_expert_gate",
         "needs n_shared_experts > 0");
+  // With the bounds above none of these products can overflow int64.
+  const int64_t layer_parameters =
+      num_experts * (3 * moe_intermediate_size + 2) * hidden_size +
+      n_shared_experts * 3 * shared_expert_intermediate_size * hidden_size + hidden_size;
+  check(layer_parameters <= kMaxLayerParameters, "num_experts",
+        "num_experts, moe_intermediate_size, hidden_size and the shared experts give " +
+            std::to_string(layer_parameters) + " parameters per MoE layer, more than 2^40");
   if (router_type == RouterType::ExpertChoice) {
     check(capacity_factor > 0, "capacity_factor",
           "expert_choice needs a positive capacity factor (C = cf * T * k / E)");
@@ -101,11 +144,18 @@ void MoeConfig::validate() const {
 }
 
 int64_t MoeConfig::capacity(int64_t tokens, bool training) const {
-  const float cf = training || !eval_capacity_factor ? capacity_factor : *eval_capacity_factor;
+  const double cf = training || !eval_capacity_factor ? capacity_factor : *eval_capacity_factor;
   if (cf <= 0) return -1;
-  const double exact = static_cast<double>(cf) * tokens * top_k / num_experts;
-  // The small epsilon keeps products like 1.25 * 16 * 2 / 8 from rounding up to 11.
-  return std::max(min_capacity, static_cast<int64_t>(std::ceil(exact - 1e-9)));
+  const double exact = cf * static_cast<double>(tokens) * static_cast<double>(top_k) /
+                       static_cast<double>(num_experts);
+  // A decimal factor such as 1.1 is not exact in binary, so a product that is an integer in
+  // decimal (1.1 * 80 * 2 / 16 = 11) can land a few ulps above it and ceil to 12. The
+  // tolerance, relative and far above those ulps, keeps it 11. A positive factor gives at
+  // least 1, and no expert can receive more than T assignments.
+  const double tolerance = 1e-9 * std::max(1.0, exact);
+  const double rounded = std::max(1.0, std::ceil(exact - tolerance));
+  return std::max(min_capacity,
+                  static_cast<int64_t>(std::min(rounded, static_cast<double>(tokens))));
 }
 
 MoeConfig moe_config_from_json(const nlohmann::json& j) {
@@ -133,15 +183,17 @@ MoeConfig moe_config_from_json(const nlohmann::json& j) {
       c.n_group = json_int(v, kWhat, k);
     else if (key == "topk_group")
       c.topk_group = json_int(v, kWhat, k);
+    else if (key == "group_score")
+      c.group_score = parse_enum(v, k, kGroupScoreNames);
     else if (key == "bias_update_speed")
       c.bias_update_speed = json_float(v, kWhat, k);
     else if (key == "capacity_factor")
-      c.capacity_factor = v.is_null() ? 0.0f : json_float(v, kWhat, k);
+      c.capacity_factor = v.is_null() ? 0.0 : json_number(v, kWhat, k);
     else if (key == "eval_capacity_factor") {
       if (v.is_null())
         c.eval_capacity_factor.reset();
       else
-        c.eval_capacity_factor = json_float(v, kWhat, k);
+        c.eval_capacity_factor = json_number(v, kWhat, k);
     } else if (key == "min_capacity")
       c.min_capacity = json_int(v, kWhat, k);
     else if (key == "drop_policy")
@@ -177,6 +229,7 @@ nlohmann::json moe_config_to_json(const MoeConfig& c) {
       {"jitter_eps", c.jitter_eps},
       {"n_group", c.n_group},
       {"topk_group", c.topk_group},
+      {"group_score", to_string(c.group_score)},
       {"bias_update_speed", c.bias_update_speed},
       {"capacity_factor", c.capacity_factor},
       {"min_capacity", c.min_capacity},

@@ -17,7 +17,18 @@ enum class RouterType {
 };
 enum class DropPolicy { Probs, Position };
 enum class AuxLossType { None, Switch, Sequence };
+// How group-limited routing scores a group of experts before keeping topk_group of them.
+enum class GroupScore {
+  Top2Sum,  // DeepSeek-V3: the sum of the group's two best selection scores
+  Max,      // DeepSeek-V2: the group's best score
+};
 
+// Ranges that validate() enforces: hidden_size, moe_intermediate_size and
+// shared_expert_intermediate_size up to 2^20; num_experts [1, 2^16]; top_k [1, E];
+// n_group [1, 256] dividing E; topk_group [1, n_group]; n_shared_experts [0, 256];
+// min_capacity [0, 2^30]; (eval_)capacity_factor [0, 1000]; routed_scaling_factor (0, 1000];
+// jitter_eps [0, 1); bias_update_speed [0, 1]; aux_loss_coeff and z_loss_coeff [0, 100];
+// and at most 2^40 weights in one MoE layer. Non-finite numbers are out of every range.
 struct MoeConfig {
   int64_t hidden_size = 512;             // D
   int64_t moe_intermediate_size = 1408;  // F, per routed expert
@@ -31,10 +42,12 @@ struct MoeConfig {
   float jitter_eps = 0.0f;             // Switch multiplicative jitter on the router input; 0 = off
   int64_t n_group = 1;                 // group-limited routing: groups of experts
   int64_t topk_group = 1;              // groups kept per token
-  float bias_update_speed = 0.001f;    // gamma, aux-loss-free bias update (SigmoidBias)
+  GroupScore group_score = GroupScore::Top2Sum;
+  float bias_update_speed = 0.001f;  // gamma, aux-loss-free bias update (SigmoidBias)
 
-  float capacity_factor = 0.0f;               // 0 = dropless
-  std::optional<float> eval_capacity_factor;  // when absent, capacity_factor
+  // Double, not float: 1.1f is 1.10000002, enough to push ceil(cf T k / E) up by one.
+  double capacity_factor = 0.0;                // 0 = dropless
+  std::optional<double> eval_capacity_factor;  // when absent, capacity_factor
   int64_t min_capacity = 0;
   DropPolicy drop_policy = DropPolicy::Probs;
 
@@ -46,9 +59,11 @@ struct MoeConfig {
   int64_t shared_expert_intermediate_size = 0;  // F_s, per shared expert
   bool shared_expert_gate = false;              // Qwen2-MoE: sigmoid(x w_g) scales shared output
 
-  // Throws moe::Error naming the first inconsistent field.
+  // Throws moe::Error naming the first field out of its range (stated in the message) or
+  // inconsistent with another.
   void validate() const;
-  // Capacity in assignments per expert for T tokens; -1 when dropless.
+  // Capacity in assignments per expert for T tokens, max(min_capacity, ceil(cf T k / E)) with
+  // the formula part capped at T (an expert never receives more); -1 when dropless.
   int64_t capacity(int64_t tokens, bool training) const;
   bool uses_noise() const { return router_type == RouterType::NoisyTopK; }
 };
@@ -60,5 +75,6 @@ nlohmann::json moe_config_to_json(const MoeConfig& c);
 const char* to_string(RouterType t);
 const char* to_string(DropPolicy p);
 const char* to_string(AuxLossType t);
+const char* to_string(GroupScore s);
 
 }  // namespace moe

@@ -30,6 +30,11 @@ void top_indices(const float* values, int64_t n, int64_t count, int32_t* order, 
   std::copy(order, order + count, out);
 }
 
+// Added to the sums that normalise sigmoid scores (DeepSeek-V3 does the same): when every
+// score underflows to 0 the gates and P become 0 instead of 0/0 = NaN. Softmax sums are at
+// least 1/E, to which 1e-20 adds nothing in fp32.
+constexpr float kNormEps = 1e-20f;
+
 bool renormalises(const MoeConfig& c) {
   return c.norm_topk_prob || c.router_type == RouterType::TopKSoftmax ||
          c.router_type == RouterType::NoisyTopK;
@@ -103,6 +108,7 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
     if (sigmoid_scores) {
       float sum = 0.0f;
       for (int64_t i = 0; i < E; ++i) sum += (s[i] = sigmoid(l[i]));
+      sum += kNormEps;
       for (int64_t i = 0; i < E; ++i) p[i] = s[i] / sum;
     } else {
       const float m = *std::max_element(l, l + E);
@@ -158,7 +164,9 @@ void Router::select_token_choice(int64_t tokens, RoutingPlan& plan) {
     // Selection scores: the scores, plus the balancing bias for sigmoid routing (V3).
     for (int64_t i = 0; i < E; ++i) sel[i] = sigmoid_scores ? s[i] + bias_[i] : s[i];
     if (G > 1) {
-      // A group's score is the sum of its two best selection scores (DeepSeek-V3).
+      // A group's score: the sum of its two best selection scores (DeepSeek-V3) or its best
+      // one (DeepSeek-V2).
+      const bool top2 = config_.group_score == GroupScore::Top2Sum;
       float group_score[256];
       for (int64_t g = 0; g < G; ++g) {
         const float* v = sel + g * per_group;
@@ -171,7 +179,7 @@ void Router::select_token_choice(int64_t tokens, RoutingPlan& plan) {
             second = v[i];
           }
         }
-        group_score[g] = per_group > 1 ? best + second : best;
+        group_score[g] = top2 && per_group > 1 ? best + second : best;
       }
       int32_t kept_groups[256];
       top_indices(group_score, G, config_.topk_group, order, kept_groups);
@@ -184,6 +192,7 @@ void Router::select_token_choice(int64_t tokens, RoutingPlan& plan) {
     top_indices(sel, E, k, order, picks);
     float sum = 0.0f;
     for (int64_t j = 0; j < k; ++j) sum += s[picks[j]];
+    sum += kNormEps;
     picked_sum_[t] = sum;
     for (int64_t j = 0; j < k; ++j) {
       plan.token[t * k + j] = static_cast<int32_t>(t);
@@ -287,6 +296,7 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
           Z += sc[i];
           dot += dp[i] * p[i];
         }
+        Z += kNormEps;
         for (int64_t i = 0; i < E; ++i) dscores_[t * E + i] += (dp[i] - dot) / Z;
       }
     } else {

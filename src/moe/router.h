@@ -83,7 +83,7 @@ class Router {
   Tensor scores_;                  // [T, E] softmax(logits) or sigmoid(logits)
   Tensor probs_;                   // [T, E] normalised scores (the balancing loss's P)
   std::vector<int32_t> selected_;  // [T, k] token choice picks
-  std::vector<float> picked_sum_;  // [T] sum of picked scores (renormalisation)
+  std::vector<float> picked_sum_;  // [T] sum of picked scores + 1e-20 (renormalisation)
   float aux_loss_ = 0.0f;
   float z_loss_ = 0.0f;
 

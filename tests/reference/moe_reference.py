@@ -16,6 +16,7 @@ import math
 import os
 import struct
 import zlib
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -43,19 +44,26 @@ def write_safetensors(path, tensors, metadata):
     os.replace(tmp, path)
 
 
+# DeepSeek-V3 adds this to the sums that normalise sigmoid scores, so scores that all
+# underflow to 0 give 0, not NaN.
+NORM_EPS = 1e-20
+
+
 def swiglu(x, w1, w3, w2):
     """Mixtral's expert: w2(silu(w1 x) * w3 x); weights stored [out, in]."""
     return (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
 
 
 def capacity_of(cfg, tokens, training):
+    """max(min_capacity, ceil(cf * T * k / E)), the formula part capped at T, in exact rational
+    arithmetic on the factor as written in decimal (1.1 is 11/10, not the nearest double)."""
     cf = cfg.get("capacity_factor", 0.0)
     if not training and cfg.get("eval_capacity_factor") is not None:
         cf = cfg["eval_capacity_factor"]
     if cf <= 0:
         return None
-    exact = cf * tokens * cfg["top_k"] / cfg["num_experts"]
-    return max(cfg.get("min_capacity", 0), math.ceil(exact - 1e-9))
+    exact = Fraction(str(cf)) * tokens * cfg["top_k"] / cfg["num_experts"]
+    return max(cfg.get("min_capacity", 0), min(math.ceil(exact), tokens))
 
 
 def balance_loss(probs, topk_idx, num_experts, k, seq_len, alpha):
@@ -82,9 +90,13 @@ def token_choice(cfg, logits, scores, bias):
     selection = scores + bias if rtype == "sigmoid_bias" else scores
     groups = cfg.get("n_group", 1)
     if groups > 1:
-        # DeepSeek-V3: a group scores the sum of its top-2; keep topk_group groups.
+        # A group scores the sum of its top-2 (DeepSeek-V3) or its maximum (DeepSeek-V2);
+        # keep topk_group groups.
         grouped = selection.detach().view(-1, groups, E // groups)
-        group_score = grouped.topk(min(2, E // groups), dim=-1).values.sum(-1)
+        if cfg.get("group_score", "top2_sum") == "max":
+            group_score = grouped.max(dim=-1).values
+        else:
+            group_score = grouped.topk(min(2, E // groups), dim=-1).values.sum(-1)
         keep = group_score.topk(cfg["topk_group"], dim=-1).indices
         mask = torch.zeros_like(group_score).scatter_(1, keep, 1.0)
         mask = mask.repeat_interleave(E // groups, dim=1)
@@ -92,7 +104,7 @@ def token_choice(cfg, logits, scores, bias):
     idx = selection.detach().topk(k, dim=-1).indices
     w = scores.gather(1, idx)
     if cfg.get("norm_topk_prob", True):
-        w = w / w.sum(-1, keepdim=True)
+        w = w / (w.sum(-1, keepdim=True) + NORM_EPS)
     return idx, scale * w
 
 
@@ -128,7 +140,7 @@ def moe_forward(cfg, case, p, training):
 
     if rtype == "sigmoid_bias":
         scores = torch.sigmoid(logits)
-        probs = scores / scores.sum(-1, keepdim=True)
+        probs = scores / (scores.sum(-1, keepdim=True) + NORM_EPS)
     else:
         scores = F.softmax(logits, dim=-1)
         probs = scores
@@ -175,7 +187,10 @@ def make_case(name, case):
     cfg = case["layer"]
     torch.manual_seed(zlib.crc32(name.encode()))
     T, D, Fh, E = case["tokens"], cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts"]
-    g = lambda *shape, std=0.4: (torch.randn(*shape) * std)
+    # Wide layers take smaller weights (case key "weight_std"), so that fp32 sums over many
+    # terms stay within the test's tolerance.
+    weight_std = case.get("weight_std", 0.4)
+    g = lambda *shape, std=weight_std: (torch.randn(*shape) * std)
     p = {"x": g(T, D, std=1.0), "dy": g(T, D, std=1.0), "noise_normal": g(T, E, std=1.0),
          "gate.weight": g(E, D), "gate.noise_weight": g(E, D), "gate.bias": g(E, std=0.1)}
     eps = cfg.get("jitter_eps", 0.0)
@@ -196,6 +211,8 @@ def make_case(name, case):
     loss.backward()
 
     out = {n: v.detach() for n, v in p.items()}
+    capacity = capacity_of(cfg, T, case["training"])
+    out["out.capacity"] = torch.tensor([-1.0 if capacity is None else float(capacity)])
     out.update({"out.y": y.detach(), "out.aux_loss": aux.detach().reshape(1),
                 "out.z_loss": z.detach().reshape(1), "out.tokens_per_expert": routed,
                 "out.kept_per_expert": kept})
