@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "model/checkpoint.h"
+#include "train/checkpoint.h"
 #include "train/tokenizer.h"
 
 namespace moe::cli {
@@ -34,6 +35,7 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
 // resolves.
 void stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                        const SamplingOptions& sampling, uint64_t seed) {
+  recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
   LoadedModel m = load_model(run);
   const Tokenizer tokenizer(run + "/tokenizer.model");
   std::vector<int32_t> ids = tokenizer.encode(prompt);
