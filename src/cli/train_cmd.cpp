@@ -23,8 +23,9 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
   train->add_flag("--force", c.force,
                   "Replace the run in --out; the old one stays until the new one's first "
                   "checkpoint");
-  train->add_option("--resume", c.resume,
-                    "Continue the run in this folder exactly (--steps and --lr may change)")
+  train
+      ->add_option("--resume", c.resume,
+                   "Continue the run in this folder exactly (--steps and --lr may change)")
       ->check(CLI::ExistingDirectory);
   train->add_option("--steps", t.steps, "Optimizer steps")
       ->capture_default_str()
@@ -63,8 +64,9 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
       ->check(CLI::PositiveNumber);
   train->add_option("--corpus", t.corpus, "Corpus (gzip JSONL; default data/corpus.jsonl.gz)")
       ->check(CLI::ExistingFile);
-  train->add_option("--vocab-size", t.vocab_size,
-                    "Tokenizer pieces (overrides the config's vocab_size)")
+  train
+      ->add_option("--vocab-size", t.vocab_size,
+                   "Tokenizer pieces (overrides the config's vocab_size)")
       ->check(CLI::Range(int64_t{256}, int64_t{65536}));
   train->add_option("--seed", t.seed, "Run seed")->capture_default_str();
   train->add_flag("--quiet", t.quiet, "No progress bar");
@@ -88,11 +90,13 @@ ResumeChanges resume_changes(const TrainCommand& c) {
     else if (name == "--lr")
       changes.lr = c.options.lr;
     else if (name == "--out" || name == "--force")
-      throw Error(name + " does not go with --resume: --resume names the run folder and "
-                         "continues the run there");
+      throw Error(name +
+                  " does not go with --resume: --resume names the run folder and "
+                  "continues the run there");
     else
-      throw Error(name + " cannot change on --resume: a resumed run keeps its options (only "
-                         "--steps and --lr can change); start a new run with --out instead");
+      throw Error(name +
+                  " cannot change on --resume: a resumed run keeps its options (only "
+                  "--steps and --lr can change); start a new run with --out instead");
   }
   return changes;
 }
@@ -100,8 +104,8 @@ ResumeChanges resume_changes(const TrainCommand& c) {
 }  // namespace
 
 int run_train(TrainCommand c) {
-  const TrainResult r = c.resume.empty() ? train(c.options, c.force)
-                                         : resume_training(c.resume, resume_changes(c));
+  const TrainResult r =
+      c.resume.empty() ? train(c.options, c.force) : resume_training(c.resume, resume_changes(c));
   const std::string& dir = r.dir;
   if (r.already_finished) {
     std::printf("run '%s' already finished at step %lld (", dir.c_str(),

@@ -9,10 +9,10 @@ namespace moe::cli {
 
 struct TrainCommand {
   TrainOptions options;
-  std::string resume;          // run folder to continue
-  bool force = false;          // replace the run in --out
-  bool no_sample = false;      // no short generation at the end
-  CLI::App* app = nullptr;     // set by add_train_command: which options were given
+  std::string resume;       // run folder to continue
+  bool force = false;       // replace the run in --out
+  bool no_sample = false;   // no short generation at the end
+  CLI::App* app = nullptr;  // set by add_train_command: which options were given
 };
 
 // Registers `train` and its options on `app`, bound to `command`.

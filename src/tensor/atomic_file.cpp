@@ -31,8 +31,8 @@ void note_file_operation() {
   static const int64_t limit = abort_after_file_ops();
   static int64_t done = 0;
   if (limit == 0 || ++done < limit) return;
-  std::fprintf(stderr, "%s: killing the process after file operation %lld\n",
-               kAbortAfterFileOpsEnv, static_cast<long long>(done));
+  std::fprintf(stderr, "%s: killing the process after file operation %lld\n", kAbortAfterFileOpsEnv,
+               static_cast<long long>(done));
   std::raise(SIGKILL);
 }
 

@@ -65,7 +65,8 @@ void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& sto
   write_safetensors(dir + "/model.safetensors.next", model_tensors(model, store), meta);
   write_safetensors(dir + "/optimizer.safetensors.next", optimizer_tensors(store, optimizer), meta);
   write_file_atomic(dir + "/trainer_state.json", trainer_state.dump(2) + "\n");  // commit
-  for (const char* name : kTensorFiles) rename_counted(dir + "/" + name + ".next", dir + "/" + name);
+  for (const char* name : kTensorFiles)
+    rename_counted(dir + "/" + name + ".next", dir + "/" + name);
 }
 
 nlohmann::json recover_checkpoint(const std::string& dir) {

@@ -53,7 +53,8 @@ int lock_run_file(const std::string& dir, std::string& holder) {
       if (err == EWOULDBLOCK) return -1;
       throw Error(path + ": cannot lock: " + std::strerror(err));
     }
-    struct stat locked {}, named {};
+    struct stat locked {
+    }, named{};
     if (::fstat(fd, &locked) == 0 && ::stat(path.c_str(), &named) == 0 &&
         locked.st_ino == named.st_ino && locked.st_dev == named.st_dev) {
       const std::string pid = std::to_string(::getpid()) + "\n";
@@ -72,25 +73,35 @@ void remove_path(const fs::path& p) {
 
 // "<name>", "<name>.next", "<name>.tmp", "<name>.next.tmp": the files a run writes.
 bool is_run_file(std::string name) {
-  static const std::set<std::string> kRunFiles = {
-      "config.json",          "model.safetensors", "optimizer.safetensors", "trainer_state.json",
-      "tokenizer.model",      "metrics.jsonl",     "data",                  kRunLockFile};
+  static const std::set<std::string> kRunFiles = {"config.json",
+                                                  "model.safetensors",
+                                                  "optimizer.safetensors",
+                                                  "trainer_state.json",
+                                                  "tokenizer.model",
+                                                  "metrics.jsonl",
+                                                  "data",
+                                                  kRunLockFile};
   for (const char* suffix : {".tmp", ".next"})
     if (name.ends_with(suffix)) name.resize(name.size() - std::strlen(suffix));
   return kRunFiles.contains(name);
 }
 
-// Removes the run files of a folder that holds no checkpoint, keeping the lock file; refuses a
-// folder with anything else in it (it is not ours to empty).
-void clear_unfinished_start(const std::string& dir) {
-  std::vector<fs::path> run_files;
+// A folder with anything but run files in it is not ours to write (or empty).
+void refuse_foreign_folder(const std::string& dir) {
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
     if (!is_run_file(name))
       throw Error("'" + dir + "' is not empty and holds no run (it has '" + name +
                   "'); choose another --out or empty it");
-    if (name != kRunLockFile) run_files.push_back(entry.path());
   }
+}
+
+// Removes the run files of a folder that holds no checkpoint, keeping the lock file.
+void clear_unfinished_start(const std::string& dir) {
+  refuse_foreign_folder(dir);
+  std::vector<fs::path> run_files;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().filename() != kRunLockFile) run_files.push_back(entry.path());
   if (run_files.empty()) return;
   std::fprintf(stderr, "clearing '%s': a run started there stopped before its first checkpoint\n",
                dir.c_str());
@@ -165,6 +176,7 @@ RunFolder RunFolder::open_fresh(const std::string& out, bool force) {
       throw Error("cannot create run folder '" + *it + "': " + std::strerror(errno));
     }
   }
+  refuse_foreign_folder(out);  // before the lock file appears in it
   RunLock lock = RunLock::acquire(out);
   remove_stale_replacement(out);
   if (holds_checkpoint(out)) {

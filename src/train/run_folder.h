@@ -71,8 +71,8 @@ class RunFolder {
   RunFolder(std::string out, std::string dir, std::shared_ptr<RunLock> lock)
       : out_(std::move(out)), dir_(std::move(dir)), lock_(std::move(lock)) {}
   std::string out_, dir_;
-  std::shared_ptr<RunLock> lock_;      // on dir_
-  std::optional<RunLock> replaced_;    // --force: the old run's lock until the swap
+  std::shared_ptr<RunLock> lock_;     // on dir_
+  std::optional<RunLock> replaced_;   // --force: the old run's lock until the swap
   std::vector<std::string> created_;  // folders open_fresh made, innermost (`out`) first
 };
 

@@ -117,29 +117,6 @@ int terminal_width() {
   return 80;
 }
 
-// "[####....] step 120/400  train loss 4.1234  lr 2.95e-03  5120 tok/s  ETA 1m02s", cut to
-// width - 1 columns (a line filling the last column wraps on some terminals): the bar shrinks
-// first, then goes, then the end of the line is cut.
-std::string progress_line(int64_t step, int64_t steps, double loss, float lr, double tok_s,
-                          double eta_s, int width) {
-  char rest[200];
-  std::snprintf(rest, sizeof rest, "step %lld/%lld  train loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
-                static_cast<long long>(step), static_cast<long long>(steps), loss, lr, tok_s,
-                format_duration(eta_s).c_str());
-  const size_t limit = static_cast<size_t>(std::max(width - 1, 20));
-  std::string line = rest;
-  const int64_t room = static_cast<int64_t>(limit) - static_cast<int64_t>(line.size()) - 3;
-  if (room >= 10) {
-    const int64_t bar = std::min<int64_t>(40, room);
-    const int64_t filled = bar * step / std::max<int64_t>(steps, 1);
-    std::string with_bar = "[";
-    with_bar.append(filled, '#').append(bar - filled, '.').append("] ").append(line);
-    line = std::move(with_bar);
-  }
-  if (line.size() > limit) line.resize(limit);
-  return line;
-}
-
 // The run folder's tokenizer and token files: built once, from the corpus, and reused on
 // resume (a resumed run that lacks them is an error, not a silent rebuild).
 void check_tokenizer(const Tokenizer& tokenizer, const std::string& path,
@@ -332,6 +309,26 @@ TrainOptions train_options_from_json(const nlohmann::json& j) {
     throw Error(std::string("trainer_state.json: bad 'options': ") + e.what());
   }
   return o;
+}
+
+std::string format_progress_line(int64_t step, int64_t steps, double loss, float lr, double tok_s,
+                                 double eta_s, int width) {
+  char rest[200];
+  std::snprintf(rest, sizeof rest, "step %lld/%lld  train loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
+                static_cast<long long>(step), static_cast<long long>(steps), loss, lr, tok_s,
+                format_duration(eta_s).c_str());
+  const size_t limit = static_cast<size_t>(std::max(width - 1, 20));
+  std::string line = rest;
+  const int64_t room = static_cast<int64_t>(limit) - static_cast<int64_t>(line.size()) - 3;
+  if (room >= 10) {
+    const int64_t bar = std::min<int64_t>(40, room);
+    const int64_t filled = bar * step / std::max<int64_t>(steps, 1);
+    std::string with_bar = "[";
+    with_bar.append(filled, '#').append(bar - filled, '.').append("] ").append(line);
+    line = std::move(with_bar);
+  }
+  if (line.size() > limit) line.resize(limit);
+  return line;
 }
 
 void validate_train_options(const TrainOptions& o) {
@@ -533,7 +530,7 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
       result.train_loss = window_loss / double(window_steps);
       if (!o.quiet) {
         const std::string text =
-            progress_line(step, o.steps, result.train_loss, lr, tok_s, eta, width);
+            format_progress_line(step, o.steps, result.train_loss, lr, tok_s, eta, width);
         if (tty)
           std::fprintf(stderr, "\r%s\033[K%s", text.c_str(), report || eval ? "\n" : "");
         else
@@ -587,8 +584,8 @@ void apply_resume_changes(TrainOptions& o, const ResumeChanges& changes, int64_t
   const TrainOptions before = o;
   if (changes.steps) {
     if (*changes.steps < step)
-      throw Error("--steps " + std::to_string(*changes.steps) + " is below the step of the run in '" +
-                  dir + "' (" + std::to_string(step) +
+      throw Error("--steps " + std::to_string(*changes.steps) +
+                  " is below the step of the run in '" + dir + "' (" + std::to_string(step) +
                   "); a resumed run can only end at or after its checkpoint");
     o.steps = *changes.steps;
     std::fprintf(stderr, "resume: --steps %lld applied: the run now ends at step %lld (was %lld)\n",
@@ -611,8 +608,7 @@ void apply_resume_changes(TrainOptions& o, const ResumeChanges& changes, int64_t
                  "to %s at step %lld; step %lld now uses %s (was %s)\n",
                  static_cast<long long>(o.warmup), format_lr(o.lr).c_str(),
                  format_lr(o.min_lr).c_str(), static_cast<long long>(o.steps),
-                 static_cast<long long>(step + 1), format_lr(now).c_str(),
-                 format_lr(was).c_str());
+                 static_cast<long long>(step + 1), format_lr(now).c_str(), format_lr(was).c_str());
   }
 }
 

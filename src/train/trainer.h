@@ -43,6 +43,12 @@ void validate_train_options(const TrainOptions& o);
 nlohmann::json train_options_to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const nlohmann::json& j);
 
+// "[####....] step 120/400  train loss 4.1234  lr 2.95e-03  5120 tok/s  ETA 1m02s", cut to
+// width - 1 columns (a line filling the last column wraps on some terminals): the bar shrinks
+// first, then goes, then the end of the line is cut. Plain text: no control codes.
+std::string format_progress_line(int64_t step, int64_t steps, double loss, float lr, double tok_s,
+                                 double eta_s, int width);
+
 // What --resume may change; each change is printed with its effect on the schedule.
 struct ResumeChanges {
   std::optional<int64_t> steps;  // a new end (not below the checkpoint's step)
@@ -58,8 +64,8 @@ struct TrainResult {
   std::string dir;  // the run folder
   int64_t steps_done = 0;
   int64_t total_steps = 0;
-  double train_loss = 0;      // mean training loss over the last progress window
-  double val_loss = 0;        // the last validation loss; NaN when never evaluated
+  double train_loss = 0;          // mean training loss over the last progress window
+  double val_loss = 0;            // the last validation loss; NaN when never evaluated
   bool already_finished = false;  // a resumed run with no step left to do
   int stopped_by_signal = 0;      // SIGINT / SIGTERM: saved and stopped early
   std::shared_ptr<RunLock> lock;  // the folder's lock, for the caller's reads after training
