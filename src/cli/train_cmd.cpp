@@ -120,7 +120,8 @@ int run_train(TrainCommand c) {
   }
   std::printf("run folder: %s (step %lld of %lld)\n", dir.c_str(),
               static_cast<long long>(r.steps_done), static_cast<long long>(r.total_steps));
-  std::printf("training loss %.4f (mean over the last logged steps)\n", r.train_loss);
+  if (!std::isnan(r.train_loss))
+    std::printf("training loss %.4f (mean over the last logged steps)\n", r.train_loss);
   if (!std::isnan(r.val_loss))
     std::printf("validation loss %.4f (perplexity %.1f)\n", r.val_loss, std::exp(r.val_loss));
 

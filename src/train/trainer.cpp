@@ -33,8 +33,13 @@ namespace fs = std::filesystem;
 namespace {
 
 std::atomic<int> g_stop_signal{0};
+// The first SIGINT / SIGTERM asks the loop to save and stop; a second one ends the process at
+// once (the folder stays consistent: every write is atomic).
 extern "C" void on_signal(int signal) {
-  g_stop_signal.store(signal);
+  if (g_stop_signal.exchange(signal) != 0) {
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+  }
 }
 
 constexpr uint64_t kInitPurpose = 1, kDataPurpose = 2;
@@ -456,6 +461,7 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     }
     return total / double(batches);
   };
+  bool saved = resume;  // the folder holds a checkpoint of this run
   auto checkpoint = [&](int64_t step) {
     nlohmann::json st = {{"step", step},
                          {"options", train_options_to_json(o)},
@@ -470,10 +476,13 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     if (std::isfinite(result.val_loss)) st["val_loss"] = result.val_loss;
     save_checkpoint(folder.dir(), model, store, optimizer, st);
     folder.checkpoint_saved();
+    saved = true;
   };
   auto stopped_error = [&](const std::string& what, int64_t step) {
-    return Error(what + " at step " + std::to_string(step) +
-                 "; training stopped (the last checkpoint in '" + folder.dir() + "' is kept)");
+    return Error(what + " at step " + std::to_string(step) + "; training stopped (" +
+                 (saved ? "the last checkpoint in '" + folder.dir() + "' is kept"
+                        : std::string("no checkpoint was saved yet")) +
+                 ")");
   };
 
   auto t_start = std::chrono::steady_clock::now();
@@ -636,7 +645,12 @@ TrainResult train(const TrainOptions& options, bool force) {
     prepare_run_data(o.corpus, folder.dir(), config);
     return run_steps(o, config, folder, nullptr, stepped);
   } catch (...) {
-    if (!stepped) folder.discard();
+    if (!stepped) {
+      try {
+        folder.discard();
+      } catch (const std::exception&) {  // the first error is the one to report
+      }
+    }
     throw;
   }
 }
