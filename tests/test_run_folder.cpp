@@ -284,8 +284,12 @@ TEST(ProgressLine, FitsTheWidthWithoutControlCodes) {
   EXPECT_EQ(format_progress_line(120, 400, 4.1234, 2.95e-3f, 5120, 62, 200),
             "[############............................] step 120/400  train loss 4.1234  lr "
             "2.95e-03  5120 tok/s  ETA 1m02s");
+  EXPECT_EQ(format_progress_line(120, 400, 4.1234, 2.95e-3f, 5120, 62, 60),
+            "step 120/400  train loss 4.1234  lr 2.95e-03  ETA 1m02s");
+  EXPECT_EQ(format_progress_line(120, 400, 4.1234, 2.95e-3f, 5120, 62, 80),
+            "[##.......] step 120/400  train loss 4.1234  lr 2.95e-03  5120 tok/s  ETA 1m02s");
   EXPECT_EQ(format_progress_line(120, 400, 4.1234, 2.95e-3f, 5120, 62, 40),
-            "step 120/400  train loss 4.1234  lr 2.9");
+            "step 120/400  train loss 4.1234");
 }
 
 }  // namespace

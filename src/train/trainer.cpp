@@ -318,14 +318,25 @@ TrainOptions train_options_from_json(const nlohmann::json& j) {
 
 std::string format_progress_line(int64_t step, int64_t steps, double loss, float lr, double tok_s,
                                  double eta_s, int width) {
-  char rest[200];
-  std::snprintf(rest, sizeof rest, "step %lld/%lld  train loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
-                static_cast<long long>(step), static_cast<long long>(steps), loss, lr, tok_s,
-                format_duration(eta_s).c_str());
+  char buf[4][64];
+  std::snprintf(buf[0], sizeof buf[0], "step %lld/%lld", static_cast<long long>(step),
+                static_cast<long long>(steps));
+  std::snprintf(buf[1], sizeof buf[1], "train loss %.4f", loss);
+  std::snprintf(buf[2], sizeof buf[2], "lr %.2e", lr);
+  std::snprintf(buf[3], sizeof buf[3], "%.0f tok/s", tok_s);
+  std::string fields[5] = {buf[0], buf[1], buf[2], buf[3], "ETA " + format_duration(eta_s)};
+  auto joined = [&] {
+    std::string line;
+    for (const std::string& f : fields)
+      if (!f.empty()) line.append(line.empty() ? "" : "  ").append(f);
+    return line;
+  };
   const size_t limit = static_cast<size_t>(std::max(width - 1, 20));
-  std::string line = rest;
+  for (int dropped : {3, 2, 4})  // tok/s, then lr, then the ETA
+    if (joined().size() > limit) fields[dropped].clear();
+  std::string line = joined();
   const int64_t room = static_cast<int64_t>(limit) - static_cast<int64_t>(line.size()) - 3;
-  if (room >= 10) {
+  if (room >= 8) {
     const int64_t bar = std::min<int64_t>(40, room);
     const int64_t filled = bar * step / std::max<int64_t>(steps, 1);
     std::string with_bar = "[";

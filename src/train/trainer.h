@@ -43,9 +43,10 @@ void validate_train_options(const TrainOptions& o);
 nlohmann::json train_options_to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const nlohmann::json& j);
 
-// "[####....] step 120/400  train loss 4.1234  lr 2.95e-03  5120 tok/s  ETA 1m02s", cut to
-// width - 1 columns (a line filling the last column wraps on some terminals): the bar shrinks
-// first, then goes, then the end of the line is cut. Plain text: no control codes.
+// "[####....] step 120/400  train loss 4.1234  lr 2.95e-03  5120 tok/s  ETA 1m02s" in at most
+// width - 1 columns (a line filling the last column wraps on some terminals): when it is too
+// wide the bar shrinks, then tok/s, lr and the ETA go, then the bar. Plain text, no control
+// codes.
 std::string format_progress_line(int64_t step, int64_t steps, double loss, float lr, double tok_s,
                                  double eta_s, int width);
 
