@@ -23,7 +23,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string temp_dir(const std::string& name) {
-  const std::string d = testing::TempDir() + "/moe_run_folder_" + name;
+  const std::string d =
+      fs::path(testing::TempDir() + "/moe_run_folder_" + name).lexically_normal().string();
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -127,7 +128,7 @@ TEST(RunFolder, TrainingIntoARunIsRefusedInOneLineNamingResumeAndForce) {
 TEST(RunFolder, ForceKeepsTheOldRunUntilTheNewOnesFirstCheckpoint) {
   const std::string dir = temp_dir("force") + "/run";
   fake_run(dir, 40);
-  RunFolder folder = RunFolder::open_fresh(dir, true);
+  RunFolder folder = RunFolder::open_fresh(dir + "/", true);  // the same folder as `dir`
   EXPECT_EQ(folder.dir(), dir + ".replacing");
   fake_run(folder.dir(), 1);
   // Until then, the folder is the old run, and it is locked.

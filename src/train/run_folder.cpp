@@ -22,6 +22,13 @@ namespace {
 
 constexpr const char* kReplacingSuffix = ".replacing";
 
+// "runs/x/" and "runs/./x" are "runs/x": the staging folder must be a sibling, not a child.
+std::string folder_path(const std::string& given) {
+  fs::path p = fs::path(given).lexically_normal();
+  if (!p.has_filename() && p.has_parent_path()) p = p.parent_path();
+  return p.string();
+}
+
 std::string read_holder_pid(int fd) {
   char buf[32] = {};
   const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
@@ -161,7 +168,8 @@ bool holds_checkpoint(const std::string& dir) {
   return fs::exists(dir + "/trainer_state.json");
 }
 
-RunFolder RunFolder::open_fresh(const std::string& out, bool force) {
+RunFolder RunFolder::open_fresh(const std::string& given, bool force) {
+  const std::string out = folder_path(given);
   if (fs::exists(out) && !fs::is_directory(out))
     throw Error("--out '" + out + "' exists and is not a folder");
   // Made one level at a time, so that a failed start can remove exactly what it made.
@@ -202,7 +210,10 @@ RunFolder RunFolder::open_fresh(const std::string& out, bool force) {
   return folder;
 }
 
-RunFolder RunFolder::open_existing(const std::string& dir) {
+RunFolder RunFolder::open_existing(const std::string& given) {
+  const std::string dir = folder_path(given);
+  if (!holds_checkpoint(dir))  // before a lock file appears in it
+    throw Error("'" + dir + "' holds no checkpoint (no trainer_state.json)");
   RunLock lock = RunLock::acquire(dir);
   remove_stale_replacement(dir);
   return RunFolder(dir, dir, std::make_shared<RunLock>(std::move(lock)));

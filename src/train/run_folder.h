@@ -53,7 +53,8 @@ class RunFolder {
   // A fresh run into `out` (see above). Throws Error (one line naming --resume and --force when
   // `out` holds a run and `force` is off).
   static RunFolder open_fresh(const std::string& out, bool force);
-  // The run in `dir`, locked, with a stale "<dir>.replacing" removed.
+  // The run in `dir`, locked, with a stale "<dir>.replacing" removed; Error when `dir` holds no
+  // checkpoint. (Both take "runs/x/" as "runs/x".)
   static RunFolder open_existing(const std::string& dir);
 
   // Where the run's files go now: "<out>.replacing" until a --force run's first checkpoint,

@@ -666,8 +666,9 @@ TrainResult train(const TrainOptions& options, bool force) {
   }
 }
 
-TrainResult resume_training(const std::string& dir, const ResumeChanges& changes) {
-  RunFolder folder = RunFolder::open_existing(dir);
+TrainResult resume_training(const std::string& given, const ResumeChanges& changes) {
+  RunFolder folder = RunFolder::open_existing(given);
+  const std::string dir = folder.dir();
   const nlohmann::json state = recover_checkpoint(dir);
   TrainOptions o = train_options_from_json(state.at("options"));
   o.out_dir = dir;
