@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "model/checkpoint.h"
+#include "train/checkpoint.h"
 #include "train/tokenizer.h"
 
 namespace moe::cli {
@@ -54,6 +55,7 @@ size_t partial_stop_suffix(std::string_view text, std::string_view stop) {
 Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                              const SamplingOptions& sampling, uint64_t seed,
                              const std::string& stop) {
+  recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
   LoadedModel m = load_model(run);
   const Tokenizer tokenizer(run + "/tokenizer.model");
   std::vector<int32_t> ids = tokenizer.encode(prompt);

@@ -8,7 +8,6 @@
 
 #include "cli/generate_cmd.h"
 #include "moe/load_metrics.h"
-#include "tensor/blas_info.h"
 #include "tensor/error.h"
 
 namespace moe::cli {
@@ -19,12 +18,18 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
       app.add_subcommand("train", "Train an MoE language model on the shipped corpus");
   train->add_option("--config", t.config, "Model config JSON (default: configs/default.json)")
       ->check(CLI::ExistingFile);
-  train->add_option("--out", t.out_dir, "Run folder")->capture_default_str();
-  train->add_option("--resume", c.resume, "Continue the run in this folder exactly")
+  train->add_option("--out", t.out_dir, "Run folder (refused if it holds a run; see --force)")
+      ->capture_default_str();
+  train->add_flag("--force", c.force,
+                  "Replace the run in --out; the old one stays until the new one's first "
+                  "checkpoint");
+  train
+      ->add_option("--resume", c.resume,
+                   "Continue the run in this folder exactly (--steps and --lr may change)")
       ->check(CLI::ExistingDirectory);
-  c.steps_option = train->add_option("--steps", t.steps, "Optimizer steps")
-                       ->capture_default_str()
-                       ->check(CLI::PositiveNumber);
+  train->add_option("--steps", t.steps, "Optimizer steps")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   train->add_option("--batch-size", t.batch_size, "Sequences per micro-batch")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -57,26 +62,71 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
   train->add_option("--log-every", t.log_every, "Steps between progress lines")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  train->add_option("--corpus", t.corpus, "Corpus (gzip JSONL; default data/corpus.jsonl.gz)")
-      ->check(CLI::ExistingFile);
+  train
+      ->add_option("--corpus", t.corpus,
+                   "Training text: gzip JSONL (default data/corpus.jsonl.gz), a UTF-8 text file "
+                   "(documents split on blank lines) or a folder with one subfolder per domain")
+      ->check(CLI::ExistingPath);
+  train
+      ->add_option("--vocab-size", t.vocab_size,
+                   "Tokenizer pieces (overrides the config's vocab_size)")
+      ->check(CLI::Range(int64_t{256}, int64_t{65536}));
   train->add_option("--seed", t.seed, "Run seed")->capture_default_str();
   train->add_flag("--quiet", t.quiet, "No progress bar");
-  train->add_flag("!--no-sample", c.sample, "Skip the sample generation at the end");
+  train->add_flag("--no-sample", c.no_sample, "Skip the sample generation at the end");
+  c.app = train;
   return train;
 }
 
+namespace {
+
+// --resume takes the run's own options; of the others, only --steps and --lr may change them.
+ResumeChanges resume_changes(const TrainCommand& c) {
+  ResumeChanges changes;
+  changes.quiet = c.options.quiet;
+  for (const CLI::Option* option : c.app->get_options()) {
+    if (option->count() == 0) continue;
+    const std::string name = option->get_name();
+    if (name == "--resume" || name == "--quiet" || name == "--no-sample") continue;
+    if (name == "--steps")
+      changes.steps = c.options.steps;
+    else if (name == "--lr")
+      changes.lr = c.options.lr;
+    else if (name == "--out" || name == "--force")
+      throw Error(name +
+                  " does not go with --resume: --resume names the run folder and "
+                  "continues the run there");
+    else
+      throw Error(name +
+                  " cannot change on --resume: a resumed run keeps its options (only "
+                  "--steps and --lr can change); start a new run with --out instead");
+  }
+  return changes;
+}
+
+}  // namespace
+
 int run_train(TrainCommand c) {
-  warn_about_blas_kernel();
-  const int64_t steps_given = c.steps_option->count() ? c.options.steps : 0;
-  const bool resume = !c.resume.empty();
-  if (resume) c.options.out_dir = c.resume;
-  const TrainResult r = train(c.options, resume, resume ? steps_given : 0);
-  const std::string dir = c.options.out_dir;
-  std::printf("run folder: %s (step %lld)\n", dir.c_str(), static_cast<long long>(r.steps_done));
-  std::printf("final training loss %.4f", r.final_loss);
+  const TrainResult r =
+      c.resume.empty() ? train(c.options, c.force) : resume_training(c.resume, resume_changes(c));
+  const std::string& dir = r.dir;
+  if (r.already_finished) {
+    std::printf("run '%s' already finished at step %lld (", dir.c_str(),
+                static_cast<long long>(r.steps_done));
+    if (std::isnan(r.val_loss))
+      std::printf("no validation loss recorded");
+    else
+      std::printf("validation loss %.4f", r.val_loss);
+    std::printf("); pass --steps above %lld to train it further\n",
+                static_cast<long long>(r.steps_done));
+    return 0;
+  }
+  std::printf("run folder: %s (step %lld of %lld)\n", dir.c_str(),
+              static_cast<long long>(r.steps_done), static_cast<long long>(r.total_steps));
+  if (!std::isnan(r.train_loss))
+    std::printf("training loss %.4f (mean over the last logged steps)\n", r.train_loss);
   if (!std::isnan(r.val_loss))
-    std::printf(", validation loss %.4f (perplexity %.1f)", r.val_loss, std::exp(r.val_loss));
-  std::printf("\n");
+    std::printf("validation loss %.4f (perplexity %.1f)\n", r.val_loss, std::exp(r.val_loss));
 
   // Expert-load summary: the last monitored line of metrics.jsonl.
   std::ifstream metrics(dir + "/metrics.jsonl");
@@ -85,8 +135,12 @@ int run_train(TrainCommand c) {
     if (line.find("\"experts\"") != std::string::npos) last_experts = line;
   if (!last_experts.empty()) {
     const auto j = nlohmann::json::parse(last_experts);
-    std::printf("expert load over the last %lld steps (one bar per expert):\n",
-                static_cast<long long>(c.options.monitor_every));
+    if (j.contains("experts_steps"))
+      std::printf("expert load over steps %lld-%lld (one bar per expert):\n",
+                  j["experts_steps"].at(0).get<long long>(),
+                  j["experts_steps"].at(1).get<long long>());
+    else
+      std::printf("expert load over the last monitor window (one bar per expert):\n");
     for (const auto& layer : j.at("experts")) {
       const auto counts = layer.at("counts").get<std::vector<int64_t>>();
       const LoadMetrics lm = load_metrics(counts);
@@ -96,7 +150,8 @@ int run_train(TrainCommand c) {
                   100.0 * layer.at("drop_rate").get<double>());
     }
   }
-  if (c.sample && !r.interrupted) {
+  if (r.stopped_by_signal != 0) return 128 + r.stopped_by_signal;
+  if (!c.no_sample) {
     std::printf("sample (prompt \"NAME\\n       \", temperature 0.8):\n");
     SamplingOptions s;
     stream_generation(dir, "NAME\n       ", 120, s, 7);

@@ -1,7 +1,6 @@
 #pragma once
 // `moe train`.
 #include <CLI/CLI.hpp>
-#include <cstdint>
 #include <string>
 
 #include "train/trainer.h"
@@ -10,13 +9,16 @@ namespace moe::cli {
 
 struct TrainCommand {
   TrainOptions options;
-  std::string resume;                   // run folder to continue
-  bool sample = true;                   // a short generation at the end
-  CLI::Option* steps_option = nullptr;  // set by add_train_command: --steps given?
+  std::string resume;       // run folder to continue
+  bool force = false;       // replace the run in --out
+  bool no_sample = false;   // no short generation at the end
+  CLI::App* app = nullptr;  // set by add_train_command: which options were given
 };
 
 // Registers `train` and its options on `app`, bound to `command`.
 CLI::App* add_train_command(CLI::App& app, TrainCommand& command);
+// Returns the exit code: 0, or 128 + the signal when SIGINT / SIGTERM stopped the run (after
+// saving it).
 int run_train(TrainCommand command);
 
 }  // namespace moe::cli

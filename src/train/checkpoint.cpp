@@ -1,12 +1,14 @@
 #include "train/checkpoint.h"
 
 #include <array>
+#include <charconv>
 #include <filesystem>
 
 #include "model/checkpoint.h"
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
 #include "tensor/safetensors.h"
+#include "train/run_folder.h"
 
 namespace moe {
 namespace fs = std::filesystem;
@@ -33,7 +35,23 @@ std::map<std::string, Tensor> optimizer_tensors(ParamStore& store, AdamW& opt) {
 int64_t step_of(const SafetensorsFile& f, const std::string& path) {
   auto it = f.metadata.find("step");
   if (it == f.metadata.end()) throw Error(path + ": no 'step' in its metadata");
-  return std::stoll(it->second);
+  const std::string& text = it->second;
+  int64_t step = -1;
+  const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), step);
+  if (err == std::errc::result_out_of_range)
+    throw Error(path + ": metadata 'step' \"" + text + "\" is out of range");
+  if (err != std::errc() || end != text.data() + text.size() || text.empty() || step < 0)
+    throw Error(path + ": metadata 'step' is \"" + text + "\", expected a non-negative integer");
+  return step;
+}
+
+void rename_counted(const std::string& from, const std::string& to) {
+  fs::rename(from, to);
+  note_file_operation();
+}
+
+void remove_counted(const std::string& path) {
+  if (fs::remove(path)) note_file_operation();
 }
 
 }  // namespace
@@ -42,11 +60,13 @@ void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& sto
                      AdamW& optimizer, const nlohmann::json& trainer_state) {
   const std::map<std::string, std::string> meta = {
       {"step", std::to_string(trainer_state.at("step").get<int64_t>())}, {"format", "pt"}};
-  save_model_config(dir, model.config());
+  // The config is the run's for its whole life: written with the first checkpoint only.
+  if (!fs::exists(dir + "/config.json")) save_model_config(dir, model.config());
   write_safetensors(dir + "/model.safetensors.next", model_tensors(model, store), meta);
   write_safetensors(dir + "/optimizer.safetensors.next", optimizer_tensors(store, optimizer), meta);
   write_file_atomic(dir + "/trainer_state.json", trainer_state.dump(2) + "\n");  // commit
-  for (const char* name : kTensorFiles) fs::rename(dir + "/" + name + ".next", dir + "/" + name);
+  for (const char* name : kTensorFiles)
+    rename_counted(dir + "/" + name + ".next", dir + "/" + name);
 }
 
 nlohmann::json recover_checkpoint(const std::string& dir) {
@@ -57,6 +77,11 @@ nlohmann::json recover_checkpoint(const std::string& dir) {
   if (!state.contains("step") || !state["step"].is_number_integer())
     throw Error(state_path + ": no integer 'step'");
   const int64_t step = state["step"];
+  // Temporaries of writes that never committed.
+  for (const std::string& folder : {dir, dir + "/data"})
+    if (fs::is_directory(folder))
+      for (const auto& entry : fs::directory_iterator(folder))
+        if (entry.path().extension() == ".tmp") remove_counted(entry.path().string());
   for (const char* name : kTensorFiles) {
     const std::string path = dir + "/" + name, next = path + ".next";
     if (fs::exists(next)) {
@@ -68,13 +93,18 @@ nlohmann::json recover_checkpoint(const std::string& dir) {
       } catch (const Error&) {
       }
       if (next_step == step)
-        fs::rename(next, path);
+        rename_counted(next, path);
       else
-        fs::remove(next);
+        remove_counted(next);
     }
     if (!fs::exists(path)) throw Error("checkpoint '" + dir + "' lacks " + name);
   }
   return state;
+}
+
+void recover_for_reading(const std::string& dir) {
+  if (!holds_checkpoint(dir)) return;
+  if (auto lock = RunLock::try_acquire(dir)) recover_checkpoint(dir);
 }
 
 void load_checkpoint(const std::string& dir, int64_t step, Transformer& model, ParamStore& store,

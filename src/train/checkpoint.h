@@ -22,6 +22,12 @@ void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& sto
 // Throws Error when the folder holds no checkpoint or an inconsistent one.
 nlohmann::json recover_checkpoint(const std::string& dir);
 
+// What a reader (`moe generate`) runs before loading a run folder: when the folder holds a
+// checkpoint and no writer holds its lock, the same recovery as --resume, under the lock.
+// A folder being written is left alone: its model.safetensors is always one whole step's file.
+// Read-only folders and folders that are not runs (no trainer_state.json) are left as they are.
+void recover_for_reading(const std::string& dir);
+
 // Loads model.safetensors and optimizer.safetensors of the checkpoint at `step` (as
 // recover_checkpoint returned it) into an allocated model and optimizer; both files must be
 // from that step.

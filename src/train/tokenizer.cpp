@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <charconv>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -74,7 +75,25 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
   bool done_ = false;
 };
 
+// Sentencepiece says "Vocabulary size too high (N). Please set it to a value <= M.": the M.
+int64_t max_vocabulary_in(const std::string& message) {
+  constexpr std::string_view kMarker = "set it to a value <= ";
+  const size_t at = message.find(kMarker);
+  if (at == std::string::npos || message.find("Vocabulary size too high") == std::string::npos)
+    return -1;
+  int64_t max_pieces = -1;
+  const char* begin = message.data() + at + kMarker.size();
+  std::from_chars(begin, message.data() + message.size(), max_pieces);
+  return max_pieces;
+}
+
 }  // namespace
+
+VocabularyTooLarge::VocabularyTooLarge(int64_t requested_pieces, int64_t max)
+    : Error("the training texts are too small for a " + std::to_string(requested_pieces) +
+            "-piece vocabulary (they make at most " + std::to_string(max) + " pieces)"),
+      requested(requested_pieces),
+      max_pieces(max) {}
 
 void Tokenizer::train(std::span<const std::string> texts, const TokenizerTrainOptions& o,
                       const std::string& model_path) {
@@ -101,7 +120,11 @@ void Tokenizer::train(std::span<const std::string> texts, const TokenizerTrainOp
       {"minloglevel", "2"}};
   std::string proto;
   const auto status = sentencepiece::SentencePieceTrainer::Train(args, &it, &proto);
-  if (!status.ok()) throw Error("tokenizer training failed: " + status.ToString());
+  if (!status.ok()) {
+    const int64_t max_pieces = max_vocabulary_in(status.ToString());
+    if (max_pieces > 0) throw VocabularyTooLarge(o.vocab_size, max_pieces);
+    throw Error("tokenizer training failed: " + status.ToString());
+  }
   write_file_atomic(model_path, proto);
 }
 

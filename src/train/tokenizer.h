@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "tensor/error.h"
+
 namespace sentencepiece {
 class SentencePieceProcessor;
 }
@@ -21,9 +23,17 @@ struct TokenizerTrainOptions {
   int64_t max_chunk_bytes = 4000;  // training "sentences": document pieces cut at line ends
 };
 
+// Tokenizer::train's error when the texts hold too few distinct pieces for the vocabulary.
+class VocabularyTooLarge : public Error {
+ public:
+  VocabularyTooLarge(int64_t requested, int64_t max_pieces);
+  int64_t requested, max_pieces;
+};
+
 class Tokenizer {
  public:
-  // Trains a BPE model on `texts` and writes it to model_path (atomically). Throws Error.
+  // Trains a BPE model on `texts` and writes it to model_path (atomically). Throws Error, and
+  // VocabularyTooLarge when the texts cannot make options.vocab_size pieces.
   static void train(std::span<const std::string> texts, const TokenizerTrainOptions& options,
                     const std::string& model_path);
 

@@ -1,13 +1,17 @@
 #include "train/trainer.h"
 
 #include <omp.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -17,6 +21,8 @@
 #include "model/param_count.h"
 #include "model/transformer.h"
 #include "moe/load_metrics.h"
+#include "tensor/atomic_file.h"
+#include "tensor/blas_info.h"
 #include "tensor/error.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -27,9 +33,14 @@ namespace moe {
 namespace fs = std::filesystem;
 namespace {
 
-std::atomic<bool> g_stop{false};
-extern "C" void on_signal(int) {
-  g_stop.store(true);
+std::atomic<int> g_stop_signal{0};
+// The first SIGINT / SIGTERM asks the loop to save and stop; a second one ends the process at
+// once (the folder stays consistent: every write is atomic).
+extern "C" void on_signal(int signal) {
+  if (g_stop_signal.exchange(signal) != 0) {
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+  }
 }
 
 constexpr uint64_t kInitPurpose = 1, kDataPurpose = 2;
@@ -56,93 +67,144 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-// Appends lines to metrics.jsonl, flushed at once so a killed run keeps what it logged.
+// Appends lines to metrics.jsonl, flushed at once so a killed run keeps what it logged. A line
+// torn by a kill is dropped on resume.
 class MetricsLog {
  public:
   explicit MetricsLog(const std::string& path) : out_(path, std::ios::app) {
     if (!out_) throw Error("cannot open '" + path + "' for appending");
   }
-  void write(const nlohmann::json& j) { out_ << j.dump() << '\n' << std::flush; }
+  void write(const nlohmann::json& j) {
+    out_ << j.dump() << '\n' << std::flush;
+    note_file_operation();
+  }
 
  private:
   std::ofstream out_;
 };
 
-// Drops metrics lines after `step` (a resumed run rewrites what followed its checkpoint).
-void truncate_metrics(const std::string& path, int64_t step) {
+// The lines of metrics.jsonl up to `step` that parse; `dropped` tells whether any did not.
+std::vector<nlohmann::json> read_metrics(const std::string& path, int64_t step, bool* dropped) {
   std::ifstream in(path);
-  if (!in) return;
-  std::string kept, line;
+  std::vector<nlohmann::json> kept;
+  std::string line;
   while (std::getline(in, line)) {
-    try {
-      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
-    } catch (const nlohmann::json::exception&) {  // a line torn by a kill
-    }
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.value("step", int64_t{0}) <= step)
+      kept.push_back(j);
+    else if (dropped)
+      *dropped = true;
   }
-  in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
+  return kept;
+}
+
+// Drops metrics lines after `step` (a resumed run rewrites what followed its checkpoint), in
+// one atomic replacement: a kill leaves the old file or the new one.
+void truncate_metrics(const std::string& path, int64_t step) {
+  bool dropped = false;
+  const std::vector<nlohmann::json> kept = read_metrics(path, step, &dropped);
+  if (!dropped) return;
+  std::string text;
+  for (const auto& j : kept) text += j.dump() + "\n";
+  write_file_atomic(path, text);
+}
+
+// The last validation loss logged at or before `step`; NaN when none.
+double last_logged_val_loss(const std::string& dir, int64_t step) {
+  double val = std::numeric_limits<double>::quiet_NaN();
+  for (const auto& j : read_metrics(dir + "/metrics.jsonl", step, nullptr))
+    if (j.contains("val_loss") && j["val_loss"].is_number()) val = j["val_loss"];
+  return val;
+}
+
+int terminal_width() {
+  struct winsize ws {};
+  if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
 }
 
 // The run folder's tokenizer and token files: built once, from the corpus, and reused on
 // resume (a resumed run that lacks them is an error, not a silent rebuild).
-void prepare_run_data(const std::string& corpus, const std::string& dir, const ModelConfig& config,
-                      bool resume) {
-  const std::string tok_path = dir + "/tokenizer.model";
-  const std::string data_dir = dir + "/data";
-  const bool need_tokenizer = !fs::exists(tok_path);
-  const bool need_tokens =
-      !fs::exists(data_dir + "/train.tokens") || !fs::exists(data_dir + "/valid.tokens");
-  if (resume && (need_tokenizer || need_tokens))
-    throw Error("run '" + dir + "' lacks its tokenizer or token files");
-  std::vector<Document> docs;
-  if (need_tokenizer || need_tokens) {
-    std::fprintf(stderr, "reading corpus %s\n", corpus.c_str());
-    docs = read_corpus(corpus);
-  }
-  if (need_tokenizer) {
-    std::vector<std::string> texts;
-    for (const Document& d : docs)
-      if (d.split == "train") texts.push_back(d.text);
-    std::fprintf(stderr, "training a %lld-piece BPE tokenizer on %zu documents...\n",
-                 static_cast<long long>(config.vocab_size), texts.size());
-    const auto t0 = std::chrono::steady_clock::now();
-    TokenizerTrainOptions topt;
-    topt.vocab_size = static_cast<int>(config.vocab_size);
-    topt.threads = omp_get_max_threads();
-    Tokenizer::train(texts, topt, tok_path);
-    std::fprintf(stderr, "  done in %.1f s\n",
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  const Tokenizer tokenizer(tok_path);
+void check_tokenizer(const Tokenizer& tokenizer, const std::string& path,
+                     const ModelConfig& config) {
   if (tokenizer.vocab_size() != config.vocab_size)
-    throw Error("tokenizer '" + tok_path + "' has " + std::to_string(tokenizer.vocab_size()) +
+    throw Error("tokenizer '" + path + "' has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces but the model config's vocab_size is " +
                 std::to_string(config.vocab_size));
-  if (need_tokens) {
-    fs::create_directories(data_dir);
-    build_token_files(docs, tokenizer, data_dir);
+}
+
+// A fresh run's tokenizer and token files, built from the corpus into its (empty) folder.
+void prepare_run_data(const std::string& corpus, const std::string& dir,
+                      const ModelConfig& config) {
+  const std::string tok_path = dir + "/tokenizer.model";
+  const std::string data_dir = dir + "/data";
+  std::fprintf(stderr, "reading corpus %s\n", corpus.c_str());
+  const std::vector<Document> docs = read_corpus(corpus);
+  std::vector<std::string> texts;
+  for (const Document& d : docs)
+    if (d.split == "train") texts.push_back(d.text);
+  std::fprintf(stderr, "training a %lld-piece BPE tokenizer on %zu documents...\n",
+               static_cast<long long>(config.vocab_size), texts.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  TokenizerTrainOptions topt;
+  topt.vocab_size = static_cast<int>(config.vocab_size);
+  topt.threads = omp_get_max_threads();
+  try {
+    Tokenizer::train(texts, topt, tok_path);
+  } catch (const VocabularyTooLarge& e) {
+    throw Error("corpus '" + corpus + "' is too small for a " + std::to_string(e.requested) +
+                "-piece vocabulary: its training documents make at most " +
+                std::to_string(e.max_pieces) + " pieces; pass --vocab-size " +
+                std::to_string(e.max_pieces) + " (or less) or a larger --corpus");
   }
+  std::fprintf(stderr, "  done in %.1f s\n",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  const Tokenizer tokenizer(tok_path);
+  check_tokenizer(tokenizer, tok_path, config);
+  if (::mkdir(data_dir.c_str(), 0755) != 0)
+    throw Error("cannot create '" + data_dir + "': " + std::strerror(errno));
+  note_file_operation();
+  build_token_files(docs, tokenizer, data_dir);
+}
+
+// A resumed run uses its own tokenizer and token files; lacking them is an error, not a
+// silent rebuild.
+void check_run_data(const std::string& dir, const ModelConfig& config) {
+  const std::string tok_path = dir + "/tokenizer.model";
+  const std::string data_dir = dir + "/data";
+  if (!fs::exists(tok_path) || !fs::exists(data_dir + "/train.tokens") ||
+      !fs::exists(data_dir + "/valid.tokens"))
+    throw Error("run '" + dir + "' lacks its tokenizer or token files");
+  check_tokenizer(Tokenizer(tok_path), tok_path, config);
 }
 
 // Expert loads accumulated between monitor reports, per layer: printed as bars with Gini,
 // entropy and drop rate, with a warning for each expert over 3x or under a tenth of the mean
-// load, and logged in full. Saved in checkpoints, so a resumed run reports the same windows
-// as one never stopped.
+// load and for a drop rate over kDropWarningRate, and logged in full. Saved in checkpoints, so
+// a resumed run reports the same windows as one never stopped.
 class ExpertMonitor {
  public:
   explicit ExpertMonitor(int64_t layers) : loads_(layers), dropped_(layers), assigned_(layers) {}
 
-  void restore(const nlohmann::json& saved, const std::string& dir) {
+  // `step`: the checkpoint's; the window then began after the last report (states saved
+  // before "first_step" was kept began their windows at a multiple of monitor_every).
+  void restore(const nlohmann::json& saved, const std::string& dir, int64_t step,
+               int64_t monitor_every) {
     const size_t layers = loads_.size();
     loads_ = saved.at("loads").get<std::vector<std::vector<int64_t>>>();
     dropped_ = saved.at("dropped").get<std::vector<int64_t>>();
     assigned_ = saved.at("assigned").get<std::vector<int64_t>>();
     if (loads_.size() != layers || dropped_.size() != layers || assigned_.size() != layers)
       throw Error(dir + "/trainer_state.json: 'monitor' does not match the model's layers");
+    first_step_ = saved.value("first_step", step / monitor_every * monitor_every + 1);
   }
   nlohmann::json to_json() const {
-    return {{"loads", loads_}, {"dropped", dropped_}, {"assigned", assigned_}};
+    return {{"loads", loads_},
+            {"dropped", dropped_},
+            {"assigned", assigned_},
+            {"first_step", first_step_}};
   }
+  int64_t first_step() const { return first_step_; }
 
   // Adds the routing of the model's last forward.
   void add(const Transformer& model) {
@@ -157,8 +219,11 @@ class ExpertMonitor {
       }
   }
 
-  // Prints the window's report, returns it for metrics.jsonl and starts a new window.
-  nlohmann::json report(const Transformer& model) {
+  // Prints the report of the window that ends at `step`, returns it for metrics.jsonl and
+  // starts a new window.
+  nlohmann::json report(const Transformer& model, int64_t step) {
+    std::fprintf(stderr, "  expert load over steps %lld-%lld:\n",
+                 static_cast<long long>(first_step_), static_cast<long long>(step));
     nlohmann::json layers = nlohmann::json::array();
     for (int64_t l = 0; l < model.num_layers(); ++l) {
       if (!model.moe_layer(l)) continue;
@@ -182,15 +247,24 @@ class ExpertMonitor {
                      "  warning: layer %lld expert %lld gets under a tenth of the mean load "
                      "(collapse)\n",
                      static_cast<long long>(l), static_cast<long long>(e));
+      if (drop_rate > kDropWarningRate)
+        std::fprintf(stderr,
+                     "  warning: layer %lld dropped %.1f%% of its token assignments over steps "
+                     "%lld-%lld (over %.0f%%): raise capacity_factor, or set it to 0 (dropless)\n",
+                     static_cast<long long>(l), 100.0 * drop_rate,
+                     static_cast<long long>(first_step_), static_cast<long long>(step),
+                     100.0 * kDropWarningRate);
       std::fill(loads_[l].begin(), loads_[l].end(), 0);
       dropped_[l] = assigned_[l] = 0;
     }
+    first_step_ = step + 1;
     return layers;
   }
 
  private:
   std::vector<std::vector<int64_t>> loads_;  // [layer][expert]; empty for dense layers
   std::vector<int64_t> dropped_, assigned_;  // [layer]
+  int64_t first_step_ = 1;                   // the window's first step
 };
 
 }  // namespace
@@ -243,38 +317,81 @@ TrainOptions train_options_from_json(const nlohmann::json& j) {
   return o;
 }
 
-TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
-  const std::string dir = o.out_dir;
-  nlohmann::json state;
-  if (resume) {
-    state = recover_checkpoint(dir);
-    const std::string out = o.out_dir;
-    const bool quiet = o.quiet;
-    o = train_options_from_json(state.at("options"));
-    o.out_dir = out;
-    o.quiet = quiet;
-    if (resume_steps > 0) o.steps = resume_steps;
+std::string format_progress_line(int64_t step, int64_t steps, double loss, float lr, double tok_s,
+                                 double eta_s, int width) {
+  char buf[4][64];
+  std::snprintf(buf[0], sizeof buf[0], "step %lld/%lld", static_cast<long long>(step),
+                static_cast<long long>(steps));
+  std::snprintf(buf[1], sizeof buf[1], "train loss %.4f", loss);
+  std::snprintf(buf[2], sizeof buf[2], "lr %.2e", lr);
+  std::snprintf(buf[3], sizeof buf[3], "%.0f tok/s", tok_s);
+  std::string fields[5] = {buf[0], buf[1], buf[2], buf[3], "ETA " + format_duration(eta_s)};
+  auto joined = [&] {
+    std::string line;
+    for (const std::string& f : fields)
+      if (!f.empty()) line.append(line.empty() ? "" : "  ").append(f);
+    return line;
+  };
+  const size_t limit = static_cast<size_t>(std::max(width - 1, 20));
+  for (int dropped : {3, 2, 4})  // tok/s, then lr, then the ETA
+    if (joined().size() > limit) fields[dropped].clear();
+  std::string line = joined();
+  const int64_t room = static_cast<int64_t>(limit) - static_cast<int64_t>(line.size()) - 3;
+  if (room >= 8) {
+    const int64_t bar = std::min<int64_t>(40, room);
+    const int64_t filled = bar * step / std::max<int64_t>(steps, 1);
+    std::string with_bar = "[";
+    with_bar.append(filled, '#').append(bar - filled, '.').append("] ").append(line);
+    line = std::move(with_bar);
   }
-  require(o.steps > 0 && o.batch_size > 0 && o.seq_len > 1 && o.grad_accum > 0,
-          "train: steps, batch size, sequence length and accumulation must be positive");
-  require(o.warmup >= 0 && o.lr > 0 && o.min_lr >= 0, "train: bad learning-rate schedule");
-  require(o.eval_every > 0 && o.save_every > 0 && o.monitor_every > 0 && o.log_every > 0,
-          "train: --eval-every, --save-every, --monitor-every and --log-every must be positive");
-  if (o.corpus.empty()) o.corpus = default_corpus();
-  fs::create_directories(dir);
+  if (line.size() > limit) line.resize(limit);
+  return line;
+}
 
-  // Model config: the run folder's when resuming, else the given file or the default.
-  ModelConfig config = resume              ? load_model_config(dir + "/config.json")
-                       : !o.config.empty() ? load_model_config(o.config)
-                                           : default_model_config();
-  if (o.seq_len > config.max_position_embeddings)
-    throw Error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's " +
-                "max_position_embeddings " + std::to_string(config.max_position_embeddings));
+void validate_train_options(const TrainOptions& o) {
+  auto positive = [](int64_t value, const char* option) {
+    if (value <= 0)
+      throw Error(std::string(option) + " must be positive, got " + std::to_string(value));
+  };
+  positive(o.steps, "--steps");
+  positive(o.batch_size, "--batch-size");
+  positive(o.grad_accum, "--grad-accum");
+  positive(o.eval_every, "--eval-every");
+  positive(o.eval_batches, "--eval-batches");
+  positive(o.save_every, "--save-every");
+  positive(o.monitor_every, "--monitor-every");
+  positive(o.log_every, "--log-every");
+  if (o.seq_len < 2) throw Error("--seq-len must be at least 2, got " + std::to_string(o.seq_len));
+  if (o.warmup < 0) throw Error("--warmup must not be negative, got " + std::to_string(o.warmup));
+  if (!(std::isfinite(o.lr) && o.lr > 0))
+    throw Error("--lr must be a positive number, got " + std::to_string(o.lr));
+  if (!(std::isfinite(o.min_lr) && o.min_lr >= 0 && o.min_lr <= o.lr))
+    throw Error("--min-lr must lie in [0, --lr " + std::to_string(o.lr) + "], got " +
+                std::to_string(o.min_lr));
+  if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0))
+    throw Error("--weight-decay must not be negative, got " + std::to_string(o.weight_decay));
+  if (!(o.beta2 > 0 && o.beta2 < 1))
+    throw Error("beta2 must lie in (0, 1), got " + std::to_string(o.beta2));
+  if (!(std::isfinite(o.grad_clip) && o.grad_clip >= 0))
+    throw Error("--grad-clip must not be negative (0 = off), got " + std::to_string(o.grad_clip));
+  if (o.vocab_size != 0 && (o.vocab_size < 256 || o.vocab_size > 65536))
+    throw Error("--vocab-size must lie in [256, 65536], got " + std::to_string(o.vocab_size));
+  if (o.warmup >= o.steps)
+    std::fprintf(stderr,
+                 "warning: the warm-up (%lld steps) is not shorter than the run (%lld steps): "
+                 "the learning rate never reaches --lr and never decays\n",
+                 static_cast<long long>(o.warmup), static_cast<long long>(o.steps));
+}
 
-  const std::string data_dir = dir + "/data";
-  prepare_run_data(o.corpus, dir, config, resume);
-  const TokenStream train_tokens(data_dir + "/train.tokens");
-  const TokenStream valid_tokens(data_dir + "/valid.tokens");
+namespace {
+
+// The training loop over an opened run folder, from `state` (a checkpoint) or from a fresh
+// initialisation. `stepped` turns true after the first optimizer step.
+TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolder& folder,
+                      const nlohmann::json* state, bool& stepped) {
+  const bool resume = state != nullptr;
+  const TokenStream train_tokens(folder.dir() + "/data/train.tokens");
+  const TokenStream valid_tokens(folder.dir() + "/data/valid.tokens");
 
   ParamStore store;
   Transformer model(config, store, o.seed);
@@ -284,21 +401,30 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
   aopt.beta2 = o.beta2;
   AdamW optimizer(store, aopt);
   Rng data_rng = Rng::for_purpose(o.seed, kDataPurpose);
+  ExpertMonitor monitor(model.num_layers());
   int64_t start_step = 0;
+  TrainResult result;
+  result.val_loss = std::numeric_limits<double>::quiet_NaN();
+  result.train_loss = std::numeric_limits<double>::quiet_NaN();
+  const std::string metrics_path = folder.dir() + "/metrics.jsonl";
   if (resume) {
-    start_step = state.at("step");
-    load_checkpoint(dir, start_step, model, store, optimizer);
-    rng_from_json(data_rng, state.at("data_rng"));
-    const auto& noise = state.at("noise_rngs");
+    const nlohmann::json& st = *state;
+    start_step = st.at("step");
+    load_checkpoint(folder.dir(), start_step, model, store, optimizer);
+    rng_from_json(data_rng, st.at("data_rng"));
+    const auto& noise = st.at("noise_rngs");
     for (int64_t l = 0; l < model.num_layers(); ++l)
       if (MoeLayer* m = model.moe_layer(l)) rng_from_json(m->noise_rng(), noise.at(l));
-    truncate_metrics(dir + "/metrics.jsonl", start_step);
+    if (st.contains("monitor"))
+      monitor.restore(st["monitor"], folder.dir(), start_step, o.monitor_every);
+    if (st.contains("val_loss") && st["val_loss"].is_number()) result.val_loss = st["val_loss"];
+    truncate_metrics(metrics_path, start_step);
   } else {
     Rng init = Rng::for_purpose(o.seed, kInitPurpose);
     model.init_parameters(init);
-    std::ofstream(dir + "/metrics.jsonl", std::ios::trunc);
+    write_file_atomic(metrics_path, "");
   }
-  MetricsLog metrics(dir + "/metrics.jsonl");
+  MetricsLog metrics(metrics_path);
 
   const ParamCount count = count_params(arch_from_model_config(config, "run"));
   const int64_t tokens_per_step = o.batch_size * o.seq_len * o.grad_accum;
@@ -310,12 +436,9 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
       static_cast<long long>(config.num_moe_layers()),
       static_cast<long long>(config.num_hidden_layers), static_cast<long long>(train_tokens.size()),
       static_cast<long long>(valid_tokens.size()), static_cast<long long>(tokens_per_step));
-  if (start_step >= o.steps) {
-    std::fprintf(stderr, "run '%s' is already at step %lld of %lld\n", dir.c_str(),
-                 static_cast<long long>(start_step), static_cast<long long>(o.steps));
-  }
+  warn_about_blas_kernel();
 
-  g_stop.store(false);
+  g_stop_signal.store(0);
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
@@ -333,10 +456,9 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
 
   const int64_t B = o.batch_size, S = o.seq_len;
   std::vector<int32_t> tokens(B * S), targets(B * S);
+  // Carriage returns and erase-line codes only on a terminal; elsewhere, plain lines.
   const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
-
-  ExpertMonitor monitor(model.num_layers());
-  if (resume && state.contains("monitor")) monitor.restore(state["monitor"], dir);
+  const int width = tty ? terminal_width() : 80;
 
   auto evaluate = [&]() {
     const int64_t windows = eval_windows(valid_tokens, S);
@@ -352,6 +474,7 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
     }
     return total / double(batches);
   };
+  bool saved = resume;  // the folder holds a checkpoint of this run
   auto checkpoint = [&](int64_t step) {
     nlohmann::json st = {{"step", step},
                          {"options", train_options_to_json(o)},
@@ -363,11 +486,18 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
                                          : nlohmann::json(nullptr));
     st["noise_rngs"] = noise;
     st["monitor"] = monitor.to_json();
-    save_checkpoint(dir, model, store, optimizer, st);
+    if (std::isfinite(result.val_loss)) st["val_loss"] = result.val_loss;
+    save_checkpoint(folder.dir(), model, store, optimizer, st);
+    folder.checkpoint_saved();
+    saved = true;
+  };
+  auto stopped_error = [&](const std::string& what, int64_t step) {
+    return Error(what + " at step " + std::to_string(step) + "; training stopped (" +
+                 (saved ? "the last checkpoint in '" + folder.dir() + "' is kept"
+                        : std::string("no checkpoint was saved yet")) +
+                 ")");
   };
 
-  TrainResult result;
-  result.val_loss = std::numeric_limits<double>::quiet_NaN();
   auto t_start = std::chrono::steady_clock::now();
   auto t_window = t_start;
   int64_t window_steps = 0;
@@ -383,27 +513,23 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
       try {
         loss += model.forward(tokens, targets, B, S, opt) / double(o.grad_accum);
       } catch (const Error& e) {  // non-finite activations: the run has diverged
-        throw Error(std::string(e.what()) + " at step " + std::to_string(step + 1) +
-                    "; training stopped (the last checkpoint in '" + dir + "' is kept)");
+        throw stopped_error(e.what(), step + 1);
       }
       router += model.router_loss() / double(o.grad_accum);
       model.backward();
       monitor.add(model);
     }
     if (!std::isfinite(loss) || !std::isfinite(router))
-      throw Error("loss is " + std::to_string(loss) + " at step " + std::to_string(step + 1) +
-                  "; training stopped (the last checkpoint in '" + dir + "' is kept)");
+      throw stopped_error("loss is " + std::to_string(loss), step + 1);
     const double grad_norm = clip_grad_norm(store, o.grad_clip);
-    if (!std::isfinite(grad_norm))
-      throw Error("gradient norm is not finite at step " + std::to_string(step + 1) +
-                  "; training stopped (the last checkpoint in '" + dir + "' is kept)");
+    if (!std::isfinite(grad_norm)) throw stopped_error("gradient norm is not finite", step + 1);
     const float lr = learning_rate(step, o.steps, o.warmup, o.lr, o.min_lr);
     optimizer.step(lr);
     model.update_expert_bias();
     ++step;
+    stepped = true;
     ++window_steps;
     window_loss += loss;
-    result.final_loss = loss;
 
     nlohmann::json line;
     const bool log = step % o.log_every == 0 || step == o.steps;
@@ -423,21 +549,23 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
       const double eta = elapsed / double(step - start_step) * double(o.steps - step);
-      char bar[41];
-      const int filled = static_cast<int>(40.0 * double(step) / double(o.steps));
-      for (int i = 0; i < 40; ++i) bar[i] = i < filled ? '#' : '.';
-      bar[40] = '\0';
-      if (!o.quiet)
-        std::fprintf(stderr, "%s[%s] step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %s%s",
-                     tty ? "\r" : "", bar, static_cast<long long>(step),
-                     static_cast<long long>(o.steps), window_loss / double(window_steps), lr, tok_s,
-                     format_duration(eta).c_str(), tty ? "\033[K" : "\n");
-      if (tty && (report || eval)) std::fputc('\n', stderr);
+      result.train_loss = window_loss / double(window_steps);
+      if (!o.quiet) {
+        const std::string text =
+            format_progress_line(step, o.steps, result.train_loss, lr, tok_s, eta, width);
+        if (tty)
+          std::fprintf(stderr, "\r%s\033[K%s", text.c_str(), report || eval ? "\n" : "");
+        else
+          std::fprintf(stderr, "%s\n", text.c_str());
+      }
       t_window = std::chrono::steady_clock::now();
       window_steps = 0;
       window_loss = 0;
     }
-    if (report) line["experts"] = monitor.report(model);
+    if (report) {
+      line["experts_steps"] = {monitor.first_step(), step};
+      line["experts"] = monitor.report(model, step);
+    }
     if (eval) {
       result.val_loss = evaluate();
       line["val_loss"] = result.val_loss;
@@ -445,20 +573,132 @@ TrainResult train(TrainOptions o, bool resume, int64_t resume_steps) {
                    std::exp(result.val_loss));
     }
     if (!line.is_null()) metrics.write(line);
-    const bool stop = g_stop.load();
-    if (step % o.save_every == 0 || step == o.steps || stop) checkpoint(step);
-    if (stop) {
+    const int signal = g_stop_signal.load();
+    if (step % o.save_every == 0 || step == o.steps || signal != 0) checkpoint(step);
+    if (signal != 0) {
       std::fprintf(stderr,
-                   "\ninterrupted: saved step %lld to '%s'; continue with "
+                   "%sinterrupted: saved step %lld to '%s'; continue with "
                    "moe train --resume %s\n",
-                   static_cast<long long>(step), dir.c_str(), dir.c_str());
-      result.interrupted = true;
+                   tty ? "\n" : "", static_cast<long long>(step), folder.dir().c_str(),
+                   folder.dir().c_str());
+      result.stopped_by_signal = signal;
       break;
     }
   }
   if (tty) std::fputc('\n', stderr);
+  result.dir = folder.dir();
   result.steps_done = step;
+  result.total_steps = o.steps;
+  result.lock = folder.lock();
   return result;
+}
+
+std::string format_lr(double lr) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", lr);
+  return buf;
+}
+
+// Applies --steps and --lr to a resumed run's options, printing each change and what it does
+// to the learning rate of the next step.
+void apply_resume_changes(TrainOptions& o, const ResumeChanges& changes, int64_t step,
+                          const std::string& dir) {
+  const TrainOptions before = o;
+  if (changes.steps) {
+    if (*changes.steps < step)
+      throw Error("--steps " + std::to_string(*changes.steps) +
+                  " is below the step of the run in '" + dir + "' (" + std::to_string(step) +
+                  "); a resumed run can only end at or after its checkpoint");
+    o.steps = *changes.steps;
+    std::fprintf(stderr, "resume: --steps %lld applied: the run now ends at step %lld (was %lld)\n",
+                 static_cast<long long>(o.steps), static_cast<long long>(o.steps),
+                 static_cast<long long>(before.steps));
+  }
+  if (changes.lr) {
+    if (!(std::isfinite(*changes.lr) && *changes.lr >= o.min_lr))
+      throw Error("--lr " + format_lr(*changes.lr) + " must be at least the run's --min-lr " +
+                  format_lr(o.min_lr));
+    o.lr = *changes.lr;
+    std::fprintf(stderr, "resume: --lr %s applied: peak learning rate %s (was %s)\n",
+                 format_lr(o.lr).c_str(), format_lr(o.lr).c_str(), format_lr(before.lr).c_str());
+  }
+  if ((changes.steps || changes.lr) && step < o.steps) {
+    const float was = learning_rate(step, before.steps, before.warmup, before.lr, before.min_lr);
+    const float now = learning_rate(step, o.steps, o.warmup, o.lr, o.min_lr);
+    std::fprintf(stderr,
+                 "resume: learning-rate schedule: warm-up %lld steps, then cosine from %s down "
+                 "to %s at step %lld; step %lld now uses %s (was %s)\n",
+                 static_cast<long long>(o.warmup), format_lr(o.lr).c_str(),
+                 format_lr(o.min_lr).c_str(), static_cast<long long>(o.steps),
+                 static_cast<long long>(step + 1), format_lr(now).c_str(), format_lr(was).c_str());
+  }
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& options, bool force) {
+  TrainOptions o = options;
+  // Everything that can be checked without writing is checked first: a bad option or config
+  // leaves the file system as it was.
+  validate_train_options(o);
+  ModelConfig config = o.config.empty() ? default_model_config() : load_model_config(o.config);
+  if (o.vocab_size != 0) {
+    config.vocab_size = o.vocab_size;
+    config.validate();
+  }
+  if (o.seq_len > config.max_position_embeddings)
+    throw Error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's " +
+                "max_position_embeddings " + std::to_string(config.max_position_embeddings));
+  if (o.corpus.empty()) o.corpus = default_corpus();
+  if (!fs::is_regular_file(o.corpus) && !fs::is_directory(o.corpus))
+    throw Error("corpus '" + o.corpus + "' is neither a file nor a folder");
+
+  RunFolder folder = RunFolder::open_fresh(o.out_dir, force);
+  bool stepped = false;
+  try {
+    prepare_run_data(o.corpus, folder.dir(), config);
+    return run_steps(o, config, folder, nullptr, stepped);
+  } catch (...) {
+    if (!stepped) {
+      try {
+        folder.discard();
+      } catch (const std::exception&) {  // the first error is the one to report
+      }
+    }
+    throw;
+  }
+}
+
+TrainResult resume_training(const std::string& given, const ResumeChanges& changes) {
+  RunFolder folder = RunFolder::open_existing(given);
+  const std::string dir = folder.dir();
+  const nlohmann::json state = recover_checkpoint(dir);
+  TrainOptions o = train_options_from_json(state.at("options"));
+  o.out_dir = dir;
+  o.quiet = changes.quiet;
+  const int64_t step = state.at("step");
+  apply_resume_changes(o, changes, step, dir);
+  validate_train_options(o);
+  if (step >= o.steps) {
+    TrainResult result;
+    result.dir = dir;
+    result.already_finished = true;
+    result.steps_done = result.total_steps = step;
+    result.train_loss = std::numeric_limits<double>::quiet_NaN();
+    result.val_loss = state.contains("val_loss") && state["val_loss"].is_number()
+                          ? state["val_loss"].get<double>()
+                          : last_logged_val_loss(dir, step);
+    result.lock = folder.lock();
+    return result;
+  }
+  const ModelConfig config = load_model_config(dir + "/config.json");
+  if (o.seq_len > config.max_position_embeddings)
+    throw Error(dir + "/trainer_state.json: seq_len " + std::to_string(o.seq_len) +
+                " exceeds the model's max_position_embeddings " +
+                std::to_string(config.max_position_embeddings));
+  check_run_data(dir, config);
+  bool stepped = false;
+  return run_steps(o, config, folder, &state, stepped);
 }
 
 }  // namespace moe

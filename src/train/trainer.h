@@ -3,8 +3,12 @@
 // continue (train/checkpoint.h) plus metrics.jsonl, one JSON object per line, every line with
 // "step" and "loss" (and "val_loss" where evaluated, "experts" where monitored).
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
+
+#include "train/run_folder.h"
 
 namespace moe {
 
@@ -28,22 +32,52 @@ struct TrainOptions {
   int64_t monitor_every = 50;
   int64_t log_every = 10;
   uint64_t seed = 1234;
-  bool quiet = false;  // no progress bar
+  int64_t vocab_size = 0;  // 0 = the model config's; else overrides it (a fresh run's tokenizer)
+  bool quiet = false;      // no progress bar
 };
+
+// Checks every option's range (Error naming the option) and warns about a warm-up that the
+// run never finishes. Touches no file.
+void validate_train_options(const TrainOptions& o);
 
 nlohmann::json train_options_to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const nlohmann::json& j);
 
-struct TrainResult {
-  int64_t steps_done = 0;
-  double final_loss = 0;
-  double val_loss = 0;  // NaN when never evaluated
-  bool interrupted = false;
+// "[####....] step 120/400  train loss 4.1234  lr 2.95e-03  5120 tok/s  ETA 1m02s" in at most
+// width - 1 columns (a line filling the last column wraps on some terminals): when it is too
+// wide the bar shrinks, then tok/s, lr and the ETA go, then the bar. Plain text, no control
+// codes.
+std::string format_progress_line(int64_t step, int64_t steps, double loss, float lr, double tok_s,
+                                 double eta_s, int width);
+
+// What --resume may change; each change is printed with its effect on the schedule.
+struct ResumeChanges {
+  std::optional<int64_t> steps;  // a new end (not below the checkpoint's step)
+  std::optional<float> lr;       // a new peak learning rate
+  bool quiet = false;
 };
 
-// Trains from scratch (or continues when `resume`; options then come from the run folder,
-// and steps > 0 in `resume_steps` extends the run). Throws Error on bad input and on a
-// non-finite loss (the last checkpoint stays).
-TrainResult train(TrainOptions options, bool resume, int64_t resume_steps = 0);
+// A MoE layer that drops more than this share of its token assignments over a monitor window
+// gets a warning.
+inline constexpr double kDropWarningRate = 0.01;
+
+struct TrainResult {
+  std::string dir;  // the run folder
+  int64_t steps_done = 0;
+  int64_t total_steps = 0;
+  double train_loss = 0;          // mean training loss over the last progress window
+  double val_loss = 0;            // the last validation loss; NaN when never evaluated
+  bool already_finished = false;  // a resumed run with no step left to do
+  int stopped_by_signal = 0;      // SIGINT / SIGTERM: saved and stopped early
+  std::shared_ptr<RunLock> lock;  // the folder's lock, for the caller's reads after training
+};
+
+// A fresh run into options.out_dir; `force` replaces a run there (at the new run's first
+// checkpoint). Throws Error on bad input (leaving no folder behind when no step was taken)
+// and on a non-finite loss (the last checkpoint stays).
+TrainResult train(const TrainOptions& options, bool force = false);
+
+// Continues the run in `dir` exactly where its last checkpoint left it.
+TrainResult resume_training(const std::string& dir, const ResumeChanges& changes);
 
 }  // namespace moe
