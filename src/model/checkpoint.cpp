@@ -1,5 +1,6 @@
 #include "model/checkpoint.h"
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -53,8 +54,18 @@ LoadedModel load_model(const std::string& dir, const std::string& weights, uint6
   m.config = load_model_config(dir + "/config.json");
   m.store = std::make_unique<ParamStore>();
   m.model = std::make_unique<Transformer>(m.config, *m.store, seed);
-  m.store->allocate();
   const std::string path = weights.empty() ? dir + "/model.safetensors" : weights;
+  // The config is as untrusted as the weights: one that asks for more parameters than the
+  // file can hold (2 bytes each at the least, F16/BF16) is refused before they are allocated.
+  std::error_code ec;
+  const uintmax_t file_bytes = std::filesystem::file_size(path, ec);
+  if (ec) throw Error("cannot read model weights '" + path + "': " + ec.message());
+  int64_t params = 0;
+  for (const ParamStore::Entry& e : m.store->entries()) params += e.ref.numel;
+  if (static_cast<uintmax_t>(params) > file_bytes / 2)
+    throw Error(path + ": " + std::to_string(file_bytes) + " bytes cannot hold the " +
+                std::to_string(params) + " parameters that " + dir + "/config.json describes");
+  m.store->allocate();
   load_model_tensors(*m.model, *m.store, read_safetensors(path), path);
   return m;
 }
