@@ -14,7 +14,7 @@ namespace moe {
 std::map<std::string, Tensor> model_tensors(Transformer& model, ParamStore& store) {
   std::map<std::string, Tensor> out;
   for (const HfTensorView& v : hf_tensor_views(model, store, HfWhich::Values)) {
-    Tensor t(v.shape);
+    Tensor t(v.shape, v.name);
     std::copy(v.data.begin(), v.data.end(), t.data());
     out.emplace(v.name, std::move(t));
   }
