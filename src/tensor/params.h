@@ -29,8 +29,6 @@ class ParamStore {
   // Allocates values and gradients, both zero.
   void allocate();
   bool allocated() const { return allocated_; }
-  // Floats that allocate() will take for values (and again for gradients), alignment included.
-  int64_t total() const { return total_; }
 
   std::span<float> value(ParamRef r) { return values_.span().subspan(r.offset, r.numel); }
   std::span<const float> value(ParamRef r) const {

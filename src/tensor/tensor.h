@@ -35,7 +35,7 @@ class Tensor {
 
   // Changes the shape; reallocates only when the new size exceeds the capacity, so a
   // workspace resized every call stops allocating once it has seen its largest shape.
-  // Contents are unspecified afterwards.
+  // Contents are unspecified afterwards; a resize that throws leaves the tensor as it was.
   void resize(std::span<const int64_t> shape, std::string_view label = {});
   void resize(std::initializer_list<int64_t> shape, std::string_view label = {}) {
     resize({shape.begin(), shape.size()}, label);
