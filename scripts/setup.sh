@@ -9,7 +9,7 @@ packages=(
   libsentencepiece-dev zlib1g-dev   # tokenizer; reading the gzip corpus
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
-  clang libclang-rt-14-dev         # libFuzzer targets (scripts/fuzz.sh)
+  clang libclang-rt-14-dev libomp-dev  # libFuzzer targets (scripts/fuzz.sh), OpenMP for clang
   python3 python3-torch python3-numpy   # PyTorch reference tests (run with /usr/bin/python3)
 )
 

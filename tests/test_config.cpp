@@ -2,12 +2,14 @@
 // the capacity formula.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
 
 #include "model/param_count.h"
 #include "moe/config.h"
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 
 namespace moe {
 namespace {
@@ -42,6 +44,50 @@ TEST(MoeConfig, RejectsUnknownKeysAndWrongTypes) {
   expect_error_naming({{"top_k", "two"}}, "top_k");
   expect_error_naming({{"router_type", "softmax"}}, "router_type");
   expect_error_naming({{"drop_policy", "random"}}, "drop_policy");
+}
+
+// The typed readers and range checks both config parsers build on.
+TEST(JsonField, NumbersAreFiniteAndFitTheirType) {
+  auto error_of = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  const nlohmann::json big_unsigned = UINT64_MAX;
+  EXPECT_EQ(error_of([&] { json_int(big_unsigned, "cfg", "n"); }),
+            "cfg field 'n' must be an integer that fits in 64 bits");
+  EXPECT_EQ(json_int(nlohmann::json(INT64_MAX), "cfg", "n"), INT64_MAX);
+  // 1e39 is a finite double but no float: the cast gave inf, which passed as a coefficient.
+  EXPECT_EQ(error_of([] { json_float(nlohmann::json(1e39), "cfg", "x"); }),
+            "cfg field 'x' must be a number within float range (|x| <= 3.4e38)");
+  EXPECT_EQ(json_float(nlohmann::json(0.5), "cfg", "x"), 0.5f);
+  // JSON text cannot spell NaN or inf, but a json value built in code can.
+  EXPECT_EQ(error_of([] {
+              json_number(nlohmann::json(std::numeric_limits<double>::infinity()), "cfg", "x");
+            }),
+            "cfg field 'x' must be a finite number");
+  EXPECT_EQ(error_of([] { json_number(nlohmann::json(std::nan("")), "cfg", "x"); }),
+            "cfg field 'x' must be a finite number");
+
+  EXPECT_EQ(error_of([] { require_int_in_range(9, 1, 8, "cfg", "k"); }),
+            "cfg field 'k' must be in [1, 8], got 9");
+  EXPECT_EQ(error_of([] { require_int_in_range(8, 1, 8, "cfg", "k"); }), "(no error)");
+  EXPECT_EQ(error_of([] { require_real_in_range(0.0, 0.0, 1.0, "cfg", "eps", Lower::Exclusive); }),
+            "cfg field 'eps' must be in (0, 1], got 0");
+  EXPECT_EQ(error_of([] { require_real_in_range(0.0, 0.0, 1.0, "cfg", "eps"); }), "(no error)");
+  EXPECT_EQ(error_of([] { require_real_in_range(1e18, 0.0, 100.0, "cfg", "cf"); }),
+            "cfg field 'cf' must be in [0, 100], got 1e+18");
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity(),
+                     -std::numeric_limits<double>::infinity()})
+    EXPECT_NE(error_of([&] {
+                require_real_in_range(bad, -std::numeric_limits<double>::max(),
+                                      std::numeric_limits<double>::max(), "cfg", "x");
+              }),
+              "(no error)")
+        << bad;
 }
 
 TEST(MoeConfig, RoundTripsThroughJson) {
@@ -143,9 +189,10 @@ TEST(MoeConfig, EveryNumericFieldHasAnUpperBoundToo) {
 }
 
 TEST(MoeConfig, NonFiniteNumbersAreRejected) {
-  // JSON has no infinity, but a literal beyond float's range reads into a float field as one.
-  expect_range_error({{"aux_loss_coeff", 1e39}}, "aux_loss_coeff", "got inf");
-  expect_range_error({{"routed_scaling_factor", -1e39}}, "routed_scaling_factor", "got -inf");
+  // JSON has no infinity; a literal beyond float's range, which would read as one, is refused.
+  expect_range_error({{"aux_loss_coeff", 1e39}}, "aux_loss_coeff", "within float range");
+  expect_range_error({{"routed_scaling_factor", -1e39}}, "routed_scaling_factor",
+                     "within float range");
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (float MoeConfig::*field :
        {&MoeConfig::routed_scaling_factor, &MoeConfig::jitter_eps, &MoeConfig::bias_update_speed,

@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
+#include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/param_count.h"
 #include "model/transformer.h"
@@ -46,6 +50,60 @@ TEST(ModelConfig, RejectsBadFieldsNamingThem) {
   bad_moe["moe"]["hidden_size"] = 128;
   EXPECT_NE(error_of(bad_moe).find("hidden_size"), std::string::npos);
   EXPECT_NE(error_of(nlohmann::json::array()).find("object"), std::string::npos);
+}
+
+// Every numeric field has an upper bound too, stated in the error; non-finite or
+// out-of-type numbers never pass.
+TEST(ModelConfig, EveryNumericFieldHasAStatedRange) {
+  const nlohmann::json ok = model_config_to_json(default_model_config());
+  auto with = [&](const std::string& key, nlohmann::json v) {
+    nlohmann::json j = ok;
+    j[key] = std::move(v);
+    return error_of(j);
+  };
+  const std::vector<std::pair<std::string, nlohmann::json>> too_big = {
+      {"vocab_size", int64_t{1} << 25},
+      {"hidden_size", int64_t{1} << 17},
+      {"intermediate_size", int64_t{1} << 21},
+      {"num_hidden_layers", 1025},
+      {"num_attention_heads", 2048},
+      {"num_key_value_heads", 16},  // above num_attention_heads (8)
+      {"head_dim", 2048},
+      {"max_position_embeddings", int64_t{1} << 21},
+      {"rope_theta", 1e300},
+      {"rms_norm_eps", 2.0},
+      {"initializer_range", 5.0},
+      {"moe_layer_freq", 1025},
+      {"first_k_dense_replace", 1025}};
+  for (const auto& [key, value] : too_big) {
+    const std::string e = with(key, value);
+    EXPECT_NE(e.find("model config field '" + key + "' must be in "), std::string::npos)
+        << key << ": " << e;
+  }
+  EXPECT_EQ(with("hidden_size", int64_t{1} << 17),
+            "model config field 'hidden_size' must be in [1, 65536], got 131072");
+  EXPECT_EQ(with("rope_theta", 1e300),
+            "model config field 'rope_theta' must be in (1, 1e+12], got 1e+300");
+  // Past float's range: was converted to inf.
+  EXPECT_NE(with("rms_norm_eps", 1e39).find("float range"), std::string::npos);
+  // Past int64's range: nlohmann stores it unsigned, and a plain get wrapped it to -1.
+  EXPECT_NE(with("vocab_size", nlohmann::json(UINT64_MAX)).find("fits in 64 bits"),
+            std::string::npos);
+  // hidden 65536 / 1 head: a head 65536 wide.
+  nlohmann::json wide = ok;
+  wide["hidden_size"] = 65536;
+  wide["num_attention_heads"] = 1;
+  wide["num_key_value_heads"] = 1;
+  wide["head_dim"] = 0;
+  wide.erase("moe");
+  EXPECT_NE(error_of(wide).find("at most 1024"), std::string::npos) << error_of(wide);
+  // The programmatic path (no JSON) is held to the same ranges.
+  ModelConfig c = default_model_config();
+  c.rope_theta = std::numeric_limits<double>::infinity();
+  EXPECT_THROW(c.validate(), Error);
+  c = default_model_config();
+  c.initializer_range = std::nanf("");
+  EXPECT_THROW(c.validate(), Error);
 }
 
 TEST(ModelConfig, LoadReportsFileAndJsonErrors) {
@@ -96,6 +154,52 @@ TEST(ParamCount, EqualsWhatTheModelAllocates) {
     int64_t allocated = 0;
     for (const auto& e : store.entries()) allocated += e.ref.numel;
     EXPECT_EQ(count_params(arch_from_model_config(config, name)).total, allocated) << name;
+  }
+}
+
+TEST(ParamCount, OverflowIsAnErrorNotANegativeCount) {
+  // 2^16 wide, 2^20-wide experts, 2^20 of them, 1024 layers: 3 * 2^66 parameters, which
+  // wrapped to a negative total before the count was checked.
+  ArchSpec a;
+  a.name = "huge";
+  a.vocab_size = 1000;
+  a.hidden_size = 1 << 16;
+  a.num_layers = 1024;
+  a.heads = a.kv_heads = 64;
+  a.head_dim = 1024;
+  a.num_experts = 1 << 20;
+  a.top_k = 1;
+  a.moe_intermediate_size = 1 << 20;
+  try {
+    const ParamCount c = count_params(a);
+    FAIL() << "counted " << c.total;
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "architecture 'huge': the parameter count overflows 64 bits");
+  }
+  a.num_experts = 1 << 10;  // 3 * 2^56: large, and exact
+  EXPECT_EQ(count_params(a).routed_experts, int64_t{3} << 56);
+}
+
+TEST(LoadModel, RefusesAConfigTheWeightsCannotHold) {
+  // A config that asks for 2^24 * 2^16 * 2 embedding floats (8 TiB) beside a 100-byte
+  // weights file: refused before anything that size is allocated.
+  const std::string dir = testing::TempDir() + "/huge_config_run";
+  std::filesystem::create_directories(dir);
+  ModelConfig c = dense_baseline_model_config();
+  c.vocab_size = int64_t{1} << 24;
+  c.hidden_size = int64_t{1} << 16;
+  c.num_attention_heads = 64;
+  c.num_key_value_heads = 64;
+  c.num_hidden_layers = 1;
+  save_model_config(dir, c);
+  std::ofstream(dir + "/model.safetensors") << std::string(100, ' ');
+  try {
+    load_model(dir);
+    FAIL() << "loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.safetensors: 100 bytes cannot hold the"),
+              std::string::npos)
+        << e.what();
   }
 }
 

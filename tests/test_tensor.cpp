@@ -10,6 +10,7 @@
 #include "tensor/error.h"
 #include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
+#include "tensor/params.h"
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
 #include "tensor/tensor.h"
@@ -26,6 +27,64 @@ TEST(Tensor, AlignedAndReusesCapacity) {
   t.resize({2, 2});
   EXPECT_EQ(t.data(), p);
   EXPECT_EQ(t.numel(), 4);
+}
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Tensor, ShapeNumelRefusesOverflow) {
+  EXPECT_EQ(shape_numel(Shape{1 << 20, 1 << 20, 1 << 20}), int64_t{1} << 60);
+  // 2^32 * 2^32 wrapped to 0 before the check.
+  EXPECT_NE(error_of([] {
+              shape_numel(Shape{int64_t{1} << 32, int64_t{1} << 32});
+            }).find("more elements than fit in 64 bits"),
+            std::string::npos);
+  EXPECT_THROW(shape_numel(Shape{3, -1}), Error);
+}
+
+TEST(Tensor, OutOfMemoryNamesTheBufferAndItsSize) {
+  EXPECT_EQ(format_bytes(12), "12 bytes");
+  EXPECT_EQ(format_bytes(uint64_t{4} << 30), "4.0 GiB");
+  EXPECT_EQ(format_bytes(uint64_t{3} << 19), "1.5 MiB");
+  // 2^50 floats = 4 PiB: more than any machine this runs on has.
+  EXPECT_EQ(error_of([] { Tensor({int64_t{1} << 50}, "attention scratch"); }),
+            "out of memory: attention scratch needs 4.0 PiB");
+  try {
+    Tensor({int64_t{1} << 40, 1 << 10});
+    FAIL() << "allocated 4 PiB";
+  } catch (const OutOfMemory& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "out of memory: tensor of [1099511627776, 1024] needs 4.0 PiB");
+    EXPECT_EQ(e.bytes(), uint64_t{1} << 52);
+  }
+  // 2^62 floats: the byte count itself wraps (to 0 before the fix, then filled: a crash).
+  EXPECT_EQ(error_of([] { Tensor({int64_t{1} << 62}); }),
+            "out of memory: tensor of [4611686018427387904] needs 16.0 EiB");
+  // A failed resize leaves the tensor as it was.
+  Tensor t({2, 3});
+  t[5] = 7.0f;
+  EXPECT_THROW(t.resize({int64_t{1} << 50}, "workspace"), OutOfMemory);
+  EXPECT_EQ(t.shape(), (Shape{2, 3}));
+  EXPECT_EQ(t[5], 7.0f);
+}
+
+TEST(ParamStore, RefusesATotalThatOverflowsAndLabelsItsBuffers) {
+  ParamStore store;
+  store.add("a", {int64_t{1} << 40, int64_t{1} << 21});  // 2^61
+  // 2^63 - 2^40 more: each shape fits, the running total does not.
+  const std::string e = error_of([&] {
+    store.add("b", {int64_t{1} << 40, (int64_t{1} << 23) - 1});
+  });
+  EXPECT_NE(e.find("parameter 'b'"), std::string::npos) << e;
+  EXPECT_NE(e.find("overflows 64 bits"), std::string::npos) << e;
+  EXPECT_EQ(error_of([&] { store.allocate(); }), "out of memory: parameters needs 8.0 EiB");
 }
 
 TEST(Gemm, MatchesNaiveForAllTransposes) {
@@ -166,6 +225,34 @@ TEST(Safetensors, RejectsEachKindOfCorruption) {
   expect_rejected(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8, "trailing");
   expect_rejected(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, "'a'");
   expect_rejected(R"({"a":{"dtype":"F32","shape":[1]}})", 4, "'a'");
+}
+
+// Headers whose sizes overflow 64 bits. The first is the ~100-byte file that crashed
+// `moe generate`: 2^31 * 2^31 floats * 4 bytes wraps to exactly 0, matching data_offsets
+// [0, 0], and the reader then filled a zero-byte buffer with 2^62 floats.
+TEST(Safetensors, RefusesSizesThatOverflow) {
+  expect_rejected(
+      R"({"w":{"dtype":"F32","shape":[2147483648,2147483648],"data_offsets":[0,0]}})", 0,
+      "tensor 'w': shape [2147483648, 2147483648] of F32 needs more bytes than fit in 64 bits");
+  // In 16 bits the same shape needs 2^63 bytes: no wrap, and the offsets disagree.
+  expect_rejected(R"({"w":{"dtype":"BF16","shape":[2147483648,2147483648],"data_offsets":[0,0]}})",
+                  0, "needs 9223372036854775808 bytes, offsets give 0");
+  // Element counts that wrap: 2^20 to the fourth is 2^80.
+  expect_rejected(
+      R"({"w":{"dtype":"F16","shape":[1048576,1048576,1048576,1048576],"data_offsets":[0,0]}})", 0,
+      "tensor 'w': shape [1048576, 1048576, 1048576, 1048576] has more elements than fit in 64 "
+      "bits");
+  // A count of 2^39 * 2^24 = 2^63 fits uint64 but not a Tensor's int64.
+  expect_rejected(R"({"w":{"dtype":"F32","shape":[549755813888,16777216],"data_offsets":[0,0]}})",
+                  0, "more elements than fit in 64 bits");
+  // Offsets at the top of uint64: their difference must not wrap into a plausible size.
+  expect_rejected(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551615,3]}})", 4,
+                  "out of range");
+  expect_rejected(
+      R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551615]}})",
+      4, "out of range");
+  // And the file itself: a folder opens, but its size reads as absurd.
+  EXPECT_THROW(read_safetensors(testing::TempDir()), Error);
 }
 
 }  // namespace

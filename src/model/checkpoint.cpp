@@ -1,9 +1,11 @@
 #include "model/checkpoint.h"
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "model/hf_layout.h"
+#include "model/param_count.h"
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
 
@@ -12,7 +14,7 @@ namespace moe {
 std::map<std::string, Tensor> model_tensors(Transformer& model, ParamStore& store) {
   std::map<std::string, Tensor> out;
   for (const HfTensorView& v : hf_tensor_views(model, store, HfWhich::Values)) {
-    Tensor t(v.shape);
+    Tensor t(v.shape, v.name);
     std::copy(v.data.begin(), v.data.end(), t.data());
     out.emplace(v.name, std::move(t));
   }
@@ -51,10 +53,20 @@ void save_model_config(const std::string& dir, const ModelConfig& config) {
 LoadedModel load_model(const std::string& dir, const std::string& weights, uint64_t seed) {
   LoadedModel m;
   m.config = load_model_config(dir + "/config.json");
+  const std::string path = weights.empty() ? dir + "/model.safetensors" : weights;
+  // The config is as untrusted as the weights: one that asks for more parameters than the
+  // file can hold (2 bytes each at the least, F16/BF16) is refused before the model, its
+  // parameters or anything sized by the config is allocated.
+  std::error_code ec;
+  const uintmax_t file_bytes = std::filesystem::file_size(path, ec);
+  if (ec) throw Error("cannot read model weights '" + path + "': " + ec.message());
+  const int64_t params = count_params(arch_from_model_config(m.config, dir)).total;
+  if (static_cast<uintmax_t>(params) > file_bytes / 2)
+    throw Error(path + ": " + std::to_string(file_bytes) + " bytes cannot hold the " +
+                std::to_string(params) + " parameters that " + dir + "/config.json describes");
   m.store = std::make_unique<ParamStore>();
   m.model = std::make_unique<Transformer>(m.config, *m.store, seed);
   m.store->allocate();
-  const std::string path = weights.empty() ? dir + "/model.safetensors" : weights;
   load_model_tensors(*m.model, *m.store, read_safetensors(path), path);
   return m;
 }

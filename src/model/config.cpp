@@ -29,25 +29,29 @@ int64_t ModelConfig::num_moe_layers() const {
 }
 
 void ModelConfig::validate() const {
-  check(vocab_size > 0, "vocab_size", "must be positive");
-  check(hidden_size > 0, "hidden_size", "must be positive");
-  check(num_hidden_layers > 0, "num_hidden_layers", "must be positive");
-  check(num_attention_heads > 0, "num_attention_heads", "must be positive");
-  check(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0,
-        "num_key_value_heads",
-        "must be positive and divide num_attention_heads (" + std::to_string(num_attention_heads) +
-            ")");
-  check(head_dim >= 0, "head_dim", "must be >= 0 (0 = hidden_size / num_attention_heads)");
+  // Ranges: generous for any model this code could train or load, tight enough that no
+  // product of sizes below (a weight matrix, the parameter count) can overflow int64.
+  require_int_in_range(vocab_size, 1, kMaxVocabSize, kWhat, "vocab_size");
+  require_int_in_range(hidden_size, 1, kMaxHiddenSize, kWhat, "hidden_size");
+  require_int_in_range(intermediate_size, 0, kMaxIntermediateSize, kWhat, "intermediate_size");
+  require_int_in_range(num_hidden_layers, 1, kMaxLayers, kWhat, "num_hidden_layers");
+  require_int_in_range(num_attention_heads, 1, kMaxHeads, kWhat, "num_attention_heads");
+  require_int_in_range(num_key_value_heads, 1, num_attention_heads, kWhat, "num_key_value_heads");
+  check(num_attention_heads % num_key_value_heads == 0, "num_key_value_heads",
+        "must divide num_attention_heads (" + std::to_string(num_attention_heads) + ")");
+  require_int_in_range(head_dim, 0, kMaxHeadDim, kWhat, "head_dim");
   check(head_dim > 0 || hidden_size % num_attention_heads == 0, "hidden_size",
         "must be a multiple of num_attention_heads when head_dim is not given");
+  check(resolved_head_dim() <= kMaxHeadDim, "head_dim",
+        "hidden_size / num_attention_heads must be at most " + std::to_string(kMaxHeadDim) +
+            " (or give head_dim)");
   check(resolved_head_dim() % 2 == 0, "head_dim", "must be even (RoPE rotates pairs)");
-  check(max_position_embeddings > 0, "max_position_embeddings", "must be positive");
-  check(std::isfinite(rope_theta) && rope_theta > 1.0, "rope_theta", "must be > 1");
-  check(std::isfinite(rms_norm_eps) && rms_norm_eps > 0, "rms_norm_eps", "must be positive");
-  check(std::isfinite(initializer_range) && initializer_range > 0, "initializer_range",
-        "must be positive");
-  check(moe_layer_freq > 0, "moe_layer_freq", "must be positive");
-  check(first_k_dense_replace >= 0, "first_k_dense_replace", "must be >= 0");
+  require_int_in_range(max_position_embeddings, 1, kMaxPositions, kWhat, "max_position_embeddings");
+  require_real_in_range(rope_theta, 1.0, 1e12, kWhat, "rope_theta", Lower::Exclusive);
+  require_real_in_range(rms_norm_eps, 0.0, 1.0, kWhat, "rms_norm_eps", Lower::Exclusive);
+  require_real_in_range(initializer_range, 0.0, 1.0, kWhat, "initializer_range", Lower::Exclusive);
+  require_int_in_range(moe_layer_freq, 1, kMaxLayers, kWhat, "moe_layer_freq");
+  require_int_in_range(first_k_dense_replace, 0, kMaxLayers, kWhat, "first_k_dense_replace");
   const bool any_dense = num_moe_layers() < num_hidden_layers;
   check(!any_dense || intermediate_size > 0, "intermediate_size",
         "must be positive: the model has dense FFN blocks");
@@ -82,11 +86,11 @@ ModelConfig model_config_from_json(const nlohmann::json& j) {
     else if (key == "rope_theta")
       c.rope_theta = json_number(v, kWhat, key);
     else if (key == "rms_norm_eps")
-      c.rms_norm_eps = static_cast<float>(json_number(v, kWhat, key));
+      c.rms_norm_eps = json_float(v, kWhat, key);
     else if (key == "tie_word_embeddings")
       c.tie_word_embeddings = json_bool(v, kWhat, key);
     else if (key == "initializer_range")
-      c.initializer_range = static_cast<float>(json_number(v, kWhat, key));
+      c.initializer_range = json_float(v, kWhat, key);
     else if (key == "moe_layer_freq")
       c.moe_layer_freq = json_int(v, kWhat, key);
     else if (key == "first_k_dense_replace")

@@ -6,64 +6,98 @@
 
 namespace moe {
 
+namespace {
+
+// A parameter count whose + and * throw instead of wrapping: the sizes may come from a
+// user's config, and a count that overflowed would print as a negative number.
+struct Count {
+  int64_t n = 0;
+  Count(int64_t v) : n(v) {}  // implicit, so that sizes mix freely with counts
+};
+struct CountOverflow {};
+Count operator*(Count a, Count b) {
+  int64_t r;
+  if (__builtin_mul_overflow(a.n, b.n, &r)) throw CountOverflow{};
+  return r;
+}
+Count operator+(Count a, Count b) {
+  int64_t r;
+  if (__builtin_add_overflow(a.n, b.n, &r)) throw CountOverflow{};
+  return r;
+}
+Count& operator+=(Count& a, Count b) {
+  return a = a + b;
+}
+
+}  // namespace
+
 ParamCount count_params(const ArchSpec& a) {
+  // Every size is a natural number; a negative one would make the checks below meaningless.
+  for (int64_t v :
+       {a.vocab_size, a.hidden_size, a.num_layers, a.heads, a.kv_heads, a.head_dim, a.q_lora_rank,
+        a.kv_lora_rank, a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim, a.intermediate_size,
+        a.num_experts, a.top_k, a.moe_intermediate_size, a.n_shared_experts,
+        a.shared_expert_intermediate_size, a.context})
+    if (v < 0) throw Error("architecture '" + a.name + "': a size is negative");
   ParamCount c;
-  const int64_t D = a.hidden_size;
-  const bool mla = a.kv_lora_rank > 0;
+  try {
+    const Count D = a.hidden_size;
+    const bool mla = a.kv_lora_rank > 0;
 
-  // Attention per layer: weights, and the width of q.k and of the weighted values per head.
-  int64_t attn = 0, qk_width = 0, v_width = 0;
-  if (mla) {
-    const int64_t qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim;
-    if (a.q_lora_rank > 0)
-      attn += a.q_lora_rank * D + a.q_lora_rank + a.heads * qk_head * a.q_lora_rank;
-    else
-      attn += a.heads * qk_head * D;
-    attn += (a.kv_lora_rank + a.qk_rope_head_dim) * D + a.kv_lora_rank;
-    attn += a.heads * (a.qk_nope_head_dim + a.v_head_dim) * a.kv_lora_rank;
-    attn += D * a.heads * a.v_head_dim;
-    qk_width = a.heads * qk_head;
-    v_width = a.heads * a.v_head_dim;
-  } else {
-    const int64_t q = a.heads * a.head_dim, kv = a.kv_heads * a.head_dim;
-    attn = q * D + 2 * kv * D + D * q;
-    if (a.attention_bias) attn += q + 2 * kv;
-    if (a.qk_norm) attn += q + kv;
-    qk_width = q;
-    v_width = q;
-  }
-
-  const int64_t dense_ffn = 3 * D * a.intermediate_size;
-  const int64_t expert = 3 * D * a.moe_intermediate_size;
-  const int64_t shared = 3 * D * a.n_shared_experts * a.shared_expert_intermediate_size;
-  const int64_t router =
-      a.num_experts * D * (a.router_noise_weight ? 2 : 1) + (a.shared_expert_gate ? D : 0);
-
-  c.embeddings = a.vocab_size * D * (a.tie_word_embeddings ? 1 : 2);
-  c.norms = D;  // final norm
-  for (int64_t l = 0; l < a.num_layers; ++l) {
-    c.attention += attn;
-    c.norms += 2 * D;
-    if (a.is_moe_layer(l)) {
-      c.routed_experts += a.num_experts * expert;
-      c.routed_experts_active += a.top_k * expert;
-      c.shared_experts += shared;
-      c.routers += router;
+    // Attention per layer: weights, and the width of q.k and of the weighted values per head.
+    Count attn = 0, qk_width = 0, v_width = 0;
+    if (mla) {
+      const Count qk_head = Count(a.qk_nope_head_dim) + a.qk_rope_head_dim;
+      if (a.q_lora_rank > 0)
+        attn += Count(a.q_lora_rank) * D + a.q_lora_rank + Count(a.heads) * qk_head * a.q_lora_rank;
+      else
+        attn += Count(a.heads) * qk_head * D;
+      attn += (Count(a.kv_lora_rank) + a.qk_rope_head_dim) * D + a.kv_lora_rank;
+      attn += Count(a.heads) * (Count(a.qk_nope_head_dim) + a.v_head_dim) * a.kv_lora_rank;
+      attn += D * a.heads * a.v_head_dim;
+      qk_width = Count(a.heads) * qk_head;
+      v_width = Count(a.heads) * a.v_head_dim;
     } else {
-      c.dense_ffn += dense_ffn;
+      const Count q = Count(a.heads) * a.head_dim, kv = Count(a.kv_heads) * a.head_dim;
+      attn = q * D + Count(2) * kv * D + D * q;
+      if (a.attention_bias) attn += q + Count(2) * kv;
+      if (a.qk_norm) attn += q + kv;
+      qk_width = q;
+      v_width = q;
     }
-  }
-  const int64_t common = c.attention + c.norms + c.dense_ffn + c.shared_experts + c.routers;
-  c.total = c.embeddings + common + c.routed_experts;
-  c.active = c.embeddings + common + c.routed_experts_active;
 
-  // Matrices a token multiplies through: every active one but the embedding lookup (a tied
-  // table is counted once, as the LM head's [V, D] product).
-  const double matmul =
-      double(c.active - c.norms) - (a.tie_word_embeddings ? 0.0 : double(a.vocab_size * D));
-  const double positions = (double(a.context) + 1.0) / 2.0;
-  c.forward_flops_per_token =
-      2.0 * matmul + 2.0 * double(a.num_layers) * positions * double(qk_width + v_width);
+    const Count dense_ffn = Count(3) * D * a.intermediate_size;
+    const Count expert = Count(3) * D * a.moe_intermediate_size;
+    const Count shared = Count(3) * D * a.n_shared_experts * a.shared_expert_intermediate_size;
+    const Count router = Count(a.num_experts) * D * (a.router_noise_weight ? 2 : 1) +
+                         (a.shared_expert_gate ? D : Count(0));
+
+    // Per-layer sizes times the number of layers of each kind.
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < a.num_layers; ++l) moe_layers += a.is_moe_layer(l);
+    const int64_t dense_layers = a.num_layers - moe_layers;
+    c.embeddings = (Count(a.vocab_size) * D * (a.tie_word_embeddings ? 1 : 2)).n;
+    c.norms = (D + Count(2) * D * a.num_layers).n;  // final norm + two per block
+    c.attention = (attn * a.num_layers).n;
+    c.dense_ffn = (dense_ffn * dense_layers).n;
+    c.routed_experts = (Count(a.num_experts) * expert * moe_layers).n;
+    c.routed_experts_active = (Count(a.top_k) * expert * moe_layers).n;
+    c.shared_experts = (shared * moe_layers).n;
+    c.routers = (router * moe_layers).n;
+    const Count common = Count(c.attention) + c.norms + c.dense_ffn + c.shared_experts + c.routers;
+    c.total = (Count(c.embeddings) + common + c.routed_experts).n;
+    c.active = (Count(c.embeddings) + common + c.routed_experts_active).n;
+    // Widths for the FLOPs below, checked above; from here on the arithmetic is in double.
+    const double widths = double((qk_width + v_width).n);
+    // Matrices a token multiplies through: every active one but the embedding lookup (a
+    // tied table is counted once, as the LM head's [V, D] product).
+    const double matmul = double(c.active - c.norms) -
+                          (a.tie_word_embeddings ? 0.0 : double(a.vocab_size) * double(D.n));
+    const double positions = (double(a.context) + 1.0) / 2.0;
+    c.forward_flops_per_token = 2.0 * matmul + 2.0 * double(a.num_layers) * positions * widths;
+  } catch (const CountOverflow&) {
+    throw Error("architecture '" + a.name + "': the parameter count overflows 64 bits");
+  }
   return c;
 }
 

@@ -8,18 +8,24 @@ ParamRef ParamStore::add(const std::string& name, const Shape& shape) {
   require(!allocated_, "parameter '" + name + "' registered after allocation");
   for (const auto& e : entries_)
     require(e.name != name, "parameter '" + name + "' registered twice");
-  // Every tensor starts on a 64-byte boundary so BLAS sees aligned rows.
-  total_ = (total_ + 15) / 16 * 16;
-  ParamRef ref{total_, shape_numel(shape)};
+  // Every tensor starts on a 64-byte boundary so BLAS sees aligned rows. Shapes come from
+  // configs that may be hostile: the running total must not wrap.
+  const int64_t numel = shape_numel(shape);
+  int64_t offset = 0, end = 0;
+  if (__builtin_add_overflow(total_, 15, &offset) ||
+      __builtin_add_overflow(offset / 16 * 16, numel, &end))
+    throw Error("parameter '" + name + "' " + shape_str(shape) +
+                ": the model's parameter count overflows 64 bits");
+  ParamRef ref{offset / 16 * 16, numel};
   entries_.push_back({name, shape, ref});
-  total_ += ref.numel;
+  total_ = end;
   return ref;
 }
 
 void ParamStore::allocate() {
   require(!allocated_, "ParamStore allocated twice");
-  values_ = Tensor({total_});
-  grads_ = Tensor({total_});
+  values_ = Tensor({total_}, "parameters");
+  grads_ = Tensor({total_}, "gradients");
   allocated_ = true;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -99,13 +100,26 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
     require(entry["dtype"].is_string(), where + ": dtype is not a string");
     const std::string dtype = entry["dtype"].get<std::string>();
     const size_t elem = dtype_size(dtype, where);
+    // Every size below comes from the file: products are checked, so a shape whose byte
+    // count wraps to the offsets' span is refused instead of allocated short.
     Shape shape;
+    uint64_t numel = 1;
     require(entry["shape"].is_array(), where + ": shape is not an array");
     for (auto& d : entry["shape"]) {
       require(d.is_number_unsigned(), where + ": shape has a non-natural dimension");
-      require(d.get<uint64_t>() < (1ull << 40), where + ": absurd dimension");
-      shape.push_back(d.get<int64_t>());
+      const uint64_t dim = d.get<uint64_t>();
+      require(dim < (1ull << 40), where + ": absurd dimension " + std::to_string(dim));
+      shape.push_back(static_cast<int64_t>(dim));
     }
+    for (int64_t dim : shape)
+      if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dim), &numel) ||
+          numel > uint64_t{INT64_MAX})
+        throw Error(where + ": shape " + shape_str(shape) +
+                    " has more elements than fit in 64 bits");
+    uint64_t bytes_needed = 0;
+    if (__builtin_mul_overflow(numel, elem, &bytes_needed))
+      throw Error(where + ": shape " + shape_str(shape) + " of " + dtype +
+                  " needs more bytes than fit in 64 bits");
     auto& offsets = entry["data_offsets"];
     require(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
                 offsets[1].is_number_unsigned(),
@@ -115,13 +129,12 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
     require(begin <= end && end <= data_len,
             where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                 "] out of range (data section is " + std::to_string(data_len) + " bytes)");
-    const uint64_t numel = static_cast<uint64_t>(shape_numel(shape));
-    require(end - begin == numel * elem, where + ": shape " + shape_str(shape) + " of " + dtype +
-                                             " needs " + std::to_string(numel * elem) +
+    require(end - begin == bytes_needed, where + ": shape " + shape_str(shape) + " of " + dtype +
+                                             " needs " + std::to_string(bytes_needed) +
                                              " bytes, offsets give " + std::to_string(end - begin));
     ranges.emplace_back(begin, end);
 
-    Tensor t(shape);
+    Tensor t(shape, where);
     const char* src = data + begin;
     if (dtype == "F32") {
       std::memcpy(t.data(), src, numel * 4);
@@ -149,11 +162,21 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
+  // A folder opens as a stream whose size reads as absurd: check what the path is first.
+  std::error_code ec;
+  require(std::filesystem::is_regular_file(path, ec),
+          path + ": cannot open (missing, or not a regular file)");
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   require(in.good(), path + ": cannot open");
   const std::streamsize size = in.tellg();
+  require(size >= 0, path + ": cannot read its size");
   in.seekg(0);
-  std::vector<char> bytes(static_cast<size_t>(size));
+  std::vector<char> bytes;
+  try {
+    bytes.resize(static_cast<size_t>(size));
+  } catch (const std::bad_alloc&) {
+    throw OutOfMemory("reading " + path, static_cast<uint64_t>(size));
+  }
   require(static_cast<bool>(in.read(bytes.data(), size)), path + ": read failed");
   return parse_safetensors(bytes, path);
 }

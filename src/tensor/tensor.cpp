@@ -1,5 +1,7 @@
 #include "tensor/tensor.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -8,12 +10,26 @@
 #include "tensor/error.h"
 
 namespace moe {
+namespace {
+
+// Bytes of physical memory, or the largest size_t when the system does not say.
+uint64_t physical_memory_bytes() {
+  static const uint64_t bytes = [] {
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return static_cast<uint64_t>(SIZE_MAX);
+    return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+  }();
+  return bytes;
+}
+
+}  // namespace
 
 int64_t shape_numel(std::span<const int64_t> shape) {
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0) throw Error("negative dimension in shape " + shape_str(shape));
-    n *= d;
+    if (__builtin_mul_overflow(n, d, &n))
+      throw Error("shape " + shape_str(shape) + " has more elements than fit in 64 bits");
   }
   return n;
 }
@@ -28,8 +44,8 @@ void Tensor::FreeDeleter::operator()(float* p) const {
   ::operator delete[](p, std::align_val_t(64));
 }
 
-Tensor::Tensor(Shape shape) {
-  resize(shape);
+Tensor::Tensor(Shape shape, std::string_view label) {
+  resize(shape, label);
   fill(0.0f);
 }
 
@@ -46,11 +62,24 @@ Tensor& Tensor::operator=(const Tensor& other) {
   return *this;
 }
 
-void Tensor::resize(std::span<const int64_t> shape) {
+void Tensor::resize(std::span<const int64_t> shape, std::string_view label) {
   const int64_t n = shape_numel(shape);
   if (n > capacity_) {
-    const size_t bytes = ((sizeof(float) * n + 63) / 64) * 64;
-    data_.reset(static_cast<float*>(::operator new[](bytes, std::align_val_t(64))));
+    auto what = [&] {
+      return label.empty() ? "tensor of " + shape_str(shape) : std::string(label);
+    };
+    // n * 4 rounded up to whole 64-byte lines; a size that wraps is reported as 2^64 - 1.
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(static_cast<uint64_t>(n), sizeof(float), &bytes) ||
+        __builtin_add_overflow(bytes, 63, &bytes))
+      throw OutOfMemory(what(), UINT64_MAX);
+    bytes = bytes / 64 * 64;
+    if (bytes > physical_memory_bytes()) throw OutOfMemory(what(), bytes);
+    try {
+      data_.reset(static_cast<float*>(::operator new[](bytes, std::align_val_t(64))));
+    } catch (const std::bad_alloc&) {
+      throw OutOfMemory(what(), bytes);
+    }
     capacity_ = n;
   }
   shape_.assign(shape.begin(), shape.end());  // reuses the vector's capacity

@@ -7,19 +7,25 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace moe {
 
 using Shape = std::vector<int64_t>;
 
+// Throws Error on a negative dimension or an element count that does not fit in int64.
 int64_t shape_numel(std::span<const int64_t> shape);
 std::string shape_str(std::span<const int64_t> shape);
 
+// Allocations take an optional label that names the buffer when it cannot be had:
+// "out of memory: attention scratch needs 4.0 GiB" (without one: "tensor of [a, b]"). A size
+// beyond the machine's physical memory is refused up front, so a huge size from a file or a
+// config fails with that error rather than later, in the kernel's OOM killer.
 class Tensor {
  public:
   Tensor() = default;
-  explicit Tensor(Shape shape);  // zero-filled
+  explicit Tensor(Shape shape, std::string_view label = {});  // zero-filled
   Tensor(std::initializer_list<int64_t> shape) : Tensor(Shape(shape)) {}
 
   Tensor(const Tensor& other);
@@ -29,10 +35,14 @@ class Tensor {
 
   // Changes the shape; reallocates only when the new size exceeds the capacity, so a
   // workspace resized every call stops allocating once it has seen its largest shape.
-  // Contents are unspecified afterwards.
-  void resize(std::span<const int64_t> shape);
-  void resize(std::initializer_list<int64_t> shape) { resize({shape.begin(), shape.size()}); }
-  void resize(const Shape& shape) { resize(std::span<const int64_t>(shape)); }
+  // Contents are unspecified afterwards; a resize that throws leaves the tensor as it was.
+  void resize(std::span<const int64_t> shape, std::string_view label = {});
+  void resize(std::initializer_list<int64_t> shape, std::string_view label = {}) {
+    resize({shape.begin(), shape.size()}, label);
+  }
+  void resize(const Shape& shape, std::string_view label = {}) {
+    resize(std::span<const int64_t>(shape), label);
+  }
   void fill(float value);
 
   const Shape& shape() const { return shape_; }
