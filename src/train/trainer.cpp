@@ -24,6 +24,7 @@
 #include "tensor/atomic_file.h"
 #include "tensor/blas_info.h"
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/optimizer.h"
@@ -291,26 +292,34 @@ nlohmann::json train_options_to_json(const TrainOptions& o) {
 }
 
 TrainOptions train_options_from_json(const nlohmann::json& j) {
+  // The file is untrusted: every number is read through the typed readers (finite, fits its
+  // type) and the whole set is validated where it is used.
+  constexpr const char* kWhat = "trainer_state.json options";
   TrainOptions o;
   try {
-    o.config = j.at("config");
-    o.corpus = j.at("corpus");
-    o.steps = j.at("steps");
-    o.batch_size = j.at("batch_size");
-    o.seq_len = j.at("seq_len");
-    o.grad_accum = j.at("grad_accum");
-    o.lr = j.at("lr");
-    o.min_lr = j.at("min_lr");
-    o.warmup = j.at("warmup");
-    o.weight_decay = j.at("weight_decay");
-    o.beta2 = j.at("beta2");
-    o.grad_clip = j.at("grad_clip");
-    o.eval_every = j.at("eval_every");
-    o.eval_batches = j.at("eval_batches");
-    o.save_every = j.at("save_every");
-    o.monitor_every = j.at("monitor_every");
-    o.log_every = j.at("log_every");
-    o.seed = j.at("seed");
+    auto integer = [&](const char* key) { return json_int(j.at(key), kWhat, key); };
+    auto real = [&](const char* key) { return json_float(j.at(key), kWhat, key); };
+    o.config = j.at("config").get<std::string>();
+    o.corpus = j.at("corpus").get<std::string>();
+    o.steps = integer("steps");
+    o.batch_size = integer("batch_size");
+    o.seq_len = integer("seq_len");
+    o.grad_accum = integer("grad_accum");
+    o.lr = real("lr");
+    o.min_lr = real("min_lr");
+    o.warmup = integer("warmup");
+    o.weight_decay = real("weight_decay");
+    o.beta2 = real("beta2");
+    o.grad_clip = real("grad_clip");
+    o.eval_every = integer("eval_every");
+    o.eval_batches = integer("eval_batches");
+    o.save_every = integer("save_every");
+    o.monitor_every = integer("monitor_every");
+    o.log_every = integer("log_every");
+    const nlohmann::json& seed = j.at("seed");
+    if (!seed.is_number_unsigned())
+      throw Error(std::string(kWhat) + " field 'seed' must be a non-negative integer");
+    o.seed = seed.get<uint64_t>();
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("trainer_state.json: bad 'options': ") + e.what());
   }
@@ -361,6 +370,25 @@ void validate_train_options(const TrainOptions& o) {
   positive(o.save_every, "--save-every");
   positive(o.monitor_every, "--monitor-every");
   positive(o.log_every, "--log-every");
+  // Upper bounds keep every product of sizes (tokens per step, step counts) far from overflow.
+  auto at_most = [](int64_t value, int64_t limit, const char* option) {
+    if (value > limit)
+      throw Error(std::string(option) + " must be at most " + std::to_string(limit) + ", got " +
+                  std::to_string(value));
+  };
+  constexpr int64_t kMaxSize = int64_t{1} << 20, kMaxSteps = int64_t{1} << 40;
+  for (const auto& [value, option] : {std::pair{o.steps, "--steps"},
+                                      {o.warmup, "--warmup"},
+                                      {o.eval_every, "--eval-every"},
+                                      {o.save_every, "--save-every"},
+                                      {o.monitor_every, "--monitor-every"},
+                                      {o.log_every, "--log-every"}})
+    at_most(value, kMaxSteps, option);
+  for (const auto& [value, option] : {std::pair{o.batch_size, "--batch-size"},
+                                      {o.seq_len, "--seq-len"},
+                                      {o.grad_accum, "--grad-accum"},
+                                      {o.eval_batches, "--eval-batches"}})
+    at_most(value, kMaxSize, option);
   if (o.seq_len < 2) throw Error("--seq-len must be at least 2, got " + std::to_string(o.seq_len));
   if (o.warmup < 0) throw Error("--warmup must not be negative, got " + std::to_string(o.warmup));
   if (!(std::isfinite(o.lr) && o.lr > 0))
