@@ -130,6 +130,7 @@ double Transformer::forward(std::span<const int32_t> tokens, std::span<const int
     if (b.moe) {
       MoeForwardOptions moe_options;
       moe_options.training = options.training;
+      moe_options.batch_selection_in_eval = options.batch_selection_in_eval;
       moe_options.seq_len = seq;
       b.moe->forward(b.n2.span(), T, out_.span(), moe_options);
     } else {

@@ -33,6 +33,9 @@ struct ModelStepOptions {
   bool training = true;      // routing noise, jitter and the training capacity factor
   bool compute_grad = true;  // keep what backward() needs and build dlogits in place
   float grad_scale = 1.0f;   // weight of this batch in accumulated gradients (1/n of n batches)
+  // Evaluation of expert choice with the training-time batch selection (not causal: the
+  // "as trained" validation figure) instead of the learned thresholds.
+  bool batch_selection_in_eval = false;
 };
 
 class Transformer {
@@ -52,7 +55,7 @@ class Transformer {
 
   // Generation: runs one token at position cache.length through the model, appends its keys
   // and values to the cache, and writes the next-token logits: [V]. Routing is in eval mode
-  // (expert choice routes the single token by its own scores, as a batch of one).
+  // (expert choice by its learned thresholds), so decoding equals the full eval forward.
   void decode_step(int32_t token, KvCache& cache, std::span<float> logits);
   KvCache make_cache() const;
 

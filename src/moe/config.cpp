@@ -101,6 +101,10 @@ void MoeConfig::validate() const {
 }
 
 int64_t MoeConfig::capacity(int64_t tokens, bool training) const {
+  // Token choice evaluates dropless unless eval_capacity_factor asks otherwise: a capacity
+  // would make a token's route depend on later tokens and the rest of the batch. Expert choice
+  // evaluates by its thresholds; its capacity here serves the batch selection only.
+  if (!training && !eval_capacity_factor && router_type != RouterType::ExpertChoice) return -1;
   const float cf = training || !eval_capacity_factor ? capacity_factor : *eval_capacity_factor;
   if (cf <= 0) return -1;
   const double exact = static_cast<double>(cf) * tokens * top_k / num_experts;

@@ -57,7 +57,7 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
 
   const int64_t capacity = config_.capacity(tokens, options.training);
   router_.forward(x_.span(), tokens, seq_len, options.training, capacity, options.noise, noise_rng_,
-                  plan_);
+                  plan_, options.batch_selection_in_eval);
   dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy);
 
   const int64_t kept = dispatcher_.kept();
@@ -98,6 +98,7 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
   router_.mean_probs(stats_.mean_prob);
   stats_.assignments = plan_.assignments();
   stats_.dropped = dispatcher_.dropped();
+  stats_.unrouted_tokens = dispatcher_.tokens_without_rows();
   stats_.aux_loss = router_.aux_loss();
   stats_.z_loss = router_.z_loss();
   if (options.training)

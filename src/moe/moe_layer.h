@@ -23,6 +23,7 @@ struct RoutingStats {
   std::vector<float> mean_prob;            // [E] mean normalised router score
   int64_t assignments = 0;                 // routed assignments (T*k for token choice)
   int64_t dropped = 0;                     // assignments over capacity
+  int64_t unrouted_tokens = 0;             // tokens no expert processed (residual only)
   float aux_loss = 0.0f;                   // weighted (alpha already applied)
   float z_loss = 0.0f;                     // weighted (beta already applied)
 };
@@ -31,6 +32,9 @@ struct MoeForwardOptions {
   bool training = true;
   int64_t seq_len = 0;  // tokens per sequence for the sequence-level loss; 0 = all T
   RouterNoise noise;    // fixed draws (tests); empty = drawn from the layer's Rng
+  // Evaluation of expert choice: select across the batch as in training (batch-dependent and
+  // not causal) instead of by the learned thresholds.
+  bool batch_selection_in_eval = false;
 };
 
 class MoeLayer {

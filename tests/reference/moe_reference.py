@@ -52,6 +52,8 @@ def capacity_of(cfg, tokens, training):
     cf = cfg.get("capacity_factor", 0.0)
     if not training and cfg.get("eval_capacity_factor") is not None:
         cf = cfg["eval_capacity_factor"]
+    elif not training and cfg.get("router_type") != "expert_choice":
+        return None  # token choice evaluates dropless unless eval_capacity_factor is set
     if cf <= 0:
         return None
     exact = cf * tokens * cfg["top_k"] / cfg["num_experts"]
