@@ -38,29 +38,35 @@ MoeConfig base_moe() {
 
 std::vector<RoutingSetup> setups() {
   std::vector<RoutingSetup> out;
-  const std::pair<const char*, RouterType> routers[] = {
+  const std::pair<std::string, RouterType> routers[] = {
       {"softmax_topk", RouterType::SoftmaxTopK},
       {"topk_softmax", RouterType::TopKSoftmax},
       {"noisy_topk", RouterType::NoisyTopK},
       {"sigmoid_bias", RouterType::SigmoidBias},
   };
-  for (const auto& [router_name, type] : routers) {
-    const RouterType t = type;
-    out.push_back({std::string(router_name) + "_dropless", [t](MoeConfig& m) {
-                     m.router_type = t;
-                     if (t == RouterType::SigmoidBias) m.aux_loss_coeff = 0;
-                   }});
-    for (const auto& [policy_name, policy] :
-         {std::pair{"probs", DropPolicy::Probs}, std::pair{"position", DropPolicy::Position}}) {
-      const DropPolicy p = policy;
-      out.push_back({std::string(router_name) + "_capacity_" + policy_name, [t, p](MoeConfig& m) {
-                       m.router_type = t;
-                       if (t == RouterType::SigmoidBias) m.aux_loss_coeff = 0;
-                       m.capacity_factor = 1.0;
-                       m.drop_policy = p;
-                     }});
+  for (const auto& [router_name, type] : routers)
+    for (const int64_t prefix : {int64_t{0}, int64_t{5}}) {  // 0: token level
+      const RouterType t = type;
+      const std::string level = prefix ? "_sequence" : "";
+      auto base = [t, prefix](MoeConfig& m) {
+        m.router_type = t;
+        if (t == RouterType::SigmoidBias) m.aux_loss_coeff = 0;
+        if (prefix) {
+          m.routing_level = RoutingLevel::Sequence;
+          m.route_prefix = prefix;
+        }
+      };
+      out.push_back({router_name + level + "_dropless", base});
+      for (const auto& [policy_name, policy] :
+           {std::pair{"probs", DropPolicy::Probs}, std::pair{"position", DropPolicy::Position}}) {
+        const DropPolicy p = policy;
+        out.push_back({router_name + level + "_capacity_" + policy_name, [base, p](MoeConfig& m) {
+                         base(m);
+                         m.capacity_factor = 1.0;
+                         m.drop_policy = p;
+                       }});
+      }
     }
-  }
   out.push_back({"topk_softmax_jitter", [](MoeConfig& m) { m.jitter_eps = 0.1f; }});
   out.push_back({"expert_choice", [](MoeConfig& m) {
                    m.router_type = RouterType::ExpertChoice;
@@ -111,7 +117,7 @@ class Causality : public ::testing::TestWithParam<int> {};
 TEST_P(Causality, EvalOutputDependsOnlyOnThePastOfItsOwnSequence) {
   set_threads(GetParam());
   for (const RoutingSetup& setup : setups()) {
-    SCOPED_TRACE(setup.name);
+    SCOPED_TRACE(setup.name + " at " + std::to_string(GetParam()) + " threads");
     const ModelConfig config = model_config(setup);
     ParamStore store;
     Transformer model(config, store, /*seed=*/3);
@@ -135,13 +141,32 @@ TEST_P(Causality, EvalOutputDependsOnlyOnThePastOfItsOwnSequence) {
     for (auto& t : seq) t = static_cast<int32_t>(rng.next_u64() % kVocab);
     for (auto& t : other) t = static_cast<int32_t>(rng.next_u64() % kVocab);
     const std::vector<float> full = eval_logits(model, seq, 1);
+    for (int64_t l = 0; l < model.num_layers(); ++l) {
+      const MoeLayer& moe = *model.moe_layer(l);
+      const RoutingStats& stats = moe.stats();
+      // Every token reaches an expert in eval: no drops, and expert choice's thresholds
+      // route about k experts per token (a loose band: they were learned on 3 batches).
+      EXPECT_EQ(stats.dropped, 0);
+      const double per_token = double(stats.assignments) / kSeq;
+      EXPECT_GT(per_token, 0.5 * config.moe->top_k) << "layer " << l;
+      EXPECT_LT(per_token, 2.0 * config.moe->top_k) << "layer " << l;
+      if (config.moe->routing_level == RoutingLevel::Sequence) {
+        // From position P-1 on, the sequence keeps one route: same experts, same gates.
+        const RoutingPlan& plan = moe.plan();
+        const int64_t k = plan.top_k, fixed = config.moe->route_prefix - 1;
+        for (int64_t t = fixed + 1; t < kSeq; ++t)
+          for (int64_t j = 0; j < k; ++j) {
+            EXPECT_EQ(plan.expert[t * k + j], plan.expert[fixed * k + j]) << "position " << t;
+            EXPECT_EQ(plan.gate[t * k + j], plan.gate[fixed * k + j]) << "position " << t;
+          }
+      }
+    }
 
     // (a) decode equals forward.
     KvCache cache = model.make_cache();
     std::vector<float> decoded(kSeq * kVocab);
     for (int64_t p = 0; p < kSeq; ++p)
-      model.decode_step(seq[p], cache,
-                        std::span<float>(decoded).subspan(p * kVocab, kVocab));
+      model.decode_step(seq[p], cache, std::span<float>(decoded).subspan(p * kVocab, kVocab));
     EXPECT_LE(worst_excess(decoded, full, kSeq), 0.0) << "decode differs from the forward";
 
     // (b) the second half changed: the first half's logits stay.
@@ -158,9 +183,9 @@ TEST_P(Causality, EvalOutputDependsOnlyOnThePastOfItsOwnSequence) {
     std::vector<int32_t> swapped = other;
     swapped.insert(swapped.end(), seq.begin(), seq.end());
     const std::vector<float> second = eval_logits(model, swapped, 2);
-    EXPECT_LE(worst_excess(std::vector<float>(second.begin() + kSeq * kVocab, second.end()), full,
-                           kSeq),
-              0.0)
+    EXPECT_LE(
+        worst_excess(std::vector<float>(second.begin() + kSeq * kVocab, second.end()), full, kSeq),
+        0.0)
         << "another sequence in the batch changed the logits (second place)";
   }
   set_threads(0);

@@ -26,7 +26,10 @@ namespace moe {
 // Keys and values of every block for the positions decoded so far (generation).
 struct KvCache {
   std::vector<Tensor> keys, values;  // per block: [max_positions, KV hd] (keys rotated)
-  int64_t length = 0;                // positions filled
+  // Sequence routing, per block: [D] sum of the MoE layer's inputs over the first
+  // route_prefix positions (empty for other blocks).
+  std::vector<Tensor> route_sums;
+  int64_t length = 0;  // positions filled
 };
 
 struct ModelStepOptions {
@@ -102,7 +105,8 @@ class Transformer {
   // Scratch shared by all blocks.
   Tensor out_, dres_, dn_, dqkv_, dctx_, attn_scratch_, dh13_;
   // decode_step scratch: one position.
-  Tensor step_x_, step_n_, step_qkv_, step_ctx_, step_out_, step_h13_, step_act_, step_scores_;
+  Tensor step_x_, step_n_, step_qkv_, step_ctx_, step_out_, step_h13_, step_act_, step_scores_,
+      step_route_;
 };
 
 }  // namespace moe

@@ -33,6 +33,8 @@ constexpr std::pair<const char*, DropPolicy> kDropNames[] = {{"probs", DropPolic
                                                              {"position", DropPolicy::Position}};
 constexpr std::pair<const char*, AuxLossType> kAuxNames[] = {
     {"none", AuxLossType::None}, {"switch", AuxLossType::Switch}, {"seq", AuxLossType::Sequence}};
+constexpr std::pair<const char*, RoutingLevel> kLevelNames[] = {
+    {"token", RoutingLevel::Token}, {"sequence", RoutingLevel::Sequence}};
 
 template <typename Enum, size_t N>
 const char* enum_name(Enum e, const std::pair<const char*, Enum> (&names)[N]) {
@@ -57,6 +59,9 @@ const char* to_string(DropPolicy p) {
 }
 const char* to_string(AuxLossType t) {
   return enum_name(t, kAuxNames);
+}
+const char* to_string(RoutingLevel l) {
+  return enum_name(l, kLevelNames);
 }
 
 void MoeConfig::validate() const {
@@ -97,7 +102,11 @@ void MoeConfig::validate() const {
     check(aux_loss_type == AuxLossType::None, "aux_loss_type",
           "expert_choice is balanced by construction; set it to \"none\"");
     check(n_group == 1, "n_group", "group-limited routing applies to token choice only");
+    check(routing_level == RoutingLevel::Token, "routing_level",
+          "expert_choice selects tokens per expert; sequence routing needs a token-choice router");
   }
+  check(route_prefix >= 1 && route_prefix <= (int64_t{1} << 24), "route_prefix",
+        "must be in [1, 16777216]");
 }
 
 int64_t MoeConfig::capacity(int64_t tokens, bool training) const {
@@ -127,6 +136,10 @@ MoeConfig moe_config_from_json(const nlohmann::json& j) {
       c.top_k = json_int(v, kWhat, k);
     else if (key == "router_type")
       c.router_type = parse_enum(v, k, kRouterNames);
+    else if (key == "routing_level")
+      c.routing_level = parse_enum(v, k, kLevelNames);
+    else if (key == "route_prefix")
+      c.route_prefix = json_int(v, kWhat, k);
     else if (key == "norm_topk_prob")
       c.norm_topk_prob = json_bool(v, kWhat, k);
     else if (key == "routed_scaling_factor")
@@ -176,6 +189,8 @@ nlohmann::json moe_config_to_json(const MoeConfig& c) {
       {"num_experts", c.num_experts},
       {"top_k", c.top_k},
       {"router_type", to_string(c.router_type)},
+      {"routing_level", to_string(c.routing_level)},
+      {"route_prefix", c.route_prefix},
       {"norm_topk_prob", c.norm_topk_prob},
       {"routed_scaling_factor", c.routed_scaling_factor},
       {"jitter_eps", c.jitter_eps},

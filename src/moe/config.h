@@ -17,6 +17,9 @@ enum class RouterType {
 };
 enum class DropPolicy { Probs, Position };
 enum class AuxLossType { None, Switch, Sequence };
+// What the router scores: each token's own input, or the mean of its sequence's inputs over
+// positions 0..min(t, P-1) (causal; from position P-1 on the route is fixed for the sequence).
+enum class RoutingLevel { Token, Sequence };
 
 struct MoeConfig {
   int64_t hidden_size = 512;             // D
@@ -25,6 +28,8 @@ struct MoeConfig {
   int64_t top_k = 2;                     // k
 
   RouterType router_type = RouterType::TopKSoftmax;
+  RoutingLevel routing_level = RoutingLevel::Token;
+  int64_t route_prefix = 1;  // P: positions whose mean routes a sequence (sequence level)
   bool norm_topk_prob =
       true;  // renormalise the k picked gates (always so for TopKSoftmax, NoisyTopK)
   float routed_scaling_factor = 1.0f;  // multiplies every routed gate (2.5 in DeepSeek-V3)
@@ -60,5 +65,6 @@ nlohmann::json moe_config_to_json(const MoeConfig& c);
 const char* to_string(RouterType t);
 const char* to_string(DropPolicy p);
 const char* to_string(AuxLossType t);
+const char* to_string(RoutingLevel l);
 
 }  // namespace moe

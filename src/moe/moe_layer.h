@@ -35,6 +35,9 @@ struct MoeForwardOptions {
   // Evaluation of expert choice: select across the batch as in training (batch-dependent and
   // not causal) instead of by the learned thresholds.
   bool batch_selection_in_eval = false;
+  // Sequence routing in decoding: the router's input [T, D] (the running prefix mean the
+  // caller keeps), instead of the mean over this call's tokens.
+  std::span<const float> router_input = {};
 };
 
 class MoeLayer {
@@ -89,7 +92,11 @@ class MoeLayer {
   RoutingStats stats_;
   std::vector<int64_t> bias_load_;  // [E] training loads since the last bias update
   int64_t tokens_ = 0;
-  Tensor x_;             // [T, D] saved input
+  Tensor x_;            // [T, D] saved input
+  Tensor route_x_;      // [T, D] sequence routing: the prefix means the router scores
+  Tensor draw_normal_;  // [T, E] sequence routing: noise draws, fixed from position P-1 on
+  Tensor draw_jitter_;  // [T, D] sequence routing: jitter draws, likewise
+  int64_t seq_len_ = 0;
   Tensor xp_;            // [kept, D] permuted input
   Tensor yp_;            // [kept, D] expert outputs
   Tensor shared_h13_;    // [T, 2 S F_s]
@@ -97,7 +104,7 @@ class MoeLayer {
   Tensor shared_out_;    // [T, D]
   Tensor shared_scale_;  // [T] sigmoid(x w_g)
   // Backward scratch.
-  Tensor dyp_, dxp_, dshared_, dshared_h13_, dshared_x_;
+  Tensor dyp_, dxp_, dshared_, dshared_h13_, dshared_x_, droute_, droute_acc_;
   std::vector<float> dgate_;
 };
 

@@ -38,7 +38,10 @@ bool renormalises(const MoeConfig& c) {
 }  // namespace
 
 Router::Router(const MoeConfig& config, ParamStore& store, const std::string& prefix)
-    : config_(config), store_(store), bias_({config.num_experts}), threshold_({config.num_experts}) {
+    : config_(config),
+      store_(store),
+      bias_({config.num_experts}),
+      threshold_({config.num_experts}) {
   config_.validate();
   weight_ = store.add(prefix + ".weight", {config.num_experts, config.hidden_size});
   if (config.router_type == RouterType::NoisyTopK)
@@ -240,9 +243,9 @@ void Router::update_thresholds(const RoutingPlan& plan, int64_t C) {
   for (int64_t e = 0; e < E; ++e) {
     // Each expert's picks are highest score first, so the last one is its selection threshold.
     const float last = scores_[static_cast<int64_t>(plan.token[e * C + C - 1]) * E + e];
-    threshold_[e] = std::isnan(threshold_[e]) ? last
-                                              : kThresholdMomentum * threshold_[e] +
-                                                    (1.0f - kThresholdMomentum) * last;
+    threshold_[e] = std::isnan(threshold_[e])
+                        ? last
+                        : kThresholdMomentum * threshold_[e] + (1.0f - kThresholdMomentum) * last;
   }
 }
 
