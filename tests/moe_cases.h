@@ -12,14 +12,21 @@ struct MoeCase {
   int64_t tokens = 0;
   int64_t seq_len = 0;
   bool training = true;
+  // Evaluation of expert choice with the training-time batch selection (the default is the
+  // learned thresholds).
+  bool batch_selection_in_eval = false;
 };
 
 inline std::map<std::string, MoeCase> load_moe_cases() {
-  return load_case_file<MoeCase>(
-      MOE_CASES_FILE, [](const std::string& name, const nlohmann::json& c) {
-        return MoeCase{name, moe_config_from_json(c.at("layer")), c.at("tokens").get<int64_t>(),
-                       c.at("seq_len").get<int64_t>(), c.at("training").get<bool>()};
-      });
+  return load_case_file<MoeCase>(MOE_CASES_FILE,
+                                 [](const std::string& name, const nlohmann::json& c) {
+                                   return MoeCase{name,
+                                                  moe_config_from_json(c.at("layer")),
+                                                  c.at("tokens").get<int64_t>(),
+                                                  c.at("seq_len").get<int64_t>(),
+                                                  c.at("training").get<bool>(),
+                                                  c.value("batch_selection_in_eval", false)};
+                                 });
 }
 
 inline std::vector<std::string> moe_case_names() {

@@ -377,15 +377,16 @@ TEST(ExportRefusal, NamesTheFeatureWithoutAHuggingFaceEquivalent) {
   c.moe = m;
   expect_refused_naming(c, "group-limited routing (n_group 2, topk_group 1)");
 
-  // A capacity that can drop tokens at inference: refused unless exported as dropless.
+  // A training capacity evaluates dropless; an eval capacity can drop tokens at inference:
+  // refused unless exported as dropless.
   m = base_moe();
   m.capacity_factor = 1.25f;
   c.moe = m;
-  expect_refused_naming(c, "capacity_factor 1.25");
-  EXPECT_EQ(hf_model_type(c, /*allow_dropless=*/true), "mixtral");
+  EXPECT_EQ(hf_model_type(c, /*allow_dropless=*/false), "mixtral");
   m.eval_capacity_factor = 2.0f;
   c.moe = m;
   expect_refused_naming(c, "eval_capacity_factor 2");
+  EXPECT_EQ(hf_model_type(c, /*allow_dropless=*/true), "mixtral");
 
   // Qwen2-MoE's attention needs head_dim * heads = hidden_size.
   m = base_moe();

@@ -51,6 +51,7 @@ void check_gradients(const test::MoeCase& c, const MoeConfig& cfg, float r_scale
   rng.fill_normal(normal.span(), 0.0f, 1.0f);
   rng.fill_uniform(jitter.span(), 1.0f - cfg.jitter_eps, 1.0f + cfg.jitter_eps);
   MoeForwardOptions opt{c.training, c.seq_len, {normal.span(), jitter.span()}};
+  opt.batch_selection_in_eval = c.batch_selection_in_eval;
 
   auto loss = [&]() {
     layer.forward(x.span(), T, y.span(), opt);

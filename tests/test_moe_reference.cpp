@@ -95,6 +95,7 @@ TEST_P(MoeReference, ForwardAndBackwardMatchPyTorch) {
   Tensor y({T, D}), dx({T, D});
   MoeForwardOptions opt{
       c.training, c.seq_len, {ref.at("noise_normal").span(), ref.at("jitter").span()}};
+  opt.batch_selection_in_eval = c.batch_selection_in_eval;
   const RoutingStats& stats = layer.forward(ref.at("x").span(), T, y.span(), opt);
   store.zero_grads();
   layer.backward(ref.at("dy").span(), dx.span());

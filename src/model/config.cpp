@@ -60,6 +60,10 @@ void ModelConfig::validate() const {
     check(num_moe_layers() > 0, "moe_layer_freq",
           "with first_k_dense_replace leaves no MoE block; drop \"moe\" for a dense model");
     moe->validate();
+    check(moe->routing_level == RoutingLevel::Token || moe->route_prefix <= max_position_embeddings,
+          "moe.route_prefix",
+          "must be at most max_position_embeddings (" + std::to_string(max_position_embeddings) +
+              ")");
   }
 }
 

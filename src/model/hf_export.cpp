@@ -118,15 +118,11 @@ std::string hf_model_type(const ModelConfig& c, bool allow_dropless) {
     if (m.n_group > 1 && m.topk_group < m.n_group)
       throw Error("group-limited routing (n_group " + std::to_string(m.n_group) + ", topk_group " +
                   std::to_string(m.topk_group) + ")" + no_equivalent);
-    if (!allow_dropless && m.capacity(1, false) >= 0) {
-      const std::string factor =
-          m.eval_capacity_factor
-              ? "eval_capacity_factor " + text_of(*m.eval_capacity_factor)
-              : "capacity_factor " + text_of(m.capacity_factor) + " (no eval_capacity_factor)";
-      throw Error(factor +
+    // Token choice evaluates dropless unless eval_capacity_factor asks for a capacity.
+    if (!allow_dropless && m.capacity(1, false) >= 0)
+      throw Error("eval_capacity_factor " + text_of(*m.eval_capacity_factor) +
                   " drops tokens at inference; Hugging Face's MoE blocks never drop (moe export "
                   "--dropless exports it as dropless)");
-    }
   }
   // transformers' Qwen2-MoE attention requires head_dim * heads = hidden_size.
   if (!mixtral_shape && c.resolved_head_dim() * c.num_attention_heads != c.hidden_size)

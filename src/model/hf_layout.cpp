@@ -44,6 +44,8 @@ std::vector<HfTensorView> hf_tensor_views(Transformer& model, ParamStore& store,
       rows_of(q + "gate.noise_weight", moe->router().noise_weight(), 0, E, D);
     if (m.router_type == RouterType::SigmoidBias && which == HfWhich::Values)
       views.push_back({q + "gate.e_score_correction_bias", {E}, moe->router().expert_bias()});
+    if (m.router_type == RouterType::ExpertChoice && which == HfWhich::Values)
+      views.push_back({q + "gate.expert_threshold", {E}, moe->router().expert_threshold()});
     for (int64_t e = 0; e < E; ++e) {
       const std::string x = q + "experts." + std::to_string(e) + ".";
       rows_of(x + "w1.weight", moe->experts().w13(), e * 2 * Fe, Fe, D);

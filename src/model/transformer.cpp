@@ -130,6 +130,7 @@ double Transformer::forward(std::span<const int32_t> tokens, std::span<const int
     if (b.moe) {
       MoeForwardOptions moe_options;
       moe_options.training = options.training;
+      moe_options.batch_selection_in_eval = options.batch_selection_in_eval;
       moe_options.seq_len = seq;
       b.moe->forward(b.n2.span(), T, out_.span(), moe_options);
     } else {
@@ -217,6 +218,12 @@ KvCache Transformer::make_cache() const {
   for (size_t l = 0; l < blocks_.size(); ++l) {
     cache.keys.emplace_back(Shape{config_.max_position_embeddings, width});
     cache.values.emplace_back(Shape{config_.max_position_embeddings, width});
+    const MoeLayer* moe = blocks_[l].moe.get();
+    Tensor& sum = cache.route_sums.emplace_back();
+    if (moe && moe->config().routing_level == RoutingLevel::Sequence) {
+      sum.resize({config_.hidden_size});
+      sum.fill(0.0f);
+    }
   }
   return cache;
 }
@@ -258,6 +265,17 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
     if (b.moe) {
       MoeForwardOptions eval;
       eval.training = false;
+      const MoeConfig& m = b.moe->config();
+      if (m.routing_level == RoutingLevel::Sequence) {
+        // The running sum stops at the prefix; its mean is what the full forward routes on.
+        Tensor& sum = cache.route_sums[l];
+        if (pos < m.route_prefix)
+          for (int64_t i = 0; i < D; ++i) sum[i] += step_n_[i];
+        const float count = static_cast<float>(std::min(pos, m.route_prefix - 1) + 1);
+        step_route_.resize({1, D});
+        for (int64_t i = 0; i < D; ++i) step_route_[i] = sum[i] / count;
+        eval.router_input = step_route_.span();
+      }
       b.moe->forward(step_n_.span(), 1, step_out_.span(), eval);
     } else {
       step_h13_.resize({1, 2 * F});

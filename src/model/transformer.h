@@ -26,13 +26,19 @@ namespace moe {
 // Keys and values of every block for the positions decoded so far (generation).
 struct KvCache {
   std::vector<Tensor> keys, values;  // per block: [max_positions, KV hd] (keys rotated)
-  int64_t length = 0;                // positions filled
+  // Sequence routing, per block: [D] sum of the MoE layer's inputs over the first
+  // route_prefix positions (empty for other blocks).
+  std::vector<Tensor> route_sums;
+  int64_t length = 0;  // positions filled
 };
 
 struct ModelStepOptions {
   bool training = true;      // routing noise, jitter and the training capacity factor
   bool compute_grad = true;  // keep what backward() needs and build dlogits in place
   float grad_scale = 1.0f;   // weight of this batch in accumulated gradients (1/n of n batches)
+  // Evaluation of expert choice with the training-time batch selection (not causal: the
+  // "as trained" validation figure) instead of the learned thresholds.
+  bool batch_selection_in_eval = false;
 };
 
 class Transformer {
@@ -52,7 +58,7 @@ class Transformer {
 
   // Generation: runs one token at position cache.length through the model, appends its keys
   // and values to the cache, and writes the next-token logits: [V]. Routing is in eval mode
-  // (expert choice routes the single token by its own scores, as a batch of one).
+  // (expert choice by its learned thresholds), so decoding equals the full eval forward.
   void decode_step(int32_t token, KvCache& cache, std::span<float> logits);
   KvCache make_cache() const;
 
@@ -99,7 +105,8 @@ class Transformer {
   // Scratch shared by all blocks.
   Tensor out_, dres_, dn_, dqkv_, dctx_, attn_scratch_, dh13_;
   // decode_step scratch: one position.
-  Tensor step_x_, step_n_, step_qkv_, step_ctx_, step_out_, step_h13_, step_act_, step_scores_;
+  Tensor step_x_, step_n_, step_qkv_, step_ctx_, step_out_, step_h13_, step_act_, step_scores_,
+      step_route_;
 };
 
 }  // namespace moe

@@ -35,6 +35,8 @@ constexpr std::pair<const char*, AuxLossType> kAuxNames[] = {
     {"none", AuxLossType::None}, {"switch", AuxLossType::Switch}, {"seq", AuxLossType::Sequence}};
 constexpr std::pair<const char*, GroupScore> kGroupScoreNames[] = {
     {"top2_sum", GroupScore::Top2Sum}, {"max", GroupScore::Max}};
+constexpr std::pair<const char*, RoutingLevel> kLevelNames[] = {
+    {"token", RoutingLevel::Token}, {"sequence", RoutingLevel::Sequence}};
 
 template <typename Enum, size_t N>
 const char* enum_name(Enum e, const std::pair<const char*, Enum> (&names)[N]) {
@@ -95,6 +97,9 @@ const char* to_string(AuxLossType t) {
 const char* to_string(GroupScore s) {
   return enum_name(s, kGroupScoreNames);
 }
+const char* to_string(RoutingLevel l) {
+  return enum_name(l, kLevelNames);
+}
 
 void MoeConfig::validate() const {
   check_range(hidden_size, "hidden_size", 1, kMaxWidth);
@@ -140,10 +145,17 @@ void MoeConfig::validate() const {
     check(aux_loss_type == AuxLossType::None, "aux_loss_type",
           "expert_choice is balanced by construction; set it to \"none\"");
     check(n_group == 1, "n_group", "group-limited routing applies to token choice only");
+    check(routing_level == RoutingLevel::Token, "routing_level",
+          "expert_choice selects tokens per expert; sequence routing needs a token-choice router");
   }
+  check_range(route_prefix, "route_prefix", 1, int64_t{1} << 24);
 }
 
 int64_t MoeConfig::capacity(int64_t tokens, bool training) const {
+  // Token choice evaluates dropless unless eval_capacity_factor asks otherwise: a capacity
+  // would make a token's route depend on later tokens and the rest of the batch. Expert choice
+  // evaluates by its thresholds; its capacity here serves the batch selection only.
+  if (!training && !eval_capacity_factor && router_type != RouterType::ExpertChoice) return -1;
   const double cf = training || !eval_capacity_factor ? capacity_factor : *eval_capacity_factor;
   if (cf <= 0) return -1;
   const double exact = cf * static_cast<double>(tokens) * static_cast<double>(top_k) /
@@ -173,6 +185,10 @@ MoeConfig moe_config_from_json(const nlohmann::json& j) {
       c.top_k = json_int(v, kWhat, k);
     else if (key == "router_type")
       c.router_type = parse_enum(v, k, kRouterNames);
+    else if (key == "routing_level")
+      c.routing_level = parse_enum(v, k, kLevelNames);
+    else if (key == "route_prefix")
+      c.route_prefix = json_int(v, kWhat, k);
     else if (key == "norm_topk_prob")
       c.norm_topk_prob = json_bool(v, kWhat, k);
     else if (key == "routed_scaling_factor")
@@ -224,6 +240,8 @@ nlohmann::json moe_config_to_json(const MoeConfig& c) {
       {"num_experts", c.num_experts},
       {"top_k", c.top_k},
       {"router_type", to_string(c.router_type)},
+      {"routing_level", to_string(c.routing_level)},
+      {"route_prefix", c.route_prefix},
       {"norm_topk_prob", c.norm_topk_prob},
       {"routed_scaling_factor", c.routed_scaling_factor},
       {"jitter_eps", c.jitter_eps},

@@ -22,12 +22,16 @@ enum class GroupScore {
   Top2Sum,  // DeepSeek-V3: the sum of the group's two best selection scores
   Max,      // DeepSeek-V2: the group's best score
 };
+// What the router scores: each token's own input, or the mean of its sequence's inputs over
+// positions 0..min(t, P-1) (causal; from position P-1 on the route is fixed for the sequence).
+enum class RoutingLevel { Token, Sequence };
 
 // Ranges that validate() enforces: hidden_size, moe_intermediate_size and
 // shared_expert_intermediate_size up to 2^20; num_experts [1, 2^16]; top_k [1, E];
 // n_group [1, 256] dividing E; topk_group [1, n_group]; n_shared_experts [0, 256];
 // min_capacity [0, 2^30]; (eval_)capacity_factor [0, 1000]; routed_scaling_factor (0, 1000];
 // jitter_eps [0, 1); bias_update_speed [0, 1]; aux_loss_coeff and z_loss_coeff [0, 100];
+// route_prefix [1, 2^24] (and at most max_position_embeddings in a model);
 // and at most 2^40 weights in one MoE layer. Non-finite numbers are out of every range.
 struct MoeConfig {
   int64_t hidden_size = 512;             // D
@@ -36,6 +40,8 @@ struct MoeConfig {
   int64_t top_k = 2;                     // k
 
   RouterType router_type = RouterType::TopKSoftmax;
+  RoutingLevel routing_level = RoutingLevel::Token;
+  int64_t route_prefix = 1;  // P: positions whose mean routes a sequence (sequence level)
   bool norm_topk_prob =
       true;  // renormalise the k picked gates (always so for TopKSoftmax, NoisyTopK)
   float routed_scaling_factor = 1.0f;  // multiplies every routed gate (2.5 in DeepSeek-V3)
@@ -47,7 +53,9 @@ struct MoeConfig {
 
   // Double, not float: 1.1f is 1.10000002, enough to push ceil(cf T k / E) up by one.
   double capacity_factor = 0.0;                // 0 = dropless
-  std::optional<double> eval_capacity_factor;  // when absent, capacity_factor
+  // When absent, token choice evaluates dropless (a capacity in evaluation makes a token's
+  // route depend on later tokens and other sequences) and expert choice by its thresholds.
+  std::optional<double> eval_capacity_factor;
   int64_t min_capacity = 0;
   DropPolicy drop_policy = DropPolicy::Probs;
 
@@ -76,5 +84,6 @@ const char* to_string(RouterType t);
 const char* to_string(DropPolicy p);
 const char* to_string(AuxLossType t);
 const char* to_string(GroupScore s);
+const char* to_string(RoutingLevel l);
 
 }  // namespace moe

@@ -66,6 +66,12 @@ void Dispatcher::plan(const RoutingPlan& plan, int64_t capacity, DropPolicy poli
     token_rows_[cursor_[row_token_[r]]++] = static_cast<int32_t>(r);
 }
 
+int64_t Dispatcher::tokens_without_rows() const {
+  int64_t n = 0;
+  for (int64_t t = 0; t < tokens_; ++t) n += token_offsets_[t + 1] == token_offsets_[t];
+  return n;
+}
+
 void Dispatcher::permute(std::span<const float> x, int64_t D, std::span<float> xp) const {
   const int64_t n = kept();
 #pragma omp parallel for schedule(static) if (n * D > 65536)

@@ -35,6 +35,8 @@ class Dispatcher {
   // Assignments per expert before dropping: [E]
   std::span<const int64_t> routed_counts() const { return routed_counts_; }
   int64_t dropped() const { return assignments_ - kept(); }
+  // Tokens with no kept assignment: every pick dropped, or (expert choice) never picked.
+  int64_t tokens_without_rows() const;
   // The assignment behind each permuted row: [kept]
   std::span<const int32_t> kept_assignments() const { return row_assignment_; }
 

@@ -8,6 +8,38 @@
 #include "tensor/error.h"
 
 namespace moe {
+namespace {
+
+// Sequence routing's router input: row t of each sequence is the mean of the inputs at
+// positions 0..min(t, P-1), summed in position order (decoding sums in the same order).
+// x: [T, D] -> out: [T, D], T = sequences * S.
+void prefix_means(std::span<const float> x, int64_t T, int64_t D, int64_t S, int64_t P,
+                  std::span<float> out) {
+#pragma omp parallel for schedule(static) if (T * D > 65536)
+  for (int64_t b = 0; b < T / S; ++b) {
+    const float* xs = x.data() + b * S * D;
+    float* os = out.data() + b * S * D;
+    const int64_t prefix = std::min(S, P);
+    for (int64_t t = 0; t < prefix; ++t)  // running sums first
+      for (int64_t d = 0; d < D; ++d)
+        os[t * D + d] = (t > 0 ? os[(t - 1) * D + d] : 0.0f) + xs[t * D + d];
+    for (int64_t t = 0; t < prefix; ++t)
+      for (int64_t d = 0; d < D; ++d) os[t * D + d] /= static_cast<float>(t + 1);
+    for (int64_t t = prefix; t < S; ++t)
+      std::copy(os + (prefix - 1) * D, os + prefix * D, os + t * D);
+  }
+}
+
+// Copies row P-1 of each sequence over the later rows: the draws of a fixed route.
+void fix_rows_from_prefix(std::span<float> v, int64_t T, int64_t width, int64_t S, int64_t P) {
+  if (P >= S) return;
+  for (int64_t b = 0; b < T / S; ++b) {
+    float* vs = v.data() + b * S * width;
+    for (int64_t t = P; t < S; ++t) std::copy(vs + (P - 1) * width, vs + P * width, vs + t * width);
+  }
+}
+
+}  // namespace
 
 MoeLayer::MoeLayer(const MoeConfig& config, ParamStore& store, const std::string& prefix,
                    uint64_t seed)
@@ -55,9 +87,39 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
   x_.resize({tokens, D});
   std::copy(x.begin(), x.begin() + tokens * D, x_.data());
 
+  seq_len_ = seq_len;
+
+  std::span<const float> route_in = x_.span();
+  RouterNoise noise = options.noise;
+  if (!options.router_input.empty()) {
+    if (static_cast<int64_t>(options.router_input.size()) != tokens * D)
+      throw Error("MoE layer: router_input must hold [T, D] values");
+    route_in = options.router_input;
+  } else if (config_.routing_level == RoutingLevel::Sequence) {
+    route_x_.resize({tokens, D});
+    prefix_means(x_.span(), tokens, D, seq_len, config_.route_prefix, route_x_.span());
+    route_in = route_x_.span();
+    // Training noise and jitter are drawn per position but repeated from position P-1 on, so
+    // the route is fixed there in training too.
+    const int64_t P = config_.route_prefix;
+    if (options.training && noise.normal.empty() && config_.uses_noise()) {
+      draw_normal_.resize({tokens, E});
+      noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
+      fix_rows_from_prefix(draw_normal_.span(), tokens, E, seq_len, P);
+      noise.normal = draw_normal_.span();
+    }
+    if (options.training && noise.jitter.empty() && config_.jitter_eps > 0) {
+      draw_jitter_.resize({tokens, D});
+      noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
+                              1.0f + config_.jitter_eps);
+      fix_rows_from_prefix(draw_jitter_.span(), tokens, D, seq_len, P);
+      noise.jitter = draw_jitter_.span();
+    }
+  }
+
   const int64_t capacity = config_.capacity(tokens, options.training);
-  router_.forward(x_.span(), tokens, seq_len, options.training, capacity, options.noise, noise_rng_,
-                  plan_);
+  router_.forward(route_in, tokens, seq_len, options.training, capacity, noise, noise_rng_, plan_,
+                  options.batch_selection_in_eval);
   dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy);
 
   const int64_t kept = dispatcher_.kept();
@@ -98,6 +160,7 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
   router_.mean_probs(stats_.mean_prob);
   stats_.assignments = plan_.assignments();
   stats_.dropped = dispatcher_.dropped();
+  stats_.unrouted_tokens = dispatcher_.tokens_without_rows();
   stats_.aux_loss = router_.aux_loss();
   stats_.z_loss = router_.z_loss();
   if (options.training)
@@ -125,7 +188,30 @@ void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool acc
   experts_.backward(xp_.span(), dispatcher_.segment_offsets(), dyp_.span(), dxp_.span(),
                     accumulate_grads);
   dispatcher_.permute_backward(dxp_.span(), D, dx);
-  router_.backward(plan_, dgate_, dx, router_loss_weight);
+  if (config_.routing_level == RoutingLevel::Sequence) {
+    // r_t = mean of x_0..x_m, m = min(t, P-1)  =>  dx_i += sum over t >= i of dr_t / (m + 1),
+    // for i <= P-1: a suffix sum per sequence.
+    droute_.resize({T, D});
+    droute_.fill(0.0f);
+    router_.backward(plan_, dgate_, droute_.span(), router_loss_weight);
+    const int64_t S = seq_len_, prefix = std::min(S, config_.route_prefix);
+    droute_acc_.resize({T / S, D});
+    droute_acc_.fill(0.0f);
+#pragma omp parallel for schedule(static) if (T * D > 65536)
+    for (int64_t b = 0; b < T / S; ++b) {
+      const float* dr = droute_.data() + b * S * D;
+      float* dxs = dx.data() + b * S * D;
+      float* acc = droute_acc_.data() + b * D;
+      for (int64_t t = S - 1; t >= 0; --t) {
+        const float w = 1.0f / static_cast<float>(std::min(t, prefix - 1) + 1);
+        for (int64_t d = 0; d < D; ++d) acc[d] += dr[t * D + d] * w;
+        if (t < prefix)
+          for (int64_t d = 0; d < D; ++d) dxs[t * D + d] += acc[d];
+      }
+    }
+  } else {
+    router_.backward(plan_, dgate_, dx, router_loss_weight);
+  }
 
   if (config_.n_shared_experts > 0) {
     const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;

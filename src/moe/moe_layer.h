@@ -23,6 +23,7 @@ struct RoutingStats {
   std::vector<float> mean_prob;            // [E] mean normalised router score
   int64_t assignments = 0;                 // routed assignments (T*k for token choice)
   int64_t dropped = 0;                     // assignments over capacity
+  int64_t unrouted_tokens = 0;             // tokens no expert processed (residual only)
   float aux_loss = 0.0f;                   // weighted (alpha already applied)
   float z_loss = 0.0f;                     // weighted (beta already applied)
 };
@@ -31,6 +32,12 @@ struct MoeForwardOptions {
   bool training = true;
   int64_t seq_len = 0;  // tokens per sequence for the sequence-level loss; 0 = all T
   RouterNoise noise;    // fixed draws (tests); empty = drawn from the layer's Rng
+  // Evaluation of expert choice: select across the batch as in training (batch-dependent and
+  // not causal) instead of by the learned thresholds.
+  bool batch_selection_in_eval = false;
+  // Sequence routing in decoding: the router's input [T, D] (the running prefix mean the
+  // caller keeps), instead of the mean over this call's tokens.
+  std::span<const float> router_input = {};
 };
 
 class MoeLayer {
@@ -85,7 +92,11 @@ class MoeLayer {
   RoutingStats stats_;
   std::vector<int64_t> bias_load_;  // [E] training loads since the last bias update
   int64_t tokens_ = 0;
-  Tensor x_;             // [T, D] saved input
+  Tensor x_;            // [T, D] saved input
+  Tensor route_x_;      // [T, D] sequence routing: the prefix means the router scores
+  Tensor draw_normal_;  // [T, E] sequence routing: noise draws, fixed from position P-1 on
+  Tensor draw_jitter_;  // [T, D] sequence routing: jitter draws, likewise
+  int64_t seq_len_ = 0;
   Tensor xp_;            // [kept, D] permuted input
   Tensor yp_;            // [kept, D] expert outputs
   Tensor shared_h13_;    // [T, 2 S F_s]
@@ -93,7 +104,7 @@ class MoeLayer {
   Tensor shared_out_;    // [T, D]
   Tensor shared_scale_;  // [T] sigmoid(x w_g)
   // Backward scratch.
-  Tensor dyp_, dxp_, dshared_, dshared_h13_, dshared_x_;
+  Tensor dyp_, dxp_, dshared_, dshared_h13_, dshared_x_, droute_, droute_acc_;
   std::vector<float> dgate_;
 };
 

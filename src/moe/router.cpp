@@ -43,15 +43,25 @@ bool renormalises(const MoeConfig& c) {
 }  // namespace
 
 Router::Router(const MoeConfig& config, ParamStore& store, const std::string& prefix)
-    : config_(config), store_(store), bias_({config.num_experts}) {
+    : config_(config),
+      store_(store),
+      bias_({config.num_experts}),
+      threshold_({config.num_experts}) {
   config_.validate();
   weight_ = store.add(prefix + ".weight", {config.num_experts, config.hidden_size});
   if (config.router_type == RouterType::NoisyTopK)
     noise_weight_ = store.add(prefix + ".noise_weight", {config.num_experts, config.hidden_size});
+  threshold_.fill(std::numeric_limits<float>::quiet_NaN());
+}
+
+bool Router::thresholds_estimated() const {
+  return std::none_of(threshold_.data(), threshold_.data() + threshold_.numel(),
+                      [](float v) { return std::isnan(v); });
 }
 
 void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
-                     int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan) {
+                     int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan,
+                     bool batch_selection_in_eval) {
   const int64_t D = config_.hidden_size, E = config_.num_experts;
   tokens_ = tokens;
   seq_len_ = seq_len;
@@ -121,7 +131,12 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
   plan.tokens = tokens;
   plan.experts = E;
   if (config_.router_type == RouterType::ExpertChoice) {
-    select_expert_choice(tokens, capacity, plan);
+    if (training || batch_selection_in_eval) {
+      select_expert_choice(tokens, capacity, plan);
+      if (training) update_thresholds(plan, plan.assignments() / E);
+    } else {
+      select_by_threshold(tokens, plan);
+    }
   } else {
     select_token_choice(tokens, plan);
   }
@@ -230,6 +245,39 @@ void Router::select_expert_choice(int64_t tokens, int64_t capacity, RoutingPlan&
       plan.gate[e * C + c] = config_.routed_scaling_factor * scores_[t * E + e];
     }
   }
+}
+
+void Router::update_thresholds(const RoutingPlan& plan, int64_t C) {
+  const int64_t E = config_.num_experts;
+  for (int64_t e = 0; e < E; ++e) {
+    // Each expert's picks are highest score first, so the last one is its selection threshold.
+    const float last = scores_[static_cast<int64_t>(plan.token[e * C + C - 1]) * E + e];
+    threshold_[e] = std::isnan(threshold_[e])
+                        ? last
+                        : kThresholdMomentum * threshold_[e] + (1.0f - kThresholdMomentum) * last;
+  }
+}
+
+void Router::select_by_threshold(int64_t tokens, RoutingPlan& plan) {
+  const int64_t E = config_.num_experts;
+  if (!thresholds_estimated())
+    throw Error(
+        "expert choice: no selection thresholds (they are learned in training; an evaluation "
+        "needs a trained model)");
+  plan.token_choice = false;
+  plan.top_k = config_.top_k;
+  plan.token.clear();
+  plan.expert.clear();
+  plan.gate.clear();
+  selected_.clear();
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t t = 0; t < tokens; ++t) {
+      const float s = scores_[t * E + e];
+      if (s < threshold_[e]) continue;
+      plan.token.push_back(static_cast<int32_t>(t));
+      plan.expert.push_back(static_cast<int32_t>(e));
+      plan.gate.push_back(config_.routed_scaling_factor * s);
+    }
 }
 
 void Router::mean_probs(std::span<float> out) const {

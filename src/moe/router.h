@@ -39,9 +39,12 @@ class Router {
   Router(const MoeConfig& config, ParamStore& store, const std::string& prefix);
 
   // x: [T, D] -> plan. seq_len splits T into sequences for the sequence-level loss.
-  // capacity is used by expert choice only (C per expert).
+  // capacity is used by expert choice only (C per expert). Expert choice selects across the
+  // batch in training (and updates its thresholds) and, in evaluation, by its thresholds, unless
+  // batch_selection_in_eval asks for the trained batch selection.
   void forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
-               int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan);
+               int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan,
+               bool batch_selection_in_eval = false);
 
   // plan: the one forward produced  dgate: [A] -> dx: [T, D] ADDED to; parameter gradients
   // accumulated. Includes the gradients of aux_loss() and z_loss(), which enter the total loss
@@ -57,18 +60,32 @@ class Router {
   std::span<float> expert_bias() { return bias_.span(); }
   std::span<const float> expert_bias() const { return bias_.span(); }
 
+  // Expert choice's selection thresholds theta: [E]. Each training forward moves theta_e toward
+  // the score of the last (C-th) token expert e took, as a moving average with momentum
+  // kThresholdMomentum (the first one sets it). Evaluation sends a token to every expert whose
+  // score reaches theta_e, so a token's route depends on that token alone: the same in a full
+  // forward, in decoding, alone or batched.
+  static constexpr float kThresholdMomentum = 0.99f;
+  std::span<float> expert_threshold() { return threshold_.span(); }
+  std::span<const float> expert_threshold() const { return threshold_.span(); }
+  // NaN until a training forward (or a checkpoint) sets them.
+  bool thresholds_estimated() const;
+
   ParamRef weight() const { return weight_; }
   ParamRef noise_weight() const { return noise_weight_; }
 
  private:
   void select_token_choice(int64_t tokens, RoutingPlan& plan);
   void select_expert_choice(int64_t tokens, int64_t capacity, RoutingPlan& plan);
+  void update_thresholds(const RoutingPlan& plan, int64_t capacity_used);
+  void select_by_threshold(int64_t tokens, RoutingPlan& plan);
 
   MoeConfig config_;
   ParamStore& store_;
   ParamRef weight_;        // [E, D]
   ParamRef noise_weight_;  // [E, D], noisy top-k only
   Tensor bias_;            // [E]
+  Tensor threshold_;       // [E] expert choice only; NaN = not estimated yet
 
   // Saved by forward for backward.
   int64_t tokens_ = 0;

@@ -60,6 +60,8 @@ def capacity_of(cfg, tokens, training):
     cf = cfg.get("capacity_factor", 0.0)
     if not training and cfg.get("eval_capacity_factor") is not None:
         cf = cfg["eval_capacity_factor"]
+    elif not training and cfg.get("router_type") != "expert_choice":
+        return None  # token choice evaluates dropless unless eval_capacity_factor is set
     if cf <= 0:
         return None
     exact = Fraction(str(cf)) * tokens * cfg["top_k"] / cfg["num_experts"]
@@ -126,13 +128,28 @@ def keep_mask(cfg, idx, gates, training):
     return keep
 
 
+def route_input(cfg, case, x):
+    """What the router scores: each token's x, or (sequence routing) the mean of x over positions
+    0..min(t, P-1) of the token's sequence."""
+    if cfg.get("routing_level", "token") != "sequence":
+        return x
+    S, P = case["seq_len"], cfg["route_prefix"]
+    last = torch.clamp(torch.arange(S), max=P - 1)
+    rows = []
+    for s in range(0, x.shape[0], S):
+        prefix_sums = x[s:s + S].cumsum(0)
+        rows.append(prefix_sums[last] / (last + 1).unsqueeze(1).float())
+    return torch.cat(rows)
+
+
 def moe_forward(cfg, case, p, training):
     D, E, k = cfg["hidden_size"], cfg["num_experts"], cfg["top_k"]
     rtype = cfg.get("router_type", "topk_softmax")
     x = p["x"]
     T = x.shape[0]
     eps = cfg.get("jitter_eps", 0.0)
-    xr = x * p["jitter"] if training and eps > 0 else x
+    xr = route_input(cfg, case, x)
+    xr = xr * p["jitter"] if training and eps > 0 else xr
     logits = xr @ p["gate.weight"].T
     if rtype == "noisy_topk" and training:
         logits = logits + p["noise_normal"] * F.softplus(xr @ p["gate.noise_weight"].T)

@@ -1,0 +1,197 @@
+// Causality of evaluation: in eval mode a position's logits depend only on that position and
+// the earlier ones of its own sequence. For every routing setup, at 1 and 2 threads:
+//   (a) the full forward equals token-by-token decoding with the KV cache;
+//   (b) changing the later tokens of a sequence leaves the earlier logits unchanged;
+//   (c) a sequence's logits are the same alone and batched next to another sequence.
+// Tolerance for all three: |a - b| <= 1e-4 + 1e-4 |b| (fp32; the three paths group the same
+// sums differently, e.g. one row against a block of rows in the GEMMs).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "tensor/threads.h"
+
+namespace moe {
+namespace {
+
+constexpr int64_t kSeq = 48, kVocab = 64;
+
+struct RoutingSetup {
+  std::string name;
+  std::function<void(MoeConfig&)> apply;
+};
+
+MoeConfig base_moe() {
+  MoeConfig m;
+  m.hidden_size = 32;
+  m.moe_intermediate_size = 24;
+  m.num_experts = 8;
+  m.top_k = 2;
+  m.aux_loss_coeff = 0.01f;
+  m.z_loss_coeff = 0.001f;
+  return m;
+}
+
+std::vector<RoutingSetup> setups() {
+  std::vector<RoutingSetup> out;
+  const std::pair<std::string, RouterType> routers[] = {
+      {"softmax_topk", RouterType::SoftmaxTopK},
+      {"topk_softmax", RouterType::TopKSoftmax},
+      {"noisy_topk", RouterType::NoisyTopK},
+      {"sigmoid_bias", RouterType::SigmoidBias},
+  };
+  for (const auto& [router_name, type] : routers)
+    for (const int64_t prefix : {int64_t{0}, int64_t{5}}) {  // 0: token level
+      const RouterType t = type;
+      const std::string level = prefix ? "_sequence" : "";
+      auto base = [t, prefix](MoeConfig& m) {
+        m.router_type = t;
+        if (t == RouterType::SigmoidBias) m.aux_loss_coeff = 0;
+        if (prefix) {
+          m.routing_level = RoutingLevel::Sequence;
+          m.route_prefix = prefix;
+        }
+      };
+      out.push_back({router_name + level + "_dropless", base});
+      for (const auto& [policy_name, policy] :
+           {std::pair{"probs", DropPolicy::Probs}, std::pair{"position", DropPolicy::Position}}) {
+        const DropPolicy p = policy;
+        out.push_back({router_name + level + "_capacity_" + policy_name, [base, p](MoeConfig& m) {
+                         base(m);
+                         m.capacity_factor = 1.0;
+                         m.drop_policy = p;
+                       }});
+      }
+    }
+  out.push_back({"topk_softmax_jitter", [](MoeConfig& m) { m.jitter_eps = 0.1f; }});
+  out.push_back({"expert_choice", [](MoeConfig& m) {
+                   m.router_type = RouterType::ExpertChoice;
+                   m.aux_loss_type = AuxLossType::None;
+                   m.aux_loss_coeff = 0;
+                   m.capacity_factor = 1.0;
+                 }});
+  return out;
+}
+
+ModelConfig model_config(const RoutingSetup& setup) {
+  ModelConfig c;
+  c.vocab_size = kVocab;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = kSeq;
+  c.moe_layer_freq = 1;
+  MoeConfig m = base_moe();
+  setup.apply(m);
+  c.moe = m;
+  c.validate();
+  return c;
+}
+
+std::vector<float> eval_logits(Transformer& model, const std::vector<int32_t>& tokens,
+                               int64_t batch) {
+  const std::vector<int32_t> targets(tokens.size(), -1);
+  ModelStepOptions eval;
+  eval.training = false;
+  eval.compute_grad = false;
+  model.forward(tokens, targets, batch, kSeq, eval);
+  return {model.logits().begin(), model.logits().end()};
+}
+
+// Largest violation of |a - b| <= 1e-4 + 1e-4 |b| over the first `positions` rows (0 = none).
+double worst_excess(const std::vector<float>& a, const std::vector<float>& b, int64_t positions) {
+  double worst = 0;
+  for (int64_t i = 0; i < positions * kVocab; ++i)
+    worst = std::max(worst, std::abs(double(a[i]) - b[i]) - (1e-4 + 1e-4 * std::abs(b[i])));
+  return worst;
+}
+
+class Causality : public ::testing::TestWithParam<int> {};
+
+TEST_P(Causality, EvalOutputDependsOnlyOnThePastOfItsOwnSequence) {
+  set_threads(GetParam());
+  for (const RoutingSetup& setup : setups()) {
+    SCOPED_TRACE(setup.name + " at " + std::to_string(GetParam()) + " threads");
+    const ModelConfig config = model_config(setup);
+    ParamStore store;
+    Transformer model(config, store, /*seed=*/3);
+    store.allocate();
+    Rng rng(11);
+    rng.fill_normal(store.values().span(), 0.0f, 0.3f);
+
+    // Training forwards first: routers with state learned in training (the sigmoid bias,
+    // expert choice's thresholds) must be evaluated with that state.
+    std::vector<int32_t> batch(4 * kSeq), targets(4 * kSeq);
+    for (int step = 0; step < 3; ++step) {
+      for (auto& t : batch) t = static_cast<int32_t>(rng.next_u64() % kVocab);
+      for (auto& t : targets) t = static_cast<int32_t>(rng.next_u64() % kVocab);
+      ModelStepOptions train;
+      train.compute_grad = false;
+      model.forward(batch, targets, 4, kSeq, train);
+      model.update_expert_bias();
+    }
+
+    std::vector<int32_t> seq(kSeq), other(kSeq);
+    for (auto& t : seq) t = static_cast<int32_t>(rng.next_u64() % kVocab);
+    for (auto& t : other) t = static_cast<int32_t>(rng.next_u64() % kVocab);
+    const std::vector<float> full = eval_logits(model, seq, 1);
+    for (int64_t l = 0; l < model.num_layers(); ++l) {
+      const MoeLayer& moe = *model.moe_layer(l);
+      const RoutingStats& stats = moe.stats();
+      // Every token reaches an expert in eval: no drops, and expert choice's thresholds
+      // route about k experts per token (a loose band: they were learned on 3 batches).
+      EXPECT_EQ(stats.dropped, 0);
+      const double per_token = double(stats.assignments) / kSeq;
+      EXPECT_GT(per_token, 0.5 * config.moe->top_k) << "layer " << l;
+      EXPECT_LT(per_token, 2.0 * config.moe->top_k) << "layer " << l;
+      if (config.moe->routing_level == RoutingLevel::Sequence) {
+        // From position P-1 on, the sequence keeps one route: same experts, same gates.
+        const RoutingPlan& plan = moe.plan();
+        const int64_t k = plan.top_k, fixed = config.moe->route_prefix - 1;
+        for (int64_t t = fixed + 1; t < kSeq; ++t)
+          for (int64_t j = 0; j < k; ++j) {
+            EXPECT_EQ(plan.expert[t * k + j], plan.expert[fixed * k + j]) << "position " << t;
+            EXPECT_EQ(plan.gate[t * k + j], plan.gate[fixed * k + j]) << "position " << t;
+          }
+      }
+    }
+
+    // (a) decode equals forward.
+    KvCache cache = model.make_cache();
+    std::vector<float> decoded(kSeq * kVocab);
+    for (int64_t p = 0; p < kSeq; ++p)
+      model.decode_step(seq[p], cache, std::span<float>(decoded).subspan(p * kVocab, kVocab));
+    EXPECT_LE(worst_excess(decoded, full, kSeq), 0.0) << "decode differs from the forward";
+
+    // (b) the second half changed: the first half's logits stay.
+    std::vector<int32_t> changed = seq;
+    for (int64_t p = kSeq / 2; p < kSeq; ++p) changed[p] = (seq[p] + 1 + p) % kVocab;
+    EXPECT_LE(worst_excess(eval_logits(model, changed, 1), full, kSeq / 2), 0.0)
+        << "later tokens changed earlier logits";
+
+    // (c) batched next to another sequence (first and second in the batch).
+    std::vector<int32_t> pair = seq;
+    pair.insert(pair.end(), other.begin(), other.end());
+    EXPECT_LE(worst_excess(eval_logits(model, pair, 2), full, kSeq), 0.0)
+        << "another sequence in the batch changed the logits";
+    std::vector<int32_t> swapped = other;
+    swapped.insert(swapped.end(), seq.begin(), seq.end());
+    const std::vector<float> second = eval_logits(model, swapped, 2);
+    EXPECT_LE(
+        worst_excess(std::vector<float>(second.begin() + kSeq * kVocab, second.end()), full, kSeq),
+        0.0)
+        << "another sequence in the batch changed the logits (second place)";
+  }
+  set_threads(0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Threads, Causality, ::testing::Values(1, 2));
+
+}  // namespace
+}  // namespace moe
