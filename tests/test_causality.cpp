@@ -7,12 +7,15 @@
 // sums differently, e.g. one row against a block of rows in the GEMMs).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "model/checkpoint.h"
 #include "model/transformer.h"
+#include "tensor/error.h"
 #include "tensor/threads.h"
 
 namespace moe {
@@ -192,6 +195,110 @@ TEST_P(Causality, EvalOutputDependsOnlyOnThePastOfItsOwnSequence) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Threads, Causality, ::testing::Values(1, 2));
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+// Expert choice's thresholds: the first training forward sets theta_e to the score of the C-th
+// token expert e took; each later one moves it by (1 - momentum) toward that batch's score.
+// The scores are recomputed here with plain loops (softmax over experts of x W_r^T).
+TEST(ExpertChoiceThresholds, FollowTheMovingAverageOfEachExpertsLastPick) {
+  MoeConfig m = base_moe();
+  m.router_type = RouterType::ExpertChoice;
+  m.aux_loss_type = AuxLossType::None;
+  m.capacity_factor = 1.0;
+  ParamStore store;
+  MoeLayer layer(m, store, "moe");
+  store.allocate();
+  Rng rng(5);
+  layer.init_parameters(rng, 0.3f);
+  const int64_t T = 40, D = m.hidden_size, E = m.num_experts, C = m.capacity(T, true);
+  Tensor x({T, D}), y({T, D});
+  std::vector<double> expected(E);
+  for (int step = 0; step < 3; ++step) {
+    rng.fill_normal(x.span(), 0.0f, 1.0f);
+    layer.forward(x.span(), T, y.span(), {true, 0, {}});
+    const auto w = store.value(layer.router().weight());
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<double> column(T);
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> logits(E);
+        double max_logit = -1e30, sum = 0;
+        for (int64_t i = 0; i < E; ++i) {
+          for (int64_t d = 0; d < D; ++d) logits[i] += double(x[t * D + d]) * w[i * D + d];
+          max_logit = std::max(max_logit, logits[i]);
+        }
+        for (int64_t i = 0; i < E; ++i) sum += std::exp(logits[i] - max_logit);
+        column[t] = std::exp(logits[e] - max_logit) / sum;
+      }
+      std::sort(column.begin(), column.end(), std::greater<>());
+      const double last = column[C - 1];
+      expected[e] = step == 0 ? last
+                              : Router::kThresholdMomentum * expected[e] +
+                                    (1.0 - Router::kThresholdMomentum) * last;
+      EXPECT_NEAR(layer.router().expert_threshold()[e], expected[e], 1e-6)
+          << "step " << step << " expert " << e;
+    }
+  }
+  // Evaluation forwards leave the thresholds alone.
+  const std::vector<float> before(layer.router().expert_threshold().begin(),
+                                  layer.router().expert_threshold().end());
+  layer.forward(x.span(), T, y.span(), {false, 0, {}});
+  EXPECT_TRUE(std::equal(before.begin(), before.end(), layer.router().expert_threshold().begin()));
+}
+
+TEST(ExpertChoiceThresholds, AModelWithoutThemRefusesToEvaluate) {
+  MoeConfig m = base_moe();
+  m.router_type = RouterType::ExpertChoice;
+  m.aux_loss_type = AuxLossType::None;
+  m.capacity_factor = 1.0;
+  ParamStore store;
+  MoeLayer layer(m, store, "moe");
+  store.allocate();
+  Tensor x({4, m.hidden_size}), y({4, m.hidden_size});
+  x.fill(0.5f);
+  EXPECT_THROW(layer.forward(x.span(), 4, y.span(), {false, 0, {}}), Error);
+}
+
+// A run written before thresholds existed: loading it for evaluation names the tensor and how
+// to get it; loading it to resume leaves the thresholds to be estimated and says how many.
+TEST(ExpertChoiceThresholds, AnOlderCheckpointWithoutThemIsRefusedOrReestimated) {
+  RoutingSetup expert_choice = setups().back();
+  ASSERT_EQ(expert_choice.name, "expert_choice");
+  const ModelConfig config = model_config(expert_choice);
+  ParamStore store;
+  Transformer model(config, store);
+  store.allocate();
+  Rng rng(2);
+  rng.fill_normal(store.values().span(), 0.0f, 0.3f);
+  std::vector<int32_t> tokens(kSeq, 1), targets(kSeq, 2);
+  ModelStepOptions train;
+  train.compute_grad = false;
+  model.forward(tokens, targets, 1, kSeq, train);
+  SafetensorsFile old_run;
+  old_run.tensors = model_tensors(model, store);
+  std::erase_if(old_run.tensors,
+                [](const auto& entry) { return entry.first.ends_with(".gate.expert_threshold"); });
+  ParamStore fresh_store;
+  Transformer fresh(config, fresh_store);
+  fresh_store.allocate();
+  try {
+    load_model_tensors(fresh, fresh_store, old_run, "old/model.safetensors");
+    FAIL() << "an expert-choice checkpoint without thresholds loaded for evaluation";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("gate.expert_threshold"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(load_model_tensors(fresh, fresh_store, old_run, "old/model.safetensors",
+                               /*allow_missing_thresholds=*/true),
+            config.num_moe_layers());
+  EXPECT_FALSE(fresh.moe_layer(0)->router().thresholds_estimated());
+  fresh.forward(tokens, targets, 1, kSeq, train);  // a training step estimates them again
+  EXPECT_TRUE(fresh.moe_layer(0)->router().thresholds_estimated());
+}
 
 }  // namespace
 }  // namespace moe

@@ -21,13 +21,21 @@ std::map<std::string, Tensor> model_tensors(Transformer& model, ParamStore& stor
   return out;
 }
 
-void load_model_tensors(Transformer& model, ParamStore& store, const SafetensorsFile& file,
-                        const std::string& source) {
+int64_t load_model_tensors(Transformer& model, ParamStore& store, const SafetensorsFile& file,
+                           const std::string& source, bool allow_missing_thresholds) {
   const auto views = hf_tensor_views(model, store, HfWhich::Values);
-  std::set<std::string> expected;
+  std::set<std::string> expected, skipped;
   for (const HfTensorView& v : views) {
     expected.insert(v.name);
     auto it = file.tensors.find(v.name);
+    if (it == file.tensors.end() && v.name.ends_with(".gate.expert_threshold")) {
+      if (!allow_missing_thresholds)
+        throw Error(source + ": missing tensor '" + v.name +
+                    "': an expert-choice run written before evaluation routed by learned "
+                    "thresholds; resume it (moe train --resume) to estimate them");
+      skipped.insert(v.name);
+      continue;
+    }
     if (it == file.tensors.end())
       throw Error(source + ": missing tensor '" + v.name + "' (shape " + shape_str(v.shape) + ")");
     if (it->second.shape() != v.shape)
@@ -41,9 +49,11 @@ void load_model_tensors(Transformer& model, ParamStore& store, const Safetensors
       throw Error(source + ": unexpected tensor '" + name + "' (not in this config's model)");
   // Everything checked: now copy.
   for (const HfTensorView& v : views) {
+    if (skipped.count(v.name)) continue;
     const Tensor& t = file.tensors.at(v.name);
     std::copy(t.data(), t.data() + t.numel(), v.data.data());
   }
+  return static_cast<int64_t>(skipped.size());
 }
 
 void save_model_config(const std::string& dir, const ModelConfig& config) {

@@ -24,9 +24,12 @@ struct LoadedModel {
 std::map<std::string, Tensor> model_tensors(Transformer& model, ParamStore& store);
 
 // Copies `file`'s tensors into the model; throws Error (naming `source` and the tensor) on a
-// missing, extra, misshapen or non-finite tensor.
-void load_model_tensors(Transformer& model, ParamStore& store, const SafetensorsFile& file,
-                        const std::string& source);
+// missing, extra, misshapen or non-finite tensor. Expert choice's selection thresholds are
+// missing from runs written before evaluation routed by them: with `allow_missing_thresholds`
+// (resuming, which re-estimates them in training) they stay unset and the count of layers
+// without them is returned; otherwise that is an error saying how to get them.
+int64_t load_model_tensors(Transformer& model, ParamStore& store, const SafetensorsFile& file,
+                           const std::string& source, bool allow_missing_thresholds = false);
 
 void save_model_config(const std::string& dir, const ModelConfig& config);
 

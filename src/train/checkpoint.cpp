@@ -2,6 +2,7 @@
 
 #include <array>
 #include <charconv>
+#include <cstdio>
 #include <filesystem>
 
 #include "model/checkpoint.h"
@@ -113,7 +114,12 @@ void load_checkpoint(const std::string& dir, int64_t step, Transformer& model, P
   const SafetensorsFile weights = read_safetensors(model_path);
   if (step_of(weights, model_path) != step)
     throw Error(model_path + " is from another step than trainer_state.json");
-  load_model_tensors(model, store, weights, model_path);
+  if (const int64_t layers = load_model_tensors(model, store, weights, model_path,
+                                                /*allow_missing_thresholds=*/true))
+    std::fprintf(stderr,
+                 "resume: %s has no expert-choice selection thresholds for %lld layer(s) (an older "
+                 "run); they are estimated on the first training steps\n",
+                 model_path.c_str(), static_cast<long long>(layers));
 
   const std::string opt_path = dir + "/optimizer.safetensors";
   const SafetensorsFile moments = read_safetensors(opt_path);
