@@ -158,6 +158,7 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
   for (int64_t e = 0; e < E; ++e) stats_.kept_per_expert[e] = offsets[e + 1] - offsets[e];
   stats_.mean_prob.resize(E);
   router_.mean_probs(stats_.mean_prob);
+  stats_.tokens = tokens;
   stats_.assignments = plan_.assignments();
   stats_.dropped = dispatcher_.dropped();
   stats_.unrouted_tokens = dispatcher_.tokens_without_rows();

@@ -21,6 +21,7 @@ struct RoutingStats {
   std::vector<int64_t> tokens_per_expert;  // [E] assignments routed, before dropping
   std::vector<int64_t> kept_per_expert;    // [E] assignments processed
   std::vector<float> mean_prob;            // [E] mean normalised router score
+  int64_t tokens = 0;                      // T
   int64_t assignments = 0;                 // routed assignments (T*k for token choice)
   int64_t dropped = 0;                     // assignments over capacity
   int64_t unrouted_tokens = 0;             // tokens no expert processed (residual only)

@@ -185,7 +185,8 @@ void check_run_data(const std::string& dir, const ModelConfig& config) {
 // a resumed run reports the same windows as one never stopped.
 class ExpertMonitor {
  public:
-  explicit ExpertMonitor(int64_t layers) : loads_(layers), dropped_(layers), assigned_(layers) {}
+  explicit ExpertMonitor(int64_t layers)
+      : loads_(layers), dropped_(layers), assigned_(layers), tokens_(layers), unrouted_(layers) {}
 
   // `step`: the checkpoint's; the window then began after the last report (states saved
   // before "first_step" was kept began their windows at a multiple of monitor_every).
@@ -195,15 +196,17 @@ class ExpertMonitor {
     loads_ = saved.at("loads").get<std::vector<std::vector<int64_t>>>();
     dropped_ = saved.at("dropped").get<std::vector<int64_t>>();
     assigned_ = saved.at("assigned").get<std::vector<int64_t>>();
-    if (loads_.size() != layers || dropped_.size() != layers || assigned_.size() != layers)
+    // Token and unrouted counts came later: an older state starts them at zero.
+    tokens_ = saved.value("tokens", std::vector<int64_t>(layers, 0));
+    unrouted_ = saved.value("unrouted", std::vector<int64_t>(layers, 0));
+    if (loads_.size() != layers || dropped_.size() != layers || assigned_.size() != layers ||
+        tokens_.size() != layers || unrouted_.size() != layers)
       throw Error(dir + "/trainer_state.json: 'monitor' does not match the model's layers");
     first_step_ = saved.value("first_step", step / monitor_every * monitor_every + 1);
   }
   nlohmann::json to_json() const {
-    return {{"loads", loads_},
-            {"dropped", dropped_},
-            {"assigned", assigned_},
-            {"first_step", first_step_}};
+    return {{"loads", loads_},   {"dropped", dropped_},   {"assigned", assigned_},
+            {"tokens", tokens_}, {"unrouted", unrouted_}, {"first_step", first_step_}};
   }
   int64_t first_step() const { return first_step_; }
 
@@ -217,6 +220,8 @@ class ExpertMonitor {
           loads_[l][e] += rs.tokens_per_expert[e];
         dropped_[l] += rs.dropped;
         assigned_[l] += rs.assignments;
+        tokens_[l] += rs.tokens;
+        unrouted_[l] += rs.unrouted_tokens;
       }
   }
 
@@ -230,16 +235,25 @@ class ExpertMonitor {
       if (!model.moe_layer(l)) continue;
       const LoadMetrics lm = load_metrics(loads_[l]);
       const double drop_rate = assigned_[l] ? double(dropped_[l]) / double(assigned_[l]) : 0.0;
+      const double tokens = std::max<double>(1.0, double(tokens_[l]));
+      const double per_token = double(assigned_[l] - dropped_[l]) / tokens;
+      const double unrouted = double(unrouted_[l]) / tokens;
       layers.push_back({{"layer", l},
                         {"counts", loads_[l]},
                         {"gini", lm.gini},
                         {"entropy", lm.normalized_entropy},
                         {"cv", lm.cv},
                         {"max_over_mean", lm.max_over_mean},
-                        {"drop_rate", drop_rate}});
-      std::fprintf(stderr, "  layer %2lld experts |%s|  gini %.3f  entropy %.3f  drop %.1f%%\n",
+                        {"drop_rate", drop_rate},
+                        {"experts_per_token", per_token},
+                        {"unrouted_share", unrouted}});
+      std::fprintf(stderr, "  layer %2lld experts |%s|  gini %.3f  entropy %.3f  drop %.1f%%",
                    static_cast<long long>(l), load_bars(loads_[l]).c_str(), lm.gini,
                    lm.normalized_entropy, 100.0 * drop_rate);
+      // Expert choice gives each token a variable number of experts, possibly none.
+      if (model.moe_layer(l)->config().router_type == RouterType::ExpertChoice)
+        std::fprintf(stderr, "  experts/token %.2f  unrouted %.1f%%", per_token, 100.0 * unrouted);
+      std::fprintf(stderr, "\n");
       for (int64_t e : lm.overloaded)
         std::fprintf(stderr, "  warning: layer %lld expert %lld has over 3x the mean load\n",
                      static_cast<long long>(l), static_cast<long long>(e));
@@ -256,7 +270,7 @@ class ExpertMonitor {
                      static_cast<long long>(first_step_), static_cast<long long>(step),
                      100.0 * kDropWarningRate);
       std::fill(loads_[l].begin(), loads_[l].end(), 0);
-      dropped_[l] = assigned_[l] = 0;
+      dropped_[l] = assigned_[l] = tokens_[l] = unrouted_[l] = 0;
     }
     first_step_ = step + 1;
     return layers;
@@ -265,6 +279,7 @@ class ExpertMonitor {
  private:
   std::vector<std::vector<int64_t>> loads_;  // [layer][expert]; empty for dense layers
   std::vector<int64_t> dropped_, assigned_;  // [layer]
+  std::vector<int64_t> tokens_, unrouted_;   // [layer] tokens routed; tokens no expert took
   int64_t first_step_ = 1;                   // the window's first step
 };
 
@@ -488,20 +503,52 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
   const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
   const int width = tty ? terminal_width() : 80;
 
-  auto evaluate = [&]() {
+  // Validation in eval mode: causal routing (what generation computes), or for expert choice
+  // with `batch_selection` the selection across the batch that training uses. `routed` gets
+  // the experts per token and the share of tokens no expert took, over all MoE layers.
+  auto evaluate = [&](bool batch_selection, std::pair<double, double>* routed) {
     const int64_t windows = eval_windows(valid_tokens, S);
     const int64_t batches = std::min(o.eval_batches, windows / B);
     if (batches == 0) return std::numeric_limits<double>::quiet_NaN();
     ModelStepOptions eval;
     eval.training = false;
     eval.compute_grad = false;
-    double total = 0;
+    eval.batch_selection_in_eval = batch_selection;
+    double total = 0, tokens_routed = 0, kept = 0, unrouted = 0;
     for (int64_t b = 0; b < batches; ++b) {
       eval_batch(valid_tokens, b * B, B, S, tokens, targets);
       total += model.forward(tokens, targets, B, S, eval);
+      for (int64_t l = 0; l < model.num_layers(); ++l)
+        if (const MoeLayer* m = model.moe_layer(l)) {
+          const RoutingStats& rs = m->stats();
+          tokens_routed += double(rs.tokens);
+          kept += double(rs.assignments - rs.dropped);
+          unrouted += double(rs.unrouted_tokens);
+        }
     }
+    if (routed && tokens_routed > 0) *routed = {kept / tokens_routed, unrouted / tokens_routed};
     return total / double(batches);
   };
+  const bool expert_choice = config.moe && config.moe->router_type == RouterType::ExpertChoice;
+  if (config.moe) {
+    const MoeConfig& m = *config.moe;
+    if (expert_choice || (m.capacity_factor > 0 && m.drop_policy == DropPolicy::Probs))
+      std::fprintf(stderr,
+                   "note: in training, %s, so later tokens of a batch can change how earlier ones "
+                   "are routed (as in Switch and GShard); validation and generation route "
+                   "causally\n",
+                   expert_choice ? "expert choice selects each expert's tokens across the batch"
+                                 : "capacity_factor drops the lowest gates across the batch");
+    else if (m.capacity_factor > 0)
+      std::fprintf(stderr,
+                   "note: in training, capacity_factor drops by position: earlier sequences of "
+                   "a batch fill an expert first; validation and generation route dropless\n");
+    if (m.eval_capacity_factor && *m.eval_capacity_factor > 0)
+      std::fprintf(stderr,
+                   "warning: eval_capacity_factor %g: the validation loss uses batch-dependent "
+                   "routing that generation does not reproduce\n",
+                   *m.eval_capacity_factor);
+  }
   bool saved = resume;  // the folder holds a checkpoint of this run
   auto checkpoint = [&](int64_t step) {
     nlohmann::json st = {{"step", step},
@@ -595,10 +642,24 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
       line["experts"] = monitor.report(model, step);
     }
     if (eval) {
-      result.val_loss = evaluate();
+      std::pair<double, double> routed{0, 0};
+      result.val_loss = evaluate(false, &routed);
       line["val_loss"] = result.val_loss;
-      std::fprintf(stderr, "  validation loss %.4f (perplexity %.1f)\n", result.val_loss,
+      std::fprintf(stderr, "  validation loss %.4f (perplexity %.1f)", result.val_loss,
                    std::exp(result.val_loss));
+      if (expert_choice) {
+        // Both ways: by the learned thresholds (causal, what generation does; the figure every
+        // summary uses) and as trained (each expert's top-C of the batch).
+        const double as_trained = evaluate(true, nullptr);
+        line["val_loss_batch_selection"] = as_trained;
+        line["val_experts_per_token"] = routed.first;
+        line["val_unrouted_share"] = routed.second;
+        std::fprintf(stderr,
+                     " by thresholds (%.2f experts per token, %.1f%% of tokens unrouted); "
+                     "%.4f as trained (batch selection)",
+                     routed.first, 100.0 * routed.second, as_trained);
+      }
+      std::fprintf(stderr, "\n");
     }
     if (!line.is_null()) metrics.write(line);
     const int signal = g_stop_signal.load();
