@@ -34,6 +34,9 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   generate->add_option("--seed", c.seed, "Sampling seed")->capture_default_str();
+  generate->add_flag("-v,--verbose", c.verbose,
+                     "Print on stderr, per MoE layer, the experts generation used and the route "
+                     "of the last token");
   return generate;
 }
 
@@ -54,7 +57,7 @@ size_t partial_stop_suffix(std::string_view text, std::string_view stop) {
 // the stop text are held back until they resolve.
 Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                              const SamplingOptions& sampling, uint64_t seed,
-                             const std::string& stop) {
+                             const std::string& stop, GenerationRouting* routing) {
   recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
   LoadedModel m = load_model(run);
   const Tokenizer tokenizer(run + "/tokenizer.model");
@@ -87,9 +90,27 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
     printed = std::move(text);
     return !stopped;
   };
+  if (routing) {
+    for (int64_t l = 0; l < m.model->num_layers(); ++l)
+      if (m.model->moe_layer(l)) routing->layers.push_back(l);
+    routing->touched.assign(routing->layers.size(), {});
+    routing->last.assign(routing->layers.size(), {});
+  }
+  // After each decode step (a token was drawn from its logits): that step's routes.
+  auto record_routes = [&] {
+    for (size_t i = 0; routing && i < routing->layers.size(); ++i) {
+      const RoutingPlan& plan = m.model->moe_layer(routing->layers[i])->plan();
+      routing->last[i].clear();
+      for (int64_t a = 0; a < plan.assignments(); ++a) {
+        routing->touched[i].insert(plan.expert[a]);
+        routing->last[i].emplace_back(plan.expert[a], plan.gate[a]);
+      }
+    }
+  };
   emit(false);
   const Generation g =
       generate(*m.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), [&](int32_t t) {
+        record_routes();
         ids.push_back(t);
         return emit(false);
       });
@@ -104,7 +125,9 @@ int run_generate(const GenerateCommand& c) {
     prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
     if (prompt.ends_with('\n')) prompt.pop_back();  // the newline `echo` and editors add
   }
-  const Generation g = stream_generation(c.model, prompt, c.max_tokens, c.sampling, c.seed, c.stop);
+  GenerationRouting routing;
+  const Generation g = stream_generation(c.model, prompt, c.max_tokens, c.sampling, c.seed, c.stop,
+                                         c.verbose ? &routing : nullptr);
   if (g.stop == StopReason::ContextFull)
     std::fprintf(stderr, "moe: stopped at the model's context length (%lld tokens)\n",
                  static_cast<long long>(g.context));
@@ -113,6 +136,21 @@ int run_generate(const GenerateCommand& c) {
       stderr, "prefill: %lld tokens, %.1f tokens/s; decode: %lld tokens, %.1f tokens/s\n",
       static_cast<long long>(g.prompt_tokens), rate(double(g.prompt_tokens), g.prefill_seconds),
       static_cast<long long>(g.tokens.size()), rate(double(g.tokens.size()), g.decode_seconds));
+  for (size_t i = 0; i < routing.layers.size(); ++i) {
+    std::string touched, last;
+    for (int32_t e : routing.touched[i]) {
+      if (!touched.empty()) touched += ',';
+      touched += std::to_string(e);
+    }
+    for (const auto& [e, gate] : routing.last[i]) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%s%d (%.3f)", last.empty() ? "" : ", ", e, gate);
+      last += buf;
+    }
+    std::fprintf(stderr, "layer %lld: %zu distinct experts used {%s}; last token: %s\n",
+                 static_cast<long long>(routing.layers[i]), routing.touched[i].size(),
+                 touched.c_str(), last.c_str());
+  }
   return 0;
 }
 

@@ -3,7 +3,9 @@
 // go to stderr.
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "infer/generate.h"
 
@@ -16,6 +18,15 @@ struct GenerateCommand {
   std::string stop;  // stop before the first occurrence of this text in the generated part
   SamplingOptions sampling;
   uint64_t seed = 0;
+  bool verbose = false;  // per MoE layer, the experts generation used (stderr)
+};
+
+// The experts each MoE layer used while generating: every routed expert of every decoded
+// token, and the route of the last one (for sequence routing, the route it settled on).
+struct GenerationRouting {
+  std::vector<int64_t> layers;                               // MoE block indices
+  std::vector<std::set<int32_t>> touched;                    // [layer] distinct experts
+  std::vector<std::vector<std::pair<int32_t, float>>> last;  // [layer] (expert, gate)
 };
 
 // Registers `generate` and its options on `app`, bound to `command`.
@@ -27,6 +38,6 @@ int run_generate(const GenerateCommand& command);
 // before it.
 Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                              const SamplingOptions& sampling, uint64_t seed,
-                             const std::string& stop = {});
+                             const std::string& stop = {}, GenerationRouting* routing = nullptr);
 
 }  // namespace moe::cli

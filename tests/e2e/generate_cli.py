@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """`moe generate` end to end on a tiny model trained here from a plain-text corpus (a file of
 documents separated by blank lines, cut from the shipped corpus): short flags, --prompt -
-from standard input, --stop, the line at the context length, prefill and decode speeds."""
+from standard input, --stop, the line at the context length, prefill and decode speeds, and
+--verbose on a sequence-routed model (one route per layer once the prefix is covered)."""
 import gzip
 import json
 import os
@@ -107,6 +108,27 @@ def check_generate(work):
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "more than the context of 32" in r.stderr, r.stderr
     print("ok: a prompt longer than the context is one error line")
+
+    # --verbose with sequence routing: once the prompt has covered the route prefix, every
+    # decoded token of a layer uses the same k experts, so exactly k distinct ones appear.
+    with open(os.path.join(SRC, "tests/cases/tiny_model.json")) as f:
+        config = json.load(f)
+    config["moe"].update({"routing_level": "sequence", "route_prefix": 2, "capacity_factor": 0})
+    config_path = os.path.join(work, "sequence.json")
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    seq_model = os.path.join(work, "sequence_run")
+    run("train", "--out", seq_model, "--config", config_path, "--corpus", corpus, "--steps", "10",
+        "--batch-size", "4", "--seq-len", "16", "--eval-every", "10", "--warmup", "2", "--quiet",
+        "--no-sample")
+    r = run("generate", "-m", seq_model, "-p", "NAME ls lists files", "-n", "12", "-v",
+            "--temperature", "1", "--seed", "3")
+    layers = [line for line in r.stderr.splitlines() if line.startswith("layer ")]
+    assert layers, r.stderr
+    k = config["moe"]["top_k"]
+    for line in layers:
+        assert f": {k} distinct experts used" in line, line
+    print(f"ok: --verbose, sequence routing keeps {k} experts per layer: {layers[0]}")
 
 
 if __name__ == "__main__":
