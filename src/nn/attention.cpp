@@ -53,7 +53,7 @@ namespace {
 // visits only the key blocks that start before its last row, so the masked upper triangle is
 // skipped a whole tile at a time; the scores live in one tile at a time, so the scratch does
 // not grow with the sequence length.
-constexpr int64_t kRowBlock = 64;
+constexpr int64_t kRowBlock = 128;
 // A multiple of kRowBlock: then every key block a row block visits starts at or before the
 // block's first row, and each row has at least one unmasked column in every tile it sees.
 constexpr int64_t kKeyBlock = 256;

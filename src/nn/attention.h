@@ -8,7 +8,7 @@
 //   ctx_h = softmax(q_h k_g^T / sqrt(hd) + causal mask) v_g,   g = h / (H / KV)
 //   y = ctx Wo^T              Wo: [D, H hd]
 //
-// The core runs FlashAttention's way (Dao et al. 2022): over tiles of 64 query rows by 256 key
+// The core runs FlashAttention's way (Dao et al. 2022): over tiles of 128 query rows by 256 key
 // columns, causal tiles above the diagonal skipped, with an online softmax (a running maximum
 // and sum of exponentials per row, the partial output rescaled when the maximum grows). The
 // probabilities are never stored whole: forward keeps each row's logsumexp and backward
