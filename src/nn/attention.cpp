@@ -71,6 +71,20 @@ struct TileScratch {
   float* row_b;   // [kRowBlock]: running sum of exponentials (forward)
 };
 
+// Calls body(first row, rows, key columns needed) for the parts of the tile of `rows` query rows
+// from r0 by `cols` keys from c0: the whole tile, except on the diagonal, where each 64 rows
+// need only the keys up to their last row (half of a 128 x 128 tile is masked).
+constexpr int64_t kDiagonalRows = 64;
+static_assert(kRowBlock % kDiagonalRows == 0);
+template <typename Body>
+void for_tile_parts(int64_t r0, int64_t rows, int64_t c0, int64_t cols, Body&& body) {
+  const int64_t step = c0 + cols == r0 + rows ? kDiagonalRows : rows;
+  for (int64_t a0 = 0; a0 < rows; a0 += step) {
+    const int64_t a1 = std::min(rows, a0 + step);
+    body(a0, a1 - a0, std::min(cols, r0 + a1 - c0));
+  }
+}
+
 TileScratch thread_tiles(std::span<float> scratch) {
   float* base = scratch.data() + int64_t{omp_get_thread_num()} * kThreadScratch;
   return {base, base + kTile, base + 2 * kTile, base + 2 * kTile + kRowBlock};
@@ -141,8 +155,10 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
     for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
       const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
       const bool first = c0 == 0;
-      gemm(Trans::No, Trans::Yes, rows, cols, hd, scale, q, W, k + c0 * W, W, 0.0f, tile.scores,
-           kKeyBlock);
+      for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+        gemm(Trans::No, Trans::Yes, part, needed, hd, scale, q + a0 * W, W, k + c0 * W, W, 0.0f,
+             tile.scores + a0 * kKeyBlock, kKeyBlock);
+      });
       for (int64_t r = 0; r < rows; ++r) {
         float* p = tile.scores + r * kKeyBlock;
         const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
@@ -165,8 +181,10 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
         }
         row_max[r] = m;
       }
-      gemm(Trans::No, Trans::No, rows, hd, cols, 1.0f, tile.scores, kKeyBlock, v + c0 * W, W,
-           first ? 0.0f : 1.0f, out, C);
+      for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+        gemm(Trans::No, Trans::No, part, hd, needed, 1.0f, tile.scores + a0 * kKeyBlock, kKeyBlock,
+             v + c0 * W, W, first ? 0.0f : 1.0f, out + a0 * C, C);
+      });
     }
     for (int64_t r = 0; r < rows; ++r) {
       const float inv = 1.0f / row_sum[r];
@@ -229,8 +247,10 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
           float* p = tile.scores;
           float* dp = tile.grads;
           // P = exp(q k^T * scale - lse) under the causal mask.
-          gemm(Trans::No, Trans::Yes, rows, cols, hd, scale, q, W, k + c0 * W, W, 0.0f, p,
-               kKeyBlock);
+          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+            gemm(Trans::No, Trans::Yes, part, needed, hd, scale, q + a0 * W, W, k + c0 * W, W, 0.0f,
+                 p + a0 * kKeyBlock, kKeyBlock);
+          });
           for (int64_t r = 0; r < rows; ++r) {
             float* pr = p + r * kKeyBlock;
             const float m = row_lse[r0 + r];
@@ -240,10 +260,12 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
             std::fill(pr + unmasked, pr + cols, 0.0f);
           }
           // dV += P^T dout;  dP = dout V^T
-          gemm(Trans::Yes, Trans::No, cols, hd, rows, 1.0f, p, kKeyBlock, dout, C, 1.0f,
-               dv + c0 * W, W);
-          gemm(Trans::No, Trans::Yes, rows, cols, hd, 1.0f, dout, C, v + c0 * W, W, 0.0f, dp,
-               kKeyBlock);
+          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+            gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+                 dout + a0 * C, C, 1.0f, dv + c0 * W, W);
+            gemm(Trans::No, Trans::Yes, part, needed, hd, 1.0f, dout + a0 * C, C, v + c0 * W, W,
+                 0.0f, dp + a0 * kKeyBlock, kKeyBlock);
+          });
           // dlogits = P * (dP - delta) * scale  (softmax backward, scale folded in); masked
           // entries stay 0 with P.
           for (int64_t r = 0; r < rows; ++r) {
@@ -254,10 +276,12 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
             for (int64_t j = 0; j < unmasked; ++j) pr[j] = pr[j] * (dpr[j] - delta[r]) * scale;
           }
           // dQ (+)= dlogits K;  dK += dlogits^T Q
-          gemm(Trans::No, Trans::No, rows, hd, cols, 1.0f, p, kKeyBlock, k + c0 * W, W,
-               c0 == 0 ? 0.0f : 1.0f, dq, W);
-          gemm(Trans::Yes, Trans::No, cols, hd, rows, 1.0f, p, kKeyBlock, q, W, 1.0f, dk + c0 * W,
-               W);
+          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+            gemm(Trans::No, Trans::No, part, hd, needed, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+                 k + c0 * W, W, c0 == 0 ? 0.0f : 1.0f, dq + a0 * W, W);
+            gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+                 q + a0 * W, W, 1.0f, dk + c0 * W, W);
+          });
         }
       }
     }
