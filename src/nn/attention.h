@@ -9,11 +9,12 @@
 //   y = ctx Wo^T              Wo: [D, H hd]
 //
 // The core runs FlashAttention's way (Dao et al. 2022): over tiles of 128 query rows by 256 key
-// columns, causal tiles above the diagonal skipped, with an online softmax (a running maximum
-// and sum of exponentials per row, the partial output rescaled when the maximum grows). The
-// probabilities are never stored whole: forward keeps each row's logsumexp and backward
-// recomputes them tile by tile from it. Saved memory is O(T) per head and the scratch is a
-// few tiles per thread, whatever the sequence length.
+// columns, causal tiles above the diagonal skipped (in a diagonal tile, the keys past the last
+// row of each 64-row half too), with an online softmax (a running maximum and sum of
+// exponentials per row, the partial output rescaled when the maximum grows). The probabilities
+// are never stored whole: forward keeps each row's logsumexp and backward recomputes them tile
+// by tile from it. Saved memory is O(T) per head and the scratch is a few tiles per thread,
+// whatever the sequence length.
 #include <cstdint>
 #include <span>
 #include <vector>
