@@ -18,8 +18,15 @@ namespace moe::cli {
 
 int run_bench_train(const BenchTrainOptions& o) {
   warn_about_blas_kernel();
-  const ModelConfig config =
-      o.config.empty() ? default_model_config() : load_model_config(o.config);
+  ModelConfig config = o.config.empty() ? default_model_config() : load_model_config(o.config);
+  // Memory and speed at long sequences are what --seq-len is for: the context only sizes the
+  // RoPE table, so stretch it rather than refuse.
+  if (o.seq_len > config.max_position_embeddings) {
+    std::fprintf(stderr, "bench train: max_position_embeddings %lld raised to --seq-len %lld\n",
+                 static_cast<long long>(config.max_position_embeddings),
+                 static_cast<long long>(o.seq_len));
+    config.max_position_embeddings = o.seq_len;
+  }
   ParamStore store;
   Transformer model(config, store, 1);
   store.allocate();

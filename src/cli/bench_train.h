@@ -10,8 +10,8 @@ namespace moe::cli {
 struct BenchTrainOptions {
   std::string config;  // empty = the default model
   int64_t batch_size = 16;
-  int64_t seq_len = 128;
-  int64_t steps = 20;  // timed steps, after 3 warm-up steps
+  int64_t seq_len = 128;  // beyond the config's max_position_embeddings: raised to it
+  int64_t steps = 20;     // timed steps, after 3 warm-up steps
   bool json = false;
 };
 

@@ -47,14 +47,48 @@ void RopeTable::rotate_back(float* grad, int64_t pos) const {
   }
 }
 
-int64_t attention_scratch_size(const AttentionShape& s, int threads) {
-  return 2 * int64_t{threads} * s.seq * s.seq;  // probabilities and their gradient, per thread
-}
-
 namespace {
 
-// Query rows per block of the causal core (see attention_forward).
-constexpr int64_t kRowBlock = 64;
+// The causal core works on tiles of kRowBlock query rows by kKeyBlock key columns. A row block
+// visits only the key blocks that start before its last row, so the masked upper triangle is
+// skipped a whole tile at a time; the scores live in one tile at a time, so the scratch does
+// not grow with the sequence length.
+constexpr int64_t kRowBlock = 128;
+// A multiple of kRowBlock: then every key block a row block visits starts at or before the
+// block's first row, and each row has at least one unmasked column in every tile it sees.
+constexpr int64_t kKeyBlock = 256;
+static_assert(kKeyBlock % kRowBlock == 0);
+constexpr int64_t kTile = kRowBlock * kKeyBlock;
+// Per thread: two score tiles and two per-row vectors, padded to a cache line so that no
+// two threads write the same line.
+constexpr int64_t kThreadScratch = (2 * kTile + 2 * kRowBlock + 15) / 16 * 16;
+
+// One thread's share of the scratch.
+struct TileScratch {
+  float* scores;  // [kRowBlock, kKeyBlock]: logits, then probabilities (then their gradient)
+  float* grads;   // [kRowBlock, kKeyBlock]: dP in the backward
+  float* row_a;   // [kRowBlock]: running max (forward) or rowsum(dout * out) (backward)
+  float* row_b;   // [kRowBlock]: running sum of exponentials (forward)
+};
+
+// Calls body(first row, rows, key columns needed) for the parts of the tile of `rows` query rows
+// from r0 by `cols` keys from c0: the whole tile, except on the diagonal, where each 64 rows
+// need only the keys up to their last row (half of a 128 x 128 tile is masked).
+constexpr int64_t kDiagonalRows = 64;
+static_assert(kRowBlock % kDiagonalRows == 0);
+template <typename Body>
+void for_tile_parts(int64_t r0, int64_t rows, int64_t c0, int64_t cols, Body&& body) {
+  const int64_t step = c0 + cols == r0 + rows ? kDiagonalRows : rows;
+  for (int64_t a0 = 0; a0 < rows; a0 += step) {
+    const int64_t a1 = std::min(rows, a0 + step);
+    body(a0, a1 - a0, std::min(cols, r0 + a1 - c0));
+  }
+}
+
+TileScratch thread_tiles(std::span<float> scratch) {
+  float* base = scratch.data() + int64_t{omp_get_thread_num()} * kThreadScratch;
+  return {base, base + kTile, base + 2 * kTile, base + 2 * kTile + kRowBlock};
+}
 
 void check_shape(const AttentionShape& s, const RopeTable& rope, int64_t scratch) {
   require(s.batch > 0 && s.seq > 0 && s.model > 0, "attention: empty shape");
@@ -82,6 +116,10 @@ void rope_qk(const AttentionShape& s, const RopeTable& rope, std::span<float> qk
 
 }  // namespace
 
+int64_t attention_scratch_size(const AttentionShape&, int threads) {
+  return int64_t{threads} * kThreadScratch;
+}
+
 void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                        std::span<const float> wqkv, std::span<const float> wo, std::span<float> qkv,
                        std::span<float> ctx, std::span<float> lse, std::span<float> y,
@@ -94,38 +132,64 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
   gemm(Trans::No, Trans::Yes, T, W, D, 1.0f, x.data(), D, wqkv.data(), D, 0.0f, qkv.data(), W);
   rope_qk(s, rope, qkv, false);
 
-  // One (sequence, head) pair per task; BLAS runs single-threaded inside the parallel loop.
-  // Rows go in blocks of kRowBlock: a block's scores need only the columns up to its last row,
-  // so the GEMMs skip most of the masked upper triangle.
-  const int64_t tasks = s.batch * H;
+  // One (sequence, head, row block) per task: each writes only its own rows of ctx and lse, so
+  // the bits do not depend on which thread takes it. BLAS runs single-threaded inside the
+  // loop. The last row blocks, which see the most keys, go first.
+  const int64_t row_blocks = (S + kRowBlock - 1) / kRowBlock, heads = s.batch * H;
+  const int64_t tasks = heads * row_blocks;
 #pragma omp parallel for schedule(dynamic) if (tasks > 1)
   for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t b = task / H, h = task % H, g = h / group;
-    float* probs = scratch.data() + int64_t{omp_get_thread_num()} * S * S;
-    const float* q = qkv.data() + b * S * W + h * hd;
+    const int64_t rb = row_blocks - 1 - task / heads, b = task % heads / H, h = task % H;
+    const int64_t g = h / group, r0 = rb * kRowBlock, r1 = std::min(S, r0 + kRowBlock);
+    const int64_t rows = r1 - r0;
+    const TileScratch tile = thread_tiles(scratch);
+    float* row_max = tile.row_a;
+    float* row_sum = tile.row_b;
+    const float* q = qkv.data() + (b * S + r0) * W + h * hd;
     const float* k = qkv.data() + b * S * W + (H + g) * hd;
     const float* v = qkv.data() + b * S * W + (H + s.kv_heads + g) * hd;
-    float* row_lse = lse.data() + (b * H + h) * S;
-    for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
-      const int64_t r1 = std::min(S, r0 + kRowBlock), rows = r1 - r0;
-      float* block = probs + r0 * S;
-      gemm(Trans::No, Trans::Yes, rows, r1, hd, scale, q + r0 * W, W, k, W, 0.0f, block, S);
-      for (int64_t i = r0; i < r1; ++i) {
-        float* p = probs + i * S;
-        const float m = *std::max_element(p, p + i + 1);
+    float* out = ctx.data() + (b * S + r0) * C + h * hd;
+    // Online softmax over the key blocks: each row keeps the largest logit seen so far and
+    // the sum of exponentials relative to it; when a block raises the maximum, the sum and
+    // the output accumulated so far are rescaled by exp(old max - new max).
+    for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
+      const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
+      const bool first = c0 == 0;
+      for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+        gemm(Trans::No, Trans::Yes, part, needed, hd, scale, q + a0 * W, W, k + c0 * W, W, 0.0f,
+             tile.scores + a0 * kKeyBlock, kKeyBlock);
+      });
+      for (int64_t r = 0; r < rows; ++r) {
+        float* p = tile.scores + r * kKeyBlock;
+        const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
+        float m = first ? -std::numeric_limits<float>::infinity() : row_max[r];
+#pragma omp simd reduction(max : m)
+        for (int64_t j = 0; j < unmasked; ++j) m = std::max(m, p[j]);
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j <= i; ++j) {
+        for (int64_t j = 0; j < unmasked; ++j) {
           p[j] = fast_exp(p[j] - m);
           sum += p[j];
         }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
-        std::fill(p + i + 1, p + r1, 0.0f);
-        row_lse[i] = m + std::log(sum);
+        std::fill(p + unmasked, p + cols, 0.0f);
+        if (first) {
+          row_sum[r] = sum;
+        } else {
+          const float rescale = fast_exp(row_max[r] - m);
+          row_sum[r] = row_sum[r] * rescale + sum;
+          for (int64_t d = 0; d < hd; ++d) out[r * C + d] *= rescale;
+        }
+        row_max[r] = m;
       }
-      gemm(Trans::No, Trans::No, rows, hd, r1, 1.0f, block, S, v, W, 0.0f,
-           ctx.data() + (b * S + r0) * C + h * hd, C);
+      for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+        gemm(Trans::No, Trans::No, part, hd, needed, 1.0f, tile.scores + a0 * kKeyBlock, kKeyBlock,
+             v + c0 * W, W, first ? 0.0f : 1.0f, out + a0 * C, C);
+      });
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float inv = 1.0f / row_sum[r];
+      for (int64_t d = 0; d < hd; ++d) out[r * C + d] *= inv;
+      lse[(b * H + h) * S + r0 + r] = row_max[r] + std::log(row_sum[r]);
     }
   }
   gemm(Trans::No, Trans::Yes, T, D, C, 1.0f, ctx.data(), C, wo.data(), C, 0.0f, y.data(), D);
@@ -146,15 +210,16 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
   gemm(Trans::Yes, Trans::No, D, C, T, 1.0f, dy.data(), D, ctx.data(), C, 1.0f, dwo.data(), C);
   gemm(Trans::No, Trans::No, T, C, D, 1.0f, dy.data(), D, wo.data(), C, 0.0f, dctx.data(), C);
 
-  // One (sequence, kv group) per task: the group's heads add into the same dk and dv. Rows go
-  // in causal blocks as in the forward.
+  // One (sequence, kv group) per task: the group's heads add into the same dk and dv, in a
+  // fixed order. The probabilities are recomputed tile by tile from the saved logsumexp, in
+  // the forward's tiles.
   const int64_t tasks = s.batch * KV;
   const int threads = omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic) if (tasks >= threads)
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t b = task / KV, g = task % KV;
-    float* probs = scratch.data() + int64_t{omp_get_thread_num()} * 2 * S * S;
-    float* dprobs = probs + S * S;
+    const TileScratch tile = thread_tiles(scratch);
+    float* delta = tile.row_a;
     const float* k = qkv.data() + b * S * W + (H + g) * hd;
     const float* v = qkv.data() + b * S * W + (H + KV + g) * hd;
     float* dk = dqkv.data() + b * S * W + (H + g) * hd;
@@ -164,36 +229,60 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
       std::fill_n(dv + i * W, hd, 0.0f);
     }
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-      const float* q = qkv.data() + b * S * W + h * hd;
-      const float* o = ctx.data() + b * S * C + h * hd;
-      const float* dout = dctx.data() + b * S * C + h * hd;
-      float* dq = dqkv.data() + b * S * W + h * hd;
       const float* row_lse = lse.data() + (b * H + h) * S;
       for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
         const int64_t r1 = std::min(S, r0 + kRowBlock), rows = r1 - r0;
-        float* p_block = probs + r0 * S;
-        float* dp_block = dprobs + r0 * S;
-        // P = exp(q k^T * scale - lse) under the causal mask, columns [0, r1).
-        gemm(Trans::No, Trans::Yes, rows, r1, hd, scale, q + r0 * W, W, k, W, 0.0f, p_block, S);
-        for (int64_t i = r0; i < r1; ++i) {
-          float* p = probs + i * S;
-          for (int64_t j = 0; j <= i; ++j) p[j] = fast_exp(p[j] - row_lse[i]);
-          std::fill(p + i + 1, p + r1, 0.0f);
+        const float* q = qkv.data() + (b * S + r0) * W + h * hd;
+        const float* o = ctx.data() + (b * S + r0) * C + h * hd;
+        const float* dout = dctx.data() + (b * S + r0) * C + h * hd;
+        float* dq = dqkv.data() + (b * S + r0) * W + h * hd;
+        // rowsum(dout * out): the softmax backward's per-row term, the same for every tile.
+        for (int64_t r = 0; r < rows; ++r) {
+          float sum = 0.0f;
+          for (int64_t d = 0; d < hd; ++d) sum += dout[r * C + d] * o[r * C + d];
+          delta[r] = sum;
         }
-        // dV += P^T dout;  dP = dout V^T
-        gemm(Trans::Yes, Trans::No, r1, hd, rows, 1.0f, p_block, S, dout + r0 * C, C, 1.0f, dv, W);
-        gemm(Trans::No, Trans::Yes, rows, r1, hd, 1.0f, dout + r0 * C, C, v, W, 0.0f, dp_block, S);
-        // dlogits = P * (dP - rowsum(dout * out)) * scale  (softmax backward, scale folded in)
-        for (int64_t i = r0; i < r1; ++i) {
-          float delta = 0.0f;
-          for (int64_t d = 0; d < hd; ++d) delta += dout[i * C + d] * o[i * C + d];
-          float* p = probs + i * S;
-          const float* dp = dprobs + i * S;
-          for (int64_t j = 0; j <= i; ++j) p[j] = p[j] * (dp[j] - delta) * scale;
+        for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
+          const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
+          float* p = tile.scores;
+          float* dp = tile.grads;
+          // P = exp(q k^T * scale - lse) under the causal mask.
+          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+            gemm(Trans::No, Trans::Yes, part, needed, hd, scale, q + a0 * W, W, k + c0 * W, W, 0.0f,
+                 p + a0 * kKeyBlock, kKeyBlock);
+          });
+          for (int64_t r = 0; r < rows; ++r) {
+            float* pr = p + r * kKeyBlock;
+            const float m = row_lse[r0 + r];
+            const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
+#pragma omp simd
+            for (int64_t j = 0; j < unmasked; ++j) pr[j] = fast_exp(pr[j] - m);
+            std::fill(pr + unmasked, pr + cols, 0.0f);
+          }
+          // dV += P^T dout;  dP = dout V^T
+          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+            gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+                 dout + a0 * C, C, 1.0f, dv + c0 * W, W);
+            gemm(Trans::No, Trans::Yes, part, needed, hd, 1.0f, dout + a0 * C, C, v + c0 * W, W,
+                 0.0f, dp + a0 * kKeyBlock, kKeyBlock);
+          });
+          // dlogits = P * (dP - delta) * scale  (softmax backward, scale folded in); masked
+          // entries stay 0 with P.
+          for (int64_t r = 0; r < rows; ++r) {
+            float* pr = p + r * kKeyBlock;
+            const float* dpr = dp + r * kKeyBlock;
+            const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
+#pragma omp simd
+            for (int64_t j = 0; j < unmasked; ++j) pr[j] = pr[j] * (dpr[j] - delta[r]) * scale;
+          }
+          // dQ (+)= dlogits K;  dK += dlogits^T Q
+          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+            gemm(Trans::No, Trans::No, part, hd, needed, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+                 k + c0 * W, W, c0 == 0 ? 0.0f : 1.0f, dq + a0 * W, W);
+            gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+                 q + a0 * W, W, 1.0f, dk + c0 * W, W);
+          });
         }
-        // dQ = dlogits K;  dK += dlogits^T Q
-        gemm(Trans::No, Trans::No, rows, hd, r1, 1.0f, p_block, S, k, W, 0.0f, dq + r0 * W, W);
-        gemm(Trans::Yes, Trans::No, r1, hd, rows, 1.0f, p_block, S, q + r0 * W, W, 1.0f, dk, W);
       }
     }
   }

@@ -8,9 +8,13 @@
 //   ctx_h = softmax(q_h k_g^T / sqrt(hd) + causal mask) v_g,   g = h / (H / KV)
 //   y = ctx Wo^T              Wo: [D, H hd]
 //
-// The attention probabilities are not stored: forward keeps each row's logsumexp and the
-// backward recomputes the probabilities from it (as FlashAttention does), so saved memory is
-// O(T) per head rather than O(T S).
+// The core runs FlashAttention's way (Dao et al. 2022): over tiles of 128 query rows by 256 key
+// columns, causal tiles above the diagonal skipped (in a diagonal tile, the keys past the last
+// row of each 64-row half too), with an online softmax (a running maximum and sum of
+// exponentials per row, the partial output rescaled when the maximum grows). The probabilities
+// are never stored whole: forward keeps each row's logsumexp and backward recomputes them tile
+// by tile from it. Saved memory is O(T) per head and the scratch is a few tiles per thread,
+// whatever the sequence length.
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -47,7 +51,8 @@ class RopeTable {
   std::vector<float> cos_, sin_;  // [max_positions, hd/2]
 };
 
-// Floats of scratch the forward/backward need for `threads` OpenMP threads.
+// Floats of scratch the forward/backward need for `threads` OpenMP threads (two score tiles
+// per thread: independent of the sequence length).
 int64_t attention_scratch_size(const AttentionShape& s, int threads);
 
 // x: [T, D]  wqkv: [(H+2KV) hd, D]  wo: [D, H hd]
