@@ -39,6 +39,14 @@ MoeConfig base_moe() {
   return m;
 }
 
+// Expert choice, balanced by construction: no balancing loss, capacity factor 1.
+void make_expert_choice(MoeConfig& m) {
+  m.router_type = RouterType::ExpertChoice;
+  m.aux_loss_type = AuxLossType::None;
+  m.aux_loss_coeff = 0;
+  m.capacity_factor = 1.0;
+}
+
 std::vector<RoutingSetup> setups() {
   std::vector<RoutingSetup> out;
   const std::pair<std::string, RouterType> routers[] = {
@@ -71,12 +79,7 @@ std::vector<RoutingSetup> setups() {
       }
     }
   out.push_back({"topk_softmax_jitter", [](MoeConfig& m) { m.jitter_eps = 0.1f; }});
-  out.push_back({"expert_choice", [](MoeConfig& m) {
-                   m.router_type = RouterType::ExpertChoice;
-                   m.aux_loss_type = AuxLossType::None;
-                   m.aux_loss_coeff = 0;
-                   m.capacity_factor = 1.0;
-                 }});
+  out.push_back({"expert_choice", make_expert_choice});
   return out;
 }
 
@@ -207,9 +210,7 @@ namespace {
 // The scores are recomputed here with plain loops (softmax over experts of x W_r^T).
 TEST(ExpertChoiceThresholds, FollowTheMovingAverageOfEachExpertsLastPick) {
   MoeConfig m = base_moe();
-  m.router_type = RouterType::ExpertChoice;
-  m.aux_loss_type = AuxLossType::None;
-  m.capacity_factor = 1.0;
+  make_expert_choice(m);
   ParamStore store;
   MoeLayer layer(m, store, "moe");
   store.allocate();
@@ -252,9 +253,7 @@ TEST(ExpertChoiceThresholds, FollowTheMovingAverageOfEachExpertsLastPick) {
 
 TEST(ExpertChoiceThresholds, AModelWithoutThemRefusesToEvaluate) {
   MoeConfig m = base_moe();
-  m.router_type = RouterType::ExpertChoice;
-  m.aux_loss_type = AuxLossType::None;
-  m.capacity_factor = 1.0;
+  make_expert_choice(m);
   ParamStore store;
   MoeLayer layer(m, store, "moe");
   store.allocate();

@@ -11,18 +11,14 @@
 
 #include "tensor/blas_info.h"
 #include "tensor/error.h"
+#include "test_util.h"
 #include "train/data.h"
 
 namespace moe {
 namespace {
+using test::error_of;
+using test::temp_dir;
 namespace fs = std::filesystem;
-
-std::string temp_dir(const std::string& name) {
-  const std::string d = testing::TempDir() + "/moe_corpus_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 void write(const fs::path& path, const std::string& text) {
   fs::create_directories(path.parent_path());
@@ -34,15 +30,6 @@ void write_gzip(const fs::path& path, const std::string& text) {
   ASSERT_NE(f, nullptr);
   ASSERT_EQ(gzwrite(f, text.data(), static_cast<unsigned>(text.size())), int(text.size()));
   gzclose(f);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 std::vector<std::string> splits(const std::vector<Document>& docs) {

@@ -13,6 +13,7 @@
 #include "model_cases.h"
 #include "tensor/error.h"
 #include "tensor/safetensors.h"
+#include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/run_folder.h"
 #include "train/tokenizer.h"
@@ -20,24 +21,9 @@
 
 namespace moe {
 namespace {
+using test::error_of;
+using test::temp_dir;
 namespace fs = std::filesystem;
-
-std::string temp_dir(const std::string& name) {
-  const std::string d =
-      fs::path(testing::TempDir() + "/moe_run_folder_" + name).lexically_normal().string();
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;

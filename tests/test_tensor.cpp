@@ -14,9 +14,11 @@
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
 #include "tensor/tensor.h"
+#include "test_util.h"
 
 namespace moe {
 namespace {
+using test::error_of;
 
 TEST(Tensor, AlignedAndReusesCapacity) {
   Tensor t({3, 5});
@@ -27,16 +29,6 @@ TEST(Tensor, AlignedAndReusesCapacity) {
   t.resize({2, 2});
   EXPECT_EQ(t.data(), p);
   EXPECT_EQ(t.numel(), 4);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(Tensor, ShapeNumelRefusesOverflow) {

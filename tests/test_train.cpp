@@ -14,6 +14,7 @@
 #include "moe/load_metrics.h"
 #include "tensor/error.h"
 #include "tensor/safetensors.h"
+#include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/optimizer.h"
@@ -21,23 +22,9 @@
 
 namespace moe {
 namespace {
+using test::error_of;
+using test::temp_dir;
 namespace fs = std::filesystem;
-
-std::string temp_dir(const std::string& name) {
-  const std::string d = testing::TempDir() + "/moe_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Schedule, WarmupThenCosineToMinimum) {
   EXPECT_FLOAT_EQ(learning_rate(0, 100, 10, 1.0f, 0.1f), 0.1f);

@@ -53,16 +53,6 @@ nlohmann::json piece_or_null(int32_t id, const std::string& piece) {
   return id >= 0 ? nlohmann::json(piece) : nlohmann::json();
 }
 
-uint16_t bf16_of(float v, const std::string& tensor) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest, ties to even
-  const uint16_t b = static_cast<uint16_t>(bits >> 16);
-  if ((b & 0x7F80u) == 0x7F80u)
-    throw Error("tensor '" + tensor + "': value " + std::to_string(v) + " overflows bfloat16");
-  return b;
-}
-
 // Name of one of our MoE block's tensors in Qwen2-MoE's layout; `suffix` follows
 // "block_sparse_moe.".
 std::string qwen2_moe_name(const std::string& suffix) {
@@ -255,48 +245,14 @@ std::map<std::string, Tensor> hf_export_tensors(Transformer& model, ParamStore& 
   return out;
 }
 
-void write_hf_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
-                          HfDtype dtype) {
-  const uint64_t element = dtype == HfDtype::BF16 ? 2 : 4;
-  nlohmann::json header = nlohmann::json::object();
-  header["__metadata__"] = {{"format", "pt"}};
-  uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    const uint64_t bytes = static_cast<uint64_t>(t.numel()) * element;
-    header[name] = {{"dtype", dtype == HfDtype::BF16 ? "BF16" : "F32"},
-                    {"shape", t.shape()},
-                    {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string json = header.dump();
-  json.append((8 - json.size() % 8) % 8, ' ');  // keeps the data section 8-byte aligned
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(json.size() >> (8 * i));
-
-  AtomicFile file(path);
-  file.write(len, 8);
-  file.write(json.data(), json.size());
-  std::vector<uint16_t> half;
-  for (const auto& [name, t] : tensors) {
-    if (dtype == HfDtype::F32) {
-      file.write(t.data(), sizeof(float) * t.numel());
-      continue;
-    }
-    half.resize(static_cast<size_t>(t.numel()));
-    for (int64_t i = 0; i < t.numel(); ++i) half[i] = bf16_of(t.data()[i], name);
-    file.write(half.data(), sizeof(uint16_t) * half.size());
-  }
-  file.commit();
-}
-
 std::string export_hf_checkpoint(Transformer& model, ParamStore& store,
                                  const HfTokenizer& tokenizer, const std::string& dir,
                                  const HfExportOptions& options) {
   const ModelConfig& c = model.config();
   const std::string type = hf_model_type(c, options.allow_dropless);
   prepare_folder(dir, options.force);
-  write_hf_safetensors(dir + "/model.safetensors", hf_export_tensors(model, store, type),
-                       options.dtype);
+  write_safetensors(dir + "/model.safetensors", hf_export_tensors(model, store, type),
+                    {{"format", "pt"}}, options.dtype);  // transformers requires "format"
   if (!tokenizer.model_path.empty()) {
     write_file_atomic(dir + "/tokenizer.model", read_whole_file(tokenizer.model_path));
     // Our streams carry no BOS and end each document with EOS; prompts are encoded bare.

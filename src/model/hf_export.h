@@ -21,11 +21,12 @@
 #include "model/config.h"
 #include "model/transformer.h"
 #include "tensor/params.h"
+#include "tensor/safetensors.h"
 #include "tensor/tensor.h"
 
 namespace moe {
 
-enum class HfDtype { F32, BF16 };
+using HfDtype = StoredDtype;
 
 // The sentencepiece model an export carries, and its special tokens (ids and pieces). The
 // caller reads them from the model; this layer only copies the file.
@@ -63,10 +64,5 @@ std::map<std::string, Tensor> hf_export_tensors(Transformer& model, ParamStore& 
 std::string export_hf_checkpoint(Transformer& model, ParamStore& store,
                                  const HfTokenizer& tokenizer, const std::string& dir,
                                  const HfExportOptions& options = {});
-
-// Writes `tensors` as safetensors in F32 or BF16 (round to nearest even) with the metadata
-// {"format": "pt"} that transformers' loader requires, atomically.
-void write_hf_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
-                          HfDtype dtype);
 
 }  // namespace moe

@@ -181,15 +181,32 @@ SafetensorsFile read_safetensors(const std::string& path) {
   return parse_safetensors(bytes, path);
 }
 
+namespace {
+
+uint16_t bf16_of(float v, const std::string& tensor) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest, ties to even
+  const uint16_t b = static_cast<uint16_t>(bits >> 16);
+  if ((b & 0x7F80u) == 0x7F80u)
+    throw Error("tensor '" + tensor + "': value " + std::to_string(v) + " overflows bfloat16");
+  return b;
+}
+
+}  // namespace
+
 void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+                       const std::map<std::string, std::string>& metadata, StoredDtype dtype) {
+  const bool bf16 = dtype == StoredDtype::BF16;
+  const uint64_t element = bf16 ? 2 : 4;
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    const uint64_t bytes = static_cast<uint64_t>(t.numel()) * 4;
-    header[name] = {
-        {"dtype", "F32"}, {"shape", t.shape()}, {"data_offsets", {offset, offset + bytes}}};
+    const uint64_t bytes = static_cast<uint64_t>(t.numel()) * element;
+    header[name] = {{"dtype", bf16 ? "BF16" : "F32"},
+                    {"shape", t.shape()},
+                    {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string json = header.dump();
@@ -200,7 +217,16 @@ void write_safetensors(const std::string& path, const std::map<std::string, Tens
   AtomicFile file(path);
   file.write(len, 8);
   file.write(json.data(), json.size());
-  for (const auto& [name, t] : tensors) file.write(t.data(), sizeof(float) * t.numel());
+  std::vector<uint16_t> half;
+  for (const auto& [name, t] : tensors) {
+    if (!bf16) {
+      file.write(t.data(), sizeof(float) * t.numel());
+      continue;
+    }
+    half.resize(static_cast<size_t>(t.numel()));
+    for (int64_t i = 0; i < t.numel(); ++i) half[i] = bf16_of(t.data()[i], name);
+    file.write(half.data(), sizeof(uint16_t) * half.size());
+  }
   file.commit();
 }
 

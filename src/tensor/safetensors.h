@@ -22,8 +22,13 @@ struct SafetensorsFile {
 SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source);
 SafetensorsFile read_safetensors(const std::string& path);
 
-// Writes F32 tensors atomically: a temporary file beside `path`, fsync, rename over `path`.
+// How write_safetensors stores the fp32 tensors: as they are, or rounded to bfloat16 (to
+// nearest, ties to even; a value beyond bfloat16's range is an Error naming the tensor).
+enum class StoredDtype { F32, BF16 };
+
+// Writes the tensors atomically: a temporary file beside `path`, fsync, rename over `path`.
 void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
+                       const std::map<std::string, std::string>& metadata = {},
+                       StoredDtype dtype = StoredDtype::F32);
 
 }  // namespace moe
