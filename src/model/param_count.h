@@ -1,6 +1,6 @@
 #pragma once
-// Parameter and FLOP accounting for MoE transformers, ours and published ones (REFERENCE.md,
-// "Parameter counting"): total parameters, parameters active per token (only k routed experts
+// Parameter and FLOP accounting for MoE transformers, ours and published ones (docs/FORMULAS.md,
+// "Parameter counts"): total parameters, parameters active per token (only k routed experts
 // plus the shared ones; embeddings and LM head count as active), and forward FLOPs per token.
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>

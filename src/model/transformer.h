@@ -1,5 +1,5 @@
 #pragma once
-// Transformer: the decoder-only language model of shared/DESIGN.md's data path.
+// Transformer: the decoder-only language model of docs/ARCHITECTURE.md's data path.
 //
 //   x_0 = embed(tokens)
 //   block l:  h   = x_l + Attention(RMSNorm(x_l))            (causal, RoPE, GQA)

@@ -1,6 +1,6 @@
 #pragma once
 // MoeConfig: every routing, capacity and loss option of the MoE layer as a plain field
-// (formulas: shared/REFERENCE.md; option names after Megatron-Core and Hugging Face).
+// (formulas: docs/FORMULAS.md; option names after Megatron-Core and Hugging Face).
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
@@ -52,7 +52,7 @@ struct MoeConfig {
   float bias_update_speed = 0.001f;  // gamma, aux-loss-free bias update (SigmoidBias)
 
   // Double, not float: 1.1f is 1.10000002, enough to push ceil(cf T k / E) up by one.
-  double capacity_factor = 0.0;                // 0 = dropless
+  double capacity_factor = 0.0;  // 0 = dropless
   // When absent, token choice evaluates dropless (a capacity in evaluation makes a token's
   // route depend on later tokens and other sequences) and expert choice by its thresholds.
   std::optional<double> eval_capacity_factor;

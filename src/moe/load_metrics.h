@@ -1,5 +1,5 @@
 #pragma once
-// Expert-load metrics (REFERENCE.md, "Routing metrics") over per-expert assignment counts.
+// Expert-load metrics (docs/FORMULAS.md, "Load metrics") over per-expert assignment counts.
 #include <cstdint>
 #include <span>
 #include <string>

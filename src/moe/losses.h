@@ -1,6 +1,6 @@
 #pragma once
 // The router's balancing losses, capacity and bias update as small pure functions
-// (formulas: shared/REFERENCE.md, "Balancing losses"). Each returns the loss value and,
+// (formulas: docs/FORMULAS.md, "Balancing losses"). Each returns the loss value and,
 // where a gradient span is given, ADDS dLoss/dinput into it.
 #include <cstdint>
 #include <span>
