@@ -1,7 +1,8 @@
 #pragma once
 // safetensors: 8-byte little-endian header length N, N bytes of JSON, then raw tensor data.
 // The reader validates everything the header claims (shapes, dtypes, offsets, their overflow)
-// trusts it and names the offending tensor in its error. F32, F16 and BF16 are read as float.
+// before it trusts it and names the offending tensor in its error. F32, F16 and BF16 are read
+// as float.
 #include <map>
 #include <string>
 #include <vector>
