@@ -52,6 +52,12 @@ void check_gradients(const test::MoeCase& c, const MoeConfig& cfg, float r_scale
   rng.fill_uniform(jitter.span(), 1.0f - cfg.jitter_eps, 1.0f + cfg.jitter_eps);
   MoeForwardOptions opt{c.training, c.seq_len, {normal.span(), jitter.span()}};
   opt.batch_selection_in_eval = c.batch_selection_in_eval;
+  if (cfg.router_type == RouterType::ExpertChoice && !c.training && !c.batch_selection_in_eval) {
+    // Evaluation by thresholds: one training forward on another batch learns them.
+    Tensor other({T, D});
+    rng.fill_normal(other.span(), 0.0f, 1.0f);
+    layer.forward(other.span(), T, y.span(), {true, c.seq_len, {}});
+  }
 
   auto loss = [&]() {
     layer.forward(x.span(), T, y.span(), opt);

@@ -96,7 +96,13 @@ TEST_P(MoeReference, ForwardAndBackwardMatchPyTorch) {
   MoeForwardOptions opt{
       c.training, c.seq_len, {ref.at("noise_normal").span(), ref.at("jitter").span()}};
   opt.batch_selection_in_eval = c.batch_selection_in_eval;
+  const bool by_thresholds =
+      cfg.router_type == RouterType::ExpertChoice && !c.training && !c.batch_selection_in_eval;
+  if (by_thresholds)  // one training forward learns the thresholds the evaluation routes by
+    layer.forward(ref.at("x_threshold").span(), T, y.span(), {true, c.seq_len, {}});
   const RoutingStats& stats = layer.forward(ref.at("x").span(), T, y.span(), opt);
+  if (ref.has("out.threshold"))
+    expect_close(layer.router().expert_threshold(), ref.at("out.threshold"), "expert_threshold");
   store.zero_grads();
   layer.backward(ref.at("dy").span(), dx.span());
 

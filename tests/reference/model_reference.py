@@ -79,7 +79,7 @@ def moe_block(cfg, x, p, prefix, S, training):
         q[f"shared_experts.{s}.w2"] = p[prefix + "shared_experts.down_proj.weight"][:, rows]
     if m.get("shared_expert_gate", False):
         q["shared_expert_gate.weight"] = p[prefix + "shared_expert_gate.weight"]
-    y, aux, z, _, _ = moe_forward(m, {"seq_len": S}, q, training)
+    y, aux, z, _, _, _ = moe_forward(m, {"seq_len": S}, q, training)
     return y, aux + z
 
 

@@ -142,6 +142,15 @@ def route_input(cfg, case, x):
     return torch.cat(rows)
 
 
+def expert_choice_thresholds(cfg, case, p):
+    """Thresholds after one training forward on x_threshold: each expert's C-th best score."""
+    with torch.no_grad():
+        scores = F.softmax(route_input(cfg, case, p["x_threshold"]) @ p["gate.weight"].T, dim=-1)
+        T = scores.shape[0]
+        C = min(capacity_of(cfg, T, True), T)
+        return torch.stack([scores[:, e].topk(C).values[-1] for e in range(scores.shape[1])])
+
+
 def moe_forward(cfg, case, p, training):
     D, E, k = cfg["hidden_size"], cfg["num_experts"], cfg["top_k"]
     rtype = cfg.get("router_type", "topk_softmax")
@@ -171,12 +180,24 @@ def moe_forward(cfg, case, p, training):
     def ffn(e, rows):
         return swiglu(x[rows], p[f"experts.{e}.w1"], p[f"experts.{e}.w3"], p[f"experts.{e}.w2"])
 
+    threshold = None
     if rtype == "expert_choice":
-        C = min(capacity_of(cfg, T, training), T)
+        scale = cfg.get("routed_scaling_factor", 1.0)
+        if training or case.get("batch_selection_in_eval", False):
+            C = min(capacity_of(cfg, T, training), T)
+            picks = [scores[:, e].detach().topk(C).indices for e in range(E)]
+            if training:  # the first training forward sets each threshold: the C-th pick's score
+                threshold = torch.stack([scores[picks[e][-1], e].detach() for e in range(E)])
+        else:
+            # Evaluation by thresholds learned on one training batch (x_threshold): every token
+            # whose score reaches an expert's threshold goes to it.
+            theta = expert_choice_thresholds(cfg, case, p)
+            picks = [torch.nonzero(scores[:, e].detach() >= theta[e]).flatten() for e in range(E)]
         for e in range(E):
-            tok = scores[:, e].detach().topk(C).indices
-            y = y.index_add(0, tok, cfg.get("routed_scaling_factor", 1.0) * scores[tok, e, None] * ffn(e, tok))
-            routed[e] = kept[e] = C
+            tok = picks[e]
+            if len(tok):
+                y = y.index_add(0, tok, scale * scores[tok, e, None] * ffn(e, tok))
+            routed[e] = kept[e] = len(tok)
     else:
         idx, gates = token_choice(cfg, logits, scores, p["gate.bias"])
         keep = keep_mask(cfg, idx, gates, training)
@@ -197,7 +218,7 @@ def moe_forward(cfg, case, p, training):
         if cfg.get("shared_expert_gate", False):
             out = torch.sigmoid(x @ p["shared_expert_gate.weight"].T) * out
         y = y + out
-    return y, aux, z_loss, routed, kept
+    return y, aux, z_loss, routed, kept, threshold
 
 
 def make_case(name, case):
@@ -220,10 +241,12 @@ def make_case(name, case):
         p[f"shared_experts.{s}.w2"] = g(D, Fs)
     p["shared_expert_gate.weight"] = g(1, D)
 
-    trainable = [n for n in p if n not in ("dy", "noise_normal", "jitter", "gate.bias")]
+    trainable = [n for n in p if n not in ("dy", "noise_normal", "jitter", "gate.bias",
+                                           "x_threshold")]
     for n in trainable:
         p[n].requires_grad_(True)
-    y, aux, z, routed, kept = moe_forward(cfg, case, p, case["training"])
+    p["x_threshold"] = g(T, D, std=1.0)  # drawn last: the other tensors stay as they were
+    y, aux, z, routed, kept, threshold = moe_forward(cfg, case, p, case["training"])
     loss = (y * p["dy"]).sum() + aux + z
     loss.backward()
 
@@ -233,6 +256,8 @@ def make_case(name, case):
     out.update({"out.y": y.detach(), "out.aux_loss": aux.detach().reshape(1),
                 "out.z_loss": z.detach().reshape(1), "out.tokens_per_expert": routed,
                 "out.kept_per_expert": kept})
+    if threshold is not None:
+        out["out.threshold"] = threshold
     for n in trainable:
         out["grad." + n] = p[n].grad if p[n].grad is not None else torch.zeros_like(p[n])
     return out
