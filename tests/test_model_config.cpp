@@ -52,6 +52,26 @@ TEST(ModelConfig, RejectsBadFieldsNamingThem) {
   EXPECT_NE(error_of(nlohmann::json::array()).find("object"), std::string::npos);
 }
 
+TEST(ModelConfig, SequenceRoutingNamesItsBadFields) {
+  nlohmann::json j = model_config_to_json(default_model_config());
+  j["moe"]["routing_level"] = "sequence";
+  j["moe"]["route_prefix"] = 16;
+  EXPECT_EQ(error_of(j), "");
+  j["moe"]["route_prefix"] = 0;
+  EXPECT_NE(error_of(j).find("'route_prefix'"), std::string::npos) << error_of(j);
+  j["moe"]["route_prefix"] = 257;  // beyond max_position_embeddings 256
+  EXPECT_NE(error_of(j).find("moe.route_prefix"), std::string::npos) << error_of(j);
+  EXPECT_NE(error_of(j).find("max_position_embeddings (256)"), std::string::npos);
+  j["moe"]["route_prefix"] = 16;
+  j["moe"]["routing_level"] = "document";
+  EXPECT_NE(error_of(j).find("expected one of token, sequence"), std::string::npos) << error_of(j);
+  j["moe"]["routing_level"] = "sequence";
+  j["moe"]["router_type"] = "expert_choice";
+  j["moe"]["aux_loss_type"] = "none";
+  j["moe"]["capacity_factor"] = 1.0;
+  EXPECT_NE(error_of(j).find("'routing_level'"), std::string::npos) << error_of(j);
+}
+
 // Every numeric field has an upper bound too, stated in the error; non-finite or
 // out-of-type numbers never pass.
 TEST(ModelConfig, EveryNumericFieldHasAStatedRange) {

@@ -261,6 +261,23 @@ TEST(Tokenizer, TooSmallACorpusSaysHowManyPiecesItCanMake) {
   EXPECT_FALSE(fs::exists(dir + "/tok.model"));
 }
 
+TEST(Tokenizer, TooSmallAVocabularyForTheCharactersSaysTheLeastItNeeds) {
+  const std::string dir = temp_dir("many_characters");
+  std::string text;  // 300 distinct characters, beyond the 256 byte pieces of a 300-piece model
+  for (char32_t c = 0x100; c < 0x100 + 300; ++c) {
+    text += static_cast<char>(0xC0 | (c >> 6));
+    text += static_cast<char>(0x80 | (c & 0x3F));
+    text += ' ';
+  }
+  const std::vector<std::string> texts(20, text);
+  TokenizerTrainOptions o;
+  o.vocab_size = 300;
+  const std::string error = error_of([&] { Tokenizer::train(texts, o, dir + "/tok.model"); });
+  EXPECT_NE(error.find("300-piece vocabulary is too small"), std::string::npos) << error;
+  EXPECT_NE(error.find("pass --vocab-size"), std::string::npos) << error;
+  EXPECT_FALSE(fs::exists(dir + "/tok.model"));
+}
+
 TEST(ProgressLine, FitsTheWidthWithoutControlCodes) {
   for (int width : {20, 40, 60, 80, 200}) {
     const std::string line = format_progress_line(120, 400, 4.1234, 2.95e-3f, 5120, 62, width);

@@ -87,6 +87,19 @@ int64_t max_vocabulary_in(const std::string& message) {
   return max_pieces;
 }
 
+// sentencepiece's "Vocabulary size is smaller than required_chars. 400 vs 404.": the pieces
+// that every character and byte of the texts needs at the least; -1 when not that error.
+int64_t min_vocabulary_in(const std::string& message) {
+  constexpr std::string_view kMarker = "smaller than required_chars. ";
+  const size_t at = message.find(kMarker);
+  if (at == std::string::npos) return -1;
+  const size_t vs = message.find(" vs ", at);
+  if (vs == std::string::npos) return -1;
+  int64_t min_pieces = -1;
+  std::from_chars(message.data() + vs + 4, message.data() + message.size(), min_pieces);
+  return min_pieces;
+}
+
 }  // namespace
 
 VocabularyTooLarge::VocabularyTooLarge(int64_t requested_pieces, int64_t max)
@@ -123,6 +136,12 @@ void Tokenizer::train(std::span<const std::string> texts, const TokenizerTrainOp
   if (!status.ok()) {
     const int64_t max_pieces = max_vocabulary_in(status.ToString());
     if (max_pieces > 0) throw VocabularyTooLarge(o.vocab_size, max_pieces);
+    if (const int64_t min_pieces = min_vocabulary_in(status.ToString()); min_pieces > 0)
+      throw Error("a " + std::to_string(o.vocab_size) +
+                  "-piece vocabulary is too small for this corpus: its characters, the 256 "
+                  "byte pieces and the special tokens need at least " +
+                  std::to_string(min_pieces) + "; pass --vocab-size " + std::to_string(min_pieces) +
+                  " or more");
     throw Error("tokenizer training failed: " + status.ToString());
   }
   write_file_atomic(model_path, proto);
