@@ -14,8 +14,8 @@ namespace moe::cli {
 
 CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
   TrainOptions& t = c.options;
-  CLI::App* train =
-      app.add_subcommand("train", "Train an MoE language model on the shipped corpus");
+  CLI::App* train = app.add_subcommand(
+      "train", "Train an MoE language model (the shipped corpus, or --corpus your own text)");
   train->add_option("--config", t.config, "Model config JSON (default: configs/default.json)")
       ->check(CLI::ExistingFile);
   train->add_option("--out", t.out_dir, "Run folder (refused if it holds a run; see --force)")
