@@ -52,6 +52,19 @@ TEST(ModelConfig, RejectsBadFieldsNamingThem) {
   EXPECT_NE(error_of(nlohmann::json::array()).find("object"), std::string::npos);
 }
 
+// A number beyond double's range is a JSON error of its own kind in nlohmann-json (found by the
+// run-folder fuzzer): still one named error, not an uncaught exception.
+TEST(ModelConfig, AFileWithAnOverflowingNumberIsAnError) {
+  const std::string path = testing::TempDir() + "/moe_overflowing_number.json";
+  std::ofstream(path) << R"({"vocab_size": 64, "rms_norm_eps": 0.001E513})";
+  try {
+    load_model_config(path);
+    FAIL() << "loaded a config with 1e510 in it";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not valid JSON"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ModelConfig, SequenceRoutingNamesItsBadFields) {
   nlohmann::json j = model_config_to_json(default_model_config());
   j["moe"]["routing_level"] = "sequence";

@@ -134,7 +134,12 @@ int run_train(TrainCommand c) {
   while (std::getline(metrics, line))
     if (line.find("\"experts\"") != std::string::npos) last_experts = line;
   if (!last_experts.empty()) {
-    const auto j = nlohmann::json::parse(last_experts);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(last_experts);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(dir + "/metrics.jsonl: " + e.what());
+    }
     if (j.contains("experts_steps"))
       std::printf("expert load over steps %lld-%lld (one bar per expert):\n",
                   j["experts_steps"].at(0).get<long long>(),

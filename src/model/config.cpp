@@ -141,7 +141,7 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   if (!in) throw Error("cannot open " + what + " '" + path + "'");
   try {
     return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // syntax, or a number beyond double's range
     throw Error(what + " '" + path + "' is not valid JSON: " + e.what());
   }
 }
