@@ -70,17 +70,13 @@ constexpr double kMaxScalingFactor = 1000.0;
 constexpr double kMaxLossCoeff = 100.0;
 
 void check_range(int64_t v, const char* field, int64_t lo, int64_t hi, const char* note = "") {
-  check(v >= lo && v <= hi, field,
-        "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" + note + ", got " +
-            std::to_string(v));
+  require_int_in_range(v, lo, hi, kWhat, field, note);
 }
 // [lo, hi], or (lo, hi] when lo_open; NaN and infinities fail every range.
 void check_range(double v, const char* field, double lo, double hi, bool lo_open = false,
                  const char* note = "") {
-  const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
-  check(ok, field,
-        std::string("must be a finite number in ") + (lo_open ? "(" : "[") + number_text(lo) +
-            ", " + number_text(hi) + "]" + note + ", got " + number_text(v));
+  require_real_in_range(v, lo, hi, kWhat, field, lo_open ? Lower::Exclusive : Lower::Inclusive,
+                        note);
 }
 
 }  // namespace

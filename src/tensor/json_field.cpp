@@ -53,19 +53,19 @@ bool json_bool(const nlohmann::json& v, const char* what, const std::string& key
 }
 
 void require_int_in_range(int64_t value, int64_t lo, int64_t hi, const char* what,
-                          const std::string& key) {
+                          const std::string& key, const char* note) {
   if (value < lo || value > hi)
     throw Error(std::string(what) + " field '" + key + "' must be in [" + std::to_string(lo) +
-                ", " + std::to_string(hi) + "], got " + std::to_string(value));
+                ", " + std::to_string(hi) + "]" + note + ", got " + std::to_string(value));
 }
 
 void require_real_in_range(double value, double lo, double hi, const char* what,
-                           const std::string& key, Lower lower) {
+                           const std::string& key, Lower lower, const char* note) {
   const bool above = lower == Lower::Inclusive ? value >= lo : value > lo;
   if (!(std::isfinite(value) && above && value <= hi))  // NaN fails every comparison
     throw Error(std::string(what) + " field '" + key + "' must be in " +
-                (lower == Lower::Inclusive ? "[" : "(") + real_str(lo) + ", " + real_str(hi) +
-                "], got " + real_str(value));
+                (lower == Lower::Inclusive ? "[" : "(") + real_str(lo) + ", " + real_str(hi) + "]" +
+                note + ", got " + real_str(value));
 }
 
 }  // namespace moe

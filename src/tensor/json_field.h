@@ -15,14 +15,16 @@ double json_number(const nlohmann::json& v, const char* what, const std::string&
 float json_float(const nlohmann::json& v, const char* what, const std::string& key);
 bool json_bool(const nlohmann::json& v, const char* what, const std::string& key);
 
-// Throws Error "<what> field '<key>' must be in [lo, hi], got <value>" unless lo <= value <= hi.
+// Throws Error "<what> field '<key>' must be in [lo, hi]<note>, got <value>" unless
+// lo <= value <= hi. `note` explains a bound or a value: " (0 = dropless)".
 void require_int_in_range(int64_t value, int64_t lo, int64_t hi, const char* what,
-                          const std::string& key);
+                          const std::string& key, const char* note = "");
 
 enum class Lower { Inclusive, Exclusive };  // [lo, hi] or (lo, hi]
-// Throws Error "<what> field '<key>' must be in (lo, hi], got <value>" unless value lies in
-// the interval; a non-finite value never does.
+// Throws Error "<what> field '<key>' must be in (lo, hi]<note>, got <value>" unless value lies
+// in the interval; a non-finite value never does.
 void require_real_in_range(double value, double lo, double hi, const char* what,
-                           const std::string& key, Lower lower = Lower::Inclusive);
+                           const std::string& key, Lower lower = Lower::Inclusive,
+                           const char* note = "");
 
 }  // namespace moe
