@@ -75,29 +75,26 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
   bool done_ = false;
 };
 
-// Sentencepiece says "Vocabulary size too high (N). Please set it to a value <= M.": the M.
-int64_t max_vocabulary_in(const std::string& message) {
-  constexpr std::string_view kMarker = "set it to a value <= ";
-  const size_t at = message.find(kMarker);
-  if (at == std::string::npos || message.find("Vocabulary size too high") == std::string::npos)
-    return -1;
-  int64_t max_pieces = -1;
-  const char* begin = message.data() + at + kMarker.size();
-  std::from_chars(begin, message.data() + message.size(), max_pieces);
-  return max_pieces;
+// The number after `marker` in a sentencepiece message, when the message holds `error`; -1
+// otherwise.
+int64_t number_after(const std::string& message, std::string_view error, std::string_view marker) {
+  if (message.find(error) == std::string::npos) return -1;
+  const size_t at = message.find(marker);
+  if (at == std::string::npos) return -1;
+  int64_t value = -1;
+  std::from_chars(message.data() + at + marker.size(), message.data() + message.size(), value);
+  return value;
 }
 
-// sentencepiece's "Vocabulary size is smaller than required_chars. 400 vs 404.": the pieces
-// that every character and byte of the texts needs at the least; -1 when not that error.
+// "Vocabulary size too high (N). Please set it to a value <= M.": the M.
+int64_t max_vocabulary_in(const std::string& message) {
+  return number_after(message, "Vocabulary size too high", "set it to a value <= ");
+}
+
+// "Vocabulary size is smaller than required_chars. 400 vs 404.": the pieces that every
+// character and byte of the texts needs at the least.
 int64_t min_vocabulary_in(const std::string& message) {
-  constexpr std::string_view kMarker = "smaller than required_chars. ";
-  const size_t at = message.find(kMarker);
-  if (at == std::string::npos) return -1;
-  const size_t vs = message.find(" vs ", at);
-  if (vs == std::string::npos) return -1;
-  int64_t min_pieces = -1;
-  std::from_chars(message.data() + vs + 4, message.data() + message.size(), min_pieces);
-  return min_pieces;
+  return number_after(message, "smaller than required_chars", " vs ");
 }
 
 }  // namespace
