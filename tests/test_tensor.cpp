@@ -197,6 +197,23 @@ TEST(Safetensors, ReadsHalfAndBfloat16) {
   EXPECT_EQ(f.at("b")[0], -2.0f);
 }
 
+TEST(Safetensors, EmptyTensorsRoundTrip) {
+  // A dimension of 0 is legal: the tensor owns no buffer and its data range is empty. Under the
+  // sanitizer build this fails if any copy is handed the empty tensor's null pointer.
+  const auto f = parse_safetensors(
+      make_file(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},)"
+                R"("h":{"dtype":"BF16","shape":[2,0],"data_offsets":[0,0]}})",
+                0),
+      "f");
+  EXPECT_EQ(f.at("e").shape(), (Shape{0, 3}));
+  EXPECT_EQ(f.at("h").numel(), 0);
+  const std::string path = testing::TempDir() + "/empty.safetensors";
+  write_safetensors(path, {{"e", f.at("e")}, {"a", Tensor({1})}}, {});
+  const auto g = read_safetensors(path);
+  EXPECT_EQ(g.at("e").shape(), (Shape{0, 3}));
+  EXPECT_EQ(g.at("a").numel(), 1);
+}
+
 TEST(Safetensors, RejectsEachKindOfCorruption) {
   EXPECT_THROW(parse_safetensors(std::vector<char>(5, 0), "f"), Error);
   auto huge = make_file("{}", 0);

@@ -137,7 +137,8 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
     Tensor t(shape, where);
     const char* src = data + begin;
     if (dtype == "F32") {
-      std::memcpy(t.data(), src, numel * 4);
+      if (numel > 0)  // an empty tensor owns no buffer, and memcpy wants a real pointer
+        std::memcpy(t.data(), src, numel * 4);
     } else {
       for (uint64_t i = 0; i < numel; ++i) {
         uint16_t v;
