@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tensor/bf16.h"
 #include "tensor/error.h"
 #include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
@@ -136,6 +137,57 @@ TEST(Gemm, FewRowsTimesTransposeMatchesNaive) {
     }
 }
 
+TEST(Bf16, RoundsToNearestEvenAndKeepsSpecials) {
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(bf16_to_float(float_to_bf16(-2.5f)), -2.5f);
+  // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0); a hair
+  // above rounds up.
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-8f), 0x3F80);
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3F81);
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-7f + 0x1p-8f), 0x3F82);  // tie with an odd mantissa: up
+  EXPECT_EQ(float_to_bf16(INFINITY), 0x7F80);
+  EXPECT_EQ(float_to_bf16(3.4e38f), 0x7F80);  // past bf16's largest finite: infinity
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(-std::nanf("")))));
+}
+
+// gemm_bf16_weight against a double-precision product of the same bf16 weights, for the
+// streaming path (m <= 6) and each many-row kernel this CPU runs; k straddles the AVX512
+// kernel's 32-wide steps and n, m its 4-wide tiles. Widened kernels multiply exactly: 1e-5
+// of sum |a||b|. The AVX512-BF16 kernel rounds A to bf16 first (relative error 2^-9 per
+// product): 2^-8 of sum |a||b|.
+TEST(Gemm, Bf16WeightMatchesWidenedProduct) {
+  Rng rng(5);
+  std::vector<Bf16Kernel> kernels = {Bf16Kernel::WidenToSgemm};
+  if (cpu_has_avx512_bf16()) kernels.push_back(Bf16Kernel::Avx512Bf16);
+  for (const Bf16Kernel kernel : kernels)
+    for (const int64_t M : {int64_t{1}, int64_t{5}, int64_t{7}, int64_t{33}})
+      for (const int64_t N : {int64_t{1}, int64_t{6}, int64_t{300}})
+        for (const int64_t K : {int64_t{1}, int64_t{31}, int64_t{32}, int64_t{97}}) {
+          const int64_t lda = K + 1, ldb = K + 3, ldc = N + 2;
+          Tensor a({M, lda}), wf({N, ldb}), c({M, ldc});
+          rng.fill_normal(a.span(), 0, 1);
+          rng.fill_normal(wf.span(), 0, 1);
+          c.fill(std::nanf(""));
+          std::vector<uint16_t> w(static_cast<size_t>(N * ldb));
+          for (size_t i = 0; i < w.size(); ++i) w[i] = float_to_bf16(wf[static_cast<int64_t>(i)]);
+          gemm_bf16_weight(M, N, K, a.data(), lda, w.data(), ldb, c.data(), ldc, kernel);
+          const bool rounds_a = kernel == Bf16Kernel::Avx512Bf16 && M > 6;
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double want = 0, scale = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double p = double(a[i * lda + k]) * bf16_to_float(w[j * ldb + k]);
+                want += p;
+                scale += std::abs(p);
+              }
+              const double tol = (rounds_a ? 0x1p-8 : 1e-5) * scale + 1e-6;
+              ASSERT_NEAR(c[i * ldc + j], want, tol)
+                  << "M=" << M << " N=" << N << " K=" << K << " at " << i << "," << j;
+            }
+        }
+}
+
 TEST(Rng, ReproducibleAndRoughlyNormal) {
   Rng a(42), b(42);
   for (int i = 0; i < 10; ++i) EXPECT_EQ(a.next_u64(), b.next_u64());
@@ -200,11 +252,11 @@ TEST(Safetensors, ReadsHalfAndBfloat16) {
 TEST(Safetensors, EmptyTensorsRoundTrip) {
   // A dimension of 0 is legal: the tensor owns no buffer and its data range is empty. Under the
   // sanitizer build this fails if any copy is handed the empty tensor's null pointer.
-  const auto f = parse_safetensors(
-      make_file(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},)"
-                R"("h":{"dtype":"BF16","shape":[2,0],"data_offsets":[0,0]}})",
-                0),
-      "f");
+  const auto f =
+      parse_safetensors(make_file(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},)"
+                                  R"("h":{"dtype":"BF16","shape":[2,0],"data_offsets":[0,0]}})",
+                                  0),
+                        "f");
   EXPECT_EQ(f.at("e").shape(), (Shape{0, 3}));
   EXPECT_EQ(f.at("h").numel(), 0);
   const std::string path = testing::TempDir() + "/empty.safetensors";

@@ -3,6 +3,13 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <vector>
+
+#include "tensor/bf16.h"
+#include "tensor/error.h"
+#include "tensor/gemm_avx512_bf16.h"
+
 namespace moe {
 namespace {
 
@@ -32,23 +39,32 @@ inline float blend(float alpha, float product, float beta, float old) {
   return beta == 0.0f ? alpha * product : alpha * product + beta * old;  // beta 0: C not read
 }
 
+inline float widen(float v) {
+  return v;
+}
+inline float widen(uint16_t v) {
+  return bf16_to_float(v);
+}
+
 // C[m, n] = alpha A[m, k] B[n, k]^T + beta C, m small: each row of B meets every row of A
-// while it is in L1, four rows of A at a time.
+// while it is in L1, four rows of A at a time. B is fp32 or bf16 (widened as it streams in).
+template <typename Weight>
 void skinny_a_bt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+                 const Weight* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   split_range(n, m * n * k, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
-      const float* bj = b + j * ldb;
+      const Weight* bj = b + j * ldb;
       int64_t r = 0;
       for (; r + 4 <= m; r += 4) {
         const float *a0 = a + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
         float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
         for (int64_t i = 0; i < k; ++i) {
-          s0 += a0[i] * bj[i];
-          s1 += a1[i] * bj[i];
-          s2 += a2[i] * bj[i];
-          s3 += a3[i] * bj[i];
+          const float w = widen(bj[i]);
+          s0 += a0[i] * w;
+          s1 += a1[i] * w;
+          s2 += a2[i] * w;
+          s3 += a3[i] * w;
         }
         const float sums[4] = {s0, s1, s2, s3};
         for (int64_t q = 0; q < 4; ++q) {
@@ -60,7 +76,7 @@ void skinny_a_bt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, i
         const float* ar = a + r * lda;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < k; ++i) s += ar[i] * bj[i];
+        for (int64_t i = 0; i < k; ++i) s += ar[i] * widen(bj[i]);
         float& out = c[r * ldc + j];
         out = blend(alpha, s, beta, out);
       }
@@ -68,7 +84,42 @@ void skinny_a_bt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, i
   });
 }
 
+// Rows of a bf16 weight per panel widened for sgemm: 1024 rows of K = 4096 are 16 MiB of fp32,
+// small beside the product's work (m rows times the panel) and reused by every row of A.
+constexpr int64_t kWidenPanelRows = 1024;
+
+void widen_to_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b,
+                    int64_t ldb, float* c, int64_t ldc) {
+  std::vector<float> panel(static_cast<size_t>(std::min(n, kWidenPanelRows) * k));
+  for (int64_t j0 = 0; j0 < n; j0 += kWidenPanelRows) {
+    const int64_t rows = std::min(kWidenPanelRows, n - j0);
+#pragma omp parallel for schedule(static) if (rows * k >= (int64_t{1} << 16))
+    for (int64_t j = 0; j < rows; ++j)
+      for (int64_t i = 0; i < k; ++i) panel[j * k + i] = bf16_to_float(b[(j0 + j) * ldb + i]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                static_cast<int>(rows), static_cast<int>(k), 1.0f, a, static_cast<int>(lda),
+                panel.data(), static_cast<int>(k), 0.0f, c + j0, static_cast<int>(ldc));
+  }
+}
+
 }  // namespace
+
+Bf16Kernel resolve_bf16_kernel(Bf16Kernel kernel) {
+  if (kernel == Bf16Kernel::Auto)
+    return cpu_has_avx512_bf16() ? Bf16Kernel::Avx512Bf16 : Bf16Kernel::WidenToSgemm;
+  if (kernel == Bf16Kernel::Avx512Bf16 && !cpu_has_avx512_bf16())
+    throw Error("the AVX512-BF16 kernel was asked for, but this CPU lacks AVX512-BF16");
+  return kernel;
+}
+
+void gemm_bf16_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const uint16_t* b, int64_t ldb, float* c, int64_t ldc, Bf16Kernel kernel) {
+  if (m == 0 || n == 0) return;
+  if (m <= kSkinnyRows || k == 0) return skinny_a_bt(m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+  if (resolve_bf16_kernel(kernel) == Bf16Kernel::Avx512Bf16)
+    return gemm_avx512_bf16(m, n, k, a, lda, b, ldb, c, ldc);
+  widen_to_sgemm(m, n, k, a, lda, b, ldb, c, ldc);
+}
 
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,

@@ -1,0 +1,28 @@
+#pragma once
+// bfloat16: the top 16 bits of an fp32. Hugging Face checkpoints ship their weights so, and a
+// bf16 weight halves the bytes each decode step reads. Activations and sums stay fp32.
+#include <cstdint>
+#include <cstring>
+
+namespace moe {
+
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Round to nearest, ties to even; a NaN stays a (quiet) NaN.
+inline uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// Whether this CPU runs AVX512-BF16 (vdpbf16ps), asked at run time.
+bool cpu_has_avx512_bf16();
+
+}  // namespace moe

@@ -1,0 +1,89 @@
+#include "tensor/gemm_avx512_bf16.h"
+
+// GCC 12's own _mm512_reduce_add_ps builds on an "uninitialised" _mm256_undefined_pd() and
+// trips -Wmaybe-uninitialized where it is inlined; the warning is about the header, not us.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "tensor/bf16.h"
+
+// Compiled for AVX512-BF16 whatever the build's -march: the caller checks the CPU first.
+#define MOE_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+namespace moe {
+
+bool cpu_has_avx512_bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+}
+
+namespace {
+
+// A tile is 4 rows of A by 4 rows of B: 16 accumulators and 8 operands fill 24 of the 32 zmm
+// registers, and each 64-byte load feeds 4 vdpbf16ps.
+constexpr int64_t kTile = 4;
+
+MOE_AVX512_BF16 inline __m512bh as_bf16x32(__m512i v) {
+  __m512bh r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+
+// out[i][j] = sum over k of a_rows[i][k] * b_rows[j][k], pairs of bf16 products summed in fp32
+// lanes (vdpbf16ps), then the 16 lanes added. The tail of k is loaded masked (zeros).
+MOE_AVX512_BF16 void dot_tile(const uint16_t* const (&a_rows)[kTile],
+                              const uint16_t* const (&b_rows)[kTile], int64_t k,
+                              float (&out)[kTile][kTile]) {
+  __m512 acc[kTile][kTile];
+  for (auto& row : acc)
+    for (auto& v : row) v = _mm512_setzero_ps();
+  const auto step = [&](int64_t at, __mmask32 mask) MOE_AVX512_BF16 {
+    __m512bh av[kTile], bv[kTile];
+    for (int64_t r = 0; r < kTile; ++r) {
+      av[r] = as_bf16x32(_mm512_maskz_loadu_epi16(mask, a_rows[r] + at));
+      bv[r] = as_bf16x32(_mm512_maskz_loadu_epi16(mask, b_rows[r] + at));
+    }
+    for (int64_t i = 0; i < kTile; ++i)
+      for (int64_t j = 0; j < kTile; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av[i], bv[j]);
+  };
+  int64_t at = 0;
+  for (; at + 32 <= k; at += 32) step(at, ~__mmask32{0});
+  if (at < k) step(at, (__mmask32{1} << (k - at)) - 1);
+  for (int64_t i = 0; i < kTile; ++i)
+    for (int64_t j = 0; j < kTile; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+}  // namespace
+
+void gemm_avx512_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  std::vector<uint16_t> a_bf16(static_cast<size_t>(m * k));  // [m, k], rounded once
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t i = 0; i < k; ++i) a_bf16[r * k + i] = float_to_bf16(a[r * lda + i]);
+
+  // Threads split the rows of B: each tile of B stays in L1 while every row of A (in L2)
+  // passes it, so B is read from memory once. Edge tiles repeat the last row and store less.
+  const int64_t b_tiles = (n + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t bt = 0; bt < b_tiles; ++bt) {
+    const int64_t j0 = bt * kTile;
+    const uint16_t* b_rows[kTile];
+    for (int64_t j = 0; j < kTile; ++j) b_rows[j] = b + std::min(j0 + j, n - 1) * ldb;
+    for (int64_t i0 = 0; i0 < m; i0 += kTile) {
+      const uint16_t* a_rows[kTile];
+      for (int64_t i = 0; i < kTile; ++i) a_rows[i] = a_bf16.data() + std::min(i0 + i, m - 1) * k;
+      float out[kTile][kTile];
+      dot_tile(a_rows, b_rows, k, out);
+      for (int64_t i = 0; i < std::min(kTile, m - i0); ++i)
+        for (int64_t j = 0; j < std::min(kTile, n - j0); ++j)
+          c[(i0 + i) * ldc + j0 + j] = out[i][j];
+    }
+  }
+}
+
+}  // namespace moe

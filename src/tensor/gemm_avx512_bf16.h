@@ -1,0 +1,11 @@
+#pragma once
+// The AVX512-BF16 kernel behind gemm_bf16_weight (tensor/gemm.h); call only where
+// cpu_has_avx512_bf16() holds. C[m, n] = A[m, k] · B[n, k]^T, C overwritten.
+#include <cstdint>
+
+namespace moe {
+
+void gemm_avx512_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+
+}  // namespace moe
