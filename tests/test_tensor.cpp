@@ -11,6 +11,7 @@
 #include "tensor/error.h"
 #include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
+#include "tensor/mapped_safetensors.h"
 #include "tensor/params.h"
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
@@ -264,6 +265,42 @@ TEST(Safetensors, EmptyTensorsRoundTrip) {
   const auto g = read_safetensors(path);
   EXPECT_EQ(g.at("e").shape(), (Shape{0, 3}));
   EXPECT_EQ(g.at("a").numel(), 1);
+}
+
+// Mapped, a file's tensors are views of its bytes: fp32 as written, bf16 still bf16 (the
+// rounding write_safetensors applied, nothing more). Its header gets the copying reader's
+// checks, and data not aligned to its elements is refused rather than read unaligned.
+TEST(MappedSafetensors, ViewsTheFileAsWritten) {
+  const std::string dir = testing::TempDir();
+  Tensor a({3, 5});
+  Rng(3).fill_normal(a.span(), 0, 1);
+  write_safetensors(dir + "/f32.safetensors", {{"a", a}, {"b", Tensor({2})}});
+  write_safetensors(dir + "/bf16.safetensors", {{"a", a}}, {}, StoredDtype::BF16);
+  MappedSafetensors f32(dir + "/f32.safetensors"), bf16(dir + "/bf16.safetensors");
+  const WeightView va = f32.view("a");
+  EXPECT_EQ(va.shape, (Shape{3, 5}));
+  for (int64_t i = 0; i < a.numel(); ++i) EXPECT_EQ(va.f32()[i], a[i]);
+  EXPECT_THROW(va.bf16(), Error);
+  const auto h = bf16.view("a").bf16();
+  for (int64_t i = 0; i < a.numel(); ++i) EXPECT_EQ(h[i], float_to_bf16(a[i]));
+  EXPECT_NE(error_of([&] { f32.view("c"); }).find("missing tensor 'c'"), std::string::npos);
+  MappedSafetensors moved = std::move(f32);
+  EXPECT_EQ(moved.view("b").numel(), 2);
+
+  const auto write = [&](const std::vector<char>& bytes, size_t keep) {
+    std::ofstream(dir + "/bad.safetensors", std::ios::binary)
+        .write(bytes.data(), static_cast<std::streamsize>(keep));
+    return error_of([&] { MappedSafetensors m(dir + "/bad.safetensors"); });
+  };
+  // A header of odd length puts a bf16 tensor at an odd byte.
+  std::string header = R"({"p":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}})";
+  if (header.size() % 2 == 0) header += ' ';
+  const auto odd = make_file(header, 2);
+  EXPECT_NE(write(odd, odd.size()).find("not aligned"), std::string::npos);
+  const auto full = make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
+  EXPECT_NE(write(full, full.size() - 3).find("out of range"), std::string::npos);
+  EXPECT_NE(write(full, 5).find("too short"), std::string::npos);
+  EXPECT_NE(write(full, 0).find("too short"), std::string::npos);
 }
 
 TEST(Safetensors, RejectsEachKindOfCorruption) {

@@ -9,12 +9,11 @@
 #include <nlohmann/json.hpp>
 
 #include "tensor/atomic_file.h"
+#include "tensor/bf16.h"
 #include "tensor/error.h"
 
 namespace moe {
 namespace {
-
-constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
 float half_to_float(uint16_t h) {
   const uint32_t sign = (h & 0x8000u) << 16;
@@ -42,13 +41,6 @@ float half_to_float(uint16_t h) {
   return f;
 }
 
-float bf16_to_float(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 size_t dtype_size(const std::string& dtype, const std::string& where) {
   if (dtype == "F32") return 4;
   if (dtype == "F16" || dtype == "BF16") return 2;
@@ -63,26 +55,29 @@ const Tensor& SafetensorsFile::at(const std::string& name) const {
   return it->second;
 }
 
-SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source) {
-  require(bytes.size() >= 8, source + ": file too short for a safetensors header (" +
-                                 std::to_string(bytes.size()) + " bytes)");
+SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_t file_size,
+                                           const std::string& source) {
+  require(file_size >= 8 && prefix.size() >= 8, source +
+                                                    ": file too short for a safetensors header (" +
+                                                    std::to_string(file_size) + " bytes)");
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(bytes[i]);
-  require(header_len <= kMaxHeaderBytes,
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(prefix[i]);
+  require(header_len <= kMaxSafetensorsHeaderBytes,
           source + ": header length " + std::to_string(header_len) + " exceeds 100 MB");
-  require(header_len <= bytes.size() - 8, source + ": header length " + std::to_string(header_len) +
-                                              " runs past the end of the file");
+  require(header_len <= file_size - 8, source + ": header length " + std::to_string(header_len) +
+                                           " runs past the end of the file");
+  require(prefix.size() >= 8 + header_len, source + ": header not read whole");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_len);
+    header = nlohmann::json::parse(prefix.begin() + 8, prefix.begin() + 8 + header_len);
   } catch (const nlohmann::json::exception& e) {
     throw Error(source + ": header is not valid JSON: " + e.what());
   }
   require(header.is_object(), source + ": header is not a JSON object");
 
-  const uint64_t data_len = bytes.size() - 8 - header_len;
-  const char* data = bytes.data() + 8 + header_len;
-  SafetensorsFile file;
+  SafetensorsHeader result;
+  result.data_offset = 8 + header_len;
+  const uint64_t data_len = file_size - result.data_offset;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto& [name, entry] : header.items()) {
     const std::string where = source + ": tensor '" + name + "'";
@@ -90,7 +85,7 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
       require(entry.is_object(), source + ": __metadata__ is not an object");
       for (auto& [key, value] : entry.items()) {
         require(value.is_string(), source + ": __metadata__['" + key + "'] is not a string");
-        file.metadata[key] = value.get<std::string>();
+        result.metadata[key] = value.get<std::string>();
       }
       continue;
     }
@@ -133,20 +128,8 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
                                              " needs " + std::to_string(bytes_needed) +
                                              " bytes, offsets give " + std::to_string(end - begin));
     ranges.emplace_back(begin, end);
-
-    Tensor t(shape, where);
-    const char* src = data + begin;
-    if (dtype == "F32") {
-      if (numel > 0)  // an empty tensor owns no buffer, and memcpy wants a real pointer
-        std::memcpy(t.data(), src, numel * 4);
-    } else {
-      for (uint64_t i = 0; i < numel; ++i) {
-        uint16_t v;
-        std::memcpy(&v, src + 2 * i, 2);
-        t[static_cast<int64_t>(i)] = dtype == "F16" ? half_to_float(v) : bf16_to_float(v);
-      }
-    }
-    file.tensors.emplace(name, std::move(t));
+    const Dtype type = dtype == "F32" ? Dtype::F32 : dtype == "F16" ? Dtype::F16 : Dtype::BF16;
+    result.tensors.emplace(name, TensorEntry{type, std::move(shape), begin, end});
   }
   std::sort(ranges.begin(), ranges.end());
   uint64_t cursor = 0;
@@ -159,6 +142,30 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
   }
   require(cursor == data_len, source + ": " + std::to_string(data_len - cursor) +
                                   " trailing bytes after the last tensor");
+  return result;
+}
+
+SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source) {
+  SafetensorsHeader header = parse_safetensors_header(bytes, bytes.size(), source);
+  SafetensorsFile file;
+  file.metadata = std::move(header.metadata);
+  const char* data = bytes.data() + header.data_offset;
+  for (const auto& [name, entry] : header.tensors) {
+    Tensor t(entry.shape, source + ": tensor '" + name + "'");
+    const char* src = data + entry.begin;
+    const int64_t numel = t.numel();
+    if (entry.dtype == Dtype::F32) {
+      if (numel > 0)  // an empty tensor owns no buffer, and memcpy wants a real pointer
+        std::memcpy(t.data(), src, static_cast<size_t>(numel) * 4);
+    } else {
+      for (int64_t i = 0; i < numel; ++i) {
+        uint16_t v;
+        std::memcpy(&v, src + 2 * i, 2);
+        t[i] = entry.dtype == Dtype::F16 ? half_to_float(v) : bf16_to_float(v);
+      }
+    }
+    file.tensors.emplace(name, std::move(t));
+  }
   return file;
 }
 
@@ -185,10 +192,7 @@ SafetensorsFile read_safetensors(const std::string& path) {
 namespace {
 
 uint16_t bf16_of(float v, const std::string& tensor) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest, ties to even
-  const uint16_t b = static_cast<uint16_t>(bits >> 16);
+  const uint16_t b = float_to_bf16(v);
   if ((b & 0x7F80u) == 0x7F80u)
     throw Error("tensor '" + tensor + "': value " + std::to_string(v) + " overflows bfloat16");
   return b;

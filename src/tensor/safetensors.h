@@ -3,7 +3,9 @@
 // The reader validates everything the header claims (shapes, dtypes, offsets, their overflow)
 // before it trusts it and names the offending tensor in its error. F32, F16 and BF16 are read
 // as float.
+#include <cstdint>
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,30 @@ struct SafetensorsFile {
   const Tensor& at(const std::string& name) const;  // throws Error naming a missing tensor
   bool has(const std::string& name) const { return tensors.count(name) != 0; }
 };
+
+enum class Dtype { F32, F16, BF16 };
+
+// A header longer than this is refused before it is read.
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
+
+// One tensor as the header describes it; begin/end are byte offsets into the data section.
+struct TensorEntry {
+  Dtype dtype;
+  Shape shape;
+  uint64_t begin, end;
+};
+
+struct SafetensorsHeader {
+  std::map<std::string, TensorEntry> tensors;
+  std::map<std::string, std::string> metadata;
+  uint64_t data_offset = 0;  // where the data section starts in the file: 8 + header length
+};
+
+// Validates a header against the size of its file: `prefix` holds at least the file's first
+// 8 + N bytes (the length and the JSON). Every check of the format is here; the readers below
+// only copy or map what it accepted.
+SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_t file_size,
+                                           const std::string& source);
 
 // Parses a whole file already in memory; `source` names it in errors.
 SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source);

@@ -1,0 +1,128 @@
+#include "tensor/mapped_safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "tensor/error.h"
+
+namespace moe {
+namespace {
+
+const char* dtype_name(Dtype d) {
+  return d == Dtype::F32 ? "F32" : d == Dtype::F16 ? "F16" : "BF16";
+}
+size_t element_size(Dtype d) {
+  return d == Dtype::F32 ? 4 : 2;
+}
+
+// Closes the descriptor however the constructor leaves.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+void read_exactly(int fd, char* into, size_t bytes, uint64_t at, const std::string& path) {
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t got = ::pread(fd, into + done, bytes - done, static_cast<off_t>(at + done));
+    if (got < 0 && errno == EINTR) continue;
+    require(got > 0, path + ": read failed: " + (got < 0 ? std::strerror(errno) : "end of file"));
+    done += static_cast<size_t>(got);
+  }
+}
+
+template <typename T>
+std::span<const T> typed(const WeightView& v, Dtype want) {
+  require(v.dtype == want,
+          std::string("tensor holds ") + dtype_name(v.dtype) + ", not " + dtype_name(want));
+  return {reinterpret_cast<const T*>(v.data), static_cast<size_t>(v.numel())};
+}
+
+}  // namespace
+
+std::span<const float> WeightView::f32() const {
+  return typed<float>(*this, Dtype::F32);
+}
+std::span<const uint16_t> WeightView::bf16() const {
+  return typed<uint16_t>(*this, Dtype::BF16);
+}
+std::span<const uint16_t> WeightView::f16() const {
+  return typed<uint16_t>(*this, Dtype::F16);
+}
+
+MappedSafetensors::MappedSafetensors(const std::string& path) : path_(path) {
+  FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  require(file.fd >= 0, path + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  require(::fstat(file.fd, &st) == 0 && S_ISREG(st.st_mode), path + ": not a regular file");
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+
+  // The header alone is read (it is checked before anything is mapped): its length first,
+  // then as much of the JSON as the length claims, within the size the checks allow.
+  std::vector<char> prefix(std::min<uint64_t>(8, file_size));
+  read_exactly(file.fd, prefix.data(), prefix.size(), 0, path);
+  if (prefix.size() == 8) {
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(prefix[i]);
+    if (header_len <= kMaxSafetensorsHeaderBytes && header_len <= file_size - 8) {
+      prefix.resize(8 + header_len);
+      read_exactly(file.fd, prefix.data() + 8, header_len, 8, path);
+    }
+  }
+  header_ = parse_safetensors_header(prefix, file_size, path);
+  for (const auto& [name, entry] : header_.tensors)
+    require((header_.data_offset + entry.begin) % element_size(entry.dtype) == 0,
+            path + ": tensor '" + name + "' starts at byte " +
+                std::to_string(header_.data_offset + entry.begin) + ", not aligned to its " +
+                dtype_name(entry.dtype) + " elements: cannot be mapped");
+
+  size_ = static_cast<size_t>(file_size);
+  void* mapped = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, file.fd, 0);
+  require(mapped != MAP_FAILED, path + ": cannot map: " + std::strerror(errno));
+  base_ = static_cast<const std::byte*>(mapped);
+}
+
+MappedSafetensors::~MappedSafetensors() {
+  unmap();
+}
+
+MappedSafetensors::MappedSafetensors(MappedSafetensors&& other) noexcept
+    : path_(std::move(other.path_)),
+      header_(std::move(other.header_)),
+      base_(std::exchange(other.base_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
+
+MappedSafetensors& MappedSafetensors::operator=(MappedSafetensors&& other) noexcept {
+  if (this != &other) {
+    unmap();
+    path_ = std::move(other.path_);
+    header_ = std::move(other.header_);
+    base_ = std::exchange(other.base_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+void MappedSafetensors::unmap() {
+  if (base_) ::munmap(const_cast<std::byte*>(base_), size_);
+  base_ = nullptr;
+  size_ = 0;
+}
+
+WeightView MappedSafetensors::view(const std::string& name) const {
+  const auto it = header_.tensors.find(name);
+  require(it != header_.tensors.end(), path_ + ": missing tensor '" + name + "'");
+  const TensorEntry& e = it->second;
+  return WeightView{e.dtype, e.shape, base_ + header_.data_offset + e.begin};
+}
+
+}  // namespace moe
