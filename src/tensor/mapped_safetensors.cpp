@@ -15,11 +15,11 @@
 namespace moe {
 namespace {
 
-const char* dtype_name(Dtype d) {
-  return d == Dtype::F32 ? "F32" : d == Dtype::F16 ? "F16" : "BF16";
+const char* dtype_name(TensorDtype d) {
+  return d == TensorDtype::F32 ? "F32" : d == TensorDtype::F16 ? "F16" : "BF16";
 }
-size_t element_size(Dtype d) {
-  return d == Dtype::F32 ? 4 : 2;
+size_t element_size(TensorDtype d) {
+  return d == TensorDtype::F32 ? 4 : 2;
 }
 
 // Closes the descriptor however the constructor leaves.
@@ -41,7 +41,7 @@ void read_exactly(int fd, char* into, size_t bytes, uint64_t at, const std::stri
 }
 
 template <typename T>
-std::span<const T> typed(const WeightView& v, Dtype want) {
+std::span<const T> typed(const WeightView& v, TensorDtype want) {
   require(v.dtype == want,
           std::string("tensor holds ") + dtype_name(v.dtype) + ", not " + dtype_name(want));
   return {reinterpret_cast<const T*>(v.data), static_cast<size_t>(v.numel())};
@@ -50,13 +50,13 @@ std::span<const T> typed(const WeightView& v, Dtype want) {
 }  // namespace
 
 std::span<const float> WeightView::f32() const {
-  return typed<float>(*this, Dtype::F32);
+  return typed<float>(*this, TensorDtype::F32);
 }
 std::span<const uint16_t> WeightView::bf16() const {
-  return typed<uint16_t>(*this, Dtype::BF16);
+  return typed<uint16_t>(*this, TensorDtype::BF16);
 }
 std::span<const uint16_t> WeightView::f16() const {
-  return typed<uint16_t>(*this, Dtype::F16);
+  return typed<uint16_t>(*this, TensorDtype::F16);
 }
 
 MappedSafetensors::MappedSafetensors(const std::string& path) : path_(path) {
@@ -80,9 +80,9 @@ MappedSafetensors::MappedSafetensors(const std::string& path) : path_(path) {
   }
   header_ = parse_safetensors_header(prefix, file_size, path);
   for (const auto& [name, entry] : header_.tensors)
-    require((header_.data_offset + entry.begin) % element_size(entry.dtype) == 0,
+    require((header_.data_start + entry.begin) % element_size(entry.dtype) == 0,
             path + ": tensor '" + name + "' starts at byte " +
-                std::to_string(header_.data_offset + entry.begin) + ", not aligned to its " +
+                std::to_string(header_.data_start + entry.begin) + ", not aligned to its " +
                 dtype_name(entry.dtype) + " elements: cannot be mapped");
 
   size_ = static_cast<size_t>(file_size);
@@ -121,8 +121,8 @@ void MappedSafetensors::unmap() {
 WeightView MappedSafetensors::view(const std::string& name) const {
   const auto it = header_.tensors.find(name);
   require(it != header_.tensors.end(), path_ + ": missing tensor '" + name + "'");
-  const TensorEntry& e = it->second;
-  return WeightView{e.dtype, e.shape, base_ + header_.data_offset + e.begin};
+  const SafetensorsEntry& e = it->second;
+  return WeightView{e.dtype, e.shape, base_ + header_.data_start + e.begin};
 }
 
 }  // namespace moe

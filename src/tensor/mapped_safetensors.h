@@ -14,7 +14,7 @@ namespace moe {
 
 // A tensor in a mapped file: its dtype, shape and first byte. Valid while the file is mapped.
 struct WeightView {
-  Dtype dtype = Dtype::F32;
+  TensorDtype dtype = TensorDtype::F32;
   Shape shape;
   const std::byte* data = nullptr;
 

@@ -76,8 +76,8 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_
   require(header.is_object(), source + ": header is not a JSON object");
 
   SafetensorsHeader result;
-  result.data_offset = 8 + header_len;
-  const uint64_t data_len = file_size - result.data_offset;
+  result.data_start = 8 + header_len;
+  const uint64_t data_len = file_size - result.data_start;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto& [name, entry] : header.items()) {
     const std::string where = source + ": tensor '" + name + "'";
@@ -128,8 +128,8 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_
                                              " needs " + std::to_string(bytes_needed) +
                                              " bytes, offsets give " + std::to_string(end - begin));
     ranges.emplace_back(begin, end);
-    const Dtype type = dtype == "F32" ? Dtype::F32 : dtype == "F16" ? Dtype::F16 : Dtype::BF16;
-    result.tensors.emplace(name, TensorEntry{type, std::move(shape), begin, end});
+    const TensorDtype type = dtype == "F32" ? TensorDtype::F32 : dtype == "F16" ? TensorDtype::F16 : TensorDtype::BF16;
+    result.tensors.emplace(name, SafetensorsEntry{type, std::move(shape), begin, end});
   }
   std::sort(ranges.begin(), ranges.end());
   uint64_t cursor = 0;
@@ -149,19 +149,19 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
   SafetensorsHeader header = parse_safetensors_header(bytes, bytes.size(), source);
   SafetensorsFile file;
   file.metadata = std::move(header.metadata);
-  const char* data = bytes.data() + header.data_offset;
+  const char* data = bytes.data() + header.data_start;
   for (const auto& [name, entry] : header.tensors) {
     Tensor t(entry.shape, source + ": tensor '" + name + "'");
     const char* src = data + entry.begin;
     const int64_t numel = t.numel();
-    if (entry.dtype == Dtype::F32) {
+    if (entry.dtype == TensorDtype::F32) {
       if (numel > 0)  // an empty tensor owns no buffer, and memcpy wants a real pointer
         std::memcpy(t.data(), src, static_cast<size_t>(numel) * 4);
     } else {
       for (int64_t i = 0; i < numel; ++i) {
         uint16_t v;
         std::memcpy(&v, src + 2 * i, 2);
-        t[i] = entry.dtype == Dtype::F16 ? half_to_float(v) : bf16_to_float(v);
+        t[i] = entry.dtype == TensorDtype::F16 ? half_to_float(v) : bf16_to_float(v);
       }
     }
     file.tensors.emplace(name, std::move(t));

@@ -21,22 +21,22 @@ struct SafetensorsFile {
   bool has(const std::string& name) const { return tensors.count(name) != 0; }
 };
 
-enum class Dtype { F32, F16, BF16 };
+enum class TensorDtype { F32, F16, BF16 };
 
 // A header longer than this is refused before it is read.
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
 
 // One tensor as the header describes it; begin/end are byte offsets into the data section.
-struct TensorEntry {
-  Dtype dtype;
+struct SafetensorsEntry {
+  TensorDtype dtype;
   Shape shape;
   uint64_t begin, end;
 };
 
 struct SafetensorsHeader {
-  std::map<std::string, TensorEntry> tensors;
+  std::map<std::string, SafetensorsEntry> tensors;
   std::map<std::string, std::string> metadata;
-  uint64_t data_offset = 0;  // where the data section starts in the file: 8 + header length
+  uint64_t data_start = 0;  // where the data section starts in the file: 8 + header length
 };
 
 // Validates a header against the size of its file: `prefix` holds at least the file's first
