@@ -15,13 +15,6 @@
 namespace moe {
 namespace {
 
-const char* dtype_name(TensorDtype d) {
-  return d == TensorDtype::F32 ? "F32" : d == TensorDtype::F16 ? "F16" : "BF16";
-}
-size_t element_size(TensorDtype d) {
-  return d == TensorDtype::F32 ? 4 : 2;
-}
-
 // Closes the descriptor however the constructor leaves.
 struct FileDescriptor {
   int fd;
@@ -43,7 +36,7 @@ void read_exactly(int fd, char* into, size_t bytes, uint64_t at, const std::stri
 template <typename T>
 std::span<const T> typed(const WeightView& v, TensorDtype want) {
   require(v.dtype == want,
-          std::string("tensor holds ") + dtype_name(v.dtype) + ", not " + dtype_name(want));
+          std::string("tensor holds ") + to_string(v.dtype) + ", not " + to_string(want));
   return {reinterpret_cast<const T*>(v.data), static_cast<size_t>(v.numel())};
 }
 
@@ -80,10 +73,10 @@ MappedSafetensors::MappedSafetensors(const std::string& path) : path_(path) {
   }
   header_ = parse_safetensors_header(prefix, file_size, path);
   for (const auto& [name, entry] : header_.tensors)
-    require((header_.data_start + entry.begin) % element_size(entry.dtype) == 0,
+    require((header_.data_start + entry.begin) % dtype_bytes(entry.dtype) == 0,
             path + ": tensor '" + name + "' starts at byte " +
                 std::to_string(header_.data_start + entry.begin) + ", not aligned to its " +
-                dtype_name(entry.dtype) + " elements: cannot be mapped");
+                to_string(entry.dtype) + " elements: cannot be mapped");
 
   size_ = static_cast<size_t>(file_size);
   void* mapped = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, file.fd, 0);

@@ -15,32 +15,6 @@
 namespace moe {
 namespace {
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1Fu;
-  uint32_t mant = h & 0x3FFu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while (!(mant & 0x400u)) {
-        mant <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 size_t dtype_size(const std::string& dtype, const std::string& where) {
   if (dtype == "F32") return 4;
   if (dtype == "F16" || dtype == "BF16") return 2;
@@ -128,7 +102,9 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_
                                              " needs " + std::to_string(bytes_needed) +
                                              " bytes, offsets give " + std::to_string(end - begin));
     ranges.emplace_back(begin, end);
-    const TensorDtype type = dtype == "F32" ? TensorDtype::F32 : dtype == "F16" ? TensorDtype::F16 : TensorDtype::BF16;
+    const TensorDtype type = dtype == "F32"   ? TensorDtype::F32
+                             : dtype == "F16" ? TensorDtype::F16
+                                              : TensorDtype::BF16;
     result.tensors.emplace(name, SafetensorsEntry{type, std::move(shape), begin, end});
   }
   std::sort(ranges.begin(), ranges.end());

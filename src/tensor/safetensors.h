@@ -21,7 +21,12 @@ struct SafetensorsFile {
   bool has(const std::string& name) const { return tensors.count(name) != 0; }
 };
 
+// The element types the reader accepts (anything else is an error naming the tensor).
 enum class TensorDtype { F32, F16, BF16 };
+inline size_t dtype_bytes(TensorDtype d) { return d == TensorDtype::F32 ? 4 : 2; }
+inline const char* to_string(TensorDtype d) {
+  return d == TensorDtype::F32 ? "F32" : d == TensorDtype::F16 ? "F16" : "BF16";
+}
 
 // A header longer than this is refused before it is read.
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;

@@ -1,0 +1,106 @@
+#pragma once
+// Decoder: the inference-only forward of a Mixtral-family model over weights it does not own
+// (views of mapped safetensors files, fp32 or bf16), as llama.cpp runs a checkpoint: no saved
+// activations, no gradients, a KV cache, and each step reads only what it uses.
+//
+//   prefill (many tokens): every projection and every expert is a GEMM over all the tokens
+//     that need it; attention runs position by position against the cache.
+//   decode (one token): each weight the token uses (attention, router, its k experts, any
+//     shared expert, the LM head) streams from memory once: the step is bound by bandwidth,
+//     and weight_bytes_read() says how many bytes that was.
+//
+// Block l (pre-norm):  h = x + Attn(RMSNorm(x)),  x' = h + FFN(RMSNorm(h)), FFN dense SwiGLU or
+// MoE: router logits in fp32, top-k (Mixtral: softmax over the k best logits; Qwen2-MoE and
+// OLMoE: softmax over all E, top-k, renormalised iff norm_topk_prob), the chosen experts'
+// SwiGLU weighted by their gates, plus a shared expert (scaled by sigmoid(x w_g) where the
+// checkpoint has that gate). Optional per checkpoint, found by name: q/k/v biases, q/k
+// RMSNorm over the whole projection.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "infer/weights.h"
+#include "model/config.h"
+#include "nn/attention.h"
+#include "tensor/tensor.h"
+
+namespace moe {
+
+// How a checkpoint names its MoE tensors.
+enum class MoeNaming {
+  Mixtral,  // block_sparse_moe.gate, block_sparse_moe.experts.{e}.{w1,w3,w2} (also moe train)
+  Qwen2,    // mlp.gate, mlp.experts.{e}.{gate,up,down}_proj, mlp.shared_expert(_gate) (+ OLMoE)
+};
+
+struct DecoderCache {
+  std::vector<Tensor> keys, values;  // per block: [capacity, KV hd] (keys rotated)
+  int64_t length = 0;                // positions filled
+  int64_t capacity = 0;
+};
+
+class Decoder {
+ public:
+  // Resolves and checks every tensor's name, dtype and shape against the config; the first
+  // one missing or wrong is named in the Error. `weights` must outlive the Decoder.
+  Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource& weights);
+
+  DecoderCache make_cache(int64_t capacity) const;
+
+  // Runs `tokens` at positions cache.length... through the model, appends their keys and
+  // values, and writes the last token's next-token logits: [V]. Ids outside the vocabulary
+  // and a cache without room are Errors.
+  void forward(std::span<const int32_t> tokens, DecoderCache& cache, std::span<float> logits);
+
+  // Bytes of weights the last forward read, each tensor counted once however many tokens used
+  // it (for one token: what the step had to stream from memory).
+  int64_t weight_bytes_read() const { return bytes_read_; }
+  // Experts of MoE layer m (in depth order) chosen for each token of the last forward: [T, k].
+  std::span<const int32_t> last_experts(int64_t moe_layer) const;
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  struct Expert {
+    WeightView gate, up, down;  // [F, D], [F, D], [D, F]
+  };
+  struct Block {
+    const float *attn_norm = nullptr, *ffn_norm = nullptr;
+    WeightView q, k, v, o;
+    const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;
+    const float *q_norm = nullptr, *k_norm = nullptr;  // [H hd], [KV hd]
+    bool moe = false;
+    Expert dense;                   // a dense block's MLP
+    const float* router = nullptr;  // [E, D] fp32
+    std::vector<Expert> experts;
+    bool has_shared = false;
+    Expert shared;
+    const float* shared_gate = nullptr;  // [D]
+    int64_t moe_index = -1;
+  };
+
+  // y[rows, N] (row stride ldy) = x[rows, K] (row stride ldx) · w^T; counts w's bytes once.
+  void linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
+              int64_t ldy);
+  // out[rows, D] = SwiGLU expert applied to x[rows, D]; act: scratch.
+  void swiglu(const Expert& e, const float* x, int64_t rows, float* out);
+  void moe_ffn(const Block& b, const float* x, int64_t rows, float* out);
+  const float* as_f32(const std::string& name, const Shape& shape);
+  WeightView matrix(const std::string& name, const Shape& shape);
+
+  ModelConfig config_;
+  const WeightSource& weights_;
+  AttentionShape attn_{};
+  RopeTable rope_;
+  WeightView embed_, head_;
+  const float* final_norm_ = nullptr;
+  std::vector<Block> blocks_;
+  std::vector<Tensor> converted_;  // fp32 copies of small tensors (norms, routers, biases)
+  int64_t bytes_read_ = 0;
+  std::vector<std::vector<int32_t>> last_experts_;  // per MoE layer: [T, k]
+
+  // Scratch, grown to the largest forward.
+  Tensor x_, n_, qkv_, ctx_, out_, rstd_, scores_, gate_act_, up_, rows_in_, rows_out_,
+      router_logits_, last_;
+};
+
+}  // namespace moe

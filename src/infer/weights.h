@@ -1,0 +1,52 @@
+#pragma once
+// Where inference finds its weights, by Hugging Face tensor name: a checkpoint's safetensors
+// files mapped into memory (nothing copied; bf16 stays bf16), or tensors held in memory (a
+// random model for benchmarks). Either way a weight is a WeightView: dtype, shape, bytes.
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tensor/mapped_safetensors.h"
+#include "tensor/tensor.h"
+
+namespace moe {
+
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual std::optional<WeightView> find(const std::string& name) const = 0;
+  // Throws Error naming the tensor and where it was looked for.
+  WeightView at(const std::string& name) const;
+  virtual std::string describe() const = 0;  // for errors: the folder or "random weights"
+};
+
+// The safetensors files of a checkpoint folder, each mapped read-only.
+class MappedCheckpoint : public WeightSource {
+ public:
+  // files: the shards (one for a plain model.safetensors); a tensor found in two is an Error.
+  MappedCheckpoint(std::string folder, const std::vector<std::string>& files);
+  std::optional<WeightView> find(const std::string& name) const override;
+  std::string describe() const override { return folder_; }
+
+ private:
+  std::string folder_;
+  std::vector<MappedSafetensors> files_;
+  std::map<std::string, size_t> file_of_;  // tensor name -> index into files_
+};
+
+// Tensors owned in memory, fp32 or bf16 (bf16 held as raw 16-bit words).
+class OwnedWeights : public WeightSource {
+ public:
+  void add_f32(const std::string& name, Tensor values);
+  void add_bf16(const std::string& name, Shape shape, std::vector<uint16_t> bits);
+  std::optional<WeightView> find(const std::string& name) const override;
+  std::string describe() const override { return "weights in memory"; }
+
+ private:
+  std::map<std::string, Tensor> f32_;
+  std::map<std::string, std::pair<Shape, std::vector<uint16_t>>> bf16_;
+};
+
+}  // namespace moe

@@ -1,0 +1,229 @@
+// Decoder, the inference-only forward over weight views, against the Transformer it must
+// equal. Both run the same model: the Transformer from its own store, the Decoder from the
+// store's tensors under their Hugging Face names. For every layout (MoE in every block,
+// every other block with dense blocks between, shared experts with and without their sigmoid
+// gate, both softmax routers, tied embeddings):
+//   - fp32 weights: prefill of the whole prompt, token-by-token decode, and a prefill then a
+//     decode all give the Transformer's last-position logits within 1e-4 + 1e-4 |b|;
+//   - bf16 weights: token-by-token decode multiplies the bf16 weights exactly, so against
+//     the Transformer holding the same rounded values the tolerance stays 1e-4 + 1e-4 |b|.
+//     Prefill may round activations to bf16 too (AVX512-BF16): 0.05 + 0.02 |b| there.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "infer/decoder.h"
+#include "model/hf_layout.h"
+#include "model/transformer.h"
+#include "tensor/bf16.h"
+#include "tensor/error.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+using test::error_of;
+
+constexpr int64_t kVocab = 96, kPrompt = 21;
+
+struct Layout {
+  std::string name;
+  std::function<void(ModelConfig&)> apply;
+};
+
+std::vector<Layout> layouts() {
+  return {
+      {"mixtral", [](ModelConfig&) {}},
+      {"softmax_topk_unnormalised_every_other_block",
+       [](ModelConfig& c) {
+         c.moe->router_type = RouterType::SoftmaxTopK;
+         c.moe->norm_topk_prob = false;
+         c.moe_layer_freq = 2;
+       }},
+      {"shared_expert_with_gate_tied",
+       [](ModelConfig& c) {
+         c.moe->router_type = RouterType::SoftmaxTopK;
+         c.moe->n_shared_experts = 1;
+         c.moe->shared_expert_intermediate_size = 40;
+         c.moe->shared_expert_gate = true;
+         c.tie_word_embeddings = true;
+       }},
+      {"two_shared_experts_no_gate",
+       [](ModelConfig& c) {
+         c.moe->n_shared_experts = 2;
+         c.moe->shared_expert_intermediate_size = 16;
+         c.first_k_dense_replace = 1;
+       }},
+  };
+}
+
+ModelConfig config_for(const Layout& layout) {
+  ModelConfig c;
+  c.vocab_size = kVocab;
+  c.hidden_size = 48;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 64;
+  MoeConfig m;
+  m.hidden_size = 48;
+  m.moe_intermediate_size = 32;
+  m.num_experts = 6;
+  m.top_k = 2;
+  c.moe = m;
+  layout.apply(c);
+  c.validate();
+  return c;
+}
+
+struct Model {
+  ParamStore store;
+  std::unique_ptr<Transformer> transformer;
+};
+
+void make_model(const ModelConfig& config, Model& m, bool round_to_bf16) {
+  m.transformer = std::make_unique<Transformer>(config, m.store, 1);
+  m.store.allocate();
+  Rng rng(7);
+  rng.fill_normal(m.store.values().span(), 0.0f, 0.2f);
+  if (round_to_bf16)
+    for (float& v : m.store.values().span()) v = bf16_to_float(float_to_bf16(v));
+}
+
+// The store's tensors under their Hugging Face names: matrices as bf16 when asked.
+OwnedWeights weights_of(Model& m, bool bf16) {
+  OwnedWeights w;
+  for (const HfTensorView& v : hf_tensor_views(*m.transformer, m.store, HfWhich::Values)) {
+    if (bf16 && v.shape.size() == 2) {
+      std::vector<uint16_t> bits(v.data.size());
+      for (size_t i = 0; i < bits.size(); ++i) bits[i] = float_to_bf16(v.data[i]);
+      w.add_bf16(v.name, v.shape, std::move(bits));
+    } else {
+      Tensor t(v.shape);
+      std::copy(v.data.begin(), v.data.end(), t.data());
+      w.add_f32(v.name, std::move(t));
+    }
+  }
+  return w;
+}
+
+std::vector<float> transformer_last_logits(Transformer& model, const std::vector<int32_t>& tokens) {
+  ModelStepOptions eval;
+  eval.training = false;
+  eval.compute_grad = false;
+  const std::vector<int32_t> targets(tokens.size(), -1);
+  model.forward(tokens, targets, 1, static_cast<int64_t>(tokens.size()), eval);
+  const auto all = model.logits();
+  return {all.end() - kVocab, all.end()};
+}
+
+// Feeds tokens [0, split) as one prefill, then the rest one at a time.
+std::vector<float> decoder_last_logits(Decoder& decoder, const std::vector<int32_t>& tokens,
+                                       int64_t split) {
+  DecoderCache cache = decoder.make_cache(64);
+  std::vector<float> logits(kVocab);
+  const std::span<const int32_t> all(tokens);
+  if (split > 0) decoder.forward(all.subspan(0, split), cache, logits);
+  for (size_t t = static_cast<size_t>(split); t < tokens.size(); ++t)
+    decoder.forward(all.subspan(t, 1), cache, logits);
+  EXPECT_EQ(cache.length, static_cast<int64_t>(tokens.size()));
+  return logits;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double abs_tol,
+                  double rel_tol, const std::string& what) {
+  for (size_t i = 0; i < want.size(); ++i)
+    ASSERT_NEAR(got[i], want[i], abs_tol + rel_tol * std::abs(want[i])) << what << " at " << i;
+}
+
+std::vector<int32_t> prompt() {
+  std::vector<int32_t> tokens(kPrompt);
+  Rng rng(3);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng.next_u64() % kVocab);
+  return tokens;
+}
+
+TEST(Decoder, Fp32EqualsTheTransformerInEveryLayout) {
+  for (const Layout& layout : layouts()) {
+    SCOPED_TRACE(layout.name);
+    const ModelConfig config = config_for(layout);
+    Model m;
+    make_model(config, m, false);
+    const OwnedWeights weights = weights_of(m, false);
+    Decoder decoder(config, MoeNaming::Mixtral, weights);
+    const auto tokens = prompt();
+    const auto want = transformer_last_logits(*m.transformer, tokens);
+    expect_close(decoder_last_logits(decoder, tokens, kPrompt), want, 1e-4, 1e-4, "prefill");
+    expect_close(decoder_last_logits(decoder, tokens, 0), want, 1e-4, 1e-4, "decode");
+    expect_close(decoder_last_logits(decoder, tokens, 9), want, 1e-4, 1e-4, "prefill+decode");
+  }
+}
+
+TEST(Decoder, Bf16WeightsStayBf16AndMatchTheRoundedModel) {
+  for (const Layout& layout : layouts()) {
+    SCOPED_TRACE(layout.name);
+    const ModelConfig config = config_for(layout);
+    Model m;
+    make_model(config, m, true);
+    const OwnedWeights weights = weights_of(m, true);
+    EXPECT_EQ(weights.at("model.layers.0.self_attn.q_proj.weight").dtype, TensorDtype::BF16);
+    Decoder decoder(config, MoeNaming::Mixtral, weights);
+    const auto tokens = prompt();
+    const auto want = transformer_last_logits(*m.transformer, tokens);
+    expect_close(decoder_last_logits(decoder, tokens, 0), want, 1e-4, 1e-4, "decode");
+    expect_close(decoder_last_logits(decoder, tokens, kPrompt), want, 0.05, 0.02, "prefill");
+  }
+}
+
+// One decode step reads each weight it uses once: attention, router, the k chosen experts,
+// the LM head, the token's embedding row; the experts not chosen are not read.
+TEST(Decoder, CountsTheBytesADecodeStepReads) {
+  const ModelConfig config = config_for(layouts()[0]);
+  Model m;
+  make_model(config, m, false);
+  const OwnedWeights weights = weights_of(m, true);
+  Decoder decoder(config, MoeNaming::Mixtral, weights);
+  DecoderCache cache = decoder.make_cache(8);
+  std::vector<float> logits(kVocab);
+  const int32_t token = 5;
+  decoder.forward({&token, 1}, cache, logits);
+  const int64_t D = 48, hd = 8, H = 6, KV = 2, F = 32, E = 6, k = 2, L = 3, V = kVocab;
+  const int64_t per_layer = 2 * (H * hd * D + 2 * KV * hd * D + D * H * hd)  // bf16 attention
+                            + 4 * E * D                                      // fp32 router
+                            + 2 * k * 3 * F * D;                             // k bf16 experts
+  EXPECT_EQ(decoder.weight_bytes_read(), L * per_layer + 2 * V * D + 2 * D);
+  for (int64_t layer = 0; layer < L; ++layer) EXPECT_EQ(decoder.last_experts(layer).size(), 2u);
+}
+
+TEST(Decoder, NamesTheTensorOrTokenThatIsWrong) {
+  const ModelConfig config = config_for(layouts()[0]);
+  Model m;
+  make_model(config, m, false);
+  OwnedWeights weights = weights_of(m, false);
+  weights.add_f32("model.layers.1.block_sparse_moe.experts.3.w2.weight", Tensor({48, 31}));
+  EXPECT_EQ(error_of([&] { Decoder d(config, MoeNaming::Mixtral, weights); }),
+            "tensor 'model.layers.1.block_sparse_moe.experts.3.w2.weight': shape [48, 31], "
+            "expected [48, 32]");
+  EXPECT_NE(error_of([&] {
+              Decoder d(config, MoeNaming::Qwen2, weights);
+            }).find("missing tensor 'model.layers.0.mlp.gate.weight'"),
+            std::string::npos);
+
+  const OwnedWeights good = weights_of(m, false);
+  Decoder decoder(config, MoeNaming::Mixtral, good);
+  DecoderCache cache = decoder.make_cache(2);
+  std::vector<float> logits(kVocab);
+  const std::vector<int32_t> bad = {1, kVocab};
+  EXPECT_EQ(error_of([&] { decoder.forward(bad, cache, logits); }),
+            "token id 96 is outside the vocabulary [0, 96)");
+  const std::vector<int32_t> three = {1, 2, 3};
+  EXPECT_NE(error_of([&] { decoder.forward(three, cache, logits); }).find("holds 2 positions"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace moe
