@@ -7,6 +7,7 @@
 #include <regex>
 #include <string>
 
+#include "cli/bench_decode.h"
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
 #include "cli/export_cmd.h"
@@ -141,6 +142,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(0.001, 3600.0));
   bench_layer->add_flag("--json", layer_opts.json, "Print one JSON array instead of a table");
+  moe::cli::BenchDecodeCommand bench_decode_cmd;
+  CLI::App* bench_decode = moe::cli::add_bench_decode_command(*bench, bench_decode_cmd);
   moe::cli::BenchTrainOptions train_bench_opts;
   CLI::App* bench_train = bench->add_subcommand(
       "train", "Training-step tokens/s and peak memory of a model on random tokens");
@@ -191,6 +194,7 @@ int main(int argc, char** argv) {
     moe::set_threads(threads);
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
     if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
+    if (*bench_decode) return moe::cli::run_bench_decode(bench_decode_cmd);
     if (*params) return moe::cli::run_params(params_opts);
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);

@@ -1,0 +1,190 @@
+#include "cli/bench_decode.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "infer/decoder.h"
+#include "tensor/bandwidth.h"
+#include "tensor/bf16.h"
+#include "tensor/blas_info.h"
+#include "tensor/error.h"
+#include "tensor/gemm.h"
+#include "tensor/rng.h"
+#include "tensor/threads.h"
+
+namespace moe::cli {
+namespace {
+
+// Mixtral's architecture at a size this machine holds: 8 layers, 8 experts top-2, GQA 16/8.
+ModelConfig random_model_config(const std::string& name) {
+  ModelConfig c;
+  c.vocab_size = 32000;
+  c.num_hidden_layers = 8;
+  c.num_attention_heads = 16;
+  c.num_key_value_heads = 8;
+  c.max_position_embeddings = 4096;
+  c.rope_theta = 1e6;
+  require(name == "mixtral-d1024" || name == "mixtral-d512",
+          "--random: unknown model '" + name + "' (mixtral-d1024 or mixtral-d512)");
+  c.hidden_size = name == "mixtral-d1024" ? 1024 : 512;
+  MoeConfig m;
+  m.hidden_size = c.hidden_size;
+  m.moe_intermediate_size = name == "mixtral-d1024" ? 2816 : 1408;
+  m.num_experts = 8;
+  m.top_k = 2;
+  m.router_type = RouterType::TopKSoftmax;
+  c.moe = m;
+  c.intermediate_size = m.moe_intermediate_size;
+  c.validate();
+  return c;
+}
+
+// Every tensor of a Mixtral checkpoint with normal(0, 0.02) values (norms 1), matrices in
+// bf16 or fp32 as asked.
+OwnedWeights random_weights(const ModelConfig& c, bool bf16) {
+  const int64_t D = c.hidden_size, V = c.vocab_size, hd = c.resolved_head_dim(),
+                H = c.num_attention_heads, KV = c.num_key_value_heads, E = c.moe->num_experts,
+                F = c.moe->moe_intermediate_size;
+  OwnedWeights w;
+  Rng rng(1);
+  const auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
+    Tensor t({rows, cols}, name);
+    rng.fill_normal(t.span(), 0.0f, 0.02f);
+    if (!bf16) return w.add_f32(name, std::move(t));
+    std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
+    for (int64_t i = 0; i < t.numel(); ++i) bits[static_cast<size_t>(i)] = float_to_bf16(t[i]);
+    w.add_bf16(name, {rows, cols}, std::move(bits));
+  };
+  const auto norm = [&](const std::string& name) {
+    Tensor t({D}, name);
+    t.fill(1.0f);
+    w.add_f32(name, std::move(t));
+  };
+  matrix("model.embed_tokens.weight", V, D);
+  matrix("lm_head.weight", V, D);
+  norm("model.norm.weight");
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    norm(p + "input_layernorm.weight");
+    norm(p + "post_attention_layernorm.weight");
+    matrix(p + "self_attn.q_proj.weight", H * hd, D);
+    matrix(p + "self_attn.k_proj.weight", KV * hd, D);
+    matrix(p + "self_attn.v_proj.weight", KV * hd, D);
+    matrix(p + "self_attn.o_proj.weight", D, H * hd);
+    Tensor router({E, D}, "router");
+    rng.fill_normal(router.span(), 0.0f, 0.02f);
+    w.add_f32(p + "block_sparse_moe.gate.weight", std::move(router));
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string ep = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+      matrix(ep + "w1.weight", F, D);
+      matrix(ep + "w3.weight", F, D);
+      matrix(ep + "w2.weight", D, F);
+    }
+  }
+  return w;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
+  CLI::App* cmd = bench.add_subcommand(
+      "decode", "Prefill and decode tokens/s, and decode's share of the read bandwidth");
+  cmd->add_option("--random", c.random, "Model built in memory: mixtral-d1024 or mixtral-d512")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mixtral-d1024", "mixtral-d512"}));
+  cmd->add_option("--dtype", c.dtype, "Weights of the random model: f32 or bf16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_option("--prompt", c.prompt, "Prompt tokens (prefill)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{2048}));
+  cmd->add_option("--tokens", c.tokens, "Decode steps timed")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{2048}));
+  cmd->add_flag("--json", c.json, "Print one JSON object");
+  return cmd;
+}
+
+int run_bench_decode(const BenchDecodeCommand& c) {
+  warn_about_blas_kernel();
+  const ModelConfig config = random_model_config(c.random);
+  const bool bf16 = c.dtype == "bf16";
+  const OwnedWeights weights = random_weights(config, bf16);
+  Decoder decoder(config, MoeNaming::Mixtral, weights);
+  const int64_t V = config.vocab_size;
+
+  const double bandwidth = measure_read_bandwidth();
+
+  Rng rng(2);
+  std::vector<int32_t> prompt(static_cast<size_t>(c.prompt));
+  for (auto& t : prompt) t = static_cast<int32_t>(rng.next_u64() % V);
+  std::vector<float> logits(static_cast<size_t>(V));
+  // Prefill: best of two, after one warm-up that also touches every weight.
+  double prefill_seconds = 1e30;
+  for (int pass = 0; pass < 3; ++pass) {
+    DecoderCache cache = decoder.make_cache(c.prompt + c.tokens);
+    const auto start = std::chrono::steady_clock::now();
+    decoder.forward(prompt, cache, logits);
+    if (pass > 0) prefill_seconds = std::min(prefill_seconds, seconds_since(start));
+  }
+
+  // Decode: greedy steps after the prompt; bytes are what each step's weights amount to.
+  DecoderCache cache = decoder.make_cache(c.prompt + c.tokens);
+  decoder.forward(prompt, cache, logits);
+  double decode_seconds = 0, weight_bytes = 0, kv_bytes = 0;
+  const double kv_row = 2.0 * config.num_key_value_heads * config.resolved_head_dim() *
+                        sizeof(float) * config.num_hidden_layers;
+  for (int64_t step = 0; step < c.tokens; ++step) {
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const auto start = std::chrono::steady_clock::now();
+    decoder.forward({&next, 1}, cache, logits);
+    decode_seconds += seconds_since(start);
+    weight_bytes += static_cast<double>(decoder.weight_bytes_read());
+    kv_bytes += kv_row * static_cast<double>(cache.length);
+  }
+  const double decode_rate = static_cast<double>(c.tokens) / decode_seconds;
+  const double bytes_per_token = weight_bytes / static_cast<double>(c.tokens);
+  const double share = bytes_per_token * decode_rate / bandwidth;
+  const double prefill_rate = static_cast<double>(c.prompt) / prefill_seconds;
+  const char* kernel = resolve_bf16_kernel(Bf16Kernel::Auto) == Bf16Kernel::Avx512Bf16
+                           ? "avx512-bf16"
+                           : "widen+sgemm";
+
+  if (c.json) {
+    nlohmann::json j = {{"model", c.random},
+                        {"dtype", c.dtype},
+                        {"threads", thread_count()},
+                        {"blas_core", blas_core_name()},
+                        {"bf16_prefill_kernel", bf16 ? kernel : "none"},
+                        {"prompt_tokens", c.prompt},
+                        {"decode_steps", c.tokens},
+                        {"prefill_tokens_per_s", prefill_rate},
+                        {"decode_tokens_per_s", decode_rate},
+                        {"weight_bytes_per_token", bytes_per_token},
+                        {"kv_bytes_per_token", kv_bytes / static_cast<double>(c.tokens)},
+                        {"read_bandwidth_gbs", bandwidth / 1e9},
+                        {"bandwidth_share", share}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf("model %s, %s weights, %d threads, OpenBLAS core %s%s\n", c.random.c_str(),
+              c.dtype.c_str(), thread_count(), blas_core_name(),
+              bf16 ? (std::string(", bf16 prefill kernel ") + kernel).c_str() : "");
+  std::printf("prefill  %5lld tokens   %8.1f tokens/s\n", static_cast<long long>(c.prompt),
+              prefill_rate);
+  std::printf("decode   %5lld steps    %8.1f tokens/s   %.1f MB of weights per token\n",
+              static_cast<long long>(c.tokens), decode_rate, bytes_per_token / 1e6);
+  std::printf("read bandwidth %.1f GB/s (measured now): decode reaches %.0f%% of it\n",
+              bandwidth / 1e9, 100.0 * share);
+  return 0;
+}
+
+}  // namespace moe::cli
