@@ -11,7 +11,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,7 @@
 #include "model/transformer.h"
 #include "tensor/bf16.h"
 #include "tensor/error.h"
+#include "tensor/safetensors.h"
 #include "test_util.h"
 
 namespace moe {
@@ -197,6 +200,54 @@ TEST(Decoder, CountsTheBytesADecodeStepReads) {
                             + 2 * k * 3 * F * D;                             // k bf16 experts
   EXPECT_EQ(decoder.weight_bytes_read(), L * per_layer + 2 * V * D + 2 * D);
   for (int64_t layer = 0; layer < L; ++layer) EXPECT_EQ(decoder.last_experts(layer).size(), 2u);
+}
+
+// Experts in slower memory: with 1, 2 or all 6 experts per layer in RAM, either policy, with
+// and without prefetch, the logits are exactly those of the mapped model (the same weights
+// through the same kernels), every lookup is a hit or a miss, and storage bytes are the
+// misses' and prefetches' experts.
+TEST(Decoder, ExpertCacheGivesTheSameLogitsAndCountsItsReads) {
+  const ModelConfig config = config_for(layouts()[0]);
+  Model m;
+  make_model(config, m, true);
+  std::map<std::string, Tensor> tensors;
+  for (const HfTensorView& v : hf_tensor_views(*m.transformer, m.store, HfWhich::Values)) {
+    Tensor t(v.shape);
+    std::copy(v.data.begin(), v.data.end(), t.data());
+    tensors.emplace(v.name, std::move(t));
+  }
+  const std::string dir = testing::TempDir() + "/decoder_cache";
+  std::filesystem::create_directories(dir);
+  write_safetensors(dir + "/model.safetensors", tensors, {}, StoredDtype::BF16);
+  const MappedCheckpoint checkpoint(dir, {dir + "/model.safetensors"});
+  const auto tokens = prompt();
+  Decoder mapped(config, MoeNaming::Mixtral, checkpoint);
+  const auto want = decoder_last_logits(mapped, tokens, 5);
+
+  const int64_t expert_bytes = 2 * 3 * 32 * 48;  // bf16 gate, up, down
+  for (const int64_t capacity : {int64_t{1}, int64_t{2}, int64_t{6}})
+    for (const CachePolicy policy : {CachePolicy::Lru, CachePolicy::Lfu})
+      for (const bool prefetch : {false, true}) {
+        SCOPED_TRACE("capacity " + std::to_string(capacity) + (prefetch ? " prefetch" : "") +
+                     (policy == CachePolicy::Lfu ? " lfu" : " lru"));
+        Decoder cached(config, MoeNaming::Mixtral, checkpoint, {capacity, policy, prefetch});
+        const auto got = decoder_last_logits(cached, tokens, 5);
+        for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
+        const ExpertCacheStats stats = cached.expert_cache()->stats();
+        EXPECT_EQ(stats.bytes_read, (stats.misses + stats.prefetched) * expert_bytes);
+        EXPECT_GT(stats.hits + stats.misses, 0);
+        if (capacity == 6) {
+          EXPECT_LE(stats.misses + stats.prefetched, 3 * 6);  // each expert read once
+        }
+        if (!prefetch) {
+          EXPECT_EQ(stats.prefetched, 0);
+        }
+      }
+  OwnedWeights in_memory = weights_of(m, true);
+  EXPECT_NE(error_of([&] {
+              Decoder d(config, MoeNaming::Mixtral, in_memory, {2});
+            }).find("is not in a file"),
+            std::string::npos);
 }
 
 TEST(Decoder, NamesTheTensorOrTokenThatIsWrong) {

@@ -61,8 +61,9 @@ WeightView Decoder::matrix(const std::string& name, const Shape& shape) {
   return WeightView{TensorDtype::F32, shape, reinterpret_cast<const std::byte*>(data)};
 }
 
-Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource& weights)
-    : config_(config), weights_(weights) {
+Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource& weights,
+                 const DecoderOptions& options)
+    : config_(config), weights_(weights), options_(options) {
   const int64_t D = config.hidden_size, V = config.vocab_size, H = config.num_attention_heads,
                 KV = config.num_key_value_heads, hd = config.resolved_head_dim(),
                 L = config.num_hidden_layers;
@@ -81,6 +82,21 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
     return Expert{matrix(prefix + gate + ".weight", {F, D}),
                   matrix(prefix + up + ".weight", {F, D}),
                   matrix(prefix + down + ".weight", {D, F})};
+  };
+
+  // With the expert cache, routed experts are located in their files, not mapped.
+  const bool cached = options.expert_cache > 0;
+  std::vector<std::vector<ExpertLocation>> cached_experts;
+  const auto locate = [&](const std::string& name, const Shape& shape) {
+    const auto where = weights.locate(name);
+    require(where.has_value(), weights.describe() + ": tensor '" + name +
+                                   "' is not in a file: the expert cache reads experts from "
+                                   "the checkpoint's files");
+    require(where->shape == shape, "tensor '" + name + "': shape " + shape_text(where->shape) +
+                                       ", expected " + shape_text(shape));
+    require(where->dtype != TensorDtype::F16,
+            "tensor '" + name + "': the expert cache reads fp32 or bf16 experts, not F16");
+    return *where;
   };
 
   int64_t moe_layers = 0;
@@ -109,11 +125,21 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
       const bool mixtral = naming == MoeNaming::Mixtral;
       const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
       b.router = as_f32(moe + "gate.weight", {m.num_experts, D});
+      const int64_t F = m.moe_intermediate_size;
+      if (cached) cached_experts.emplace_back();
       for (int64_t e = 0; e < m.num_experts; ++e) {
         const std::string ep = moe + "experts." + std::to_string(e) + ".";
-        b.experts.push_back(
-            mixtral ? expert(ep, "w1", "w3", "w2", m.moe_intermediate_size)
-                    : expert(ep, "gate_proj", "up_proj", "down_proj", m.moe_intermediate_size));
+        const std::string gate = ep + (mixtral ? "w1" : "gate_proj"),
+                          up = ep + (mixtral ? "w3" : "up_proj"),
+                          down = ep + (mixtral ? "w2" : "down_proj");
+        if (cached)
+          cached_experts.back().push_back(ExpertLocation{locate(gate + ".weight", {F, D}),
+                                                         locate(up + ".weight", {F, D}),
+                                                         locate(down + ".weight", {D, F})});
+        else
+          b.experts.push_back(Expert{matrix(gate + ".weight", {F, D}),
+                                     matrix(up + ".weight", {F, D}),
+                                     matrix(down + ".weight", {D, F})});
       }
       const int64_t shared_width = m.n_shared_experts * m.shared_expert_intermediate_size;
       if (shared_width > 0) {
@@ -128,6 +154,9 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
     blocks_.push_back(std::move(b));
   }
   last_experts_.resize(static_cast<size_t>(moe_layers));
+  if (cached)
+    cache_ = std::make_unique<ExpertCache>(std::move(cached_experts), options.expert_cache,
+                                           options.cache_policy);
 }
 
 DecoderCache Decoder::make_cache(int64_t capacity) const {
@@ -171,16 +200,16 @@ void Decoder::swiglu(const Expert& e, const float* x, int64_t rows, float* out) 
   linear(e.down, g, rows, F, out, D);
 }
 
-void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) {
+void Decoder::route(const Block& b, const float* x, int64_t rows, std::vector<int32_t>& chosen,
+                    std::vector<float>& gates) {
   const MoeConfig& m = *config_.moe;
   const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
   // Router in fp32: logits [rows, E], then each token's k experts and gates.
   ensure(router_logits_, rows, E);
   gemm(Trans::No, Trans::Yes, rows, E, D, 1.0f, x, D, b.router, D, 0.0f, router_logits_.data(), E);
   bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
-  std::vector<int32_t>& chosen = last_experts_[static_cast<size_t>(b.moe_index)];
   chosen.assign(static_cast<size_t>(rows * k), 0);
-  std::vector<float> gates(static_cast<size_t>(rows * k));
+  gates.assign(static_cast<size_t>(rows * k), 0.0f);
   std::vector<int32_t> order(static_cast<size_t>(E));
   for (int64_t t = 0; t < rows; ++t) {
     const float* logit = router_logits_.data() + t * E;
@@ -202,6 +231,32 @@ void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) 
                                             (renormalise ? picked : all));
     }
   }
+}
+
+Decoder::Expert Decoder::expert_weights(const Block& b, int64_t e) {
+  if (!cache_) return b.experts[static_cast<size_t>(e)];
+  const ExpertCache::Views v = cache_->get(b.moe_index, e);
+  return Expert{v.gate, v.up, v.down};
+}
+
+void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) {
+  const MoeConfig& m = *config_.moe;
+  const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
+  std::vector<int32_t>& chosen = last_experts_[static_cast<size_t>(b.moe_index)];
+  std::vector<float> gates;
+  route(b, x, rows, chosen, gates);
+  if (cache_ && options_.prefetch) {
+    // Pre-gating: the next MoE layer's router on this layer's input guesses its experts;
+    // their reads overlap this layer's expert compute and the next attention.
+    const auto next = std::find_if(blocks_.begin() + (&b - blocks_.data()) + 1, blocks_.end(),
+                                   [](const Block& c) { return c.moe; });
+    if (next != blocks_.end()) {
+      std::vector<int32_t> guess;
+      std::vector<float> unused;
+      route(*next, x, rows, guess, unused);
+      cache_->prefetch(next->moe_index, guess);
+    }
+  }
 
   // Experts over the tokens that chose them: gather, SwiGLU, scatter-add weighted by gate.
   std::fill(out, out + rows * D, 0.0f);
@@ -215,7 +270,7 @@ void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) 
     if (slots.empty()) continue;
     const int64_t n = static_cast<int64_t>(slots.size());
     for (int64_t i = 0; i < n; ++i) std::copy_n(x + slots[i] / k * D, D, rows_in_.data() + i * D);
-    swiglu(b.experts[e], rows_in_.data(), n, rows_out_.data());
+    swiglu(expert_weights(b, e), rows_in_.data(), n, rows_out_.data());
     for (int64_t i = 0; i < n; ++i) {
       float* dst = out + slots[i] / k * D;
       const float* src = rows_out_.data() + i * D;

@@ -16,10 +16,12 @@
 // checkpoint has that gate). Optional per checkpoint, found by name: q/k/v biases, q/k
 // RMSNorm over the whole projection.
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "infer/expert_cache.h"
 #include "infer/weights.h"
 #include "model/config.h"
 #include "nn/attention.h"
@@ -33,6 +35,17 @@ enum class MoeNaming {
   Qwen2,    // mlp.gate, mlp.experts.{e}.{gate,up,down}_proj, mlp.shared_expert(_gate) (+ OLMoE)
 };
 
+// Experts in slower memory: with expert_cache > 0, at most that many experts per MoE layer
+// are held in RAM and the rest are read from the checkpoint's files on demand (the weights
+// must come from files: a MappedCheckpoint).
+struct DecoderOptions {
+  int64_t expert_cache = 0;  // experts per layer kept in RAM; 0 = all, mapped
+  CachePolicy cache_policy = CachePolicy::Lru;
+  // Run the next MoE layer's router on the current layer's input and start reading the
+  // experts it picks while this layer computes (pre-gated MoE).
+  bool prefetch = false;
+};
+
 struct DecoderCache {
   std::vector<Tensor> keys, values;  // per block: [capacity, KV hd] (keys rotated)
   int64_t length = 0;                // positions filled
@@ -43,7 +56,8 @@ class Decoder {
  public:
   // Resolves and checks every tensor's name, dtype and shape against the config; the first
   // one missing or wrong is named in the Error. `weights` must outlive the Decoder.
-  Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource& weights);
+  Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource& weights,
+          const DecoderOptions& options = {});
 
   DecoderCache make_cache(int64_t capacity) const;
 
@@ -58,6 +72,8 @@ class Decoder {
   // Experts of MoE layer m (in depth order) chosen for each token of the last forward: [T, k].
   std::span<const int32_t> last_experts(int64_t moe_layer) const;
   const ModelConfig& config() const { return config_; }
+  // Hits, misses and bytes read from storage; nullptr without an expert cache.
+  const ExpertCache* expert_cache() const { return cache_.get(); }
 
  private:
   struct Expert {
@@ -84,11 +100,17 @@ class Decoder {
   // out[rows, D] = SwiGLU expert applied to x[rows, D]; act: scratch.
   void swiglu(const Expert& e, const float* x, int64_t rows, float* out);
   void moe_ffn(const Block& b, const float* x, int64_t rows, float* out);
+  // The k experts per token of MoE block b for inputs x[rows, D]: chosen [rows, k], gates.
+  void route(const Block& b, const float* x, int64_t rows, std::vector<int32_t>& chosen,
+             std::vector<float>& gates);
+  Expert expert_weights(const Block& b, int64_t e);
   const float* as_f32(const std::string& name, const Shape& shape);
   WeightView matrix(const std::string& name, const Shape& shape);
 
   ModelConfig config_;
   const WeightSource& weights_;
+  DecoderOptions options_;
+  std::unique_ptr<ExpertCache> cache_;
   AttentionShape attn_{};
   RopeTable rope_;
   WeightView embed_, head_;

@@ -28,6 +28,15 @@ std::optional<WeightView> MappedCheckpoint::find(const std::string& name) const 
   return files_[it->second].view(name);
 }
 
+std::optional<TensorLocation> MappedCheckpoint::locate(const std::string& name) const {
+  const auto it = file_of_.find(name);
+  if (it == file_of_.end()) return std::nullopt;
+  const MappedSafetensors& file = files_[it->second];
+  const SafetensorsEntry& e = file.header().tensors.at(name);
+  return TensorLocation{file.path(), file.header().data_start + e.begin, e.end - e.begin, e.dtype,
+                        e.shape};
+}
+
 void OwnedWeights::add_f32(const std::string& name, Tensor values) {
   f32_.insert_or_assign(name, std::move(values));
 }

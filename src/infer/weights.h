@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "infer/expert_cache.h"
 #include "tensor/mapped_safetensors.h"
 #include "tensor/tensor.h"
 
@@ -20,6 +21,9 @@ class WeightSource {
   // Throws Error naming the tensor and where it was looked for.
   WeightView at(const std::string& name) const;
   virtual std::string describe() const = 0;  // for errors: the folder or "random weights"
+  // Where a tensor lies in a file, for reading it without the mapping (the expert cache);
+  // nullopt for tensors that are not in a file.
+  virtual std::optional<TensorLocation> locate(const std::string&) const { return std::nullopt; }
 };
 
 // The safetensors files of a checkpoint folder, each mapped read-only.
@@ -29,6 +33,7 @@ class MappedCheckpoint : public WeightSource {
   MappedCheckpoint(std::string folder, const std::vector<std::string>& files);
   std::optional<WeightView> find(const std::string& name) const override;
   std::string describe() const override { return folder_; }
+  std::optional<TensorLocation> locate(const std::string& name) const override;
 
  private:
   std::string folder_;
