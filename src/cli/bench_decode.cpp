@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -13,6 +16,7 @@
 #include "tensor/error.h"
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
+#include "tensor/safetensors.h"
 #include "tensor/threads.h"
 
 namespace moe::cli {
@@ -42,26 +46,23 @@ ModelConfig random_model_config(const std::string& name) {
   return c;
 }
 
-// Every tensor of a Mixtral checkpoint with normal(0, 0.02) values (norms 1), matrices in
-// bf16 or fp32 as asked.
-OwnedWeights random_weights(const ModelConfig& c, bool bf16) {
+// Every tensor of a Mixtral checkpoint with normal(0, 0.02) values (norms 1), in the order
+// a checkpoint lists them; `add(name, tensor, is_matrix)` takes each.
+template <typename Add>
+void random_tensors(const ModelConfig& c, Add&& add) {
   const int64_t D = c.hidden_size, V = c.vocab_size, hd = c.resolved_head_dim(),
                 H = c.num_attention_heads, KV = c.num_key_value_heads, E = c.moe->num_experts,
                 F = c.moe->moe_intermediate_size;
-  OwnedWeights w;
   Rng rng(1);
   const auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
     Tensor t({rows, cols}, name);
     rng.fill_normal(t.span(), 0.0f, 0.02f);
-    if (!bf16) return w.add_f32(name, std::move(t));
-    std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
-    for (int64_t i = 0; i < t.numel(); ++i) bits[static_cast<size_t>(i)] = float_to_bf16(t[i]);
-    w.add_bf16(name, {rows, cols}, std::move(bits));
+    add(name, std::move(t), true);
   };
   const auto norm = [&](const std::string& name) {
     Tensor t({D}, name);
     t.fill(1.0f);
-    w.add_f32(name, std::move(t));
+    add(name, std::move(t), false);
   };
   matrix("model.embed_tokens.weight", V, D);
   matrix("lm_head.weight", V, D);
@@ -76,7 +77,7 @@ OwnedWeights random_weights(const ModelConfig& c, bool bf16) {
     matrix(p + "self_attn.o_proj.weight", D, H * hd);
     Tensor router({E, D}, "router");
     rng.fill_normal(router.span(), 0.0f, 0.02f);
-    w.add_f32(p + "block_sparse_moe.gate.weight", std::move(router));
+    add(p + "block_sparse_moe.gate.weight", std::move(router), false);  // routers stay fp32
     for (int64_t e = 0; e < E; ++e) {
       const std::string ep = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
       matrix(ep + "w1.weight", F, D);
@@ -84,7 +85,42 @@ OwnedWeights random_weights(const ModelConfig& c, bool bf16) {
       matrix(ep + "w2.weight", D, F);
     }
   }
+}
+
+OwnedWeights random_weights(const ModelConfig& c, bool bf16) {
+  OwnedWeights w;
+  random_tensors(c, [&](const std::string& name, Tensor t, bool is_matrix) {
+    if (!bf16 || !is_matrix) return w.add_f32(name, std::move(t));
+    std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
+    for (int64_t i = 0; i < t.numel(); ++i) bits[static_cast<size_t>(i)] = float_to_bf16(t[i]);
+    w.add_bf16(name, t.shape(), std::move(bits));
+  });
   return w;
+}
+
+// The random model as a checkpoint file in `folder` (written once: a file already there of
+// the right size is reused), for the expert cache to read from.
+std::string random_checkpoint(const ModelConfig& c, bool bf16, const std::string& folder,
+                              const std::string& name) {
+  const std::string path = folder + "/" + name + (bf16 ? "-bf16" : "-f32") + ".safetensors";
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(path, ec)) {
+    try {
+      const MappedSafetensors existing(path);
+      if (existing.header().tensors.count("model.layers." +
+                                          std::to_string(c.num_hidden_layers - 1) +
+                                          ".block_sparse_moe.experts.0.w1.weight"))
+        return path;
+    } catch (const Error&) {
+    }  // not a usable checkpoint: written anew
+  }
+  std::filesystem::create_directories(folder, ec);
+  require(!ec, folder + ": cannot create: " + ec.message());
+  std::map<std::string, Tensor> tensors;
+  random_tensors(c,
+                 [&](const std::string& n, Tensor t, bool) { tensors.emplace(n, std::move(t)); });
+  write_safetensors(path, tensors, {}, bf16 ? StoredDtype::BF16 : StoredDtype::F32);
+  return path;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -109,6 +145,17 @@ CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{2048}));
   cmd->add_flag("--json", c.json, "Print one JSON object");
+  cmd->add_option("--expert-cache", c.expert_cache,
+                  "Experts per layer kept in RAM, the rest read from storage on demand (0 = all)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 16));
+  cmd->add_option("--cache-policy", c.cache_policy, "Expert cache eviction: lru or lfu")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"lru", "lfu"}));
+  cmd->add_flag("--prefetch", c.prefetch,
+                "Read the next layer's likely experts while this layer computes");
+  cmd->add_option("--scratch", c.scratch,
+                  "Folder for the random model's checkpoint file (with --expert-cache)")
+      ->capture_default_str();
   return cmd;
 }
 
@@ -116,8 +163,19 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   warn_about_blas_kernel();
   const ModelConfig config = random_model_config(c.random);
   const bool bf16 = c.dtype == "bf16";
-  const OwnedWeights weights = random_weights(config, bf16);
-  Decoder decoder(config, MoeNaming::Mixtral, weights);
+  // Without a cache the weights live in memory; with one, in a file the cache reads.
+  std::unique_ptr<WeightSource> weights;
+  if (c.expert_cache > 0) {
+    const std::string file = random_checkpoint(config, bf16, c.scratch, c.random);
+    weights = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});
+  } else {
+    weights = std::make_unique<OwnedWeights>(random_weights(config, bf16));
+  }
+  DecoderOptions options;
+  options.expert_cache = c.expert_cache;
+  options.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
+  options.prefetch = c.prefetch;
+  Decoder decoder(config, MoeNaming::Mixtral, *weights, options);
   const int64_t V = config.vocab_size;
 
   const double bandwidth = measure_read_bandwidth();
@@ -138,6 +196,8 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   // Decode: greedy steps after the prompt; bytes are what each step's weights amount to.
   DecoderCache cache = decoder.make_cache(c.prompt + c.tokens);
   decoder.forward(prompt, cache, logits);
+  const ExpertCacheStats before =
+      decoder.expert_cache() ? decoder.expert_cache()->stats() : ExpertCacheStats{};
   double decode_seconds = 0, weight_bytes = 0, kv_bytes = 0;
   const double kv_row = 2.0 * config.num_key_value_heads * config.resolved_head_dim() *
                         sizeof(float) * config.num_hidden_layers;
@@ -151,6 +211,13 @@ int run_bench_decode(const BenchDecodeCommand& c) {
     kv_bytes += kv_row * static_cast<double>(cache.length);
   }
   const double decode_rate = static_cast<double>(c.tokens) / decode_seconds;
+  ExpertCacheStats during;  // the decode steps' share of the cache's counts
+  if (decoder.expert_cache()) {
+    const ExpertCacheStats after = decoder.expert_cache()->stats();
+    during = ExpertCacheStats{after.hits - before.hits, after.misses - before.misses,
+                              after.prefetched - before.prefetched,
+                              after.bytes_read - before.bytes_read, after.direct_io};
+  }
   const double bytes_per_token = weight_bytes / static_cast<double>(c.tokens);
   const double share = bytes_per_token * decode_rate / bandwidth;
   const double prefill_rate = static_cast<double>(c.prompt) / prefill_seconds;
@@ -172,6 +239,16 @@ int run_bench_decode(const BenchDecodeCommand& c) {
                         {"kv_bytes_per_token", kv_bytes / static_cast<double>(c.tokens)},
                         {"read_bandwidth_gbs", bandwidth / 1e9},
                         {"bandwidth_share", share}};
+    if (decoder.expert_cache()) {
+      j["expert_cache"] = {
+          {"experts_per_layer", c.expert_cache},
+          {"policy", c.cache_policy},
+          {"prefetch", c.prefetch},
+          {"hit_rate", during.hit_rate()},
+          {"storage_bytes_per_token", double(during.bytes_read) / double(c.tokens)},
+          {"prefetched_per_token", double(during.prefetched) / double(c.tokens)},
+          {"direct_io", during.direct_io}};
+    }
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
@@ -184,6 +261,14 @@ int run_bench_decode(const BenchDecodeCommand& c) {
               static_cast<long long>(c.tokens), decode_rate, bytes_per_token / 1e6);
   std::printf("read bandwidth %.1f GB/s (measured now): decode reaches %.0f%% of it\n",
               bandwidth / 1e9, 100.0 * share);
+  if (decoder.expert_cache())
+    std::printf(
+        "expert cache %lld/layer %s%s: hit rate %.1f%%, %.1f MB read from storage per "
+        "token%s\n",
+        static_cast<long long>(c.expert_cache), c.cache_policy.c_str(),
+        c.prefetch ? " + prefetch" : "", 100.0 * during.hit_rate(),
+        double(during.bytes_read) / double(c.tokens) / 1e6,
+        during.direct_io ? "" : " (no O_DIRECT here: page cache dropped after each read)");
   return 0;
 }
 

@@ -14,6 +14,13 @@ struct BenchDecodeCommand {
   int64_t prompt = 128;                  // prefill length
   int64_t tokens = 32;                   // decode steps timed
   bool json = false;
+  // Experts in slower memory: at most this many per layer in RAM (0 = all mapped). The random
+  // model is then written to `scratch` first (once; reused while its size matches) so that
+  // its experts have a file to be read from.
+  int64_t expert_cache = 0;
+  std::string cache_policy = "lru";  // lru | lfu
+  bool prefetch = false;
+  std::string scratch = "/tmp/moe-bench-decode";
 };
 
 CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& command);
