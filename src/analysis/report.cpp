@@ -546,12 +546,12 @@ figcaption.hint{font-size:13px;color:#555;margin-top:4px}
 svg text{font-family:"DejaVu Sans",Arial,sans-serif;font-size:12px;fill:#222}
 svg text.title{font-size:15px;font-weight:bold}
 svg text.axis-label{font-size:13px}svg text.tick{fill:#444}svg text.cell-value{font-size:11px}
-svg text.ref-label{fill:#c00}
+svg text.ref-label{fill:#c00;paint-order:stroke;stroke:#fff;stroke-width:3px}
 svg line.axis{stroke:#444}svg line.grid{stroke:#e8e8e8}
 svg line.ref{stroke:#c00;stroke-dasharray:5 3;stroke-width:1.5}
 .note{color:#666;font-style:italic}.intro{color:#444}
 .alert{color:#a00;margin:2px 0}.figures{margin:4px 0}
-.tok{white-space:pre-wrap;padding:2px 0;border-radius:2px;font-family:"DejaVu Sans Mono",monospace;
+.tok{white-space:pre-wrap;padding:2px 0;border-radius:2px;box-shadow:inset -1px 0 0 #fff;font-family:"DejaVu Sans Mono",monospace;
   font-size:15px}
 .legend .tok{padding:2px 6px}
 .passage{margin:8px 0;border-left:4px solid #ddd;padding-left:8px}
