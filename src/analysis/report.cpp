@@ -202,7 +202,7 @@ std::string training_load_section(const RunData& run) {
     svg::HeatmapData map;
     size_t experts = 0;
     for (const auto& w : h.relative) experts = std::max(experts, w.size());
-    for (size_t e = 0; e < experts; ++e) map.rows.push_back("expert " + std::to_string(e));
+    for (size_t e = 0; e < experts; ++e) map.rows.push_back(std::to_string(e));
     for (double s : h.steps) map.columns.push_back(format_number(s));
     map.values.assign(experts, std::vector<double>(h.steps.size(), kNaN));
     for (size_t w = 0; w < h.relative.size(); ++w)

@@ -356,7 +356,7 @@ std::string heatmap(const Chart& chart, const HeatmapData& data) {
              "</title></rect>";
       if (values_fit && std::isfinite(v))
         out += text(x + cell_w / 2, y + cell_h / 2 + 4, format_number(v), "middle", "cell-value",
-                    " fill=\"" + text_colour_on(fill) + "\"");
+                    " style=\"fill:" + text_colour_on(fill) + "\"");
     }
   // Row labels, thinned to fit; column labels thinned to about 12.
   const size_t row_every = size_t(std::ceil(13.0 / cell_h));
