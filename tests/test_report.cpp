@@ -45,30 +45,36 @@ std::vector<double> bar_heights(const std::string& svg_text) {
 // An evaluation in the schema `moe eval --json` prints: two MoE layers of 4 experts, with
 // text that needs escaping in tokens, alerts and domain names.
 json eval_fixture() {
-  json layer = {{"layer", 1},
-                {"experts", 4},
-                {"k", 2},
-                {"counts", {400, 100, 250, 250}},
-                {"cv", 0.42},
-                {"gini", 0.2},
-                {"entropy", 0.93},
-                {"max_over_mean", 1.6},
-                {"drop_rate", 0.01},
-                {"mean_top1_gate", 0.6},
-                {"gate_histogram", {0, 0, 0, 0, 0, 50, 30, 10, 5, 5}},
-                {"alerts", {"expert <1> & co"}},
-                {"domain_matrix",
-                 {{"domains", {"en", "c<h>"}},
-                  {"top1", {{0.7, 0.1, 0.1, 0.1}, {0.1, 0.1, 0.4, 0.4}}},
-                  {"all_k", {{0.4, 0.2, 0.2, 0.2}, {0.2, 0.2, 0.3, 0.3}}}}},
-                {"nmi", {{"top1", 0.31}, {"all_k", 0.2}}},
-                {"top_tokens",
-                 {{{{"token", "<script>"}, {"lift", 4.0}, {"count", 9}}},
-                  {{{"token", "\xE2\x96\x81the"}, {"lift", 2.0}, {"count", 9}}},
-                  json::array(),
-                  json::array()}},
-                {"consecutive", {{"rate", 0.4}, {"chance", 0.27}}},
-                {"noise_agreement", {{"top1", 0.95}, {"topk_set", 0.9}}}};
+  json layer = {
+      {"layer", 1},
+      {"experts", 4},
+      {"k", 2},
+      {"counts", {400, 100, 250, 250}},
+      {"cv", 0.42},
+      {"gini", 0.2},
+      {"entropy", 0.93},
+      {"max_over_mean", 1.6},
+      {"drop_rate", 0.01},
+      {"mean_top1_gate", 0.6},
+      {"gate_histogram", {0, 0, 0, 0, 0, 50, 30, 10, 5, 5}},
+      {"alerts", {"expert <1> & co"}},
+      {"domain_matrix",
+       {{"domains", {"en", "c<h>"}},
+        {"top1", {{0.7, 0.1, 0.1, 0.1}, {0.1, 0.1, 0.4, 0.4}}},
+        {"all_k", {{0.4, 0.2, 0.2, 0.2}, {0.2, 0.2, 0.3, 0.3}}}}},
+      {"nmi", {{"top1", 0.31}, {"all_k", 0.2}}},
+      {"top_tokens",
+       {{{{"token", "<script>"}, {"lift", 4.0}, {"count", 9}}},
+        {{{"token", "\xE2\x96\x81the"}, {"lift", 2.0}, {"count", 9}}},
+        json::array(),
+        json::array()}},
+      {"token_classes",
+       {{{"letters", 0.5}, {"digits", 0.5}}, json::object(), json::object(), json::object()}},
+      {"consecutive",
+       {{"rate", 0.4},
+        {"chance", 0.27},
+        {"per_domain", {{"en", {{"rate", 0.45}, {"chance", 0.3}}}}}}},
+      {"noise_agreement", {{"top1", 0.95}, {"topk_set", 0.9}}}};
   json layer3 = layer;
   layer3["layer"] = 3;
   layer3["noise_agreement"] = nullptr;
@@ -87,7 +93,7 @@ json eval_fixture() {
           {"passages",
            {{{"domain", "c"},
              {"tokens", {"#include", "\xE2\x96\x81<stdio.h>", "\xE2\x86\xB5", "a&&b", "\"q\""}},
-             {"top1", {{0, 1, 2, 3, 0}, {3, 2, 1, 0, 3}}}}}}};
+             {"top1", {{0, 1, 2, 3, 0}, {3, 2, 1, 0, -1}}}}}}};  // -1: no expert took it
 }
 
 RunData fake_run(const std::string& name, bool moe_model, double final_loss) {
@@ -174,15 +180,18 @@ TEST(Report, EverySectionHasItsChartsAndDataMarks) {
     EXPECT_NE(html.find("<section id=\"" + std::string(id) + "\">"), std::string::npos) << id;
   const std::vector<std::string> charts = svgs(html);
   // loss 1; training load 3 (one layer); eval load 2 x 2 layers; specialization 1 x 2;
-  // consistency 3; compute 2.
-  EXPECT_EQ(charts.size(), 1u + 3 + 4 + 2 + 3 + 2);
+  // consistency 3; compute 3.
+  EXPECT_EQ(charts.size(), 1u + 3 + 4 + 2 + 3 + 3);
   for (const std::string& chart : charts) {
     EXPECT_GT(count(chart, "class=\"mark"), 0u) << chart.substr(0, 200);
     EXPECT_NE(chart.find("class=\"title\""), std::string::npos);
   }
   EXPECT_EQ(count(html, "<figcaption class=\"hint\">"), charts.size());
   // The passage: one coloured span per token and layer, and one layer picker per MoE layer.
-  EXPECT_EQ(count(html, "title=\"expert "), 2u * 5);
+  EXPECT_EQ(count(html, "title=\"expert "), 2u * 5 - 1);
+  EXPECT_EQ(count(html, "title=\"no expert\""), 1u);
+  EXPECT_NE(html.find("letters&nbsp;50% digits&nbsp;50%"), std::string::npos);
+  EXPECT_NE(html.find("<td>en</td><td>0.450 (0.300)</td>"), std::string::npos);
   EXPECT_EQ(count(html, "type=\"radio\""), 2u);
   // The dense run's final loss 4.8 is first reached by the MoE run at 4000 tokens (step 4).
   EXPECT_NE(html.find("<td>moe</td><td>dense (4.8000)</td><td>4k</td>"), std::string::npos);

@@ -320,7 +320,9 @@ std::string specialization_section(const json& eval) {
     if (!top.empty()) {
       body +=
           "<table class=\"tokens\"><tr><th>expert</th><th>tokens most over-represented "
-          "(lift over corpus frequency)</th></tr>";
+          "(lift over corpus frequency; &#9601; starts a word)</th><th>token classes (share of "
+          "its tokens)</th></tr>";
+      const json& classes = array_or_empty(l, "token_classes");
       for (size_t e = 0; e < top.size(); ++e) {
         const std::string colour = svg::expert_colour(int64_t(e), int64_t(top.size()));
         body += "<tr><td><span class=\"swatch\" style=\"background:" + colour + "\"></span>" +
@@ -328,6 +330,12 @@ std::string specialization_section(const json& eval) {
         for (const json& t : top[e])
           body += "<code>" + escape(t.value("token", std::string())) + "</code>&nbsp;" +
                   fixed(number(t, "lift"), 1) + "x ";
+        body += "</td><td>";
+        if (e < classes.size())
+          for (const char* name :
+               {"letters", "digits", "punctuation", "whitespace", "code_symbols"})
+            if (const double share = number(classes[e], name); std::isfinite(share))
+              body += std::string(name) + "&nbsp;" + fixed(100.0 * share, 0) + "% ";
         body += "</td></tr>";
       }
       body += "</table>";
@@ -393,7 +401,9 @@ std::string passages_section(const json& eval) {
                escape(p.value("domain", std::string("?"))) + "</div><p class=\"text\">";
       for (size_t t = 0; t < tokens.size(); ++t) {
         const std::string shown = display_piece(tokens[t]);
-        if (t < route.size()) {
+        if (t < route.size() && route[t] < 0) {  // expert choice: a token no expert took
+          panel += "<span class=\"tok unrouted\" title=\"no expert\">" + escape(shown) + "</span>";
+        } else if (t < route.size()) {
           const std::string colour = svg::expert_colour(route[t], experts);
           panel += "<span class=\"tok\" style=\"background:" + colour +
                    ";color:" + svg::text_colour_on(colour) + "\" title=\"expert " +
@@ -413,6 +423,38 @@ std::string passages_section(const json& eval) {
                  "its top-1 route chose. Pick a layer with the buttons; hover a token for its "
                  "expert number.",
                  style + tabs + panels + "</div>");
+}
+
+// Consecutive-token rate against chance per domain and layer, as a table (domains x layers).
+std::string per_domain_consecutive(const json& layers) {
+  std::vector<std::string> domains;
+  for (const json& l : layers)
+    if (const json* c = field(l, "consecutive"))
+      if (const json* d = field(*c, "per_domain"); d && d->is_object())
+        for (const auto& [name, value] : d->items())
+          if (std::find(domains.begin(), domains.end(), name) == domains.end())
+            domains.push_back(name);
+  if (domains.empty()) return "";
+  std::string out =
+      "<p>Consecutive tokens routed alike, per domain: the rate against its chance rate (sum of "
+      "squared loads of that domain's tokens).</p><table><tr><th>domain</th>";
+  for (const json& l : layers)
+    out += "<th>layer " + std::to_string(l.value("layer", int64_t{-1})) + ": rate (chance)</th>";
+  out += "</tr>";
+  for (const std::string& d : domains) {
+    out += "<tr><td>" + escape(d) + "</td>";
+    for (const json& l : layers) {
+      const json* c = field(l, "consecutive");
+      const json* per = c ? field(*c, "per_domain") : nullptr;
+      const json* v = per ? field(*per, d.c_str()) : nullptr;
+      out += "<td>" +
+             (v ? fixed(number(*v, "rate"), 3) + " (" + fixed(number(*v, "chance"), 3) + ")"
+                : std::string("n/a")) +
+             "</td>";
+    }
+    out += "</tr>";
+  }
+  return out + "</table>";
 }
 
 std::string consistency_section(const json& eval) {
@@ -449,7 +491,7 @@ std::string consistency_section(const json& eval) {
     } else {
       body += note("The router has no training noise or jitter: no agreement figure.");
     }
-    body += "</div>";
+    body += "</div>" + per_domain_consecutive(layers);
   }
   const json* saturation = field(eval, "saturation");
   if (saturation) {
@@ -507,11 +549,30 @@ std::string compute_section(const ReportInputs& in) {
        "MoE buys capacity with parameters that are not all active: compare the "
        "loss bought per stored parameter."},
       by_params, p_hi > 10 * p_lo);
+  std::vector<svg::Series> valid;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    svg::Series s{runs[i]->name, {}, {}, int64_t(i), false, true};
+    for (const json& line : runs[i]->metrics) {
+      const json* t = field(line, "tokens");
+      const json* v = field(line, "val_loss");
+      if (t && v && t->is_number() && v->is_number()) {
+        s.x.push_back(t->get<double>());
+        s.y.push_back(v->get<double>());
+      }
+    }
+    valid.push_back(std::move(s));
+  }
+  body += svg::line_chart(
+      {"Quality against training tokens", "training tokens", "validation loss (nats/token)",
+       "The lower curve at a given number of tokens learned more from the same "
+       "data; the horizontal gap between curves is the data one run saves."},
+      valid);
   body += "</div>";
   if (runs.size() > 1) {
     body +=
-        "<table><tr><th>run</th><th>reaches the final validation loss of</th><th>after "
-        "(training tokens)</th><th>which took that run (training tokens)</th></tr>";
+        "<table><tr><th>run</th><th>reaches the final validation loss of</th><th>at (training "
+        "tokens, first validation at or below)</th><th>which that run needed (training "
+        "tokens)</th></tr>";
     for (const RunData* a : runs)
       for (const RunData* b : runs) {
         if (a == b) continue;
@@ -527,8 +588,8 @@ std::string compute_section(const ReportInputs& in) {
     body += note("One run only: add --compare RUN (e.g. a dense baseline) to line runs up.");
   }
   return section("compute", "Quality against compute",
-                 "Final validation loss of each run (the last one in its metrics.jsonl) against "
-                 "its active forward FLOPs per token and its total parameters.",
+                 "Validation loss of each run (from its metrics.jsonl) against its active "
+                 "forward FLOPs per token, its total parameters and its training tokens.",
                  body);
 }
 
@@ -538,7 +599,7 @@ body{font-family:"DejaVu Sans",Arial,sans-serif;margin:24px auto;max-width:1400p
 h1{font-size:26px;margin-bottom:4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
 h3{margin:18px 0 6px}
 nav a{margin-right:14px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+table{border-collapse:collapse;margin:8px 0 12px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}
 .row{display:flex;flex-wrap:wrap;gap:12px}
 figure.chart{margin:8px 0;border:1px solid #e4e4e4;padding:6px;background:#fff;width:600px}
@@ -556,6 +617,7 @@ svg line.ref{stroke:#c00;stroke-dasharray:5 3;stroke-width:1.5}
 .legend .tok{padding:2px 6px}
 .passage{margin:8px 0;border-left:4px solid #ddd;padding-left:8px}
 .domain{font-weight:bold}.text{margin:2px 0;line-height:1.9}
+.unrouted{background:#fff;color:#888;outline:1px dashed #aaa}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:middle}
 .tabs>input{position:absolute;opacity:0}
 .tabs>label{display:inline-block;padding:4px 12px;border:1px solid #999;border-radius:4px;

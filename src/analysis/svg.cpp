@@ -241,6 +241,7 @@ std::string expert_colour(int64_t expert, int64_t experts) {
   static constexpr std::array<const char*, 10> kTableau{"#4e79a7", "#f28e2b", "#e15759", "#76b7b2",
                                                         "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
                                                         "#9c755f", "#bab0ac"};
+  if (expert < 0) return "#cccccc";
   if (experts <= 10) return kTableau[size_t(expert % 10)];
   // 16 hues visited 7 apart (so experts e and e+1 differ by 157 degrees), then tiers.
   static constexpr std::array<std::pair<double, double>, 4> kTiers{

@@ -21,7 +21,7 @@ std::string format_number(double v);
 
 // "#rrggbb" for expert `expert` of `experts`: Tableau's 10 categorical colours up to 10
 // experts; beyond, 16 hues in 4 lightness/saturation tiers (64 distinct colours), neighbours
-// far apart in hue.
+// far apart in hue. A negative expert (no expert) is grey.
 std::string expert_colour(int64_t expert, int64_t experts);
 // "#000" or "#fff", whichever reads better on `background` ("#rrggbb").
 std::string text_colour_on(std::string_view background);

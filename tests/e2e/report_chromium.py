@@ -144,9 +144,9 @@ try:
     if p.sections != expected:
         fail(f"sections {p.sections}, expected {expected}")
     # loss 1; training load 3 (one MoE layer); evaluation load 2; specialization 1;
-    # consistency 3; compute 2.
-    if len(p.svgs) != 12:
-        fail(f"{len(p.svgs)} charts, expected 12")
+    # consistency 3; compute 3.
+    if len(p.svgs) != 13:
+        fail(f"{len(p.svgs)} charts, expected 13")
     for s in p.svgs:
         if not s["title"] or s["marks"] == 0:
             fail(f"chart '{s['title']}' has {s['marks']} data marks")
@@ -159,7 +159,7 @@ try:
     shot = os.path.join(out_dir, "report_screenshot.png")
     if os.path.exists(shot):
         os.remove(shot)
-    r = run([*browser, "--screenshot=" + shot, "--window-size=1280,4000", url], timeout=120)
+    r = run([*browser, "--screenshot=" + shot, "--window-size=1280,6400", url], timeout=120)
     png = b""
     if os.path.exists(shot):
         with open(shot, "rb") as f:
