@@ -45,36 +45,38 @@ std::vector<double> bar_heights(const std::string& svg_text) {
 // An evaluation in the schema `moe eval --json` prints: two MoE layers of 4 experts, with
 // text that needs escaping in tokens, alerts and domain names.
 json eval_fixture() {
-  json layer = {
-      {"layer", 1},
-      {"experts", 4},
-      {"k", 2},
-      {"counts", {400, 100, 250, 250}},
-      {"cv", 0.42},
-      {"gini", 0.2},
-      {"entropy", 0.93},
-      {"max_over_mean", 1.6},
-      {"drop_rate", 0.01},
-      {"mean_top1_gate", 0.6},
-      {"gate_histogram", {0, 0, 0, 0, 0, 50, 30, 10, 5, 5}},
-      {"alerts", {"expert <1> & co"}},
-      {"domain_matrix",
-       {{"domains", {"en", "c<h>"}},
-        {"top1", {{0.7, 0.1, 0.1, 0.1}, {0.1, 0.1, 0.4, 0.4}}},
-        {"all_k", {{0.4, 0.2, 0.2, 0.2}, {0.2, 0.2, 0.3, 0.3}}}}},
-      {"nmi", {{"top1", 0.31}, {"all_k", 0.2}}},
-      {"top_tokens",
-       {{{{"token", "<script>"}, {"lift", 4.0}, {"count", 9}}},
-        {{{"token", "\xE2\x96\x81the"}, {"lift", 2.0}, {"count", 9}}},
-        json::array(),
-        json::array()}},
-      {"token_classes",
-       {{{"letters", 0.5}, {"digits", 0.5}}, json::object(), json::object(), json::object()}},
-      {"consecutive",
-       {{"rate", 0.4},
-        {"chance", 0.27},
-        {"per_domain", {{"en", {{"rate", 0.45}, {"chance", 0.3}}}}}}},
-      {"noise_agreement", {{"top1", 0.95}, {"topk_set", 0.9}}}};
+  json layer = {{"layer", 1},
+                {"experts", 4},
+                {"k", 2},
+                {"counts", {400, 100, 250, 250}},
+                {"cv", 0.42},
+                {"gini", 0.2},
+                {"entropy", 0.93},
+                {"max_over_mean", 1.6},
+                {"drop_rate", 0.01},
+                {"mean_top1_gate", 0.6},
+                {"gate_histogram", {0, 0, 0, 0, 0, 50, 30, 10, 5, 5}},
+                {"alerts", {"expert <1> & co"}},
+                {"domain_matrix",
+                 {{"domains", {"en", "c<h>"}},
+                  {"top1", {{0.7, 0.1, 0.1, 0.1}, {0.1, 0.1, 0.4, 0.4}}},
+                  {"all_k", {{0.4, 0.2, 0.2, 0.2}, {0.2, 0.2, 0.3, 0.3}}}}},
+                {"nmi", {{"top1", 0.31}, {"all_k", 0.2}}},
+                {"top_tokens",
+                 {{{{"token", "<script>"}, {"lift", 4.0}, {"count", 9}}},
+                  {{{"token", "\xE2\x96\x81the"}, {"lift", 2.0}, {"count", 9}}},
+                  json::array(),
+                  json::array()}},
+                {"token_classes",
+                 {{{"letters", 0.5}, {"digits", 0.5}},
+                  {{"letters", 0.0}, {"digits", 0.0}},
+                  json::object(),
+                  json::object()}},
+                {"consecutive",
+                 {{"rate", 0.4},
+                  {"chance", 0.27},
+                  {"per_domain", {{"en", {{"rate", 0.45}, {"chance", 0.3}}}}}}},
+                {"noise_agreement", {{"top1", 0.95}, {"topk_set", 0.9}}}};
   json layer3 = layer;
   layer3["layer"] = 3;
   layer3["noise_agreement"] = nullptr;
@@ -127,6 +129,22 @@ TEST(Svg, FormatsNumbersWithSiSuffixes) {
   EXPECT_EQ(svg::format_number(2.5e9), "2.5G");
   EXPECT_EQ(svg::format_number(0.25), "0.25");
   EXPECT_EQ(svg::format_number(std::nan("")), "n/a");
+}
+
+TEST(Svg, TickLabelsStayDistinctOverANarrowRange) {
+  // Two runs of nearly equal FLOPs (11.60M, 11.65M): 3 significant digits would print "11.6M"
+  // under every x tick.
+  const std::vector<svg::Point> points{{11.60e6, 6.43, "a"}, {11.65e6, 6.38, "b"}};
+  const std::string chart = svg::scatter({"T", "x", "y", "h"}, points);
+  std::vector<std::string> labels;
+  for (size_t at = chart.find("class=\"tick\""); at != std::string::npos;
+       at = chart.find("class=\"tick\"", at + 1)) {
+    const size_t open = chart.find('>', at) + 1;
+    labels.push_back(chart.substr(open, chart.find('<', open) - open));
+  }
+  ASSERT_GT(labels.size(), 4u);
+  EXPECT_EQ(std::set<std::string>(labels.begin(), labels.end()).size(), labels.size());
+  EXPECT_EQ(svg::format_number(11.626e6, 4), "11.63M");
 }
 
 TEST(Svg, SixtyFourExpertsGetDistinctColours) {
@@ -191,6 +209,7 @@ TEST(Report, EverySectionHasItsChartsAndDataMarks) {
   EXPECT_EQ(count(html, "title=\"expert "), 2u * 5 - 1);
   EXPECT_EQ(count(html, "title=\"no expert\""), 1u);
   EXPECT_NE(html.find("letters&nbsp;50% digits&nbsp;50%"), std::string::npos);
+  EXPECT_EQ(count(html, "<i>no token has it as top-1</i>"), 2u);  // expert 1 in both layers
   EXPECT_NE(html.find("<td>en</td><td>0.450 (0.300)</td>"), std::string::npos);
   EXPECT_EQ(count(html, "type=\"radio\""), 2u);
   // The dense run's final loss 4.8 is first reached by the MoE run at 4000 tokens (step 4).

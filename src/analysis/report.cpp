@@ -331,11 +331,21 @@ std::string specialization_section(const json& eval) {
           body += "<code>" + escape(t.value("token", std::string())) + "</code>&nbsp;" +
                   fixed(number(t, "lift"), 1) + "x ";
         body += "</td><td>";
-        if (e < classes.size())
-          for (const char* name :
-               {"letters", "digits", "punctuation", "whitespace", "code_symbols"})
-            if (const double share = number(classes[e], name); std::isfinite(share))
-              body += std::string(name) + "&nbsp;" + fixed(100.0 * share, 0) + "% ";
+        if (e < classes.size()) {
+          // All shares 0: no token has this expert as its top-1 (eval's convention).
+          std::string shares;
+          bool any = false;
+          for (const auto& [key, shown] : {std::pair{"letters", "letters"},
+                                           {"digits", "digits"},
+                                           {"punctuation", "punctuation"},
+                                           {"whitespace", "whitespace"},
+                                           {"code_symbols", "code symbols"}})
+            if (const double share = number(classes[e], key); std::isfinite(share)) {
+              shares += std::string(shown) + "&nbsp;" + fixed(100.0 * share, 0) + "% ";
+              any = any || share > 0;
+            }
+          body += any || shares.empty() ? shares : "<i>no token has it as top-1</i>";
+        }
         body += "</td></tr>";
       }
       body += "</table>";

@@ -133,20 +133,34 @@ std::string text(double x, double y, const std::string& content, const char* anc
          "\" text-anchor=\"" + anchor + "\"" + extra + ">" + escape(content) + "</text>";
 }
 
+// The ticks' labels with as few significant digits (3 at least) as keep them apart: over a
+// narrow range (11.60M to 11.65M) 3 digits would print the same label on every tick.
+std::vector<std::string> tick_labels(const std::vector<double>& ticks) {
+  std::vector<std::string> labels;
+  for (int digits = 3; digits <= 12; ++digits) {
+    labels.clear();
+    for (double t : ticks) labels.push_back(format_number(t, digits));
+    if (std::adjacent_find(labels.begin(), labels.end()) == labels.end()) break;
+  }
+  return labels;
+}
+
 // Axis lines, ticks, tick labels, grid lines and both axis labels.
 std::string axes(const Chart& chart, const Scale& x, const Scale& y) {
   std::string out;
-  for (double t : y.ticks) {
-    const double py = y(t);
+  const std::vector<std::string> y_labels = tick_labels(y.ticks);
+  for (size_t i = 0; i < y.ticks.size(); ++i) {
+    const double py = y(y.ticks[i]);
     out += "<line class=\"grid\" x1=\"" + num(x.from) + "\" x2=\"" + num(x.to) + "\" y1=\"" +
            num(py) + "\" y2=\"" + num(py) + "\"/>";
-    out += text(x.from - 6, py + 4, format_number(t), "end", "tick");
+    out += text(x.from - 6, py + 4, y_labels[i], "end", "tick");
   }
-  for (double t : x.ticks) {
-    const double px = x(t);
+  const std::vector<std::string> x_labels = tick_labels(x.ticks);
+  for (size_t i = 0; i < x.ticks.size(); ++i) {
+    const double px = x(x.ticks[i]);
     out += "<line class=\"axis\" x1=\"" + num(px) + "\" x2=\"" + num(px) + "\" y1=\"" +
            num(y.from) + "\" y2=\"" + num(y.from + 5) + "\"/>";
-    out += text(px, y.from + 18, format_number(t), "middle", "tick");
+    out += text(px, y.from + 18, x_labels[i], "middle", "tick");
   }
   out += "<line class=\"axis\" x1=\"" + num(x.from) + "\" x2=\"" + num(x.to) + "\" y1=\"" +
          num(y.from) + "\" y2=\"" + num(y.from) + "\"/>";
@@ -223,6 +237,10 @@ std::string escape(std::string_view in) {
 }
 
 std::string format_number(double v) {
+  return format_number(v, 3);
+}
+
+std::string format_number(double v, int digits) {
   if (!std::isfinite(v)) return "n/a";
   const double a = std::abs(v);
   char buf[32];
@@ -230,10 +248,10 @@ std::string format_number(double v) {
       {{1e12, "T"}, {1e9, "G"}, {1e6, "M"}, {1e3, "k"}}};
   for (const auto& [scale, suffix] : kSuffixes)
     if (a >= scale) {
-      std::snprintf(buf, sizeof buf, "%.3g%s", v / scale, suffix);
+      std::snprintf(buf, sizeof buf, "%.*g%s", digits, v / scale, suffix);
       return buf;
     }
-  std::snprintf(buf, sizeof buf, "%.3g", v);
+  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
   return buf;
 }
 

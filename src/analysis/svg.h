@@ -16,8 +16,10 @@ namespace moe::svg {
 // Text as HTML/XML: & < > " ' become entities (safe both in elements and in attributes).
 std::string escape(std::string_view text);
 
-// A number as a person reads it on an axis: 0.25, 3.5, 12k, 4.1M, 2.5G.
+// A number as a person reads it on an axis: 0.25, 3.5, 12k, 4.1M, 2.5G (3 significant digits,
+// or `digits`).
 std::string format_number(double v);
+std::string format_number(double v, int digits);
 
 // "#rrggbb" for expert `expert` of `experts`: Tableau's 10 categorical colours up to 10
 // experts; beyond, 16 hues in 4 lightness/saturation tiers (64 distinct colours), neighbours
