@@ -133,6 +133,15 @@ std::string text(double x, double y, const std::string& content, const char* anc
          "\" text-anchor=\"" + anchor + "\"" + extra + ">" + escape(content) + "</text>";
 }
 
+// A heatmap cell's printed value: shares and load ratios to 2 decimals, so that every label
+// fits its cell (0.000153 would spill over); the cell's tooltip keeps 3 significant digits.
+std::string cell_label(double v) {
+  if (std::abs(v) >= 100) return format_number(v);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", v);
+  return buf;
+}
+
 // The ticks' labels with as few significant digits (3 at least) as keep them apart: over a
 // narrow range (11.60M to 11.65M) 3 digits would print the same label on every tick.
 std::vector<std::string> tick_labels(const std::vector<double>& ticks) {
@@ -374,7 +383,7 @@ std::string heatmap(const Chart& chart, const HeatmapData& data) {
              escape(data.rows[r] + ", " + data.columns[c] + ": " + format_number(v)) +
              "</title></rect>";
       if (values_fit && std::isfinite(v))
-        out += text(x + cell_w / 2, y + cell_h / 2 + 4, format_number(v), "middle", "cell-value",
+        out += text(x + cell_w / 2, y + cell_h / 2 + 4, cell_label(v), "middle", "cell-value",
                     " style=\"fill:" + text_colour_on(fill) + "\"");
     }
   // Row labels, thinned to fit; column labels thinned to about 12.
