@@ -85,6 +85,7 @@ json eval_fixture() {
           {"loss", 4.5},
           {"perplexity", 90.0},
           {"tokens", 1000},
+          {"capacity_factor", 1.25},
           {"layers", {layer, layer3}},
           {"saturation",
            {{"steps", {100, 200, 300}},
@@ -208,6 +209,7 @@ TEST(Report, EverySectionHasItsChartsAndDataMarks) {
   // The passage: one coloured span per token and layer, and one layer picker per MoE layer.
   EXPECT_EQ(count(html, "title=\"expert "), 2u * 5 - 1);
   EXPECT_EQ(count(html, "title=\"no expert\""), 1u);
+  EXPECT_NE(html.find("dropped at capacity factor 1.25: 1.00%"), std::string::npos);
   EXPECT_NE(html.find("letters&nbsp;50% digits&nbsp;50%"), std::string::npos);
   EXPECT_EQ(count(html, "<i>no token has it as top-1</i>"), 2u);  // expert 1 in both layers
   EXPECT_NE(html.find("<td>en</td><td>0.450 (0.300)</td>"), std::string::npos);
@@ -252,7 +254,9 @@ TEST(Report, AbsentDataGivesNotesInsteadOfSections) {
   in.eval.erase("passages");
   in.eval.erase("saturation");
   for (json& l : in.eval["layers"]) l.erase("domain_matrix");
+  in.eval["capacity_factor"] = nullptr;  // dropless
   const std::string partial = render_report(in);
+  EXPECT_NE(partial.find("dropped (dropless: no capacity factor): 1.00%"), std::string::npos);
   EXPECT_NE(partial.find("no domain x expert matrix"), std::string::npos);
   EXPECT_NE(partial.find("holds no passages"), std::string::npos);
   EXPECT_NE(partial.find("kept no checkpoints"), std::string::npos);

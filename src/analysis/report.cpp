@@ -247,6 +247,11 @@ std::string training_load_section(const RunData& run) {
 std::string eval_load_section(const json& eval) {
   const json& layers = array_or_empty(eval, "layers");
   if (layers.empty()) return "";
+  // capacity_factor null (or absent): dropless, so drop_rate has no factor to name.
+  const double factor = number(eval, "capacity_factor");
+  const std::string drops = std::isfinite(factor)
+                                ? "dropped at capacity factor " + svg::format_number(factor) + ": "
+                                : "dropped (dropless: no capacity factor): ";
   std::string body;
   for (const json& l : layers) {
     const std::string layer = "layer " + std::to_string(l.value("layer", int64_t{-1}));
@@ -260,7 +265,7 @@ std::string eval_load_section(const json& eval) {
     body += "<h3>" + escape(layer) + "</h3><p class=\"figures\">CV " + fixed(number(l, "cv"), 3) +
             " &middot; Gini " + fixed(number(l, "gini"), 3) + " &middot; normalised entropy " +
             fixed(number(l, "entropy"), 3) + " &middot; max/mean " +
-            fixed(number(l, "max_over_mean"), 2) + " &middot; dropped at the capacity factor " +
+            fixed(number(l, "max_over_mean"), 2) + " &middot; " + drops +
             fixed(100.0 * number(l, "drop_rate"), 2) + "% &middot; mean top-1 gate " +
             fixed(number(l, "mean_top1_gate"), 3) + "</p>";
     for (const json& a : array_or_empty(l, "alerts"))
