@@ -11,6 +11,7 @@ packages=(
   clang-format
   clang libclang-rt-14-dev libomp-dev  # libFuzzer targets (scripts/fuzz.sh), OpenMP for clang
   python3 python3-torch python3-numpy   # PyTorch reference tests (run with /usr/bin/python3)
+  chromium fonts-dejavu-core      # the `moe report` test opens the page in headless Chromium
 )
 
 missing=()

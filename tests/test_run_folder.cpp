@@ -114,6 +114,7 @@ TEST(RunFolder, TrainingIntoARunIsRefusedInOneLineNamingResumeAndForce) {
 TEST(RunFolder, ForceKeepsTheOldRunUntilTheNewOnesFirstCheckpoint) {
   const std::string dir = temp_dir("force") + "/run";
   fake_run(dir, 40);
+  write_text(dir + "/report.html", "old");  // written into the run by `moe report`
   RunFolder folder = RunFolder::open_fresh(dir + "/", true);  // the same folder as `dir`
   EXPECT_EQ(folder.dir(), dir + ".replacing");
   fake_run(folder.dir(), 1);
@@ -123,6 +124,7 @@ TEST(RunFolder, ForceKeepsTheOldRunUntilTheNewOnesFirstCheckpoint) {
   folder.checkpoint_saved();
   EXPECT_EQ(folder.dir(), dir);
   EXPECT_EQ(read_text(dir + "/trainer_state.json"), "{\"step\": 1}");
+  EXPECT_FALSE(fs::exists(dir + "/report.html"));  // the old run's page went with it
   EXPECT_FALSE(fs::exists(dir + ".replacing"));
   EXPECT_FALSE(RunLock::try_acquire(dir).has_value());  // still ours: the new run's lock
   folder.checkpoint_saved();                            // later checkpoints change nothing

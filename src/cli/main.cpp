@@ -13,6 +13,7 @@
 #include "cli/export_cmd.h"
 #include "cli/generate_cmd.h"
 #include "cli/params.h"
+#include "cli/report_cmd.h"
 #include "cli/train_cmd.h"
 #include "tensor/error.h"
 #include "tensor/threads.h"
@@ -182,6 +183,8 @@ int main(int argc, char** argv) {
   CLI::App* generate = moe::cli::add_generate_command(app, gen);
   moe::cli::ExportCommand export_cmd;
   CLI::App* export_app = moe::cli::add_export_command(app, export_cmd);
+  moe::cli::ReportCommand report_cmd;
+  CLI::App* report = moe::cli::add_report_command(app, report_cmd);
 
   try {
     app.parse(argc, argv);
@@ -199,6 +202,7 @@ int main(int argc, char** argv) {
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);
     if (*export_app) return moe::cli::run_export(export_cmd);
+    if (*report) return moe::cli::run_report(report_cmd);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

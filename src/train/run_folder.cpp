@@ -90,7 +90,8 @@ bool is_run_file(std::string name) {
                                                   kRunLockFile};
   for (const char* suffix : {".tmp", ".next"})
     if (name.ends_with(suffix)) name.resize(name.size() - std::strlen(suffix));
-  return kRunFiles.contains(name);
+  // report.html: the page `moe report` writes into a run; it goes with the run.
+  return kRunFiles.contains(name) || name == "report.html";
 }
 
 // A folder with anything but run files in it is not ours to write (or empty).
