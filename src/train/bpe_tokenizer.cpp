@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <queue>
 #include <sstream>
 #include <unordered_map>
 
@@ -209,6 +208,36 @@ class Regex {
   std::unique_ptr<pcre2_code, CodeFree> code_;
 };
 
+// ---- one encode call's working memory ----
+
+struct Symbol {
+  int32_t id, prev, next;  // prev/next: neighbours in the word, -1 at its ends
+};
+
+struct Candidate {  // a merge to try at symbol `pos`, ordered by rank then position
+  int32_t rank, pos, id;
+  bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+};
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+// Words up to this long are remembered for the rest of the call (text repeats its words;
+// tokenizers keeps such a cache too), up to this many.
+constexpr size_t kCachedWordBytes = 64;
+constexpr size_t kCachedWords = 1 << 16;
+
+struct EncodeScratch {
+  MatchScratch match;
+  std::vector<Symbol> symbols;
+  std::vector<Candidate> heap;
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, StringHash, std::equal_to<>>
+      words;  // word -> (offset, count) in word_ids
+  std::vector<int32_t> word_ids;
+};
+
 // ---- reading the JSON ----
 
 // Field reads that name the file and the field's path on any mismatch.
@@ -339,11 +368,11 @@ struct BpeTokenizer::Impl {
   void split_added(std::string_view text, const std::array<std::vector<uint32_t>, 256>& table,
                    std::vector<Segment>& out) const;
   std::string normalize(std::string_view text) const;
-  void pre_tokenize(std::string_view piece, size_t step, const MatchScratch& scratch,
+  void pre_tokenize(std::string_view piece, size_t step, EncodeScratch& scratch,
                     std::vector<int32_t>& out) const;
-  void byte_level(std::string_view piece, const MatchScratch& scratch,
-                  std::vector<int32_t>& out) const;
-  void bpe_word(std::string_view bytes, std::vector<int32_t>& out) const;
+  void byte_level(std::string_view piece, EncodeScratch& scratch, std::vector<int32_t>& out) const;
+  void bpe_word(std::string_view bytes, EncodeScratch& scratch, std::vector<int32_t>& out) const;
+  void merge_word(std::string_view bytes, EncodeScratch& scratch, std::vector<int32_t>& out) const;
 };
 
 void BpeTokenizer::Impl::load(std::string_view text, std::string_view config_text,
@@ -656,8 +685,7 @@ std::string BpeTokenizer::Impl::normalize(std::string_view text) const {
 
 // tokenizers' NormalizedString::split with a regex: the matches and the gaps between them
 // (is_match), turned into pieces by the behaviour; empty and removed pieces dropped.
-void BpeTokenizer::Impl::pre_tokenize(std::string_view piece, size_t step,
-                                      const MatchScratch& scratch,
+void BpeTokenizer::Impl::pre_tokenize(std::string_view piece, size_t step, EncodeScratch& scratch,
                                       std::vector<int32_t>& out) const {
   if (step == splits.size()) return byte_level(piece, scratch, out);
   const SplitStep& split = splits[step];
@@ -667,7 +695,7 @@ void BpeTokenizer::Impl::pre_tokenize(std::string_view piece, size_t step,
   };
   std::vector<Span> spans;
   size_t prev = 0;
-  split.regex->for_each_match(piece, scratch, [&](size_t begin, size_t end) {
+  split.regex->for_each_match(piece, scratch.match, [&](size_t begin, size_t end) {
     if (prev != begin) spans.push_back({prev, begin, split.invert});
     spans.push_back({begin, end, !split.invert});
     prev = end;
@@ -717,7 +745,7 @@ void BpeTokenizer::Impl::pre_tokenize(std::string_view piece, size_t step,
       pre_tokenize(piece.substr(p.begin, p.end - p.begin), step + 1, scratch, out);
 }
 
-void BpeTokenizer::Impl::byte_level(std::string_view piece, const MatchScratch& scratch,
+void BpeTokenizer::Impl::byte_level(std::string_view piece, EncodeScratch& scratch,
                                     std::vector<int32_t>& out) const {
   std::string prefixed;
   if (add_prefix_space && !piece.starts_with(' ')) {
@@ -726,28 +754,46 @@ void BpeTokenizer::Impl::byte_level(std::string_view piece, const MatchScratch& 
     prefixed.append(piece);
     piece = prefixed;
   }
-  if (!byte_level_regex) return bpe_word(piece, out);
+  if (!byte_level_regex) return bpe_word(piece, scratch, out);
   size_t prev = 0;  // Isolated: the gaps between matches are pieces too
-  byte_level_regex->for_each_match(piece, scratch, [&](size_t begin, size_t end) {
-    if (begin > prev) bpe_word(piece.substr(prev, begin - prev), out);
-    if (end > begin) bpe_word(piece.substr(begin, end - begin), out);
+  byte_level_regex->for_each_match(piece, scratch.match, [&](size_t begin, size_t end) {
+    if (begin > prev) bpe_word(piece.substr(prev, begin - prev), scratch, out);
+    if (end > begin) bpe_word(piece.substr(begin, end - begin), scratch, out);
     prev = end;
   });
-  if (prev < piece.size()) bpe_word(piece.substr(prev), out);
+  if (prev < piece.size()) bpe_word(piece.substr(prev), scratch, out);
+}
+
+void BpeTokenizer::Impl::bpe_word(std::string_view bytes, EncodeScratch& scratch,
+                                  std::vector<int32_t>& out) const {
+  const bool cacheable = bytes.size() <= kCachedWordBytes;
+  if (cacheable) {
+    const auto it = scratch.words.find(bytes);
+    if (it != scratch.words.end()) {
+      const auto* first = scratch.word_ids.data() + it->second.first;
+      out.insert(out.end(), first, first + it->second.second);
+      return;
+    }
+  }
+  const size_t before = out.size();
+  merge_word(bytes, scratch, out);
+  if (cacheable && scratch.words.size() < kCachedWords) {
+    const auto offset = static_cast<uint32_t>(scratch.word_ids.size());
+    scratch.word_ids.insert(scratch.word_ids.end(), out.begin() + before, out.end());
+    scratch.words.emplace(bytes, std::pair(offset, static_cast<uint32_t>(out.size() - before)));
+  }
 }
 
 // tokenizers' BPE::merge_word and Word::merge_all: one symbol per byte, then repeatedly the
 // pair of lowest rank (leftmost on ties) merged, through a heap of candidate merges.
-void BpeTokenizer::Impl::bpe_word(std::string_view bytes, std::vector<int32_t>& out) const {
+void BpeTokenizer::Impl::merge_word(std::string_view bytes, EncodeScratch& scratch,
+                                    std::vector<int32_t>& out) const {
   if (ignore_merges) {
     const auto it = vocab.find(map_bytes(bytes));
     if (it != vocab.end()) return out.push_back(it->second);
   }
-  struct Symbol {
-    int32_t id, prev, next;
-  };
-  std::vector<Symbol> symbols;
-  symbols.reserve(bytes.size());
+  std::vector<Symbol>& symbols = scratch.symbols;
+  symbols.clear();
   bool pending_unk = false;  // an unknown byte not yet emitted (fuse_unk joins a run of them)
   const auto push = [&](int32_t id) {
     const auto n = static_cast<int32_t>(symbols.size());
@@ -767,22 +813,20 @@ void BpeTokenizer::Impl::bpe_word(std::string_view bytes, std::vector<int32_t>& 
   }
   if (pending_unk) push(*unk_id);
 
-  struct Candidate {
-    int32_t rank, pos, id;
-    bool operator>(const Candidate& o) const {
-      return rank != o.rank ? rank > o.rank : pos > o.pos;
-    }
-  };
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> queue;
+  std::vector<Candidate>& heap = scratch.heap;
+  heap.clear();
   const auto consider = [&](int32_t pos) {
     if (pos < 0 || symbols[pos].next < 0) return;
     const auto it = merges.find(pair_key(symbols[pos].id, symbols[symbols[pos].next].id));
-    if (it != merges.end()) queue.push({it->second.rank, pos, it->second.id});
+    if (it == merges.end()) return;
+    heap.push_back({it->second.rank, pos, it->second.id});
+    std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
   };
   for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) consider(i);
-  while (!queue.empty()) {
-    const Candidate top = queue.top();
-    queue.pop();
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+    const Candidate top = heap.back();
+    heap.pop_back();
     Symbol& left = symbols[top.pos];
     if (left.id < 0 || left.next < 0) continue;
     // A stale entry: the pair there now does not make this merge's token.
@@ -827,7 +871,7 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
                 std::to_string(bad) + ")");
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3);
-  const MatchScratch scratch;
+  EncodeScratch scratch;
   std::vector<Segment> segments, normalized_segments;
   impl_->split_added(text, impl_->raw_added, segments);
   for (const Segment& segment : segments) {

@@ -6,7 +6,8 @@ over the corpus below), each written in one of the forms real checkpoints ship:
 
   gpt2    pre_tokenizer ByteLevel(use_regex=true) with GPT-2's regex; merges as "a b" strings;
           added tokens: <|endoftext|> (special), <mask> (special, lstrip) and four spaces
-          (not special, normalized), as RoBERTa and GPT-NeoX have them; no tokenizer_config.json.
+          (not special, normalized), as RoBERTa and GPT-NeoX have them, and <|end, a prefix of
+          another (the longest match wins); no tokenizer_config.json.
   qwen2   NFC normalizer; Sequence[Split(Qwen2's regex, Isolated), ByteLevel(use_regex=false)];
           merges as ["a", "b"] pairs; <|endoftext|>, <|im_start|>, <|im_end|>; a
           tokenizer_config.json naming <|im_end|> as eos_token.
@@ -139,7 +140,7 @@ def make_form(name, pattern, n_merges, added, extra_vocab=()):
 FORMS = {
     "gpt2": make_form("gpt2", GPT2_PATTERN, 300,
                       [("<|endoftext|>", True, {}), ("<mask>", True, {"lstrip": True}),
-                       ("    ", False, {})]),
+                       ("<|end", True, {}), ("    ", False, {})]),
     "qwen2": make_form("qwen2", QWEN2_PATTERN, 300,
                        [("<|endoftext|>", True, {}), ("<|im_start|>", True, {}),
                         ("<|im_end|>", True, {})]),
