@@ -104,33 +104,49 @@ TEST(BpeTokenizer, LongRunsEncodeAndRoundTrip) {
   }
 }
 
-// A tokenizer.json of the 256 byte tokens (GPT-2's byte order), `extra` vocabulary entries
-// after them, the given pre-tokenizer and merges.
+// GPT-2's byte-level form of `text`: bytes 0x21-0x7E, 0xA1-0xAC, 0xAE-0xFF as the code points
+// of the same number, the others as 256, 257, ... in byte order.
+std::string byte_mapped(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const int b = static_cast<uint8_t>(c);
+    int cp = b;
+    if (!((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)) {
+      cp = 256;
+      for (int k = 0; k < b; ++k) cp += !((k >= 0x21 && k <= 0x7E) || (k >= 0xA1 && k <= 0xAC));
+    }
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+  return out;
+}
+
+// A tokenizer.json of the 256 byte tokens (ids in byte order), the words of `extra` after
+// them, the given pre-tokenizer and merges, and ignore_merges: a piece in the vocabulary is
+// one token.
 json byte_tokenizer(const std::vector<std::string>& extra, const json& pre_tokenizer,
                     const json& merges = json::array()) {
   json vocab = json::object();
-  // GPT-2's printable code points: bytes 0x21-0x7E, 0xA1-0xAC, 0xAE-0xFF as themselves, the
-  // others as 256, 257, ... in byte order.
-  int extra_cp = 0;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-    const int cp = printable ? b : 256 + extra_cp++;
-    std::string s;
-    if (cp < 0x80) {
-      s = std::string(1, static_cast<char>(cp));
-    } else {
-      s += static_cast<char>(0xC0 | (cp >> 6));
-      s += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    vocab[s] = b;
-  }
-  for (const std::string& e : extra) vocab[e] = static_cast<int>(vocab.size());
+  for (int b = 0; b < 256; ++b) vocab[byte_mapped(std::string(1, static_cast<char>(b)))] = b;
+  for (const std::string& e : extra)
+    if (!vocab.contains(byte_mapped(e))) vocab[byte_mapped(e)] = static_cast<int>(vocab.size());
   return {
       {"added_tokens", json::array()},
       {"normalizer", nullptr},
       {"pre_tokenizer", pre_tokenizer},
       {"decoder", {{"type", "ByteLevel"}}},
       {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"ignore_merges", true}}}};
+}
+
+json split_then_byte_level(const json& pattern, const char* behavior, bool invert) {
+  return {{"type", "Sequence"},
+          {"pretokenizers",
+           {{{"type", "Split"}, {"pattern", pattern}, {"behavior", behavior}, {"invert", invert}},
+            {{"type", "ByteLevel"}, {"use_regex", false}}}}};
 }
 
 // The pieces a tokenizer cuts `text` into: with ignore_merges and every expected piece in
@@ -146,13 +162,7 @@ TEST(BpeTokenizer, SplitBehavioursCutAsTokenizersDocumentsThem) {
   const std::vector<std::string> words = {"the-", "final-", "-final", "-countdown",
                                           "--",   "the",    "final",  "countdown"};
   const auto split = [&](const char* behavior, bool invert) {
-    const json pre = {{"type", "Sequence"},
-                      {"pretokenizers",
-                       {{{"type", "Split"},
-                         {"pattern", {{"String", "-"}}},
-                         {"behavior", behavior},
-                         {"invert", invert}},
-                        {{"type", "ByteLevel"}, {"use_regex", false}}}}};
+    const json pre = split_then_byte_level({{"String", "-"}}, behavior, invert);
     return pieces(BpeTokenizer(byte_tokenizer(words, pre).dump(), "", "split.json"),
                   "the-final--countdown");
   };
@@ -163,6 +173,22 @@ TEST(BpeTokenizer, SplitBehavioursCutAsTokenizersDocumentsThem) {
   EXPECT_EQ(split("MergedWithNext", false), (V{"the", "-final", "-", "-countdown"}));
   EXPECT_EQ(split("Contiguous", false), (V{"the", "-", "final", "--", "countdown"}));
   EXPECT_EQ(split("Removed", true), (V{"-", "-", "-"}));  // inverted: the words are removed
+}
+
+TEST(BpeTokenizer, RegexWhiteSpaceIsUnicodeWhiteSpaceAsInOniguruma) {
+  // U+180E MONGOLIAN VOWEL SEPARATOR left White_Space in Unicode 6.3 (PCRE2's own \s still
+  // takes it); U+2003 EM SPACE is White_Space.
+  const std::string text = "a\u180eb\u2003c d";
+  const std::vector<std::string> words = {"a\u180eb", "c", "d", "\u2003", " "};
+  const auto split = [&](const char* regex) {
+    const json pre = split_then_byte_level({{"Regex", regex}}, "Removed", false);
+    return pieces(BpeTokenizer(byte_tokenizer(words, pre).dump(), "", "ws.json"), text);
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split("\\s+"), (V{"a\u180eb", "c", "d"}));
+  EXPECT_EQ(split("[^\\s]+"), (V{"\u2003", " "}));
+  EXPECT_EQ(split("\\S+"), (V{"\u2003", " "}));
+  EXPECT_EQ(split("[\\s\\p{N}]+"), (V{"a\u180eb", "c", "d"}));
 }
 
 TEST(BpeTokenizer, AddPrefixSpaceAppliesToEachPieceBetweenAddedTokens) {

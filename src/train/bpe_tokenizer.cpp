@@ -156,19 +156,62 @@ class MatchScratch {
   std::unique_ptr<pcre2_jit_stack, JitStackFree> stack_;
 };
 
+// Oniguruma's \s (what tokenizers' regexes mean) is Unicode's White_Space; PCRE2's also takes
+// U+180E, which left White_Space in Unicode 6.3. So \s (and \S outside a class) is spelt out.
+constexpr std::string_view kWhiteSpace =
+    R"(\t-\r\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000})";
+
+std::string spell_out_white_space(std::string_view pattern) {
+  std::string out;
+  bool in_class = false, class_start = false;  // class_start: a ']' here is a literal
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 's')
+        out += in_class ? std::string(kWhiteSpace) : "[" + std::string(kWhiteSpace) + "]";
+      else if (e == 'S' && !in_class)
+        out += "[^" + std::string(kWhiteSpace) + "]";
+      else
+        out += {c, e};
+    } else if (!in_class && c == '[') {
+      in_class = class_start = true;
+      out += c;
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      continue;
+    } else if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {
+      const size_t close = pattern.find(":]", i + 2);  // a POSIX class: copied whole
+      const size_t end = close == std::string_view::npos ? pattern.size() : close + 2;
+      out += pattern.substr(i, end - i);
+      i = end - 1;
+    } else {
+      if (in_class && c == ']' && !class_start) in_class = false;
+      out += c;
+    }
+    class_start = false;
+  }
+  return out;
+}
+
 // A pattern in Oniguruma's syntax (what tokenizers uses), compiled by PCRE2 with Unicode
 // properties: \p{L}, \p{N}, \s and case folding all by Unicode, as Oniguruma has them.
 class Regex {
  public:
   Regex(std::string_view pattern, bool literal, const std::string& where) : where_(where) {
+    const uint32_t options = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP;
     int error = 0;
     PCRE2_SIZE offset = 0;
-    const uint32_t options = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP;
-    code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
-                              &error, &offset, nullptr));
+    const auto compile = [&](std::string_view p) {
+      return pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), options, &error,
+                           &offset, nullptr);
+    };
+    // The pattern as written first, so that an error's offset is the file's.
+    code_.reset(compile(pattern));
     if (!code_)
       throw Error(where + ": not a regex PCRE2 can read (at offset " + std::to_string(offset) +
                   ": " + pcre2_message(error) + ")");
+    if (!literal)
+      if (pcre2_code* spelled = compile(spell_out_white_space(pattern))) code_.reset(spelled);
     pcre2_jit_compile(code_.get(), PCRE2_JIT_COMPLETE);  // falls back to the interpreter
   }
 
@@ -311,6 +354,7 @@ struct SplitStep {
 
 struct AddedToken {
   std::string content;
+  std::string pattern;  // what is matched: the content, normalized when the token is
   int32_t id;
   bool special, single_word, lstrip, rstrip, normalized;
 };
@@ -383,8 +427,8 @@ void BpeTokenizer::Impl::load(std::string_view text, std::string_view config_tex
   if (!root.is_object()) f.fail("the top level", "must be a JSON object");
   const json& model = f.object(root, "model", "model");
   load_model(f, model);
-  load_added(f, root);
   if (const json* n = f.find(root, "normalizer")) load_normalizer(f, *n, "normalizer");
+  load_added(f, root);  // after the normalizer: normalized tokens are matched normalized
   const json* pre = f.find(root, "pre_tokenizer");
   if (!pre) f.fail("pre_tokenizer", "is missing: a byte-level BPE needs a ByteLevel step");
   bool byte_level_seen = false;
@@ -480,13 +524,15 @@ void BpeTokenizer::Impl::load_added(const Fields& f, const json& root) {
     added.push_back(std::move(t));
   }
   for (uint32_t i = 0; i < added.size(); ++i) {
-    auto& table = added[i].normalized ? normalized_added : raw_added;
-    table[static_cast<uint8_t>(added[i].content[0])].push_back(i);
+    AddedToken& t = added[i];
+    t.pattern = t.normalized ? normalize(t.content) : t.content;
+    if (t.pattern.empty()) continue;
+    (t.normalized ? normalized_added : raw_added)[static_cast<uint8_t>(t.pattern[0])].push_back(i);
   }
   for (auto* table : {&raw_added, &normalized_added})
     for (auto& bucket : *table)
       std::stable_sort(bucket.begin(), bucket.end(), [&](uint32_t a, uint32_t b) {
-        return added[a].content.size() > added[b].content.size();
+        return added[a].pattern.size() > added[b].pattern.size();
       });
 }
 
@@ -578,15 +624,16 @@ void BpeTokenizer::Impl::build_id_tables(const Fields& f) {
     decoded.push_back(std::move(bytes));
     special.push_back(is_special);
   };
-  for (const auto& [token, id] : vocab) {
+  for (const auto& entry : vocab) {
+    const int32_t id = entry.second;
     if (slot_of_id[id] >= 0) {
-      const auto other = std::find_if(vocab.begin(), vocab.end(), [&](const auto& e) {
-        return e.second == id && e.first != token;
-      });
-      f.fail("model.vocab", "gives id " + std::to_string(id) + " to both '" + token + "' and '" +
-                                other->first + "'");
+      std::string other;
+      for (const auto& e : vocab)
+        if (e.second == id && e.first != entry.first) other = e.first;
+      f.fail("model.vocab", "gives id " + std::to_string(id) + " to both '" + entry.first +
+                                "' and '" + other + "'");
     }
-    add(id, unmap_bytes(token), false);
+    add(id, unmap_bytes(entry.first), false);
   }
   // An added token's text decodes as itself (tokenizers gives it precedence over the model's).
   for (const AddedToken& t : added) {
@@ -637,7 +684,7 @@ void BpeTokenizer::Impl::split_added(std::string_view text,
   for (size_t i = 0; i < text.size();) {
     const AddedToken* hit = nullptr;
     for (const uint32_t k : table[static_cast<uint8_t>(text[i])])
-      if (text.substr(i).starts_with(added[k].content)) {
+      if (text.substr(i).starts_with(added[k].pattern)) {
         hit = &added[k];
         break;
       }
@@ -645,7 +692,7 @@ void BpeTokenizer::Impl::split_added(std::string_view text,
       ++i;
       continue;
     }
-    size_t begin = i, end = i + hit->content.size();
+    size_t begin = i, end = i + hit->pattern.size();
     i = end;
     if (hit->single_word && ((begin > 0 && is_word_char(last_char(text.substr(0, begin)))) ||
                              (end < text.size() && is_word_char(first_char(text.substr(end))))))

@@ -252,7 +252,9 @@ def encode(form, text):
     ranks = {pair: r for r, pair in enumerate(form["merges"])}
     vocab = form["vocab"]
     raw = [t for t in form["added_tokens"] if not t["normalized"]]
-    normalized = [t for t in form["added_tokens"] if t["normalized"]]
+    # tokenizers matches a normalized added token by its normalized content.
+    normalized = [dict(t, content=unicodedata.normalize("NFC", t["content"]) if form.get("nfc")
+                       else t["content"]) for t in form["added_tokens"] if t["normalized"]]
     ids = []
     for piece, token in split_added(text, raw):
         if token is not None:
@@ -311,7 +313,8 @@ TEXTS = [
     "<|endoftext|",
     "mixed: naïve 中文 123 👍 <|im_end|>end",
     " xyzzy and xyzzy",
-    "\u00a0non-breaking\u3000ideographic space\u2028separator",
+    "\u00a0non-breaking\u3000ideographic space\u2028separator \u180e\u180e mongolian \x1c\x85",
+    "it'\u017f and IT'S, case-folded contractions",
     "",
     " ",
     "\n",
