@@ -303,6 +303,11 @@ TEST(BpeTokenizer, BadInputIsOneLineNamingTheFileAndField) {
        }),
        {"pre_tokenizer.pretokenizers[1]", "must come last"}},
   };
+  {
+    json deep = {{"type", "ByteLevel"}};
+    for (int i = 0; i < 40; ++i) deep = {{"type", "Sequence"}, {"pretokenizers", {deep}}};
+    cases.push_back({with([&](json& j) { j["pre_tokenizer"] = deep; }), {"nested more than 16"}});
+  }
   // The merge "a b" of the fixture: its merged token removed from the vocabulary.
   {
     json j = good;

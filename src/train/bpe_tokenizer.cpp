@@ -27,6 +27,8 @@ constexpr std::string_view kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 // Far above every published vocabulary (~262k); bounds the id tables a file can ask for.
 constexpr int64_t kMaxId = (int64_t{1} << 22) - 1;
+// Sequences nested deeper than this are refused (each level is a recursion here).
+constexpr long kMaxNesting = 16;
 // Backtracking bound for a regex from the file: a pathological pattern fails, never hangs.
 constexpr uint32_t kMatchLimit = 10'000'000;
 
@@ -537,6 +539,8 @@ void BpeTokenizer::Impl::load_added(const Fields& f, const json& root) {
 }
 
 void BpeTokenizer::Impl::load_normalizer(const Fields& f, const json& v, const std::string& field) {
+  if (std::count(field.begin(), field.end(), '[') > kMaxNesting)  // one '[' per level
+    f.fail(field, "is nested more than " + std::to_string(kMaxNesting) + " Sequences deep");
   const std::string type = f.type(v, field);
   UErrorCode status = U_ZERO_ERROR;
   if (type == "Sequence") {
@@ -560,6 +564,8 @@ void BpeTokenizer::Impl::load_normalizer(const Fields& f, const json& v, const s
 
 void BpeTokenizer::Impl::load_pre_tokenizer(const Fields& f, const json& v,
                                             const std::string& field, bool& byte_level_seen) {
+  if (std::count(field.begin(), field.end(), '[') > kMaxNesting)  // one '[' per level
+    f.fail(field, "is nested more than " + std::to_string(kMaxNesting) + " Sequences deep");
   const std::string type = f.type(v, field);
   if (byte_level_seen) f.fail(field, "follows the ByteLevel step, which must come last");
   if (type == "Sequence") {
