@@ -229,6 +229,9 @@ TEST(BpeTokenizer, AddedTokenOptionsStripAndSingleWord) {
   EXPECT_EQ(count_cat("a cat sat"), 1);
   EXPECT_EQ(count_cat("cat"), 1);
   EXPECT_EQ(count_cat("concatenate cats"), 0);  // inside words: not a match
+  EXPECT_EQ(count_cat("cat! (cat)"), 2);
+  // Rust's \w: letters, marks, digits, connector punctuation
+  EXPECT_EQ(count_cat("cat\u0301 cat_ 7cat \u00e9cat"), 0);
 }
 
 TEST(BpeTokenizer, UnknownBytesAreDroppedOrMappedToTheUnkToken) {
@@ -284,6 +287,10 @@ TEST(BpeTokenizer, BadInputIsOneLineNamingTheFileAndField) {
       {with([](json& j) { j["model"]["vocab"]["b"] = j["model"]["vocab"]["a"]; }),
        {"model.vocab", "both"}},
       {with([](json& j) { j["model"]["dropout"] = 0.1; }), {"model.dropout"}},
+      {with([](json& j) { j["added_tokens"][0]["id"] = j["model"]["vocab"]["a"]; }),
+       {"added_tokens[0].id", "model.vocab's 'a'"}},
+      {with([](json& j) { j["added_tokens"][1]["id"] = j["added_tokens"][0]["id"]; }),
+       {"added_tokens[1].id", "<|endoftext|>"}},
       {with([](json& j) { j["added_tokens"][0]["content"] = ""; }),
        {"added_tokens[0].content", "empty"}},
       {with([](json& j) {

@@ -94,14 +94,17 @@ size_t invalid_utf8_at(std::string_view text) {
   return text.size() > static_cast<size_t>(n) ? static_cast<size_t>(n) : std::string_view::npos;
 }
 
-// Rust's char::is_whitespace and is_alphanumeric, which the added-token options use.
+// The \s and \w of Rust's regex crate, which tokenizers' lstrip/rstrip and single_word use:
+// White_Space; Alphabetic, marks, decimal digits, connector punctuation, Join_Control.
 bool is_white_space(UChar32 c) {
   return u_isUWhiteSpace(c);
 }
 bool is_word_char(UChar32 c) {
   const int8_t type = u_charType(c);
-  return c == '_' || u_hasBinaryProperty(c, UCHAR_ALPHABETIC) || type == U_DECIMAL_DIGIT_NUMBER ||
-         type == U_LETTER_NUMBER || type == U_OTHER_NUMBER;
+  return u_hasBinaryProperty(c, UCHAR_ALPHABETIC) || type == U_NON_SPACING_MARK ||
+         type == U_ENCLOSING_MARK || type == U_COMBINING_SPACING_MARK ||
+         type == U_DECIMAL_DIGIT_NUMBER || type == U_CONNECTOR_PUNCTUATION ||
+         u_hasBinaryProperty(c, UCHAR_JOIN_CONTROL);
 }
 UChar32 last_char(std::string_view s) {
   auto i = static_cast<int32_t>(s.size());
@@ -506,6 +509,8 @@ void BpeTokenizer::Impl::load_added(const Fields& f, const json& root) {
   const json* list = f.find(root, "added_tokens");
   if (!list) return;
   if (!list->is_array()) f.fail("added_tokens", "must be an array");
+  std::unordered_map<int32_t, const std::string*> vocab_token;  // id -> model.vocab's token
+  for (const auto& entry : vocab) vocab_token.emplace(entry.second, &entry.first);
   for (size_t i = 0; i < list->size(); ++i) {
     const json& e = (*list)[i];
     const std::string field = "added_tokens[" + std::to_string(i) + "]";
@@ -517,6 +522,13 @@ void BpeTokenizer::Impl::load_added(const Fields& f, const json& root) {
     t.content = f.string(*content, field + ".content");
     if (t.content.empty()) f.fail(field + ".content", "is empty");
     t.id = f.id(*id, field + ".id");
+    // tokenizers gives a token of model.vocab its vocabulary id whatever the file says.
+    if (const auto it = vocab.find(t.content); it != vocab.end()) t.id = it->second;
+    if (const auto it = vocab_token.find(t.id); it != vocab_token.end() && *it->second != t.content)
+      f.fail(field + ".id", std::to_string(t.id) + " is model.vocab's '" + *it->second + "'");
+    for (const AddedToken& other : added)
+      if (other.id == t.id && other.content != t.content)
+        f.fail(field + ".id", std::to_string(t.id) + " is also the id of '" + other.content + "'");
     t.special = f.boolean(e, "special", false, field);
     t.single_word = f.boolean(e, "single_word", false, field);
     t.lstrip = f.boolean(e, "lstrip", false, field);
