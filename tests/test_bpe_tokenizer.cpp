@@ -55,6 +55,14 @@ TEST_P(ReferenceIds, MatchThePythonEncoderAndRoundTrip) {
 
 INSTANTIATE_TEST_SUITE_P(Forms, ReferenceIds, testing::Values("gpt2", "qwen2", "llama3"));
 
+TEST(BpeTokenizer, AModelWithMergesAndNoTypeIsBpe) {
+  json j = read_json(fixture("gpt2"));
+  const BpeTokenizer typed(j.dump(), "", "typed.json");
+  j["model"].erase("type");
+  const BpeTokenizer untyped(j.dump(), "", "untyped.json");
+  EXPECT_EQ(untyped.encode("The quick brown fox"), typed.encode("The quick brown fox"));
+}
+
 TEST(BpeTokenizer, EosFromTheConfigElseAnEndOfTextSpecialToken) {
   const BpeTokenizer qwen(fixture("qwen2"));  // tokenizer_config.json: eos_token <|im_end|>
   ASSERT_TRUE(qwen.eos_id().has_value());
@@ -267,7 +275,11 @@ TEST(BpeTokenizer, BadInputIsOneLineNamingTheFileAndField) {
       {error_of([&] { BpeTokenizer("{\"model\": [1, 2", "", dir + "/tokenizer.json"); }),
        {"not valid JSON"}},
       {with([](json& j) { j["model"]["type"] = "WordPiece"; }), {"model.type", "WordPiece"}},
-      {with([](json& j) { j["model"].erase("type"); }), {"model.type", "missing"}},
+      {with([](json& j) {
+         j["model"].erase("type");
+         j["model"].erase("merges");
+       }),
+       {"model.type", "missing"}},
       {with([](json& j) { j["pre_tokenizer"]["type"] = "Whitespace"; }),
        {"pre_tokenizer.type", "Whitespace"}},
       {with([](json& j) { j["pre_tokenizer"] = nullptr; }), {"pre_tokenizer", "ByteLevel"}},

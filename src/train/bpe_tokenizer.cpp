@@ -446,7 +446,9 @@ void BpeTokenizer::Impl::load(std::string_view text, std::string_view config_tex
 }
 
 void BpeTokenizer::Impl::load_model(const Fields& f, const json& model) {
-  const std::string type = f.type(model, "model");
+  // Older files leave the type out; tokenizers then reads a model with merges as BPE.
+  const bool untyped_bpe = !f.find(model, "type") && f.find(model, "merges");
+  const std::string type = untyped_bpe ? "BPE" : f.type(model, "model");
   if (type != "BPE") f.fail("model.type", "is '" + type + "'; only 'BPE' is supported");
   const json* v = f.find(model, "vocab");
   if (!v || !v->is_object()) f.fail("model.vocab", "must be an object of token: id");

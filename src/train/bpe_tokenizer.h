@@ -12,6 +12,9 @@
 // Decoding reverses the byte mapping: the result is the bytes as they are, so the decodes of
 // consecutive pieces of a sequence concatenate to the decode of the whole (a UTF-8 character
 // split across tokens comes out whole once its last byte arrives).
+// The regexes run on PCRE2 with \s spelt as Unicode White_Space, as Oniguruma (tokenizers'
+// engine) has it; the normalizers are ICU's. A loaded tokenizer is immutable: encode and
+// decode may run on several threads at once.
 #include <cstdint>
 #include <memory>
 #include <optional>
