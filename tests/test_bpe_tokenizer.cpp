@@ -291,6 +291,7 @@ TEST(BpeTokenizer, BadInputIsOneLineNamingTheFileAndField) {
       {with([](json& j) { j["model"]["merges"][0] = "zz\u00e9 a"; }),
        {"model.merges[0]", "zz\u00e9", "not in model.vocab"}},
       {with([](json& j) { j["model"]["merges"][3] = "a b c"; }), {"model.merges[3]", "one space"}},
+      {with([](json& j) { j["model"]["merges"][4] = "a\nb"; }), {"model.merges[4]", "'a\\nb'"}},
       {with([](json& j) {
          j["model"]["merges"][2] = json::array({"a", 7});
        }),

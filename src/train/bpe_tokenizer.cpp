@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -81,17 +83,17 @@ std::string unmap_bytes(std::string_view token) {
   return out;
 }
 
-// Byte offset of the first ill-formed UTF-8 sequence, or npos.
+// Byte offset of the first ill-formed UTF-8 sequence, or npos. text: under 2 GiB.
 size_t invalid_utf8_at(std::string_view text) {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
-  const auto n = static_cast<int32_t>(std::min<size_t>(text.size(), INT32_MAX));
+  const auto n = static_cast<int32_t>(text.size());
   for (int32_t i = 0; i < n;) {
     const int32_t at = i;
     UChar32 c;
     U8_NEXT(s, i, n, c);
     if (c < 0) return static_cast<size_t>(at);
   }
-  return text.size() > static_cast<size_t>(n) ? static_cast<size_t>(n) : std::string_view::npos;
+  return std::string_view::npos;
 }
 
 // The \s and \w of Rust's regex crate, which tokenizers' lstrip/rstrip and single_word use:
@@ -288,12 +290,34 @@ struct EncodeScratch {
 
 // ---- reading the JSON ----
 
+// Control characters escaped (a token may hold a newline): an error stays one line.
+std::string one_line(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    const auto u = static_cast<uint8_t>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 // Field reads that name the file and the field's path on any mismatch.
 class Fields {
  public:
   explicit Fields(std::string source) : source_(std::move(source)) {}
   [[noreturn]] void fail(const std::string& field, const std::string& what) const {
-    throw Error(source_ + ": " + field + " " + what);
+    throw Error(one_line(source_ + ": " + field + " " + what));
   }
   const json* find(const json& object, const char* key) const {
     const auto it = object.find(key);
@@ -513,6 +537,8 @@ void BpeTokenizer::Impl::load_added(const Fields& f, const json& root) {
   if (!list->is_array()) f.fail("added_tokens", "must be an array");
   std::unordered_map<int32_t, const std::string*> vocab_token;  // id -> model.vocab's token
   for (const auto& entry : vocab) vocab_token.emplace(entry.second, &entry.first);
+  added.reserve(list->size());                                    // keeps the pointers below valid
+  std::unordered_map<int32_t, const std::string*> added_content;  // id -> an added token's
   for (size_t i = 0; i < list->size(); ++i) {
     const json& e = (*list)[i];
     const std::string field = "added_tokens[" + std::to_string(i) + "]";
@@ -528,9 +554,9 @@ void BpeTokenizer::Impl::load_added(const Fields& f, const json& root) {
     if (const auto it = vocab.find(t.content); it != vocab.end()) t.id = it->second;
     if (const auto it = vocab_token.find(t.id); it != vocab_token.end() && *it->second != t.content)
       f.fail(field + ".id", std::to_string(t.id) + " is model.vocab's '" + *it->second + "'");
-    for (const AddedToken& other : added)
-      if (other.id == t.id && other.content != t.content)
-        f.fail(field + ".id", std::to_string(t.id) + " is also the id of '" + other.content + "'");
+    if (const auto it = added_content.find(t.id);
+        it != added_content.end() && *it->second != t.content)
+      f.fail(field + ".id", std::to_string(t.id) + " is also the id of '" + *it->second + "'");
     t.special = f.boolean(e, "special", false, field);
     t.single_word = f.boolean(e, "single_word", false, field);
     t.lstrip = f.boolean(e, "lstrip", false, field);
@@ -538,6 +564,7 @@ void BpeTokenizer::Impl::load_added(const Fields& f, const json& root) {
     t.normalized = f.boolean(e, "normalized", !t.special, field);
     added_ids[t.content] = t.id;
     added.push_back(std::move(t));
+    added_content.emplace(added.back().id, &added.back().content);
   }
   for (uint32_t i = 0; i < added.size(); ++i) {
     AddedToken& t = added[i];
@@ -933,6 +960,10 @@ BpeTokenizer::BpeTokenizer(BpeTokenizer&&) noexcept = default;
 BpeTokenizer& BpeTokenizer::operator=(BpeTokenizer&&) noexcept = default;
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
+  // ICU's UTF-8 walks index with int32_t.
+  if (text.size() > static_cast<size_t>(INT32_MAX))
+    throw Error(impl_->source + ": cannot encode " + format_bytes(text.size()) +
+                " in one call (at most 2 GiB)");
   if (const size_t bad = invalid_utf8_at(text); bad != std::string_view::npos)
     throw Error(impl_->source + ": cannot encode text that is not valid UTF-8 (byte " +
                 std::to_string(bad) + ")");
