@@ -7,11 +7,13 @@ packages=(
   libopenblas-openmp-dev          # OpenBLAS, OpenMP build: shares one thread pool with our loops
   nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev zlib1g-dev   # tokenizer; reading the gzip corpus
+  libpcre2-dev libicu-dev          # tokenizer.json BPE: regexes with \p{L}/\p{N}; NFC normalizer
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
   clang libclang-rt-14-dev libomp-dev  # libFuzzer targets (scripts/fuzz.sh), OpenMP for clang
   python3 python3-torch python3-numpy   # PyTorch reference tests (run with /usr/bin/python3)
   chromium fonts-dejavu-core      # the `moe report` test opens the page in headless Chromium
+  python3-regex                    # the BPE tokenizer's Python reference (\p{L} in regexes)
 )
 
 missing=()
