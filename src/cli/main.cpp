@@ -9,6 +9,7 @@
 
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
+#include "cli/eval_cmd.h"
 #include "cli/export_cmd.h"
 #include "cli/generate_cmd.h"
 #include "cli/params.h"
@@ -179,6 +180,8 @@ int main(int argc, char** argv) {
   CLI::App* generate = moe::cli::add_generate_command(app, gen);
   moe::cli::ExportCommand export_cmd;
   CLI::App* export_app = moe::cli::add_export_command(app, export_cmd);
+  moe::cli::EvalCommand eval_cmd;
+  CLI::App* eval = moe::cli::add_eval_command(app, eval_cmd);
 
   try {
     app.parse(argc, argv);
@@ -195,6 +198,7 @@ int main(int argc, char** argv) {
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);
     if (*export_app) return moe::cli::run_export(export_cmd);
+    if (*eval) return moe::cli::run_eval(eval_cmd);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;
