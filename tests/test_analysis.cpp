@@ -294,9 +294,9 @@ TEST(Eval, TinyRunFiguresAndSaturationOfIdenticalCheckpoints) {
   }
 
   // Bad input: an empty text, a text that is not UTF-8, a folder without a checkpoint.
-  std::ofstream(dir + "/empty.txt").close();
-  o.text = dir + "/empty.txt";
-  EXPECT_NE(error_of([&] { evaluate_run(o); }).find("empty"), std::string::npos);
+  std::ofstream(dir + "/blank.txt") << "\n \n";
+  o.text = dir + "/blank.txt";
+  EXPECT_NE(error_of([&] { evaluate_run(o); }).find("is empty"), std::string::npos);
   std::ofstream(dir + "/latin1.txt") << "caf\xe9 au lait\n";
   o.text = dir + "/latin1.txt";
   EXPECT_NE(error_of([&] { evaluate_run(o); }).find("UTF-8"), std::string::npos);

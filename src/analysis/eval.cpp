@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
-#include <map>
 #include <nlohmann/json.hpp>
 
 #include "analysis/routing_metrics.h"
@@ -79,6 +79,12 @@ Source validation_source(const std::string& dir, int64_t vocab) {
 Source text_source(const std::string& path, const Tokenizer& tokenizer) {
   Source s;
   s.name = path;
+  if (fs::is_regular_file(path)) {
+    std::ifstream in(path, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (bytes.find_first_not_of(" \t\r\n") == std::string::npos)
+      throw Error("text '" + path + "' is empty: it holds no token to evaluate");
+  }
   for (const Document& d : read_corpus(path)) {
     std::vector<int32_t> ids = tokenizer.encode(d.text);
     if (ids.empty()) continue;
@@ -338,19 +344,26 @@ std::string display_piece(const std::string& piece) {
 EvalResult evaluate_run(const EvalOptions& o) {
   const std::string& dir = o.model;
   if (!fs::is_directory(dir)) throw Error("run folder '" + dir + "' does not exist");
-  recover_for_reading(dir);
-  for (const char* file : {"config.json", "model.safetensors", "tokenizer.model"})
-    if (!fs::exists(dir + "/" + file))
-      throw Error("'" + dir + "' holds no checkpoint (no " + file +
-                  "); train one with moe train --out " + dir);
   if (o.max_tokens < 1 || o.consistency_tokens < 1 || o.min_count < 1 || o.passage_tokens < 1)
     throw Error("eval: token limits and the minimum count must be positive");
   if (o.capacity_factor && !(*o.capacity_factor >= 0 && *o.capacity_factor <= 1000))
     throw Error("--capacity-factor must lie in [0, 1000] (0 = dropless)");
+  auto no_checkpoint = [&](const char* file) {
+    return Error("'" + dir + "' holds no checkpoint (no " + file +
+                 "); train one with moe train --out " + dir);
+  };
+  for (const char* file : {"config.json", "tokenizer.model"})
+    if (!fs::exists(dir + "/" + file)) throw no_checkpoint(file);
+  // The text is read (and refused) before the run folder is touched: the tokenizer is written
+  // once, before the first step, and never changes.
+  const Tokenizer tokenizer(dir + "/tokenizer.model");
+  std::optional<Source> text;
+  if (!o.text.empty()) text = text_source(o.text, tokenizer);
 
+  recover_for_reading(dir);
+  if (!fs::exists(dir + "/model.safetensors")) throw no_checkpoint("model.safetensors");
   LoadedModel m = load_model(dir);
   Transformer& model = *m.model;
-  const Tokenizer tokenizer(dir + "/tokenizer.model");
   if (tokenizer.vocab_size() != m.config.vocab_size)
     throw Error("'" + dir + "/tokenizer.model' has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces but config.json's vocab_size is " + std::to_string(m.config.vocab_size));
@@ -363,8 +376,7 @@ EvalResult evaluate_run(const EvalOptions& o) {
     trained = train_options_from_json(state.at("options"));
     if (state.contains("step") && state["step"].is_number_integer()) run_step = state["step"];
   }
-  const Source src =
-      o.text.empty() ? validation_source(dir, m.config.vocab_size) : text_source(o.text, tokenizer);
+  const Source src = text ? std::move(*text) : validation_source(dir, m.config.vocab_size);
   const auto N = static_cast<int64_t>(src.ids.size());
   if (N < 2)
     throw Error("'" + src.name + "' holds " + std::to_string(N) +
@@ -456,11 +468,10 @@ EvalResult evaluate_run(const EvalOptions& o) {
       Saturation sat;
       sat.tokens = consistency_count * seq;
       std::vector<std::vector<LayerRoutes>> at;  // [checkpoint][layer]
-      const nlohmann::json run_config = model_config_to_json(m.config);
       for (const auto& [step, path] : kept) {
-        LoadedModel k = load_model(path);
-        if (model_config_to_json(k.config) != run_config)
-          throw Error("kept checkpoint '" + path + "' has another config than the run");
+        // The run's config with the kept weights: routes are compared under the same options
+        // (a later edit of config.json, such as eval_capacity_factor, applies to all).
+        LoadedModel k = load_model(dir, path + "/model.safetensors");
         at.emplace_back();
         route_windows(*k.model, src.ids, few, seq, batch, false, 0, moe_layers, at.back());
         sat.steps.push_back(step);
