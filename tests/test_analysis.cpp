@@ -259,6 +259,14 @@ TEST(Eval, TinyRunFiguresAndSaturationOfIdenticalCheckpoints) {
   EXPECT_EQ(kept.front().first, 1);
   EXPECT_EQ(kept.back().first, 3);
 
+  // A half-written copy (killed before its rename) is not listed; a whole copy beyond the run's
+  // step (a run resumed with fewer steps) is listed but left out of the saturation.
+  namespace fs = std::filesystem;
+  fs::copy(kept.back().second, run + "/checkpoints/step-000007.tmp");
+  fs::copy(kept.back().second, run + "/checkpoints/step-000009");
+  EXPECT_EQ(kept_checkpoints(run).size(), 4u);
+  EXPECT_EQ(kept_checkpoints(run).back().first, 9);
+
   EvalOptions o;
   o.model = run;
   EvalResult r = evaluate_run(o);
@@ -283,9 +291,8 @@ TEST(Eval, TinyRunFiguresAndSaturationOfIdenticalCheckpoints) {
   // Identical checkpoints: nothing changes between them and all agree with the final one.
   for (const auto& [step, path] : kept)
     if (step != kept.back().first)
-      std::filesystem::copy_file(kept.back().second + "/model.safetensors",
-                                 path + "/model.safetensors",
-                                 std::filesystem::copy_options::overwrite_existing);
+      fs::copy_file(kept.back().second + "/model.safetensors", path + "/model.safetensors",
+                    fs::copy_options::overwrite_existing);
   r = evaluate_run(o);
   ASSERT_TRUE(r.saturation.has_value());
   for (const SaturationLayer& s : r.saturation->layers) {
@@ -300,7 +307,7 @@ TEST(Eval, TinyRunFiguresAndSaturationOfIdenticalCheckpoints) {
   std::ofstream(dir + "/latin1.txt") << "caf\xe9 au lait\n";
   o.text = dir + "/latin1.txt";
   EXPECT_NE(error_of([&] { evaluate_run(o); }).find("UTF-8"), std::string::npos);
-  std::filesystem::create_directories(dir + "/nothing");
+  fs::create_directories(dir + "/nothing");
   o.text.clear();
   o.model = dir + "/nothing";
   EXPECT_NE(error_of([&] { evaluate_run(o); }).find("no checkpoint"), std::string::npos);

@@ -449,9 +449,10 @@ EvalResult evaluate_run(const EvalOptions& o) {
     res.layers.push_back(std::move(le));
   }
 
-  // Routing consistency on the first windows.
+  // Routing consistency on a subset of the windows.
   const int64_t consistency_count = std::clamp<int64_t>(o.consistency_tokens / seq, 1, count);
-  const std::vector<int64_t> few(windows.begin(), windows.begin() + consistency_count);
+  std::vector<int64_t> few(consistency_count);  // spread over the evaluated windows
+  for (int64_t i = 0; i < consistency_count; ++i) few[i] = windows[i * count / consistency_count];
   if (mc && mc->router_type != RouterType::ExpertChoice &&
       (mc->uses_noise() || mc->jitter_eps > 0)) {
     std::vector<LayerRoutes> first, second;
