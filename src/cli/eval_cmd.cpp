@@ -62,8 +62,8 @@ std::string human_count(double n) {
 }
 
 void print_eval(const EvalResult& r) {
-  std::printf("run %s on %s: %lld tokens (windows of %lld)\n", r.model.c_str(),
-              r.source == "valid" ? "the validation split" : ("'" + r.source + "'").c_str(),
+  const std::string source = r.source == "valid" ? "the validation split" : "'" + r.source + "'";
+  std::printf("run %s on %s: %lld tokens (windows of %lld)\n", r.model.c_str(), source.c_str(),
               static_cast<long long>(r.tokens), static_cast<long long>(r.seq_len));
   std::printf("loss %.4f  perplexity %.1f\n", r.loss, r.perplexity);
   std::printf("parameters %s total, %s active per token; %s forward FLOPs per token\n",
@@ -120,6 +120,7 @@ void print_eval(const EvalResult& r) {
     std::printf("  top tokens by lift (token lift):\n");
     for (int64_t e = 0; e < l.experts; ++e) {
       std::printf("  expert %2lld:", static_cast<long long>(e));
+      if (l.top_tokens[e].empty()) std::printf(" -");
       for (size_t i = 0; i < l.top_tokens[e].size() && i < 6; ++i)
         std::printf(" %s %.1f", l.top_tokens[e][i].token.c_str(), l.top_tokens[e][i].lift);
       std::printf("\n");
