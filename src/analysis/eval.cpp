@@ -404,6 +404,7 @@ EvalResult evaluate_run(const EvalOptions& o) {
   const MoeConfig* mc = m.config.moe ? &*m.config.moe : nullptr;
   double drop_cf = 0;
   if (mc) {
+    res.router_type = to_string(mc->router_type);
     res.train_capacity_factor = mc->capacity_factor;
     res.eval_capacity_factor = mc->eval_capacity_factor;
     drop_cf = o.capacity_factor.value_or(mc->capacity_factor);
@@ -574,6 +575,7 @@ nlohmann::json eval_to_json(const EvalResult& r) {
               {"tokens", r.tokens},
               {"seq_len", r.seq_len},
               {"batch_size", r.batch_size},
+              {"router_type", r.router_type},
               {"capacity_factor", r.capacity_factor ? json(*r.capacity_factor) : json(nullptr)},
               {"train_capacity_factor", r.train_capacity_factor},
               {"eval_capacity_factor",

@@ -89,6 +89,7 @@ struct EvalResult {
   double loss = 0, perplexity = 0;
   int64_t tokens = 0;
   int64_t seq_len = 0, batch_size = 0;    // the windows evaluated, as the run trained
+  std::string router_type;                // the config's ("" for a dense model)
   std::optional<double> capacity_factor;  // drop_rate's; nullopt = dropless
   double train_capacity_factor = 0;
   std::optional<double> eval_capacity_factor;

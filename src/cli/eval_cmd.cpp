@@ -77,6 +77,8 @@ void print_eval(const EvalResult& r) {
         "tokens)\n",
         *r.capacity_factor, static_cast<long long>(r.batch_size),
         static_cast<long long>(r.seq_len));
+  else if (r.router_type == "expert_choice")
+    std::printf("drop: none (expert choice: each expert takes its tokens, none is dropped)\n");
   else
     std::printf("drop: none (dropless; pass --capacity-factor to see what a capacity drops)\n");
   std::printf(
@@ -173,7 +175,7 @@ int run_eval(EvalCommand c) {
   if (c.models.size() > 1) {
     const CompareResult r = compare_runs(c.models);
     if (c.json)
-      std::printf("%s\n", compare_to_json(r).dump(2).c_str());
+      std::printf("%s\n", compare_to_json(r).dump().c_str());
     else
       print_compare(r);
     return 0;
