@@ -290,24 +290,32 @@ void analyse_layer(const LayerRoutes& r, const Source& src, const std::vector<in
     out.domain_matrix = std::move(m);
   }
 
-  // Tokens and token classes by top-1 expert.
-  std::vector<int64_t> by_expert(E * V, 0), totals(V, 0);
+  // Tokens and token classes by top-1 expert. The (expert, token) counts are kept sparse (an
+  // [E, V] table would be large for many experts and a big vocabulary) and laid out one expert
+  // at a time in a [V] buffer for the lift.
+  std::vector<int64_t> totals(V, 0), pairs;  // pairs: e * V + v per top-1 position
   std::vector<std::array<int64_t, 5>> classes(E, std::array<int64_t, 5>{});
   for (int64_t n = 0; n < N; ++n) {
     const int32_t e = r.top1[n];
     if (e < 0) continue;
     const int32_t v = src.ids[pos[n]];
-    ++by_expert[e * V + v];
+    pairs.push_back(int64_t{e} * V + v);
     ++totals[v];
     ++classes[e][piece_class[v]];
   }
+  std::sort(pairs.begin(), pairs.end());
   out.top_tokens.resize(E);
   out.token_classes.assign(E, std::array<double, 5>{});
+  std::vector<int64_t> at_expert(V, 0);
+  auto next = pairs.begin();
   for (int64_t e = 0; e < E; ++e) {
+    const auto end = std::lower_bound(next, pairs.end(), (e + 1) * V);
+    for (auto it = next; it != end; ++it) ++at_expert[*it - e * V];
     for (const TokenLift& t :
-         top_tokens_by_lift(std::span<const int64_t>(by_expert).subspan(e * V, V), totals,
-                            o.min_count, static_cast<size_t>(o.top_tokens)))
+         top_tokens_by_lift(at_expert, totals, o.min_count, static_cast<size_t>(o.top_tokens)))
       out.top_tokens[e].push_back({pieces[t.token], t.lift, t.count});
+    for (auto it = next; it != end; ++it) at_expert[*it - e * V] = 0;
+    next = end;
     int64_t sum = 0;
     for (int64_t c : classes[e]) sum += c;
     for (size_t c = 0; c < 5; ++c)
