@@ -10,6 +10,7 @@
 #include "cli/bench_decode.h"
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
+#include "cli/eval_cmd.h"
 #include "cli/export_cmd.h"
 #include "cli/generate_cmd.h"
 #include "cli/params.h"
@@ -185,6 +186,8 @@ int main(int argc, char** argv) {
   CLI::App* export_app = moe::cli::add_export_command(app, export_cmd);
   moe::cli::ReportCommand report_cmd;
   CLI::App* report = moe::cli::add_report_command(app, report_cmd);
+  moe::cli::EvalCommand eval_cmd;
+  CLI::App* eval = moe::cli::add_eval_command(app, eval_cmd);
 
   try {
     app.parse(argc, argv);
@@ -203,6 +206,7 @@ int main(int argc, char** argv) {
     if (*generate) return moe::cli::run_generate(gen);
     if (*export_app) return moe::cli::run_export(export_cmd);
     if (*report) return moe::cli::run_report(report_cmd);
+    if (*eval) return moe::cli::run_eval(eval_cmd);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

@@ -72,6 +72,9 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
                    "Tokenizer pieces (overrides the config's vocab_size)")
       ->check(CLI::Range(int64_t{256}, int64_t{65536}));
   train->add_option("--seed", t.seed, "Run seed")->capture_default_str();
+  train->add_flag("--keep-checkpoints", t.keep_checkpoints,
+                  "Also keep each --save-every checkpoint's model in checkpoints/step-NNNNNN/ "
+                  "(moe eval's routing saturation reads them)");
   train->add_flag("--quiet", t.quiet, "No progress bar");
   train->add_flag("--no-sample", c.no_sample, "Skip the sample generation at the end");
   c.app = train;

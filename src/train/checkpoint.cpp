@@ -1,5 +1,9 @@
 #include "train/checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstdio>
@@ -136,6 +140,60 @@ void load_checkpoint(const std::string& dir, int64_t step, Transformer& model, P
       std::copy_n(t.data(), e.ref.numel, moment->data() + e.ref.offset);
     }
   optimizer.set_steps(step);
+}
+
+namespace {
+
+constexpr const char* kKeptFolder = "checkpoints";
+constexpr std::string_view kKeptPrefix = "step-";
+
+std::string kept_checkpoint_dir(const std::string& dir, int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%06lld", static_cast<long long>(step));
+  return dir + "/" + kKeptFolder + "/" + name;
+}
+
+// Makes a rename in `folder` durable.
+void sync_folder(const std::string& folder) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+}  // namespace
+
+void keep_checkpoint(const std::string& dir, int64_t step, Transformer& model, ParamStore& store) {
+  const std::string parent = dir + "/" + kKeptFolder;
+  if (fs::create_directory(parent)) note_file_operation();
+  const std::string final_dir = kept_checkpoint_dir(dir, step), tmp = final_dir + ".tmp";
+  if (fs::remove_all(tmp) > 0) note_file_operation();
+  fs::create_directory(tmp);
+  note_file_operation();
+  save_model_config(tmp, model.config());
+  write_safetensors(tmp + "/model.safetensors", model_tensors(model, store),
+                    {{"step", std::to_string(step)}, {"format", "pt"}});
+  if (fs::remove_all(final_dir) > 0) note_file_operation();
+  rename_counted(tmp, final_dir);
+  sync_folder(parent);
+}
+
+std::vector<std::pair<int64_t, std::string>> kept_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  const std::string parent = dir + "/" + kKeptFolder;
+  if (!fs::is_directory(parent)) return out;
+  for (const auto& entry : fs::directory_iterator(parent)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || !name.starts_with(kKeptPrefix)) continue;
+    int64_t step = -1;
+    const char* first = name.data() + kKeptPrefix.size();
+    const auto [end, err] = std::from_chars(first, name.data() + name.size(), step);
+    if (err != std::errc() || end != name.data() + name.size() || step < 0) continue;  // .tmp
+    if (fs::exists(entry.path() / "model.safetensors") && fs::exists(entry.path() / "config.json"))
+      out.emplace_back(step, entry.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace moe

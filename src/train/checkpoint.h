@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "model/transformer.h"
 #include "tensor/params.h"
@@ -33,5 +35,16 @@ void recover_for_reading(const std::string& dir);
 // from that step.
 void load_checkpoint(const std::string& dir, int64_t step, Transformer& model, ParamStore& store,
                      AdamW& optimizer);
+
+// `moe train --keep-checkpoints`: a copy of the model at `step` in
+// <dir>/checkpoints/step-NNNNNN/ (config.json and model.safetensors only, enough to load and
+// route), for the analyses across training (routing saturation). Built in "step-NNNNNN.tmp"
+// and renamed into place, so a kept folder is always whole; an existing copy of the same step
+// (a resumed run redoing it, bit for bit) is replaced. Written before the run's own checkpoint
+// of that step commits, so no kept step is ever missing after a kill and resume.
+void keep_checkpoint(const std::string& dir, int64_t step, Transformer& model, ParamStore& store);
+
+// The kept checkpoints of the run in `dir`: (step, folder), ascending by step.
+std::vector<std::pair<int64_t, std::string>> kept_checkpoints(const std::string& dir);
 
 }  // namespace moe

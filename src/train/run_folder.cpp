@@ -87,6 +87,7 @@ bool is_run_file(std::string name) {
                                                   "tokenizer.model",
                                                   "metrics.jsonl",
                                                   "data",
+                                                  "checkpoints",
                                                   kRunLockFile};
   for (const char* suffix : {".tmp", ".next"})
     if (name.ends_with(suffix)) name.resize(name.size() - std::strlen(suffix));

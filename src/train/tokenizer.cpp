@@ -180,6 +180,11 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
 int32_t Tokenizer::vocab_size() const {
   return sp_->GetPieceSize();
 }
+std::string Tokenizer::piece(int32_t id) const {
+  if (id < 0 || id >= sp_->GetPieceSize())
+    throw Error("tokenizer: id " + std::to_string(id) + " is outside the vocabulary");
+  return sp_->IdToPiece(id);
+}
 int32_t Tokenizer::eos_id() const {
   return sp_->eos_id();
 }

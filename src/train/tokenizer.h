@@ -46,6 +46,8 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const;
   std::string decode(std::span<const int32_t> ids) const;
   int32_t vocab_size() const;
+  // The piece of `id` as the model stores it (U+2581 starts a word, U+21B5 is a newline).
+  std::string piece(int32_t id) const;
   int32_t eos_id() const;  // ends every document in the token streams
 
  private:

@@ -303,7 +303,8 @@ nlohmann::json train_options_to_json(const TrainOptions& o) {
           {"save_every", o.save_every},
           {"monitor_every", o.monitor_every},
           {"log_every", o.log_every},
-          {"seed", o.seed}};
+          {"seed", o.seed},
+          {"keep_checkpoints", o.keep_checkpoints}};
 }
 
 TrainOptions train_options_from_json(const nlohmann::json& j) {
@@ -335,6 +336,8 @@ TrainOptions train_options_from_json(const nlohmann::json& j) {
     if (!seed.is_number_unsigned())
       throw Error(std::string(kWhat) + " field 'seed' must be a non-negative integer");
     o.seed = seed.get<uint64_t>();
+    // Came later: a run saved before it kept no checkpoints.
+    o.keep_checkpoints = j.value("keep_checkpoints", false);
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("trainer_state.json: bad 'options': ") + e.what());
   }
@@ -562,6 +565,8 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     st["noise_rngs"] = noise;
     st["monitor"] = monitor.to_json();
     if (std::isfinite(result.val_loss)) st["val_loss"] = result.val_loss;
+    if (o.keep_checkpoints && (step % o.save_every == 0 || step == o.steps))
+      keep_checkpoint(folder.dir(), step, model, store);
     save_checkpoint(folder.dir(), model, store, optimizer, st);
     folder.checkpoint_saved();
     saved = true;

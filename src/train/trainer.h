@@ -34,6 +34,8 @@ struct TrainOptions {
   uint64_t seed = 1234;
   int64_t vocab_size = 0;  // 0 = the model config's; else overrides it (a fresh run's tokenizer)
   bool quiet = false;      // no progress bar
+  // Keep every --save-every checkpoint's model in checkpoints/step-NNNNNN/ (train/checkpoint.h).
+  bool keep_checkpoints = false;
 };
 
 // Checks every option's range (Error naming the option) and warns about a warm-up that the

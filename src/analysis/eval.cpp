@@ -1,0 +1,713 @@
+#include "analysis/eval.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "analysis/routing_metrics.h"
+#include "model/checkpoint.h"
+#include "model/param_count.h"
+#include "tensor/error.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/tokenizer.h"
+#include "train/trainer.h"
+
+namespace moe {
+namespace fs = std::filesystem;
+namespace {
+
+// The text evaluated: token ids, and for each position its document (-1: none) and domain.
+struct Source {
+  std::string name;
+  std::vector<int32_t> ids;
+  std::vector<int32_t> doc;          // [N] document index, -1 outside every document
+  std::vector<int32_t> doc_domain;   // [documents] index into domains
+  std::vector<std::string> domains;  // in order of first appearance
+};
+
+int32_t domain_index(Source& s, const std::string& domain) {
+  const auto it = std::find(s.domains.begin(), s.domains.end(), domain);
+  if (it != s.domains.end()) return static_cast<int32_t>(it - s.domains.begin());
+  s.domains.push_back(domain);
+  return static_cast<int32_t>(s.domains.size() - 1);
+}
+
+// The run's validation stream and the documents (with domains) data/documents.jsonl places in it.
+Source validation_source(const std::string& dir, int64_t vocab) {
+  Source s;
+  s.name = "valid";
+  const TokenStream stream(dir + "/data/valid.tokens");
+  s.ids.resize(stream.size());
+  for (int64_t i = 0; i < stream.size(); ++i) {
+    s.ids[i] = stream[i];
+    if (s.ids[i] >= vocab)
+      throw Error(dir + "/data/valid.tokens: token " + std::to_string(s.ids[i]) +
+                  " is outside the model's vocabulary of " + std::to_string(vocab));
+  }
+  s.doc.assign(s.ids.size(), -1);
+  const std::string index = dir + "/data/documents.jsonl";
+  std::ifstream in(index);
+  if (!in) throw Error("cannot open '" + index + "' (the run's document index)");
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const std::string where = index + " line " + std::to_string(n);
+    if (!j.is_object() || !j.contains("split") || !j.contains("domain") || !j.contains("begin") ||
+        !j.contains("end") || !j["begin"].is_number_integer() || !j["end"].is_number_integer() ||
+        !j["split"].is_string() || !j["domain"].is_string())
+      throw Error(where + ": expected an object with split, domain, begin and end");
+    if (j["split"] != "valid") continue;
+    const int64_t begin = j["begin"], end = j["end"];
+    if (begin < 0 || end < begin || end > stream.size())
+      throw Error(where + ": span [" + std::to_string(begin) + ", " + std::to_string(end) +
+                  ") lies outside valid.tokens (" + std::to_string(stream.size()) + " tokens)");
+    const auto d = static_cast<int32_t>(s.doc_domain.size());
+    s.doc_domain.push_back(domain_index(s, j["domain"]));
+    std::fill(s.doc.begin() + begin, s.doc.begin() + end, d);
+  }
+  return s;
+}
+
+// A text file (or any corpus moe train reads), every document tokenised and ended by EOS.
+Source text_source(const std::string& path, const Tokenizer& tokenizer) {
+  Source s;
+  s.name = path;
+  if (fs::is_regular_file(path)) {
+    std::ifstream in(path, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (bytes.find_first_not_of(" \t\r\n") == std::string::npos)
+      throw Error("text '" + path + "' is empty: it holds no token to evaluate");
+  }
+  for (const Document& d : read_corpus(path)) {
+    std::vector<int32_t> ids = tokenizer.encode(d.text);
+    if (ids.empty()) continue;
+    ids.push_back(tokenizer.eos_id());
+    const auto doc = static_cast<int32_t>(s.doc_domain.size());
+    s.doc_domain.push_back(domain_index(s, d.domain));
+    s.ids.insert(s.ids.end(), ids.begin(), ids.end());
+    s.doc.insert(s.doc.end(), ids.size(), doc);
+  }
+  if (s.ids.empty()) throw Error("text '" + path + "' is empty: it holds no token to evaluate");
+  return s;
+}
+
+// One MoE layer's routes of the positions routed so far, per position.
+struct LayerRoutes {
+  std::vector<int32_t> top1;            // [N] first pick (-1: no expert)
+  std::vector<float> top1_gate;         // [N]
+  std::vector<int64_t> set_offsets{0};  // [N + 1] CSR into set_experts
+  std::vector<int32_t> set_experts;     // each position's experts, ascending
+  std::vector<int64_t> counts;          // [E] assignments
+  int64_t assignments = 0, dropped = 0;
+};
+
+// Appends a forward's plan. Token choice's first pick is its top-1 (its highest selection
+// score); expert choice's is the expert that gave the token its highest gate.
+// capacity: drop_rate's per-expert capacity for this forward (-1: none).
+void append_routes(const RoutingPlan& plan, int64_t capacity, LayerRoutes& r) {
+  const int64_t T = plan.tokens, E = plan.experts, A = plan.assignments();
+  const size_t base = r.top1.size();
+  r.top1.resize(base + T, -1);
+  r.top1_gate.resize(base + T, 0.0f);
+  std::vector<int64_t> start(T + 1, 0), batch_counts(E, 0);
+  for (int64_t a = 0; a < A; ++a) {
+    ++start[plan.token[a] + 1];
+    ++batch_counts[plan.expert[a]];
+  }
+  for (int64_t t = 0; t < T; ++t) start[t + 1] += start[t];
+  std::vector<int32_t> experts(A);
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  for (int64_t a = 0; a < A; ++a) {
+    const int32_t t = plan.token[a];
+    experts[fill[t]++] = plan.expert[a];
+    if (plan.token_choice) {
+      if (a % plan.top_k == 0) {
+        r.top1[base + t] = plan.expert[a];
+        r.top1_gate[base + t] = plan.gate[a];
+      }
+    } else if (r.top1[base + t] < 0 || plan.gate[a] > r.top1_gate[base + t]) {
+      r.top1[base + t] = plan.expert[a];
+      r.top1_gate[base + t] = plan.gate[a];
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    std::sort(experts.begin() + start[t], experts.begin() + start[t + 1]);
+    r.set_offsets.push_back(r.set_offsets.back() + start[t + 1] - start[t]);
+  }
+  r.set_experts.insert(r.set_experts.end(), experts.begin(), experts.end());
+  if (r.counts.empty()) r.counts.assign(E, 0);
+  for (int64_t e = 0; e < E; ++e) r.counts[e] += batch_counts[e];
+  r.assignments += A;
+  if (plan.token_choice) r.dropped += assignments_over_capacity(batch_counts, capacity);
+}
+
+bool same_set(const LayerRoutes& a, const LayerRoutes& b, size_t n) {
+  return std::equal(
+      a.set_experts.begin() + a.set_offsets[n], a.set_experts.begin() + a.set_offsets[n + 1],
+      b.set_experts.begin() + b.set_offsets[n], b.set_experts.begin() + b.set_offsets[n + 1]);
+}
+
+double same_set_share(const LayerRoutes& a, const LayerRoutes& b) {
+  const size_t n = a.top1.size();
+  if (n == 0) return 0;
+  int64_t same = 0;
+  for (size_t i = 0; i < n; ++i) same += same_set(a, b, i);
+  return double(same) / double(n);
+}
+
+// Runs `windows` (start positions, each `seq` tokens followed by its next-token targets)
+// through the model in batches of `batch`, collecting each MoE layer's routes. Returns the
+// summed cross-entropy over all targets. drop_cf: the factor drop counts use (<= 0: none).
+double route_windows(Transformer& model, const std::vector<int32_t>& ids,
+                     const std::vector<int64_t>& windows, int64_t seq, int64_t batch, bool training,
+                     double drop_cf, const std::vector<int64_t>& moe_layers,
+                     std::vector<LayerRoutes>& routes) {
+  routes.assign(moe_layers.size(), {});
+  ModelStepOptions opt;
+  opt.training = training;
+  opt.compute_grad = false;
+  std::vector<int32_t> tokens, targets;
+  double loss_sum = 0;
+  for (size_t first = 0; first < windows.size(); first += batch) {
+    const int64_t b = std::min<int64_t>(batch, static_cast<int64_t>(windows.size() - first));
+    tokens.resize(b * seq);
+    targets.resize(b * seq);
+    for (int64_t w = 0; w < b; ++w)
+      for (int64_t s = 0; s < seq; ++s) {
+        tokens[w * seq + s] = ids[windows[first + w] + s];
+        targets[w * seq + s] = ids[windows[first + w] + s + 1];
+      }
+    loss_sum += model.forward(tokens, targets, b, seq, opt) * double(b * seq);
+    for (size_t i = 0; i < moe_layers.size(); ++i) {
+      const MoeLayer& layer = *model.moe_layer(moe_layers[i]);
+      MoeConfig at_cf = layer.config();
+      at_cf.capacity_factor = std::max(drop_cf, 0.0);
+      append_routes(layer.plan(), at_cf.capacity(b * seq, /*training=*/true), routes[i]);
+    }
+  }
+  return loss_sum;
+}
+
+std::vector<int64_t> moe_layer_indices(const Transformer& model) {
+  std::vector<int64_t> out;
+  for (int64_t l = 0; l < model.num_layers(); ++l)
+    if (model.moe_layer(l)) out.push_back(l);
+  return out;
+}
+
+// Kept checkpoints (moe train --keep-checkpoints) up to the run's own step, ascending.
+std::vector<std::pair<int64_t, std::string>> kept_up_to(const std::string& dir, int64_t step) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  for (auto& [s, path] : kept_checkpoints(dir))
+    if (s <= step) out.emplace_back(s, path);
+  return out;
+}
+
+std::string format_ratio(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, x >= 0.1 ? "%.1f" : "%.2f", x);
+  return buf;
+}
+
+void analyse_layer(const LayerRoutes& r, const Source& src, const std::vector<int64_t>& pos,
+                   const std::vector<int64_t>& segment, const std::vector<std::string>& pieces,
+                   const std::vector<int>& piece_class, const EvalOptions& o, LayerEval& out) {
+  const int64_t E = out.experts, N = static_cast<int64_t>(r.top1.size());
+  const int64_t V = static_cast<int64_t>(pieces.size());
+  out.counts = r.counts;
+  out.load = load_metrics(r.counts);
+  out.assignments = r.assignments;
+  out.dropped = r.dropped;
+  out.drop_rate = r.assignments > 0 ? double(r.dropped) / double(r.assignments) : 0.0;
+  const double mean =
+      out.load.max_over_mean > 0
+          ? double(*std::max_element(r.counts.begin(), r.counts.end())) / out.load.max_over_mean
+          : 0.0;
+  for (int64_t e : out.load.overloaded)
+    out.alerts.push_back("expert " + std::to_string(e) + " holds " +
+                         format_ratio(double(r.counts[e]) / mean) + "x the mean load");
+  for (int64_t e : out.load.starved)
+    out.alerts.push_back("expert " + std::to_string(e) + " collapsed: " +
+                         format_ratio(mean > 0 ? double(r.counts[e]) / mean : 0.0) +
+                         "x the mean load");
+
+  std::vector<float> gates;
+  double gate_sum = 0;
+  for (int64_t n = 0; n < N; ++n)
+    if (r.top1[n] >= 0) {
+      gates.push_back(r.top1_gate[n]);
+      gate_sum += r.top1_gate[n];
+    }
+  out.mean_top1_gate = gates.empty() ? 0.0 : gate_sum / double(gates.size());
+  out.gate_histogram = gate_histogram(gates);
+
+  // Domain of each evaluated position (-1: none).
+  const int64_t D = static_cast<int64_t>(src.domains.size());
+  auto domain_at = [&](int64_t n) {
+    const int32_t d = src.doc[pos[n]];
+    return d < 0 ? -1 : src.doc_domain[d];
+  };
+  std::vector<int64_t> top1_table(D * E, 0), allk_table(D * E, 0), domain_tokens(D, 0);
+  for (int64_t n = 0; n < N; ++n) {
+    const int32_t d = domain_at(n);
+    if (d < 0) continue;
+    ++domain_tokens[d];
+    if (r.top1[n] >= 0) ++top1_table[d * E + r.top1[n]];
+    for (int64_t i = r.set_offsets[n]; i < r.set_offsets[n + 1]; ++i)
+      ++allk_table[d * E + r.set_experts[i]];
+  }
+  std::vector<int64_t> present;  // domains with evaluated tokens, in source order
+  for (int64_t d = 0; d < D; ++d)
+    if (domain_tokens[d] > 0) present.push_back(d);
+  if (present.size() >= 2) {
+    DomainMatrix m;
+    std::vector<int64_t> t1, ak;
+    for (int64_t d : present) {
+      m.domains.push_back(src.domains[d]);
+      auto shares = [&](const std::vector<int64_t>& table, std::vector<int64_t>& kept) {
+        std::vector<double> row(E, 0.0);
+        int64_t sum = 0;
+        for (int64_t e = 0; e < E; ++e) sum += table[d * E + e];
+        for (int64_t e = 0; e < E; ++e) {
+          kept.push_back(table[d * E + e]);
+          row[e] = sum > 0 ? double(table[d * E + e]) / double(sum) : 0.0;
+        }
+        return row;
+      };
+      m.top1.push_back(shares(top1_table, t1));
+      m.all_k.push_back(shares(allk_table, ak));
+    }
+    const auto rows = static_cast<int64_t>(present.size());
+    m.nmi_top1 = normalized_mutual_information(t1, rows, E);
+    m.nmi_all_k = normalized_mutual_information(ak, rows, E);
+    out.domain_matrix = std::move(m);
+  }
+
+  // Tokens and token classes by top-1 expert. The (expert, token) counts are kept sparse (an
+  // [E, V] table would be large for many experts and a big vocabulary) and laid out one expert
+  // at a time in a [V] buffer for the lift.
+  std::vector<int64_t> totals(V, 0), pairs;  // pairs: e * V + v per top-1 position
+  std::vector<std::array<int64_t, 5>> classes(E, std::array<int64_t, 5>{});
+  for (int64_t n = 0; n < N; ++n) {
+    const int32_t e = r.top1[n];
+    if (e < 0) continue;
+    const int32_t v = src.ids[pos[n]];
+    pairs.push_back(int64_t{e} * V + v);
+    ++totals[v];
+    ++classes[e][piece_class[v]];
+  }
+  std::sort(pairs.begin(), pairs.end());
+  out.top_tokens.resize(E);
+  out.token_classes.assign(E, std::array<double, 5>{});
+  std::vector<int64_t> at_expert(V, 0);
+  auto next = pairs.begin();
+  for (int64_t e = 0; e < E; ++e) {
+    const auto end = std::lower_bound(next, pairs.end(), (e + 1) * V);
+    for (auto it = next; it != end; ++it) ++at_expert[*it - e * V];
+    for (const TokenLift& t :
+         top_tokens_by_lift(at_expert, totals, o.min_count, static_cast<size_t>(o.top_tokens)))
+      out.top_tokens[e].push_back({pieces[t.token], t.lift, t.count});
+    for (auto it = next; it != end; ++it) at_expert[*it - e * V] = 0;
+    next = end;
+    int64_t sum = 0;
+    for (int64_t c : classes[e]) sum += c;
+    for (size_t c = 0; c < 5; ++c)
+      out.token_classes[e][c] = sum > 0 ? double(classes[e][c]) / double(sum) : 0.0;
+  }
+
+  const RepeatRate all = consecutive_repeats(r.top1, segment, E);
+  out.consecutive = {all.rate, all.chance};
+  for (int64_t d : present) {
+    std::vector<int32_t> t;
+    std::vector<int64_t> seg;
+    for (int64_t n = 0; n < N; ++n)
+      if (domain_at(n) == d) {
+        t.push_back(r.top1[n]);
+        seg.push_back(segment[n]);
+      }
+    const RepeatRate rd = consecutive_repeats(t, seg, E);
+    out.consecutive_per_domain.emplace_back(src.domains[d], RateAndChance{rd.rate, rd.chance});
+  }
+}
+
+// A piece as it reads: byte pieces of printable ASCII become their character.
+std::string display_piece(const std::string& piece) {
+  if (piece.size() == 6 && piece.starts_with("<0x") && piece.ends_with('>')) {
+    int byte = 0;
+    std::from_chars(piece.data() + 3, piece.data() + 5, byte, 16);
+    if (byte >= 0x20 && byte < 0x7F) return std::string(1, static_cast<char>(byte));
+  }
+  return piece;
+}
+
+}  // namespace
+
+EvalResult evaluate_run(const EvalOptions& o) {
+  const std::string& dir = o.model;
+  if (!fs::is_directory(dir)) throw Error("run folder '" + dir + "' does not exist");
+  if (o.max_tokens < 1 || o.consistency_tokens < 1 || o.min_count < 1 || o.passage_tokens < 1)
+    throw Error("eval: token limits and the minimum count must be positive");
+  if (o.capacity_factor && !(*o.capacity_factor >= 0 && *o.capacity_factor <= 1000))
+    throw Error("--capacity-factor must lie in [0, 1000] (0 = dropless)");
+  auto no_checkpoint = [&](const char* file) {
+    return Error("'" + dir + "' holds no checkpoint (no " + file +
+                 "); train one with moe train --out " + dir);
+  };
+  for (const char* file : {"config.json", "tokenizer.model"})
+    if (!fs::exists(dir + "/" + file)) throw no_checkpoint(file);
+  // The text is read (and refused) before the run folder is touched: the tokenizer is written
+  // once, before the first step, and never changes.
+  const Tokenizer tokenizer(dir + "/tokenizer.model");
+  std::optional<Source> text;
+  if (!o.text.empty()) text = text_source(o.text, tokenizer);
+
+  recover_for_reading(dir);
+  if (!fs::exists(dir + "/model.safetensors")) throw no_checkpoint("model.safetensors");
+  LoadedModel m = load_model(dir);
+  Transformer& model = *m.model;
+  if (tokenizer.vocab_size() != m.config.vocab_size)
+    throw Error("'" + dir + "/tokenizer.model' has " + std::to_string(tokenizer.vocab_size()) +
+                " pieces but config.json's vocab_size is " + std::to_string(m.config.vocab_size));
+
+  // Windows as the run trained: its sequence length and batch size.
+  TrainOptions trained;
+  int64_t run_step = std::numeric_limits<int64_t>::max();
+  if (fs::exists(dir + "/trainer_state.json")) {
+    const nlohmann::json state = read_json_file(dir + "/trainer_state.json", "trainer state");
+    trained = train_options_from_json(state.at("options"));
+    if (state.contains("step") && state["step"].is_number_integer()) run_step = state["step"];
+  }
+  const Source src = text ? std::move(*text) : validation_source(dir, m.config.vocab_size);
+  const auto N = static_cast<int64_t>(src.ids.size());
+  if (N < 2)
+    throw Error("'" + src.name + "' holds " + std::to_string(N) +
+                " token(s); evaluation needs at least 2 (an input and its next token)");
+  const int64_t seq = std::min({trained.seq_len, m.config.max_position_embeddings, N - 1});
+  const int64_t batch = trained.batch_size;
+  const int64_t available = (N - 1) / seq;
+  const int64_t count = std::clamp<int64_t>(o.max_tokens / seq, 1, available);
+  std::vector<int64_t> windows(count);
+  for (int64_t i = 0; i < count; ++i) windows[i] = i * available / count * seq;
+
+  EvalResult res;
+  res.model = dir;
+  res.source = src.name;
+  res.seq_len = seq;
+  res.batch_size = batch;
+  ArchSpec arch = arch_from_model_config(m.config, dir);
+  arch.context = seq;
+  const ParamCount pc = count_params(arch);
+  res.active_params = pc.active;
+  res.total_params = pc.total;
+  res.active_flops_per_token = pc.forward_flops_per_token;
+
+  const std::vector<int64_t> moe_layers = moe_layer_indices(model);
+  const MoeConfig* mc = m.config.moe ? &*m.config.moe : nullptr;
+  double drop_cf = 0;
+  if (mc) {
+    res.router_type = to_string(mc->router_type);
+    res.train_capacity_factor = mc->capacity_factor;
+    res.eval_capacity_factor = mc->eval_capacity_factor;
+    drop_cf = o.capacity_factor.value_or(mc->capacity_factor);
+    if (drop_cf > 0 && mc->router_type != RouterType::ExpertChoice) res.capacity_factor = drop_cf;
+    if (mc->eval_capacity_factor && *mc->eval_capacity_factor != mc->capacity_factor) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "the run evaluates with eval_capacity_factor %g but trained with "
+                    "capacity_factor %g: its validation loss drops assignments by batch",
+                    *mc->eval_capacity_factor, mc->capacity_factor);
+      res.warnings.push_back(buf);
+    }
+  }
+
+  std::vector<LayerRoutes> routes;
+  const double loss_sum =
+      route_windows(model, src.ids, windows, seq, batch, false, drop_cf, moe_layers, routes);
+  res.tokens = count * seq;
+  res.loss = loss_sum / double(res.tokens);
+  res.perplexity = std::exp(res.loss);
+
+  // Per evaluated position: where it lies in the source and its segment (window, document).
+  std::vector<int64_t> pos(res.tokens), segment(res.tokens);
+  for (int64_t w = 0; w < count; ++w)
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t n = w * seq + s, p = windows[w] + s;
+      pos[n] = p;
+      segment[n] = w * (static_cast<int64_t>(src.doc_domain.size()) + 1) + src.doc[p] + 1;
+    }
+  std::vector<std::string> pieces(m.config.vocab_size);
+  std::vector<int> piece_class(m.config.vocab_size);
+  for (int32_t v = 0; v < m.config.vocab_size; ++v) {
+    pieces[v] = display_piece(tokenizer.piece(v));
+    piece_class[v] = static_cast<int>(classify_piece(tokenizer.piece(v)));
+  }
+
+  for (size_t i = 0; i < moe_layers.size(); ++i) {
+    LayerEval le;
+    le.layer = moe_layers[i];
+    le.experts = mc->num_experts;
+    le.k = mc->top_k;
+    analyse_layer(routes[i], src, pos, segment, pieces, piece_class, o, le);
+    res.layers.push_back(std::move(le));
+  }
+
+  // Routing consistency on a subset of the windows.
+  const int64_t consistency_count = std::clamp<int64_t>(o.consistency_tokens / seq, 1, count);
+  std::vector<int64_t> few(consistency_count);  // spread over the evaluated windows
+  for (int64_t i = 0; i < consistency_count; ++i) few[i] = windows[i * count / consistency_count];
+  if (mc && mc->router_type != RouterType::ExpertChoice &&
+      (mc->uses_noise() || mc->jitter_eps > 0)) {
+    std::vector<LayerRoutes> first, second;
+    route_windows(model, src.ids, few, seq, batch, true, 0, moe_layers, first);
+    route_windows(model, src.ids, few, seq, batch, true, 0, moe_layers, second);
+    for (size_t i = 0; i < moe_layers.size(); ++i)
+      res.layers[i].noise_agreement = {1.0 - changed_share(first[i].top1, second[i].top1),
+                                       same_set_share(first[i], second[i])};
+  }
+
+  if (mc) {
+    const auto kept = kept_up_to(dir, run_step);
+    if (!kept.empty()) {
+      Saturation sat;
+      sat.tokens = consistency_count * seq;
+      std::vector<std::vector<LayerRoutes>> at;  // [checkpoint][layer]
+      for (const auto& [step, path] : kept) {
+        // The run's config with the kept weights: routes are compared under the same options
+        // (a later edit of config.json, such as eval_capacity_factor, applies to all).
+        LoadedModel k = load_model(dir, path + "/model.safetensors");
+        at.emplace_back();
+        route_windows(*k.model, src.ids, few, seq, batch, false, 0, moe_layers, at.back());
+        sat.steps.push_back(step);
+      }
+      if (sat.steps.back() != run_step && run_step != std::numeric_limits<int64_t>::max()) {
+        at.emplace_back();  // the run's own checkpoint is the final one
+        route_windows(model, src.ids, few, seq, batch, false, 0, moe_layers, at.back());
+        sat.steps.push_back(run_step);
+      }
+      for (size_t i = 0; i < moe_layers.size(); ++i) {
+        SaturationLayer sl;
+        sl.layer = moe_layers[i];
+        for (size_t c = 0; c < at.size(); ++c) {
+          if (c > 0)
+            sl.changed_from_previous.push_back(changed_share(at[c - 1][i].top1, at[c][i].top1));
+          sl.same_as_final.push_back(same_set_share(at[c][i], at.back()[i]));
+        }
+        sat.layers.push_back(std::move(sl));
+      }
+      res.saturation = std::move(sat);
+    }
+  }
+
+  // One passage per domain: from the first evaluated position of the domain, the following
+  // positions of the same document that follow it in the source (across windows that abut).
+  std::vector<bool> done(src.domains.size(), false);
+  for (int64_t n = 0; n < res.tokens; ++n) {
+    const int32_t doc = src.doc[pos[n]];
+    const int32_t d = doc < 0 ? -1 : src.doc_domain[doc];
+    if (d < 0 || done[d]) continue;
+    done[d] = true;
+    Passage p;
+    p.domain = src.domains[d];
+    p.top1.resize(moe_layers.size());
+    for (int64_t j = n; j < res.tokens && j - n < o.passage_tokens && src.doc[pos[j]] == doc &&
+                        (j == n || pos[j] == pos[j - 1] + 1);
+         ++j) {
+      p.tokens.push_back(pieces[src.ids[pos[j]]]);
+      for (size_t i = 0; i < moe_layers.size(); ++i) p.top1[i].push_back(routes[i].top1[j]);
+    }
+    res.passages.push_back(std::move(p));
+  }
+  return res;
+}
+
+nlohmann::json eval_to_json(const EvalResult& r) {
+  using nlohmann::json;
+  json layers = json::array();
+  for (const LayerEval& l : r.layers) {
+    json top_tokens = json::array(), classes = json::array();
+    for (const auto& list : l.top_tokens) {
+      json a = json::array();
+      for (const ExpertToken& t : list)
+        a.push_back({{"token", t.token}, {"lift", t.lift}, {"count", t.count}});
+      top_tokens.push_back(a);
+    }
+    for (const auto& shares : l.token_classes) {
+      json c = json::object();
+      for (size_t i = 0; i < shares.size(); ++i) c[kTokenClassNames[i]] = shares[i];
+      classes.push_back(c);
+    }
+    json per_domain = json::object();
+    for (const auto& [d, rc] : l.consecutive_per_domain)
+      per_domain[d] = {{"rate", rc.rate}, {"chance", rc.chance}};
+    json j = {{"layer", l.layer},
+              {"experts", l.experts},
+              {"k", l.k},
+              {"counts", l.counts},
+              {"cv", l.load.cv},
+              {"gini", l.load.gini},
+              {"entropy", l.load.normalized_entropy},
+              {"max_over_mean", l.load.max_over_mean},
+              {"assignments", l.assignments},
+              {"dropped", l.dropped},
+              {"drop_rate", l.drop_rate},
+              {"mean_top1_gate", l.mean_top1_gate},
+              {"gate_histogram", l.gate_histogram},
+              {"alerts", l.alerts},
+              {"top_tokens", top_tokens},
+              {"token_classes", classes},
+              {"consecutive",
+               {{"rate", l.consecutive.rate},
+                {"chance", l.consecutive.chance},
+                {"per_domain", per_domain}}}};
+    if (l.domain_matrix) {
+      const DomainMatrix& m = *l.domain_matrix;
+      j["domain_matrix"] = {{"domains", m.domains}, {"top1", m.top1}, {"all_k", m.all_k}};
+      j["nmi"] = {{"top1", m.nmi_top1}, {"all_k", m.nmi_all_k}};
+    }
+    j["noise_agreement"] = l.noise_agreement ? json{{"top1", l.noise_agreement->first},
+                                                    {"topk_set", l.noise_agreement->second}}
+                                             : json(nullptr);
+    layers.push_back(std::move(j));
+  }
+  json out = {{"model", r.model},
+              {"source", r.source},
+              {"loss", r.loss},
+              {"perplexity", r.perplexity},
+              {"tokens", r.tokens},
+              {"seq_len", r.seq_len},
+              {"batch_size", r.batch_size},
+              {"router_type", r.router_type},
+              {"capacity_factor", r.capacity_factor ? json(*r.capacity_factor) : json(nullptr)},
+              {"train_capacity_factor", r.train_capacity_factor},
+              {"eval_capacity_factor",
+               r.eval_capacity_factor ? json(*r.eval_capacity_factor) : json(nullptr)},
+              {"active_params", r.active_params},
+              {"total_params", r.total_params},
+              {"active_flops_per_token", r.active_flops_per_token},
+              {"layers", layers},
+              {"warnings", r.warnings}};
+  if (r.saturation) {
+    json sl = json::array();
+    for (const SaturationLayer& l : r.saturation->layers)
+      sl.push_back({{"layer", l.layer},
+                    {"changed_from_previous", l.changed_from_previous},
+                    {"same_as_final", l.same_as_final}});
+    out["saturation"] = {
+        {"steps", r.saturation->steps}, {"tokens", r.saturation->tokens}, {"layers", sl}};
+  }
+  json passages = json::array();
+  for (const Passage& p : r.passages)
+    passages.push_back({{"domain", p.domain}, {"tokens", p.tokens}, {"top1", p.top1}});
+  out["passages"] = passages;
+  return out;
+}
+
+std::optional<double> tokens_to_reach(const std::vector<std::pair<int64_t, double>>& curve,
+                                      double target) {
+  for (size_t i = 0; i < curve.size(); ++i) {
+    const auto [tokens, loss] = curve[i];
+    if (!(loss <= target)) continue;
+    if (i == 0) return double(tokens);
+    const auto [t0, l0] = curve[i - 1];
+    const double f = l0 > loss ? (l0 - target) / (l0 - loss) : 1.0;
+    return double(t0) + f * double(tokens - t0);
+  }
+  return std::nullopt;
+}
+
+CompareResult compare_runs(const std::vector<std::string>& models) {
+  CompareResult res;
+  std::vector<std::string> first_pieces;
+  for (const std::string& dir : models) {
+    for (const char* file : {"config.json", "tokenizer.model", "metrics.jsonl"})
+      if (!fs::exists(dir + "/" + file))
+        throw Error("'" + dir + "' is not a trained run (no " + file + ")");
+    CompareRun run;
+    run.model = dir;
+    const ModelConfig config = load_model_config(dir + "/config.json");
+    const Tokenizer tokenizer(dir + "/tokenizer.model");
+    std::vector<std::string> pieces(tokenizer.vocab_size());
+    for (int32_t v = 0; v < tokenizer.vocab_size(); ++v) pieces[v] = tokenizer.piece(v);
+    if (first_pieces.empty()) {
+      first_pieces = std::move(pieces);
+    } else if (pieces != first_pieces) {
+      std::string why =
+          std::to_string(pieces.size()) + " pieces against " + std::to_string(first_pieces.size());
+      if (pieces.size() == first_pieces.size())
+        for (size_t v = 0; v < pieces.size(); ++v)
+          if (pieces[v] != first_pieces[v]) {
+            why = "piece " + std::to_string(v) + " is '" + pieces[v] + "' against '" +
+                  first_pieces[v] + "'";
+            break;
+          }
+      throw Error("runs '" + models.front() + "' and '" + dir + "' use different tokenizers (" +
+                  why + "): their losses are not comparable");
+    }
+    int64_t seq = std::min<int64_t>(TrainOptions{}.seq_len, config.max_position_embeddings);
+    if (fs::exists(dir + "/trainer_state.json"))
+      seq = train_options_from_json(
+                read_json_file(dir + "/trainer_state.json", "trainer state").at("options"))
+                .seq_len;
+    ArchSpec arch = arch_from_model_config(config, dir);
+    arch.context = seq;
+    const ParamCount pc = count_params(arch);
+    run.active_flops_per_token = pc.forward_flops_per_token;
+    run.total_params = pc.total;
+    run.active_params = pc.active;
+    run.final_val_loss = std::numeric_limits<double>::quiet_NaN();
+    std::ifstream in(dir + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object()) continue;  // a line torn by a kill
+      if (j.contains("step") && j["step"].is_number_integer()) run.final_step = j["step"];
+      if (j.contains("tokens") && j["tokens"].is_number_integer()) {
+        run.training_tokens = j["tokens"];
+        if (j.contains("val_loss") && j["val_loss"].is_number()) {
+          run.final_val_loss = j["val_loss"];
+          run.val_curve.emplace_back(run.training_tokens, run.final_val_loss);
+        }
+      }
+    }
+    res.runs.push_back(std::move(run));
+  }
+  res.reach.assign(res.runs.size(), std::vector<std::optional<double>>(res.runs.size()));
+  for (size_t i = 0; i < res.runs.size(); ++i)
+    for (size_t j = 0; j < res.runs.size(); ++j)
+      if (std::isfinite(res.runs[j].final_val_loss))
+        res.reach[i][j] = tokens_to_reach(res.runs[i].val_curve, res.runs[j].final_val_loss);
+  return res;
+}
+
+nlohmann::json compare_to_json(const CompareResult& r) {
+  using nlohmann::json;
+  json runs = json::array();
+  for (size_t i = 0; i < r.runs.size(); ++i) {
+    const CompareRun& c = r.runs[i];
+    json reach = json::object();
+    for (size_t j = 0; j < r.runs.size(); ++j)
+      if (j != i) reach[r.runs[j].model] = r.reach[i][j] ? json(*r.reach[i][j]) : json(nullptr);
+    json curve = json::array();
+    for (const auto& [t, l] : c.val_curve) curve.push_back({{"tokens", t}, {"val_loss", l}});
+    runs.push_back({{"model", c.model},
+                    {"final_val_loss",
+                     std::isfinite(c.final_val_loss) ? json(c.final_val_loss) : json(nullptr)},
+                    {"final_step", c.final_step},
+                    {"training_tokens", c.training_tokens},
+                    {"active_flops_per_token", c.active_flops_per_token},
+                    {"total_params", c.total_params},
+                    {"active_params", c.active_params},
+                    {"val_curve", curve},
+                    {"tokens_to_reach", reach}});
+  }
+  return {{"runs", runs}};
+}
+
+}  // namespace moe
