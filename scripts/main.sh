@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command: install, build, train the default MoE model on the shipped
-# corpus (into runs/default), then report and generate. Extra arguments go to `moe train`.
+# corpus (into runs/default), then write its report (runs/default/report.html). Extra arguments go to `moe train`.
 # Run again, it trains runs/default anew: unless the arguments name --out, --resume or
 # --force, it passes --force, which keeps the previous run until the new one's first
 # checkpoint replaces it.
@@ -13,4 +13,9 @@ case " $* " in
   *" --out"* | *" --resume"* | *" --force "*) ;;
   *) args+=(--force) ;;
 esac
-exec ./build/moe train "${args[@]}"
+./build/moe train "${args[@]}"
+# The run's report: one self-contained HTML page in the run folder (moe report prints its path),
+# beside the dense baseline when one was trained into runs/dense-baseline.
+compare=()
+[[ -f runs/dense-baseline/trainer_state.json ]] && compare=(--compare runs/dense-baseline)
+./build/moe report --model runs/default "${compare[@]}" --out runs/default/report.html

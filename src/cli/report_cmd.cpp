@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "analysis/eval.h"
 #include "analysis/report.h"
 #include "model/config.h"
 #include "tensor/atomic_file.h"
@@ -17,15 +18,18 @@ CLI::App* add_report_command(CLI::App& app, ReportCommand& c) {
   cmd->add_option("--model", c.model, "Run folder")->required();
   cmd->add_option("--compare", c.compare, "Runs to compare with (same tokenizer)");
   cmd->add_option("--out", c.out, "HTML file to write")->required();
-  cmd->add_option("--eval", c.eval, "The run's evaluation: a saved `moe eval --json` output")
+  cmd->add_option("--eval", c.eval,
+                  "A saved `moe eval --json` output (default: evaluate the run now)")
       ->check(CLI::ExistingFile);
   return cmd;
 }
 
 nlohmann::json eval_json_for(const std::string& run, const std::string& eval_file) {
-  if (eval_file.empty())
-    throw Error("no evaluation of '" + run +
-                "': pass --eval FILE (the output of `moe eval --model RUN --json`)");
+  if (eval_file.empty()) {  // no saved evaluation: evaluate the run now, as `moe eval` does
+    EvalOptions options;
+    options.model = run;
+    return eval_to_json(evaluate_run(options));
+  }
   nlohmann::json eval = read_json_file(eval_file, "evaluation file");
   if (!eval.is_object()) throw Error("evaluation file '" + eval_file + "' is not a JSON object");
   return eval;

@@ -72,7 +72,6 @@ try:
         ("is not a folder", ["--model", os.path.join(work, "absent"), "--eval", eval_json]),
         ("no metrics.jsonl", ["--model", no_metrics, "--eval", eval_json]),
         ("vocab_size", ["--model", moe_run, "--compare", other_vocab, "--eval", eval_json]),
-        ("--eval FILE", ["--model", moe_run]),
         ("not a JSON object", ["--model", moe_run, "--eval", not_object]),
     ]:
         r = run([moe, "report", *args, "--out", refused])
