@@ -144,8 +144,6 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(0.001, 3600.0));
   bench_layer->add_flag("--json", layer_opts.json, "Print one JSON array instead of a table");
-  moe::cli::BenchDecodeCommand bench_decode_cmd;
-  CLI::App* bench_decode = moe::cli::add_bench_decode_command(*bench, bench_decode_cmd);
   moe::cli::BenchTrainOptions train_bench_opts;
   CLI::App* bench_train = bench->add_subcommand(
       "train", "Training-step tokens/s and peak memory of a model on random tokens");
@@ -163,6 +161,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   bench_train->add_flag("--json", train_bench_opts.json, "Print JSON");
+  moe::cli::BenchDecodeCommand bench_decode_cmd;
+  CLI::App* bench_decode = moe::cli::add_bench_decode_command(*bench, bench_decode_cmd);
 
   moe::cli::ParamsOptions params_opts;
   CLI::App* params = app.add_subcommand(
