@@ -11,6 +11,7 @@
 #include "cli/bench_train.h"
 #include "cli/export_cmd.h"
 #include "cli/generate_cmd.h"
+#include "cli/logits_cmd.h"
 #include "cli/params.h"
 #include "cli/train_cmd.h"
 #include "tensor/error.h"
@@ -179,6 +180,8 @@ int main(int argc, char** argv) {
   CLI::App* generate = moe::cli::add_generate_command(app, gen);
   moe::cli::ExportCommand export_cmd;
   CLI::App* export_app = moe::cli::add_export_command(app, export_cmd);
+  moe::cli::LogitsCommand logits_cmd;
+  CLI::App* logits = moe::cli::add_logits_command(app, logits_cmd);
 
   try {
     app.parse(argc, argv);
@@ -195,6 +198,7 @@ int main(int argc, char** argv) {
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);
     if (*export_app) return moe::cli::run_export(export_cmd);
+    if (*logits) return moe::cli::run_logits(logits_cmd);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

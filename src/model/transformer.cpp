@@ -41,6 +41,12 @@ Transformer::Transformer(const ModelConfig& config, ParamStore& store, uint64_t 
     b.attn_norm = store.add(p + "input_layernorm.weight", {D});
     b.wqkv = store.add(p + "self_attn.qkv_proj.weight", {(H + 2 * KV) * hd, D});
     b.wo = store.add(p + "self_attn.o_proj.weight", {D, H * hd});
+    if (config_.qkv_bias)
+      b.qkv_bias = store.add(p + "self_attn.qkv_proj.bias", {(H + 2 * KV) * hd});
+    if (config_.qk_norm) {
+      b.q_norm = store.add(p + "self_attn.q_norm.weight", {H * hd});
+      b.k_norm = store.add(p + "self_attn.k_norm.weight", {KV * hd});
+    }
     b.ffn_norm = store.add(p + "post_attention_layernorm.weight", {D});
     if (config_.is_moe_layer(l)) {
       // Each MoE layer draws its routing noise from its own stream.
@@ -67,6 +73,11 @@ void Transformer::init_parameters(Rng& rng) {
   for (Block& b : blocks_) {
     ones(b.attn_norm);
     normal(b.wqkv);
+    if (config_.qkv_bias) std::ranges::fill(store_.value(b.qkv_bias), 0.0f);
+    if (config_.qk_norm) {
+      ones(b.q_norm);
+      ones(b.k_norm);
+    }
     normal(b.wo);
     ones(b.ffn_norm);
     if (b.moe) {
@@ -78,6 +89,18 @@ void Transformer::init_parameters(Rng& rng) {
   }
   ones(final_norm_);
   if (!config_.tie_word_embeddings) normal(head_);
+}
+
+QkvExtras Transformer::qkv_extras(const Block& b) const {
+  QkvExtras e;
+  if (config_.qkv_bias) e.bias = store_.value(b.qkv_bias);
+  if (config_.qk_norm) {
+    e.q_norm = store_.value(b.q_norm);
+    e.k_norm = store_.value(b.k_norm);
+  }
+  e.norm_eps = config_.rms_norm_eps;
+  e.clip = config_.clip_qkv;
+  return e;
 }
 
 double Transformer::forward(std::span<const int32_t> tokens, std::span<const int32_t> targets,
@@ -123,7 +146,8 @@ double Transformer::forward(std::span<const int32_t> tokens, std::span<const int
     rmsnorm_forward(T, D, config_.rms_norm_eps, b.x.span(), store_.value(b.attn_norm), b.n1.span(),
                     b.rstd1.span());
     attention_forward(attn_shape_, rope_, b.n1.span(), store_.value(b.wqkv), store_.value(b.wo),
-                      b.qkv.span(), b.ctx.span(), b.lse.span(), out_.span(), attn_scratch_.span());
+                      b.qkv.span(), b.ctx.span(), b.lse.span(), out_.span(), attn_scratch_.span(),
+                      qkv_extras(b));
     add(b.x.span(), out_.span(), b.h.span());
     rmsnorm_forward(T, D, config_.rms_norm_eps, b.h.span(), store_.value(b.ffn_norm), b.n2.span(),
                     b.rstd2.span());
@@ -171,6 +195,10 @@ double Transformer::router_loss() const {
 
 void Transformer::backward() {
   require(have_grad_state_, "transformer: backward() needs a forward with compute_grad");
+  if (config_.qk_norm || config_.clip_qkv > 0.0f)
+    throw Error(
+        "transformer: q/k norm and clip_qkv (OLMoE) run forward only; training them "
+        "is not supported");
   have_grad_state_ = false;
   const int64_t T = batch_ * seq_, D = config_.hidden_size, V = config_.vocab_size;
   const int64_t F = config_.intermediate_size;
@@ -206,6 +234,13 @@ void Transformer::backward() {
                        b.qkv.span(), b.ctx.span(), b.lse.span(), dres_.span(), dqkv_.span(),
                        dctx_.span(), dn_.span(), store_.grad(b.wqkv), store_.grad(b.wo),
                        attn_scratch_.span());
+    if (config_.qkv_bias) {
+      // dqkv holds the projection's gradient before RoPE: the bias gets its column sums.
+      const int64_t W = attn_shape_.qkv_width();
+      std::span<float> db = store_.grad(b.qkv_bias);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < W; ++i) db[i] += dqkv_[t * W + i];
+    }
     rmsnorm_backward(T, D, b.x.span(), store_.value(b.attn_norm), b.rstd1.span(), dn_.span(),
                      dres_.span(), store_.grad(b.attn_norm));
   }
@@ -255,6 +290,7 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
                     step_n_.span(), rstd.span());
     gemm(Trans::No, Trans::Yes, 1, W, D, 1.0f, step_n_.data(), D, store_.value(b.wqkv).data(), D,
          0.0f, step_qkv_.data(), W);
+    apply_qkv_extras(attn_shape_, 1, qkv_extras(b), step_qkv_.span());
     attention_decode(attn_shape_, rope_, pos, step_qkv_.span(), cache.keys[l].span(),
                      cache.values[l].span(), step_scores_.span(), step_ctx_.span());
     gemm(Trans::No, Trans::Yes, 1, D, H * hd, 1.0f, step_ctx_.data(), H * hd,

@@ -78,7 +78,8 @@ class Transformer {
  private:
   struct Block {
     ParamRef attn_norm, wqkv, wo, ffn_norm;
-    ParamRef w13, w2;  // dense FFN (when moe is null)
+    ParamRef qkv_bias, q_norm, k_norm;  // set only when the config asks for them
+    ParamRef w13, w2;                   // dense FFN (when moe is null)
     std::unique_ptr<MoeLayer> moe;
     // Saved activations.
     Tensor x;              // [T, D] block input (residual stream)
@@ -88,6 +89,9 @@ class Transformer {
     Tensor n2, rstd2;      // [T, D], [T]
     Tensor h13, act;       // [T, 2F], [T, F] dense FFN
   };
+
+  // The block's q/k/v bias, q/k norm and clamp, as the attention kernels take them.
+  QkvExtras qkv_extras(const Block& b) const;
 
   ModelConfig config_;
   ParamStore& store_;

@@ -120,16 +120,50 @@ int64_t attention_scratch_size(const AttentionShape&, int threads) {
   return int64_t{threads} * kThreadScratch;
 }
 
+void apply_qkv_extras(const AttentionShape& s, int64_t tokens, const QkvExtras& e,
+                      std::span<float> qkv) {
+  const int64_t W = s.qkv_width(), Q = s.heads * s.head_dim, K = s.kv_heads * s.head_dim;
+  require(static_cast<int64_t>(qkv.size()) >= tokens * W, "apply_qkv_extras: qkv too small");
+  require(e.bias.empty() || static_cast<int64_t>(e.bias.size()) == W,
+          "apply_qkv_extras: bias must hold (H+2KV) hd values");
+  require(e.q_norm.empty() == e.k_norm.empty() &&
+              (e.q_norm.empty() || (static_cast<int64_t>(e.q_norm.size()) == Q &&
+                                    static_cast<int64_t>(e.k_norm.size()) == K)),
+          "apply_qkv_extras: q_norm [H hd] and k_norm [KV hd] go together");
+  if (e.bias.empty() && e.q_norm.empty() && e.clip == 0.0f) return;
+  // RMSNorm in place over n values, as Llama's: w * (x / sqrt(mean(x^2) + eps)).
+  auto norm = [&](float* v, std::span<const float> w) {
+    const int64_t n = static_cast<int64_t>(w.size());
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += v[i] * v[i];
+    const float rstd = 1.0f / std::sqrt(sum / static_cast<float>(n) + e.norm_eps);
+    for (int64_t i = 0; i < n; ++i) v[i] = w[i] * (v[i] * rstd);
+  };
+#pragma omp parallel for schedule(static) if (tokens * W > 65536)
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = qkv.data() + t * W;
+    if (!e.bias.empty())
+      for (int64_t i = 0; i < W; ++i) row[i] += e.bias[i];
+    if (!e.q_norm.empty()) {
+      norm(row, e.q_norm);
+      norm(row + Q, e.k_norm);
+    }
+    if (e.clip > 0.0f)
+      for (int64_t i = 0; i < W; ++i) row[i] = std::clamp(row[i], -e.clip, e.clip);
+  }
+}
+
 void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                        std::span<const float> wqkv, std::span<const float> wo, std::span<float> qkv,
                        std::span<float> ctx, std::span<float> lse, std::span<float> y,
-                       std::span<float> scratch) {
+                       std::span<float> scratch, const QkvExtras& extras) {
   check_shape(s, rope, static_cast<int64_t>(scratch.size()));
   const int64_t T = s.tokens(), D = s.model, S = s.seq, H = s.heads, hd = s.head_dim;
   const int64_t W = s.qkv_width(), C = s.ctx_width(), group = H / s.kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
   gemm(Trans::No, Trans::Yes, T, W, D, 1.0f, x.data(), D, wqkv.data(), D, 0.0f, qkv.data(), W);
+  apply_qkv_extras(s, T, extras, qkv);
   rope_qk(s, rope, qkv, false);
 
   // One (sequence, head, row block) per task: each writes only its own rows of ctx and lse, so

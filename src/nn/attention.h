@@ -34,6 +34,25 @@ struct AttentionShape {
   int64_t ctx_width() const { return heads * head_dim; }
 };
 
+// What some architectures apply to the projection before RoPE, in this order:
+//   qkv += bias                                   (Qwen2-MoE's q/k/v biases)
+//   q <- RMSNorm(q) over its whole H hd values, k likewise over KV hd   (OLMoE's q/k norm)
+//   q, k, v clamped to [-clip, clip]              (OLMoE's clip_qkv)
+// Empty spans and clip 0 leave a step out; the default is none of them.
+struct QkvExtras {
+  std::span<const float> bias;    // [(H+2KV) hd] or empty
+  std::span<const float> q_norm;  // [H hd] or empty (empty together with k_norm)
+  std::span<const float> k_norm;  // [KV hd] or empty
+  float norm_eps = 1e-5f;
+  float clip = 0.0f;  // 0 = no clamp
+
+  bool trainable() const { return q_norm.empty() && clip == 0.0f; }  // see attention_backward
+};
+
+// qkv: [tokens, (H+2KV) hd] as projected (not yet rotated): the extras applied in place.
+void apply_qkv_extras(const AttentionShape& s, int64_t tokens, const QkvExtras& extras,
+                      std::span<float> qkv);
+
 // cos/sin of position * theta^(-2i/hd) for i < hd/2, positions [0, max_positions).
 class RopeTable {
  public:
@@ -61,10 +80,12 @@ int64_t attention_scratch_size(const AttentionShape& s, int threads);
 void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                        std::span<const float> wqkv, std::span<const float> wo, std::span<float> qkv,
                        std::span<float> ctx, std::span<float> lse, std::span<float> y,
-                       std::span<float> scratch);
+                       std::span<float> scratch, const QkvExtras& extras = {});
 
 // dy: [T, D] -> dx: [T, D] overwritten; dwqkv, dwo added to. dqkv: [T, (H+2KV) hd] and
-// dctx: [T, H hd] are scratch.
+// dctx: [T, H hd] are scratch; dqkv ends holding the gradient of the projection before RoPE,
+// so a caller with q/k/v biases sums its rows for theirs. The forward's q/k norm and clamp
+// have no backward (QkvExtras::trainable).
 void attention_backward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                         std::span<const float> wqkv, std::span<const float> wo,
                         std::span<const float> qkv, std::span<const float> ctx,

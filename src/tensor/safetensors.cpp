@@ -63,26 +63,29 @@ const Tensor& SafetensorsFile::at(const std::string& name) const {
   return it->second;
 }
 
-SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source) {
-  require(bytes.size() >= 8, source + ": file too short for a safetensors header (" +
-                                 std::to_string(bytes.size()) + " bytes)");
+SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t file_size,
+                                           const std::string& source) {
+  require(file_size >= 8 && head.size() >= 8, source +
+                                                  ": file too short for a safetensors header (" +
+                                                  std::to_string(file_size) + " bytes)");
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(bytes[i]);
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(head[i]);
   require(header_len <= kMaxHeaderBytes,
           source + ": header length " + std::to_string(header_len) + " exceeds 100 MB");
-  require(header_len <= bytes.size() - 8, source + ": header length " + std::to_string(header_len) +
-                                              " runs past the end of the file");
+  require(header_len <= file_size - 8, source + ": header length " + std::to_string(header_len) +
+                                           " runs past the end of the file");
+  require(head.size() - 8 >= header_len, source + ": header cut short");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_len);
+    header = nlohmann::json::parse(head.begin() + 8, head.begin() + 8 + header_len);
   } catch (const nlohmann::json::exception& e) {
     throw Error(source + ": header is not valid JSON: " + e.what());
   }
   require(header.is_object(), source + ": header is not a JSON object");
 
-  const uint64_t data_len = bytes.size() - 8 - header_len;
-  const char* data = bytes.data() + 8 + header_len;
-  SafetensorsFile file;
+  SafetensorsHeader out;
+  out.data_start = 8 + header_len;
+  out.data_bytes = file_size - 8 - header_len;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto& [name, entry] : header.items()) {
     const std::string where = source + ": tensor '" + name + "'";
@@ -90,7 +93,7 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
       require(entry.is_object(), source + ": __metadata__ is not an object");
       for (auto& [key, value] : entry.items()) {
         require(value.is_string(), source + ": __metadata__['" + key + "'] is not a string");
-        file.metadata[key] = value.get<std::string>();
+        out.metadata[key] = value.get<std::string>();
       }
       continue;
     }
@@ -126,27 +129,18 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
             where + ": data_offsets must be two natural numbers");
     const uint64_t begin = offsets[0].get<uint64_t>();
     const uint64_t end = offsets[1].get<uint64_t>();
-    require(begin <= end && end <= data_len,
+    require(begin <= end && end <= out.data_bytes,
             where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                "] out of range (data section is " + std::to_string(data_len) + " bytes)");
+                "] out of range (data section is " + std::to_string(out.data_bytes) +
+                " bytes; a truncated file?)");
     require(end - begin == bytes_needed, where + ": shape " + shape_str(shape) + " of " + dtype +
                                              " needs " + std::to_string(bytes_needed) +
                                              " bytes, offsets give " + std::to_string(end - begin));
     ranges.emplace_back(begin, end);
-
-    Tensor t(shape, where);
-    const char* src = data + begin;
-    if (dtype == "F32") {
-      if (numel > 0)  // an empty tensor owns no buffer, and memcpy wants a real pointer
-        std::memcpy(t.data(), src, numel * 4);
-    } else {
-      for (uint64_t i = 0; i < numel; ++i) {
-        uint16_t v;
-        std::memcpy(&v, src + 2 * i, 2);
-        t[static_cast<int64_t>(i)] = dtype == "F16" ? half_to_float(v) : bf16_to_float(v);
-      }
-    }
-    file.tensors.emplace(name, std::move(t));
+    const TensorDtype type = dtype == "F32"   ? TensorDtype::F32
+                             : dtype == "F16" ? TensorDtype::F16
+                                              : TensorDtype::BF16;
+    out.tensors.emplace(name, SafetensorsEntry{type, std::move(shape), begin, end});
   }
   std::sort(ranges.begin(), ranges.end());
   uint64_t cursor = 0;
@@ -157,9 +151,73 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
             source + ": hole in the data section at byte " + std::to_string(cursor));
     cursor = end;
   }
-  require(cursor == data_len, source + ": " + std::to_string(data_len - cursor) +
-                                  " trailing bytes after the last tensor");
+  require(cursor == out.data_bytes, source + ": " + std::to_string(out.data_bytes - cursor) +
+                                        " trailing bytes after the last tensor");
+  return out;
+}
+
+void convert_to_float(TensorDtype dtype, std::span<const char> raw, std::span<float> out) {
+  const size_t n = out.size();
+  require(raw.size() == n * dtype_bytes(dtype), "convert_to_float: size mismatch");
+  if (dtype == TensorDtype::F32) {
+    if (n > 0) std::memcpy(out.data(), raw.data(), n * 4);  // memcpy wants a real pointer
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, raw.data() + 2 * i, 2);
+    out[i] = dtype == TensorDtype::F16 ? half_to_float(v) : bf16_to_float(v);
+  }
+}
+
+SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source) {
+  const SafetensorsHeader header = parse_safetensors_header(bytes, bytes.size(), source);
+  SafetensorsFile file;
+  file.metadata = header.metadata;
+  const char* data = bytes.data() + header.data_start;
+  for (const auto& [name, e] : header.tensors) {
+    Tensor t(e.shape, source + ": tensor '" + name + "'");
+    convert_to_float(e.dtype, {data + e.begin, data + e.end}, t.span());
+    file.tensors.emplace(name, std::move(t));
+  }
   return file;
+}
+
+SafetensorsHeader read_safetensors_header(const std::string& path) {
+  std::error_code ec;
+  require(std::filesystem::is_regular_file(path, ec),
+          path + ": cannot open (missing, or not a regular file)");
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  require(in.good(), path + ": cannot open");
+  const std::streamsize size = in.tellg();
+  require(size >= 0, path + ": cannot read its size");
+  in.seekg(0);
+  std::vector<char> head(static_cast<size_t>(std::min<std::streamsize>(size, 8)));
+  require(static_cast<bool>(in.read(head.data(), static_cast<std::streamsize>(head.size()))),
+          path + ": read failed");
+  if (head.size() == 8) {
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(head[i]);
+    // Only a length the parser would accept is read: the rest is its error to name.
+    if (header_len <= kMaxHeaderBytes && header_len <= static_cast<uint64_t>(size) - 8) {
+      head.resize(8 + header_len);
+      require(static_cast<bool>(in.read(head.data() + 8, static_cast<std::streamsize>(header_len))),
+              path + ": read failed");
+    }
+  }
+  return parse_safetensors_header(head, static_cast<uint64_t>(size), path);
+}
+
+void read_safetensors_tensor(const std::string& path, const SafetensorsHeader& header,
+                             const std::string& name, std::span<float> out) {
+  const SafetensorsEntry& e = header.tensors.at(name);
+  std::ifstream in(path, std::ios::binary);
+  require(in.good(), path + ": cannot open");
+  std::vector<char> raw(e.end - e.begin);
+  in.seekg(static_cast<std::streamoff>(header.data_start + e.begin));
+  require(static_cast<bool>(in.read(raw.data(), static_cast<std::streamsize>(raw.size()))),
+          path + ": tensor '" + name + "': read failed (the file changed or was cut short)");
+  convert_to_float(e.dtype, raw, out);
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {

@@ -184,4 +184,8 @@ int32_t Tokenizer::eos_id() const {
   return sp_->eos_id();
 }
 
+int32_t Tokenizer::bos_id() const {
+  return sp_->bos_id();
+}
+
 }  // namespace moe

@@ -47,6 +47,7 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids) const;
   int32_t vocab_size() const;
   int32_t eos_id() const;  // ends every document in the token streams
+  int32_t bos_id() const;  // -1 when the model has none (ours: none)
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
