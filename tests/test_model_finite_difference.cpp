@@ -102,9 +102,9 @@ TEST_P(ModelFiniteDifference, GradientsMatchCentralDifferences) {
   check_gradients(test::load_model_cases().at(GetParam()));
 }
 
-// Qwen2-MoE's features that train: q/k/v biases, a dense block among MoE ones by
-// mlp_only_layers, softmax top-k gates left unnormalised, the sigmoid-gated shared expert.
-TEST(ModelFiniteDifferenceHf, Qwen2MoeFeaturesTrain) {
+// A small model in the shape of the Hugging Face architectures' tests below: 3 blocks, GQA,
+// softmax top-2 of 4 experts, the router losses weighted about 1.
+test::ModelCase hf_like_case() {
   test::ModelCase c;
   c.batch = 2;
   c.seq = 5;
@@ -116,21 +116,40 @@ TEST(ModelFiniteDifferenceHf, Qwen2MoeFeaturesTrain) {
   m.num_attention_heads = 4;
   m.num_key_value_heads = 2;
   m.max_position_embeddings = 8;
-  m.qkv_bias = true;
-  m.mlp_only_layers = {1};
   MoeConfig e;
   e.hidden_size = 16;
   e.moe_intermediate_size = 10;
   e.num_experts = 4;
   e.top_k = 2;
   e.router_type = RouterType::SoftmaxTopK;
+  e.aux_loss_coeff = 1.0f;
+  m.moe = e;
+  return c;
+}
+
+// Qwen2-MoE's features that train: q/k/v biases, a dense block among MoE ones by
+// mlp_only_layers, softmax top-k gates left unnormalised, the sigmoid-gated shared expert.
+TEST(ModelFiniteDifferenceHf, Qwen2MoeFeaturesTrain) {
+  test::ModelCase c = hf_like_case();
+  c.config.qkv_bias = true;
+  c.config.mlp_only_layers = {1};
+  MoeConfig& e = *c.config.moe;
   e.norm_topk_prob = false;
   e.n_shared_experts = 1;
   e.shared_expert_intermediate_size = 12;
   e.shared_expert_gate = true;
-  e.aux_loss_coeff = 1.0f;
-  m.moe = e;
-  ASSERT_FALSE(m.is_moe_layer(1));
+  ASSERT_FALSE(c.config.is_moe_layer(1));
+  check_gradients(c);
+}
+
+// OLMoE's: RMSNorm over the whole q and k projections and the clip_qkv clamp, here with q/k/v
+// biases too. At 2 a few percent of the values are clamped (the gradient test fails when the
+// clamp's mask is left out); at 1 so many lie near the bound that perturbations cross it.
+TEST(ModelFiniteDifferenceHf, OlmoeFeaturesTrain) {
+  test::ModelCase c = hf_like_case();
+  c.config.qk_norm = true;
+  c.config.clip_qkv = 2.0f;
+  c.config.qkv_bias = true;
   check_gradients(c);
 }
 

@@ -91,7 +91,7 @@ void Transformer::init_parameters(Rng& rng) {
   if (!config_.tie_word_embeddings) normal(head_);
 }
 
-QkvExtras Transformer::qkv_extras(const Block& b) const {
+QkvExtras Transformer::qkv_extras(Block& b, bool training) {
   QkvExtras e;
   if (config_.qkv_bias) e.bias = store_.value(b.qkv_bias);
   if (config_.qk_norm) {
@@ -100,7 +100,18 @@ QkvExtras Transformer::qkv_extras(const Block& b) const {
   }
   e.norm_eps = config_.rms_norm_eps;
   e.clip = config_.clip_qkv;
+  if (training && e.needs_saved()) e.saved = b.qkv_pre.span();
   return e;
+}
+
+QkvExtrasGrads Transformer::qkv_extras_grads(const Block& b) {
+  QkvExtrasGrads g;
+  if (config_.qkv_bias) g.bias = store_.grad(b.qkv_bias);
+  if (config_.qk_norm) {
+    g.q_norm = store_.grad(b.q_norm);
+    g.k_norm = store_.grad(b.k_norm);
+  }
+  return g;
 }
 
 double Transformer::forward(std::span<const int32_t> tokens, std::span<const int32_t> targets,
@@ -136,6 +147,8 @@ double Transformer::forward(std::span<const int32_t> tokens, std::span<const int
     b.n1.resize({T, D});
     b.rstd1.resize({T});
     b.qkv.resize({T, attn_shape_.qkv_width()});
+    if (options.compute_grad && (config_.qk_norm || config_.clip_qkv > 0.0f))
+      b.qkv_pre.resize({T, attn_shape_.qkv_width()});
     b.ctx.resize({T, attn_shape_.ctx_width()});
     b.lse.resize({batch, H, seq});
     b.h.resize({T, D});
@@ -147,7 +160,7 @@ double Transformer::forward(std::span<const int32_t> tokens, std::span<const int
                     b.rstd1.span());
     attention_forward(attn_shape_, rope_, b.n1.span(), store_.value(b.wqkv), store_.value(b.wo),
                       b.qkv.span(), b.ctx.span(), b.lse.span(), out_.span(), attn_scratch_.span(),
-                      qkv_extras(b));
+                      qkv_extras(b, options.compute_grad));
     add(b.x.span(), out_.span(), b.h.span());
     rmsnorm_forward(T, D, config_.rms_norm_eps, b.h.span(), store_.value(b.ffn_norm), b.n2.span(),
                     b.rstd2.span());
@@ -195,10 +208,6 @@ double Transformer::router_loss() const {
 
 void Transformer::backward() {
   require(have_grad_state_, "transformer: backward() needs a forward with compute_grad");
-  if (config_.qk_norm || config_.clip_qkv > 0.0f)
-    throw Error(
-        "transformer: q/k norm and clip_qkv (OLMoE) run forward only; training them "
-        "is not supported");
   have_grad_state_ = false;
   const int64_t T = batch_ * seq_, D = config_.hidden_size, V = config_.vocab_size;
   const int64_t F = config_.intermediate_size;
@@ -233,14 +242,7 @@ void Transformer::backward() {
     attention_backward(attn_shape_, rope_, b.n1.span(), store_.value(b.wqkv), store_.value(b.wo),
                        b.qkv.span(), b.ctx.span(), b.lse.span(), dres_.span(), dqkv_.span(),
                        dctx_.span(), dn_.span(), store_.grad(b.wqkv), store_.grad(b.wo),
-                       attn_scratch_.span());
-    if (config_.qkv_bias) {
-      // dqkv holds the projection's gradient before RoPE: the bias gets its column sums.
-      const int64_t W = attn_shape_.qkv_width();
-      std::span<float> db = store_.grad(b.qkv_bias);
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t i = 0; i < W; ++i) db[i] += dqkv_[t * W + i];
-    }
+                       attn_scratch_.span(), qkv_extras(b, true), qkv_extras_grads(b));
     rmsnorm_backward(T, D, b.x.span(), store_.value(b.attn_norm), b.rstd1.span(), dn_.span(),
                      dres_.span(), store_.grad(b.attn_norm));
   }
@@ -290,7 +292,7 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
                     step_n_.span(), rstd.span());
     gemm(Trans::No, Trans::Yes, 1, W, D, 1.0f, step_n_.data(), D, store_.value(b.wqkv).data(), D,
          0.0f, step_qkv_.data(), W);
-    apply_qkv_extras(attn_shape_, 1, qkv_extras(b), step_qkv_.span());
+    apply_qkv_extras(attn_shape_, 1, qkv_extras(b, false), step_qkv_.span());
     attention_decode(attn_shape_, rope_, pos, step_qkv_.span(), cache.keys[l].span(),
                      cache.values[l].span(), step_scores_.span(), step_ctx_.span());
     gemm(Trans::No, Trans::Yes, 1, D, H * hd, 1.0f, step_ctx_.data(), H * hd,

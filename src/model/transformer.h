@@ -85,13 +85,16 @@ class Transformer {
     Tensor x;              // [T, D] block input (residual stream)
     Tensor n1, rstd1;      // [T, D], [T]
     Tensor qkv, ctx, lse;  // [T, (H+2KV) hd], [T, H hd], [B, H, S]
+    Tensor qkv_pre;        // [T, (H+2KV) hd] projection + bias before q/k norm and clamp
     Tensor h;              // [T, D] residual after attention
     Tensor n2, rstd2;      // [T, D], [T]
     Tensor h13, act;       // [T, 2F], [T, F] dense FFN
   };
 
-  // The block's q/k/v bias, q/k norm and clamp, as the attention kernels take them.
-  QkvExtras qkv_extras(const Block& b) const;
+  // The block's q/k/v bias, q/k norm and clamp, as the attention kernels take them (with
+  // `saved`, b.qkv_pre, when `training`), and their gradients.
+  QkvExtras qkv_extras(Block& b, bool training);
+  QkvExtrasGrads qkv_extras_grads(const Block& b);
 
   ModelConfig config_;
   ParamStore& store_;
