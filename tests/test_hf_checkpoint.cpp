@@ -9,6 +9,7 @@
 // logit gaps exceed 1e-2 and whose router k-th/(k+1)-th probability gaps exceed 1e-3.
 // The bad-input tests mutate copies of those folders; each error must name the culprit.
 #include <gtest/gtest.h>
+#include <sentencepiece_trainer.h>
 
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,7 @@
 #include "model/hf_checkpoint.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
+#include "train/tokenizer.h"
 
 namespace moe {
 namespace {
@@ -267,6 +269,38 @@ TEST(HfCheckpointBadInput, WrongDtypeNamesTheTensor) {
   write_text(path, bytes);
   EXPECT_PRED_FORMAT2(testing::IsSubstring, "tensor 'model.norm.weight': unsupported dtype 'I32'",
                       test::error_of([&] { load_model(dir); }));
+}
+
+// A sentencepiece model of another project (Mixtral's kind: byte fallback, identity
+// normalisation, no user-defined newline and tab symbols) gets newlines and tabs as bytes;
+// ours keeps its symbols.
+TEST(HfTokenizer, ForeignSentencepieceModelKeepsNewlinesAsBytes) {
+  const std::string dir = test::temp_dir("tok");
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200; ++i)
+    texts.push_back("line " + std::to_string(i) + " of some text\n\tindented words here");
+  TokenizerTrainOptions o;
+  o.vocab_size = 300;
+  Tokenizer::train(texts, o, dir + "/ours.model");
+  EXPECT_TRUE(Tokenizer(dir + "/ours.model").maps_layout_symbols());
+
+  std::string corpus;
+  for (const std::string& t : texts) corpus += t + "\n";
+  write_text(dir + "/corpus.txt", corpus);
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + dir + "/corpus.txt --model_prefix=" + dir +
+      "/foreign --model_type=bpe --vocab_size=300 --byte_fallback=true --minloglevel=2 "
+      "--normalization_rule_name=identity --remove_extra_whitespaces=false");
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  const Tokenizer foreign(dir + "/foreign.model");
+  EXPECT_FALSE(foreign.maps_layout_symbols());
+  const std::string text = "some\nwords\there";
+  const std::vector<int32_t> ids = foreign.encode(text);
+  EXPECT_EQ(foreign.decode(ids), text);
+  const std::vector<int32_t> newline = foreign.encode("\n");
+  ASSERT_FALSE(newline.empty());
+  // "\n" alone: sentencepiece's leading space marker, then the byte piece <0x0A>.
+  EXPECT_EQ(foreign.decode({newline.end() - 1, newline.end()}), "\n");
 }
 
 TEST(ShardIndex, AcceptsAWeightMapOfPlainFileNames) {
