@@ -10,8 +10,8 @@ cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_
 cmake --build build-fuzz -j2
 status=0
 # A run folder is four files in one input: its seeds are larger than a config's.
-declare -A max_len=([safetensors]=4096 [model_config]=4096 [moe_config]=4096 [run_folder]=16384 [shard_index]=8192)
-for target in safetensors model_config moe_config run_folder shard_index; do
+declare -A max_len=([safetensors]=4096 [model_config]=4096 [moe_config]=4096 [run_folder]=16384 [shard_index]=8192 [hf_config]=4096)
+for target in safetensors model_config moe_config run_folder shard_index hf_config; do
   corpus=build-fuzz/corpus-$target
   failures=build-fuzz/failures-$target  # this run's failing inputs only
   rm -rf "$failures"

@@ -257,6 +257,22 @@ TEST(HfCheckpointBadInput, MissingAndUnexpectedTensorsAreNamed) {
                       test::error_of([&] { load_model(dir); }));
 }
 
+// transformers ties the head to the embedding whatever the file holds: a stored lm_head.weight
+// is left unread then, and an unused RoPE buffer too; anything else unexpected is an error.
+TEST(HfCheckpoint, TiedHeadAndRopeBufferInTheFileAreLeftOut) {
+  const std::string dir = copy_case("qwen2_moe_f32");
+  SafetensorsFile f = read_safetensors(dir + "/model.safetensors");
+  edit_config(dir, [](nlohmann::json& j) { j["tie_word_embeddings"] = true; });
+  f.tensors.emplace("model.layers.0.self_attn.rotary_emb.inv_freq", Tensor({4}));
+  write_safetensors(dir + "/model.safetensors", f.tensors, {{"format", "pt"}});
+  LoadedModel m = load_model(dir);
+  EXPECT_TRUE(m.config.tie_word_embeddings);
+  f.tensors.emplace("model.layers.0.mlp.extra.weight", Tensor({4}));
+  write_safetensors(dir + "/model.safetensors", f.tensors, {{"format", "pt"}});
+  EXPECT_PRED_FORMAT2(testing::IsSubstring, "unexpected tensor 'model.layers.0.mlp.extra.weight'",
+                      test::error_of([&] { load_model(dir); }));
+}
+
 TEST(HfCheckpointBadInput, WrongDtypeNamesTheTensor) {
   // The same 4 bytes per element as F32, so only the dtype is wrong.
   const std::string dir = copy_case("mixtral_f32");

@@ -277,8 +277,14 @@ LoadedModel load_hf_checkpoint(const std::string& dir, uint64_t seed) {
       throw Error(files.file_of.at(name) + ": tensor '" + name + "' has shape " +
                   shape_text(e.shape) + ", config.json needs " + shape_text(v.shape));
   }
+  // Left out as transformers leaves them out: RoPE's inverse frequencies (a buffer some
+  // checkpoints saved) and a head that tie_word_embeddings replaces by the embedding.
+  auto ignored = [&](const std::string& name) {
+    return name.ends_with(".rotary_emb.inv_freq") ||
+           (m.config.tie_word_embeddings && name == "lm_head.weight");
+  };
   for (const auto& [name, path] : files.file_of)
-    if (!expected.count(name) && !name.ends_with(".rotary_emb.inv_freq"))  // a buffer, not a weight
+    if (!expected.count(name) && !ignored(name))
       throw Error(path + ": unexpected tensor '" + name +
                   "' (not in the model config.json describes)");
 
