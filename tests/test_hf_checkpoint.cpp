@@ -113,6 +113,20 @@ INSTANTIATE_TEST_SUITE_P(Cases, HfReference,
                                          "qwen2_moe_f32", "qwen2_moe_bf16", "olmoe_f32",
                                          "olmoe_bf16"));
 
+// A generation's cache holds its own length, not the whole context (a real checkpoint's
+// context of 32768 positions would take gigabytes); past it, decoding is an error.
+TEST(HfCheckpoint, KvCacheHoldsWhatTheGenerationNeeds) {
+  LoadedModel m = load_model(kCases + "/mixtral_f32");
+  EXPECT_EQ(m.model->make_cache().capacity(), m.config.max_position_embeddings);
+  KvCache cache = m.model->make_cache(2);
+  EXPECT_EQ(cache.capacity(), 2);
+  std::vector<float> logits(m.config.vocab_size);
+  m.model->decode_step(1, cache, logits);
+  m.model->decode_step(2, cache, logits);
+  EXPECT_PRED_FORMAT2(testing::IsSubstring, "KV cache is full (2 positions)",
+                      test::error_of([&] { m.model->decode_step(3, cache, logits); }));
+}
+
 TEST(HfCheckpoint, RecognisedByModelType) {
   EXPECT_TRUE(is_hf_checkpoint(kCases + "/olmoe_f32"));
   const std::string run = test::temp_dir("run");

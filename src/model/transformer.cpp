@@ -249,12 +249,14 @@ void Transformer::backward() {
   embedding_backward(D, tokens_, dres_.span(), store_.grad(embed_));
 }
 
-KvCache Transformer::make_cache() const {
+KvCache Transformer::make_cache(int64_t positions) const {
   KvCache cache;
   const int64_t width = config_.num_key_value_heads * config_.resolved_head_dim();
+  const int64_t rows = positions > 0 ? std::min(positions, config_.max_position_embeddings)
+                                     : config_.max_position_embeddings;
   for (size_t l = 0; l < blocks_.size(); ++l) {
-    cache.keys.emplace_back(Shape{config_.max_position_embeddings, width});
-    cache.values.emplace_back(Shape{config_.max_position_embeddings, width});
+    cache.keys.emplace_back(Shape{rows, width}, "KV cache");
+    cache.values.emplace_back(Shape{rows, width}, "KV cache");
     const MoeLayer* moe = blocks_[l].moe.get();
     Tensor& sum = cache.route_sums.emplace_back();
     if (moe && moe->config().routing_level == RoutingLevel::Sequence) {
@@ -275,6 +277,9 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
     throw Error("generation: the context is full (max_position_embeddings " +
                 std::to_string(config_.max_position_embeddings) + ")");
   require(static_cast<int64_t>(cache.keys.size()) == num_layers(), "generation: bad cache");
+  if (pos >= cache.capacity())
+    throw Error("generation: the KV cache is full (" + std::to_string(cache.capacity()) +
+                " positions)");
   require(static_cast<int64_t>(logits.size()) >= V, "generation: logits must hold [V]");
   have_grad_state_ = false;
   step_x_.resize({1, D});

@@ -29,7 +29,8 @@ struct KvCache {
   // Sequence routing, per block: [D] sum of the MoE layer's inputs over the first
   // route_prefix positions (empty for other blocks).
   std::vector<Tensor> route_sums;
-  int64_t length = 0;  // positions filled
+  int64_t length = 0;                                                          // positions filled
+  int64_t capacity() const { return keys.empty() ? 0 : keys.front().dim(0); }  // positions
 };
 
 struct ModelStepOptions {
@@ -60,7 +61,9 @@ class Transformer {
   // and values to the cache, and writes the next-token logits: [V]. Routing is in eval mode
   // (expert choice by its learned thresholds), so decoding equals the full eval forward.
   void decode_step(int32_t token, KvCache& cache, std::span<float> logits);
-  KvCache make_cache() const;
+  // A cache for `positions` tokens (0, or more than max_position_embeddings: the whole
+  // context); a generation that knows its length needs no more.
+  KvCache make_cache(int64_t positions = 0) const;
 
   // [B*S, V] logits of the last forward run without compute_grad.
   std::span<const float> logits() const;
