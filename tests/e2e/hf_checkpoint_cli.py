@@ -2,8 +2,8 @@
 """`moe logits` and `moe generate` on the Hugging Face checkpoint folders that
 tests/reference/hf_reference.py --make built: the logits file holds the last position's
 vocab_size float32 values and matches the reference within 1e-4 + 1e-4 |ref|; bad input (an id
-outside the vocabulary, an unknown model_type, a tokenizer.json-only folder, no tokenizer) exits
-2 with one line naming it."""
+outside the vocabulary, an unknown model_type, a tokenizer.json-only folder, no tokenizer, an
+export of a folder that already is one) exits 2 with one line naming it."""
 import json
 import os
 import shutil
@@ -53,6 +53,9 @@ def main():
                        "id 97 (position 1) is outside the vocabulary [0, 97)")
         one_line_error(["logits", "--model", folder, "--tokens", "-1", "--out", os.path.join(work, "x")],
                        "outside the vocabulary")
+
+        one_line_error(["export", "--model", folder, "--out", os.path.join(work, "again")],
+                       "already a Hugging Face checkpoint folder")
 
         copy = os.path.join(work, "copy")
         shutil.copytree(folder, copy)
