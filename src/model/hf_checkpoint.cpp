@@ -64,10 +64,6 @@ std::string read_text_file(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-std::string shape_text(const Shape& s) {
-  return shape_str(s);
-}
-
 }  // namespace
 
 bool is_hf_checkpoint(const std::string& dir) {
@@ -271,11 +267,11 @@ LoadedModel load_hf_checkpoint(const std::string& dir, uint64_t seed) {
     const std::string name = hf_arch_name(v.name, hf.arch);
     expected.insert(name);
     if (!files.file_of.count(name))
-      throw Error(dir + ": missing tensor '" + name + "' (shape " + shape_text(v.shape) + ")");
+      throw Error(dir + ": missing tensor '" + name + "' (shape " + shape_str(v.shape) + ")");
     const SafetensorsEntry& e = files.entry(name);
     if (e.shape != v.shape)
       throw Error(files.file_of.at(name) + ": tensor '" + name + "' has shape " +
-                  shape_text(e.shape) + ", config.json needs " + shape_text(v.shape));
+                  shape_str(e.shape) + ", config.json needs " + shape_str(v.shape));
   }
   // Left out as transformers leaves them out: RoPE's inverse frequencies (a buffer some
   // checkpoints saved) and a head that tie_word_embeddings replaces by the embedding.
