@@ -92,6 +92,9 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
   recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
   LoadedModel m = load_model(run);
   const Tokenizer tokenizer = open_folder_tokenizer(run);
+  if (tokenizer.vocab_size() > m.config.vocab_size)
+    throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                " pieces, more than the model's vocab_size " + std::to_string(m.config.vocab_size));
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (prompt_starts_with_bos(run, m, tokenizer)) ids.insert(ids.begin(), tokenizer.bos_id());
   if (ids.empty()) ids.push_back(tokenizer.eos_id());
