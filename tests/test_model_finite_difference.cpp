@@ -22,10 +22,9 @@ constexpr double kAbsTol = 3e-4;  // fp32 round-off of the loss is ~1e-4 after d
 constexpr double kRelTol = 2e-2;  // pass when |analytic - numeric| <= kAbsTol + kRelTol |numeric|
 constexpr int kSamplesPerTensor = 12;
 
-class ModelFiniteDifference : public testing::TestWithParam<std::string> {};
-
-TEST_P(ModelFiniteDifference, GradientsMatchCentralDifferences) {
-  const test::ModelCase c = test::load_model_cases().at(GetParam());
+// Compares the analytic gradient with central differences at sampled coordinates of every
+// parameter tensor of model case `c`.
+void check_gradients(const test::ModelCase& c) {
   const ModelConfig& cfg = c.config;
   const int64_t T = c.batch * c.seq;
 
@@ -95,6 +94,63 @@ TEST_P(ModelFiniteDifference, GradientsMatchCentralDifferences) {
   }
   EXPECT_LE(skipped, (checked + skipped) / 10) << skipped << " coordinates changed routing";
   EXPECT_GT(checked, 0);
+}
+
+class ModelFiniteDifference : public testing::TestWithParam<std::string> {};
+
+TEST_P(ModelFiniteDifference, GradientsMatchCentralDifferences) {
+  check_gradients(test::load_model_cases().at(GetParam()));
+}
+
+// A small model in the shape of the Hugging Face architectures' tests below: 3 blocks, GQA,
+// softmax top-2 of 4 experts, the router losses weighted about 1.
+test::ModelCase hf_like_case() {
+  test::ModelCase c;
+  c.batch = 2;
+  c.seq = 5;
+  ModelConfig& m = c.config;
+  m.vocab_size = 29;
+  m.hidden_size = 16;
+  m.intermediate_size = 20;
+  m.num_hidden_layers = 3;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = 2;
+  m.max_position_embeddings = 8;
+  MoeConfig e;
+  e.hidden_size = 16;
+  e.moe_intermediate_size = 10;
+  e.num_experts = 4;
+  e.top_k = 2;
+  e.router_type = RouterType::SoftmaxTopK;
+  e.aux_loss_coeff = 1.0f;
+  m.moe = e;
+  return c;
+}
+
+// Qwen2-MoE's features that train: q/k/v biases, a dense block among MoE ones by
+// mlp_only_layers, softmax top-k gates left unnormalised, the sigmoid-gated shared expert.
+TEST(ModelFiniteDifferenceHf, Qwen2MoeFeaturesTrain) {
+  test::ModelCase c = hf_like_case();
+  c.config.qkv_bias = true;
+  c.config.mlp_only_layers = {1};
+  MoeConfig& e = *c.config.moe;
+  e.norm_topk_prob = false;
+  e.n_shared_experts = 1;
+  e.shared_expert_intermediate_size = 12;
+  e.shared_expert_gate = true;
+  ASSERT_FALSE(c.config.is_moe_layer(1));
+  check_gradients(c);
+}
+
+// OLMoE's: RMSNorm over the whole q and k projections and the clip_qkv clamp, here with q/k/v
+// biases too. At 2 a few percent of the values are clamped (the gradient test fails when the
+// clamp's mask is left out); at 1 so many lie near the bound that perturbations cross it.
+TEST(ModelFiniteDifferenceHf, OlmoeFeaturesTrain) {
+  test::ModelCase c = hf_like_case();
+  c.config.qk_norm = true;
+  c.config.clip_qkv = 2.0f;
+  c.config.qkv_bias = true;
+  check_gradients(c);
 }
 
 std::vector<std::string> small_case_names() {

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "model/checkpoint.h"
+#include "model/hf_checkpoint.h"
 #include "model/hf_export.h"
 #include "tensor/error.h"
 
@@ -52,6 +53,10 @@ int run_export(const ExportCommand& c) {
   std::error_code ec;
   if (std::filesystem::equivalent(c.model, c.out, ec))
     throw Error("--out '" + c.out + "' is the run folder itself; export into another folder");
+  if (is_hf_checkpoint(c.model))
+    throw Error("'" + c.model +
+                "' is already a Hugging Face checkpoint folder (export writes "
+                "runs of moe train as one)");
   const ModelConfig config = load_model_config(c.model + "/config.json");
   hf_model_type(config, c.dropless);
   const std::string tokenizer_path = c.model + "/tokenizer.model";

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <string_view>
 
 #include "model/checkpoint.h"
@@ -14,7 +16,9 @@ namespace moe::cli {
 
 CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
   CLI::App* generate = app.add_subcommand("generate", "Generate text from a trained run");
-  generate->add_option("-m,--model", c.model, "Run folder")
+  generate
+      ->add_option("-m,--model", c.model,
+                   "Run folder or Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe)")
       ->required()
       ->check(CLI::ExistingDirectory);
   generate->add_option("-p,--prompt", c.prompt, "Prompt text; - reads it from standard input")
@@ -50,6 +54,33 @@ size_t partial_stop_suffix(std::string_view text, std::string_view stop) {
   return 0;
 }
 
+// The folder's tokenizer: tokenizer.model through sentencepiece (our runs, Mixtral). The seam
+// for tokenizer.json's byte-level BPE (Qwen2-MoE, OLMoE), which is not read yet.
+Tokenizer open_folder_tokenizer(const std::string& dir) {
+  std::error_code ec;
+  if (std::filesystem::exists(dir + "/tokenizer.model", ec))
+    return Tokenizer(dir + "/tokenizer.model");
+  if (std::filesystem::exists(dir + "/tokenizer.json", ec))
+    throw Error(dir +
+                ": tokenizer.json (byte-level BPE) is not yet supported; only "
+                "tokenizer.model (sentencepiece) is (moe logits takes token ids)");
+  throw Error(dir + ": no tokenizer.model or tokenizer.json");
+}
+
+// Whether prompts start with BOS: a Hugging Face folder's sentencepiece tokenizer adds it unless
+// tokenizer_config.json says add_bos_token false (as `moe export` writes); our runs never do.
+bool prompt_starts_with_bos(const std::string& dir, const LoadedModel& m, const Tokenizer& t) {
+  if (m.model_type.empty() || t.bos_id() < 0) return false;
+  const std::string path = dir + "/tokenizer_config.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return true;
+  const nlohmann::json j = read_json_file(path, "tokenizer config");
+  if (!j.is_object() || !j.contains("add_bos_token")) return true;
+  if (!j.at("add_bos_token").is_boolean())
+    throw Error("tokenizer config '" + path + "': add_bos_token must be true or false");
+  return j.at("add_bos_token").get<bool>();
+}
+
 }  // namespace
 
 // The whole text is decoded after every token and the new part printed; a trailing U+FFFD (an
@@ -60,8 +91,12 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
                              const std::string& stop, GenerationRouting* routing) {
   recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
   LoadedModel m = load_model(run);
-  const Tokenizer tokenizer(run + "/tokenizer.model");
+  const Tokenizer tokenizer = open_folder_tokenizer(run);
+  if (tokenizer.vocab_size() > m.config.vocab_size)
+    throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                " pieces, more than the model's vocab_size " + std::to_string(m.config.vocab_size));
   std::vector<int32_t> ids = tokenizer.encode(prompt);
+  if (prompt_starts_with_bos(run, m, tokenizer)) ids.insert(ids.begin(), tokenizer.bos_id());
   if (ids.empty()) ids.push_back(tokenizer.eos_id());
   // The stop text is looked for in what follows the prompt only.
   const size_t prompt_chars = tokenizer.decode(ids).size();

@@ -13,6 +13,7 @@
 #include "cli/eval_cmd.h"
 #include "cli/export_cmd.h"
 #include "cli/generate_cmd.h"
+#include "cli/logits_cmd.h"
 #include "cli/params.h"
 #include "cli/report_cmd.h"
 #include "cli/train_cmd.h"
@@ -188,6 +189,8 @@ int main(int argc, char** argv) {
   CLI::App* report = moe::cli::add_report_command(app, report_cmd);
   moe::cli::EvalCommand eval_cmd;
   CLI::App* eval = moe::cli::add_eval_command(app, eval_cmd);
+  moe::cli::LogitsCommand logits_cmd;
+  CLI::App* logits = moe::cli::add_logits_command(app, logits_cmd);
 
   try {
     app.parse(argc, argv);
@@ -207,6 +210,7 @@ int main(int argc, char** argv) {
     if (*export_app) return moe::cli::run_export(export_cmd);
     if (*report) return moe::cli::run_report(report_cmd);
     if (*eval) return moe::cli::run_eval(eval_cmd);
+    if (*logits) return moe::cli::run_logits(logits_cmd);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

@@ -60,7 +60,8 @@ Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t
   Generation g;
   g.prompt_tokens = static_cast<int64_t>(prompt.size());
   g.context = context;
-  KvCache cache = model.make_cache();
+  // Positions fed: the prompt and every drawn token but the last.
+  KvCache cache = model.make_cache(static_cast<int64_t>(prompt.size()) + max_tokens);
   std::vector<float> logits(model.config().vocab_size);
   const auto prefill_start = clock::now();
   for (int32_t t : prompt) model.decode_step(t, cache, logits);

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "model/hf_checkpoint.h"
 #include "model/hf_layout.h"
 #include "model/param_count.h"
 #include "tensor/atomic_file.h"
@@ -61,6 +62,7 @@ void save_model_config(const std::string& dir, const ModelConfig& config) {
 }
 
 LoadedModel load_model(const std::string& dir, const std::string& weights, uint64_t seed) {
+  if (weights.empty() && is_hf_checkpoint(dir)) return load_hf_checkpoint(dir, seed);
   LoadedModel m;
   m.config = load_model_config(dir + "/config.json");
   const std::string path = weights.empty() ? dir + "/model.safetensors" : weights;

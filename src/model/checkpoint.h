@@ -16,6 +16,7 @@ namespace moe {
 // A model together with the store that owns its parameters.
 struct LoadedModel {
   ModelConfig config;
+  std::string model_type;  // a Hugging Face folder's model_type; empty for a run of `moe train`
   std::unique_ptr<ParamStore> store;
   std::unique_ptr<Transformer> model;
 };
@@ -33,7 +34,8 @@ int64_t load_model_tensors(Transformer& model, ParamStore& store, const Safetens
 
 void save_model_config(const std::string& dir, const ModelConfig& config);
 
-// Reads <dir>/config.json and <dir>/model.safetensors (or `weights`, when given).
+// Reads <dir>/config.json and <dir>/model.safetensors (or `weights`, when given). A Hugging
+// Face folder (config.json with a model_type) loads through load_hf_checkpoint instead.
 LoadedModel load_model(const std::string& dir, const std::string& weights = "", uint64_t seed = 0);
 
 }  // namespace moe

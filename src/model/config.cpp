@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -19,7 +20,8 @@ void check(bool ok, const char* field, const std::string& what) {
 }  // namespace
 
 bool ModelConfig::is_moe_layer(int64_t layer) const {
-  return moe.has_value() && layer >= first_k_dense_replace && (layer + 1) % moe_layer_freq == 0;
+  return moe.has_value() && layer >= first_k_dense_replace && (layer + 1) % moe_layer_freq == 0 &&
+         std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) == mlp_only_layers.end();
 }
 
 int64_t ModelConfig::num_moe_layers() const {
@@ -52,6 +54,11 @@ void ModelConfig::validate() const {
   require_real_in_range(initializer_range, 0.0, 1.0, kWhat, "initializer_range", Lower::Exclusive);
   require_int_in_range(moe_layer_freq, 1, kMaxLayers, kWhat, "moe_layer_freq");
   require_int_in_range(first_k_dense_replace, 0, kMaxLayers, kWhat, "first_k_dense_replace");
+  for (int64_t layer : mlp_only_layers)
+    check(layer >= 0 && layer < num_hidden_layers, "mlp_only_layers",
+          "holds " + std::to_string(layer) + ", not a block index in [0, " +
+              std::to_string(num_hidden_layers) + ")");
+  check(std::isfinite(clip_qkv) && clip_qkv >= 0.0f, "clip_qkv", "must be a number >= 0");
   const bool any_dense = num_moe_layers() < num_hidden_layers;
   check(!any_dense || intermediate_size > 0, "intermediate_size",
         "must be positive: the model has dense FFN blocks");
@@ -99,7 +106,11 @@ ModelConfig model_config_from_json(const nlohmann::json& j) {
       c.moe_layer_freq = json_int(v, kWhat, key);
     else if (key == "first_k_dense_replace")
       c.first_k_dense_replace = json_int(v, kWhat, key);
-    else if (key == "moe") {
+    else if (key == "mlp_only_layers") {
+      require(v.is_array(),
+              "model config field 'mlp_only_layers' must be an array of block indices");
+      for (const auto& layer : v) c.mlp_only_layers.push_back(json_int(layer, kWhat, key));
+    } else if (key == "moe") {
       require(v.is_object(), "model config field 'moe' must be an object (or absent)");
       nlohmann::json m = v;
       // The MoE layer's width is the model's (keys arrive sorted, so hidden_size is read);
@@ -132,6 +143,7 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
                       {"initializer_range", c.initializer_range},
                       {"moe_layer_freq", c.moe_layer_freq},
                       {"first_k_dense_replace", c.first_k_dense_replace}};
+  if (!c.mlp_only_layers.empty()) j["mlp_only_layers"] = c.mlp_only_layers;
   if (c.moe) j["moe"] = moe_config_to_json(*c.moe);
   return j;
 }

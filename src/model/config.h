@@ -5,6 +5,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "moe/config.h"
 
@@ -36,7 +37,15 @@ struct ModelConfig {                      // [range accepted by validate()]
   // (i + 1) % moe_layer_freq == 0: freq 1 = every block (Mixtral), 2 = every other (Switch).
   int64_t moe_layer_freq = 1;         // [1, 1024]
   int64_t first_k_dense_replace = 0;  // [0, 1024]
-  std::optional<MoeConfig> moe;       // absent = a dense model
+  // Blocks that stay dense whatever the two rules above say (Qwen2-MoE's mlp_only_layers).
+  std::vector<int64_t> mlp_only_layers;  // each in [0, L)
+  std::optional<MoeConfig> moe;          // absent = a dense model
+
+  // Attention extras of Hugging Face architectures (set by the checkpoint loader; the config
+  // files of `moe train` do not carry them).
+  bool qkv_bias = false;  // Qwen2-MoE: biases on the q, k and v projections
+  bool qk_norm = false;   // OLMoE: RMSNorm over the whole q and k projections (before RoPE)
+  float clip_qkv = 0.0f;  // OLMoE: clamp q, k, v to [-clip_qkv, clip_qkv] after the norms; 0 = off
 
   int64_t resolved_head_dim() const {
     return head_dim > 0 ? head_dim : hidden_size / num_attention_heads;

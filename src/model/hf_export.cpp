@@ -53,22 +53,6 @@ nlohmann::json piece_or_null(int32_t id, const std::string& piece) {
   return id >= 0 ? nlohmann::json(piece) : nlohmann::json();
 }
 
-// Name of one of our MoE block's tensors in Qwen2-MoE's layout; `suffix` follows
-// "block_sparse_moe.".
-std::string qwen2_moe_name(const std::string& suffix) {
-  if (suffix == "gate.weight") return "mlp.gate.weight";
-  if (suffix.starts_with("experts.")) {
-    const size_t dot = suffix.find('.', 8);
-    const std::string expert = suffix.substr(0, dot), matrix = suffix.substr(dot + 1);
-    if (matrix == "w1.weight") return "mlp." + expert + ".gate_proj.weight";
-    if (matrix == "w3.weight") return "mlp." + expert + ".up_proj.weight";
-    if (matrix == "w2.weight") return "mlp." + expert + ".down_proj.weight";
-  }
-  if (suffix.starts_with("shared_experts.")) return "mlp.shared_expert." + suffix.substr(15);
-  if (suffix == "shared_expert_gate.weight") return "mlp.shared_expert_gate.weight";
-  throw Error("Hugging Face export: no Qwen2-MoE name for 'block_sparse_moe." + suffix + "'");
-}
-
 void scale_tensor(Tensor& t, float factor) {
   if (factor == 1.0f) return;
   for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] *= factor;
@@ -200,19 +184,14 @@ std::map<std::string, Tensor> hf_export_tensors(Transformer& model, ParamStore& 
                                                 const std::string& model_type) {
   const ModelConfig& c = model.config();
   const bool qwen = model_type == "qwen2_moe";
-  const std::string moe_infix = ".block_sparse_moe.";
   std::map<std::string, Tensor> out;
   for (const HfTensorView& v : hf_tensor_views(model, store, HfWhich::Values)) {
-    std::string name = v.name;
-    const size_t at = name.find(moe_infix);
-    if (at != std::string::npos) {
-      const std::string suffix = name.substr(at + moe_infix.size());
-      if (suffix == "gate.noise_weight") continue;  // noisy top-k routes on clean logits at eval
-      if (qwen) name = name.substr(0, at + 1) + qwen2_moe_name(suffix);
-    }
+    // Noisy top-k routes on clean logits at evaluation.
+    if (v.name.ends_with(".block_sparse_moe.gate.noise_weight")) continue;
+    const std::string name = hf_arch_name(v.name, qwen ? HfArch::Qwen2Moe : HfArch::Mixtral);
     Tensor t(v.shape);
     std::copy(v.data.begin(), v.data.end(), t.data());
-    out.emplace(std::move(name), std::move(t));
+    out.emplace(name, std::move(t));
   }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";

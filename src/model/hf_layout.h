@@ -30,10 +30,20 @@ struct HfTensorView {
   std::span<float> data;
 };
 
-enum class HfWhich { Values, Grads };
+enum class HfWhich { Values, Grads, Shapes };
+
+// The Hugging Face architectures whose checkpoints `moe` reads (and, Mixtral and Qwen2-MoE,
+// writes). Qwen2-MoE and OLMoE name the MoE block "mlp." with gate_proj/up_proj/down_proj
+// experts and "shared_expert." (one); Mixtral "block_sparse_moe." with w1/w3/w2.
+enum class HfArch { Mixtral, Qwen2Moe, Olmoe };
+
+// `name` (one of hf_tensor_views' names, Mixtral's layout) in `arch`'s layout; throws Error
+// for a tensor the architecture has no name for.
+std::string hf_arch_name(const std::string& name, HfArch arch);
 
 // Views of every tensor (Values) or of every trainable tensor's gradient (Grads; the
-// selection bias has none and is left out).
+// selection bias has none and is left out); Shapes: the Values' names and shapes with empty
+// data, usable before the store is allocated.
 std::vector<HfTensorView> hf_tensor_views(Transformer& model, ParamStore& store, HfWhich which);
 
 }  // namespace moe

@@ -114,6 +114,9 @@ ArchSpec arch_from_model_config(const ModelConfig& m, const std::string& name) {
   a.intermediate_size = m.intermediate_size;
   a.moe_layer_freq = m.moe_layer_freq;
   a.first_k_dense = m.first_k_dense_replace;
+  a.mlp_only_layers = m.mlp_only_layers;
+  a.attention_bias = m.qkv_bias;
+  a.qk_norm = m.qk_norm;
   a.context = m.max_position_embeddings;
   if (m.moe) {
     a.num_experts = m.moe->num_experts;

@@ -2,6 +2,7 @@
 // Parameter and FLOP accounting for MoE transformers, ours and published ones (docs/FORMULAS.md,
 // "Parameter counts"): total parameters, parameters active per token (only k routed experts
 // plus the shared ones; embeddings and LM head count as active), and forward FLOPs per token.
+#include <algorithm>
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
@@ -36,9 +37,10 @@ struct ArchSpec {
   int64_t n_shared_experts = 0;
   int64_t shared_expert_intermediate_size = 0;  // per shared expert
   bool shared_expert_gate = false;
-  bool router_noise_weight = false;  // noisy top-k's learned noise projection
-  int64_t moe_layer_freq = 1;        // block i is MoE when i >= first_k_dense and
-  int64_t first_k_dense = 0;         // (i + 1) % moe_layer_freq == 0
+  bool router_noise_weight = false;      // noisy top-k's learned noise projection
+  int64_t moe_layer_freq = 1;            // block i is MoE when i >= first_k_dense and
+  int64_t first_k_dense = 0;             // (i + 1) % moe_layer_freq == 0
+  std::vector<int64_t> mlp_only_layers;  // and i is not listed here (Qwen2-MoE)
 
   // Group-limited routing (DeepSeek): no effect on the counts, part of the description.
   int64_t n_group = 1, topk_group = 1;
@@ -51,7 +53,9 @@ struct ArchSpec {
   std::string source;
 
   bool is_moe_layer(int64_t layer) const {
-    return num_experts > 0 && layer >= first_k_dense && (layer + 1) % moe_layer_freq == 0;
+    return num_experts > 0 && layer >= first_k_dense && (layer + 1) % moe_layer_freq == 0 &&
+           std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) ==
+               mlp_only_layers.end();
   }
 };
 

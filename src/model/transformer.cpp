@@ -41,6 +41,12 @@ Transformer::Transformer(const ModelConfig& config, ParamStore& store, uint64_t 
     b.attn_norm = store.add(p + "input_layernorm.weight", {D});
     b.wqkv = store.add(p + "self_attn.qkv_proj.weight", {(H + 2 * KV) * hd, D});
     b.wo = store.add(p + "self_attn.o_proj.weight", {D, H * hd});
+    if (config_.qkv_bias)
+      b.qkv_bias = store.add(p + "self_attn.qkv_proj.bias", {(H + 2 * KV) * hd});
+    if (config_.qk_norm) {
+      b.q_norm = store.add(p + "self_attn.q_norm.weight", {H * hd});
+      b.k_norm = store.add(p + "self_attn.k_norm.weight", {KV * hd});
+    }
     b.ffn_norm = store.add(p + "post_attention_layernorm.weight", {D});
     if (config_.is_moe_layer(l)) {
       // Each MoE layer draws its routing noise from its own stream.
@@ -67,6 +73,11 @@ void Transformer::init_parameters(Rng& rng) {
   for (Block& b : blocks_) {
     ones(b.attn_norm);
     normal(b.wqkv);
+    if (config_.qkv_bias) std::ranges::fill(store_.value(b.qkv_bias), 0.0f);
+    if (config_.qk_norm) {
+      ones(b.q_norm);
+      ones(b.k_norm);
+    }
     normal(b.wo);
     ones(b.ffn_norm);
     if (b.moe) {
@@ -78,6 +89,29 @@ void Transformer::init_parameters(Rng& rng) {
   }
   ones(final_norm_);
   if (!config_.tie_word_embeddings) normal(head_);
+}
+
+QkvExtras Transformer::qkv_extras(Block& b, bool training) {
+  QkvExtras e;
+  if (config_.qkv_bias) e.bias = store_.value(b.qkv_bias);
+  if (config_.qk_norm) {
+    e.q_norm = store_.value(b.q_norm);
+    e.k_norm = store_.value(b.k_norm);
+  }
+  e.norm_eps = config_.rms_norm_eps;
+  e.clip = config_.clip_qkv;
+  if (training && e.needs_saved()) e.saved = b.qkv_pre.span();
+  return e;
+}
+
+QkvExtrasGrads Transformer::qkv_extras_grads(const Block& b) {
+  QkvExtrasGrads g;
+  if (config_.qkv_bias) g.bias = store_.grad(b.qkv_bias);
+  if (config_.qk_norm) {
+    g.q_norm = store_.grad(b.q_norm);
+    g.k_norm = store_.grad(b.k_norm);
+  }
+  return g;
 }
 
 double Transformer::forward(std::span<const int32_t> tokens, std::span<const int32_t> targets,
@@ -113,6 +147,8 @@ double Transformer::forward(std::span<const int32_t> tokens, std::span<const int
     b.n1.resize({T, D});
     b.rstd1.resize({T});
     b.qkv.resize({T, attn_shape_.qkv_width()});
+    if (options.compute_grad && (config_.qk_norm || config_.clip_qkv > 0.0f))
+      b.qkv_pre.resize({T, attn_shape_.qkv_width()});
     b.ctx.resize({T, attn_shape_.ctx_width()});
     b.lse.resize({batch, H, seq});
     b.h.resize({T, D});
@@ -123,7 +159,8 @@ double Transformer::forward(std::span<const int32_t> tokens, std::span<const int
     rmsnorm_forward(T, D, config_.rms_norm_eps, b.x.span(), store_.value(b.attn_norm), b.n1.span(),
                     b.rstd1.span());
     attention_forward(attn_shape_, rope_, b.n1.span(), store_.value(b.wqkv), store_.value(b.wo),
-                      b.qkv.span(), b.ctx.span(), b.lse.span(), out_.span(), attn_scratch_.span());
+                      b.qkv.span(), b.ctx.span(), b.lse.span(), out_.span(), attn_scratch_.span(),
+                      qkv_extras(b, options.compute_grad));
     add(b.x.span(), out_.span(), b.h.span());
     rmsnorm_forward(T, D, config_.rms_norm_eps, b.h.span(), store_.value(b.ffn_norm), b.n2.span(),
                     b.rstd2.span());
@@ -205,19 +242,21 @@ void Transformer::backward() {
     attention_backward(attn_shape_, rope_, b.n1.span(), store_.value(b.wqkv), store_.value(b.wo),
                        b.qkv.span(), b.ctx.span(), b.lse.span(), dres_.span(), dqkv_.span(),
                        dctx_.span(), dn_.span(), store_.grad(b.wqkv), store_.grad(b.wo),
-                       attn_scratch_.span());
+                       attn_scratch_.span(), qkv_extras(b, true), qkv_extras_grads(b));
     rmsnorm_backward(T, D, b.x.span(), store_.value(b.attn_norm), b.rstd1.span(), dn_.span(),
                      dres_.span(), store_.grad(b.attn_norm));
   }
   embedding_backward(D, tokens_, dres_.span(), store_.grad(embed_));
 }
 
-KvCache Transformer::make_cache() const {
+KvCache Transformer::make_cache(int64_t positions) const {
   KvCache cache;
   const int64_t width = config_.num_key_value_heads * config_.resolved_head_dim();
+  const int64_t rows = positions > 0 ? std::min(positions, config_.max_position_embeddings)
+                                     : config_.max_position_embeddings;
   for (size_t l = 0; l < blocks_.size(); ++l) {
-    cache.keys.emplace_back(Shape{config_.max_position_embeddings, width});
-    cache.values.emplace_back(Shape{config_.max_position_embeddings, width});
+    cache.keys.emplace_back(Shape{rows, width}, "KV cache");
+    cache.values.emplace_back(Shape{rows, width}, "KV cache");
     const MoeLayer* moe = blocks_[l].moe.get();
     Tensor& sum = cache.route_sums.emplace_back();
     if (moe && moe->config().routing_level == RoutingLevel::Sequence) {
@@ -238,6 +277,9 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
     throw Error("generation: the context is full (max_position_embeddings " +
                 std::to_string(config_.max_position_embeddings) + ")");
   require(static_cast<int64_t>(cache.keys.size()) == num_layers(), "generation: bad cache");
+  if (pos >= cache.capacity())
+    throw Error("generation: the KV cache is full (" + std::to_string(cache.capacity()) +
+                " positions)");
   require(static_cast<int64_t>(logits.size()) >= V, "generation: logits must hold [V]");
   have_grad_state_ = false;
   step_x_.resize({1, D});
@@ -255,6 +297,7 @@ void Transformer::decode_step(int32_t token, KvCache& cache, std::span<float> lo
                     step_n_.span(), rstd.span());
     gemm(Trans::No, Trans::Yes, 1, W, D, 1.0f, step_n_.data(), D, store_.value(b.wqkv).data(), D,
          0.0f, step_qkv_.data(), W);
+    apply_qkv_extras(attn_shape_, 1, qkv_extras(b, false), step_qkv_.span());
     attention_decode(attn_shape_, rope_, pos, step_qkv_.span(), cache.keys[l].span(),
                      cache.values[l].span(), step_scores_.span(), step_ctx_.span());
     gemm(Trans::No, Trans::Yes, 1, D, H * hd, 1.0f, step_ctx_.data(), H * hd,

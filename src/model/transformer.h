@@ -29,7 +29,8 @@ struct KvCache {
   // Sequence routing, per block: [D] sum of the MoE layer's inputs over the first
   // route_prefix positions (empty for other blocks).
   std::vector<Tensor> route_sums;
-  int64_t length = 0;  // positions filled
+  int64_t length = 0;                                                          // positions filled
+  int64_t capacity() const { return keys.empty() ? 0 : keys.front().dim(0); }  // positions
 };
 
 struct ModelStepOptions {
@@ -60,7 +61,9 @@ class Transformer {
   // and values to the cache, and writes the next-token logits: [V]. Routing is in eval mode
   // (expert choice by its learned thresholds), so decoding equals the full eval forward.
   void decode_step(int32_t token, KvCache& cache, std::span<float> logits);
-  KvCache make_cache() const;
+  // A cache for `positions` tokens (0, or more than max_position_embeddings: the whole
+  // context); a generation that knows its length needs no more.
+  KvCache make_cache(int64_t positions = 0) const;
 
   // [B*S, V] logits of the last forward run without compute_grad.
   std::span<const float> logits() const;
@@ -78,16 +81,23 @@ class Transformer {
  private:
   struct Block {
     ParamRef attn_norm, wqkv, wo, ffn_norm;
-    ParamRef w13, w2;  // dense FFN (when moe is null)
+    ParamRef qkv_bias, q_norm, k_norm;  // set only when the config asks for them
+    ParamRef w13, w2;                   // dense FFN (when moe is null)
     std::unique_ptr<MoeLayer> moe;
     // Saved activations.
     Tensor x;              // [T, D] block input (residual stream)
     Tensor n1, rstd1;      // [T, D], [T]
     Tensor qkv, ctx, lse;  // [T, (H+2KV) hd], [T, H hd], [B, H, S]
+    Tensor qkv_pre;        // [T, (H+2KV) hd] projection + bias before q/k norm and clamp
     Tensor h;              // [T, D] residual after attention
     Tensor n2, rstd2;      // [T, D], [T]
     Tensor h13, act;       // [T, 2F], [T, F] dense FFN
   };
+
+  // The block's q/k/v bias, q/k norm and clamp, as the attention kernels take them (with
+  // `saved`, b.qkv_pre, when `training`), and their gradients.
+  QkvExtras qkv_extras(Block& b, bool training);
+  QkvExtrasGrads qkv_extras_grads(const Block& b);
 
   ModelConfig config_;
   ParamStore& store_;

@@ -120,16 +120,119 @@ int64_t attention_scratch_size(const AttentionShape&, int threads) {
   return int64_t{threads} * kThreadScratch;
 }
 
+namespace {
+
+void check_extras(const AttentionShape& s, int64_t tokens, const QkvExtras& e,
+                  std::span<const float> qkv) {
+  const int64_t W = s.qkv_width(), Q = s.heads * s.head_dim, K = s.kv_heads * s.head_dim;
+  require(static_cast<int64_t>(qkv.size()) >= tokens * W, "qkv extras: qkv too small");
+  require(e.bias.empty() || static_cast<int64_t>(e.bias.size()) == W,
+          "qkv extras: bias must hold (H+2KV) hd values");
+  require(e.q_norm.empty() == e.k_norm.empty() &&
+              (e.q_norm.empty() || (static_cast<int64_t>(e.q_norm.size()) == Q &&
+                                    static_cast<int64_t>(e.k_norm.size()) == K)),
+          "qkv extras: q_norm [H hd] and k_norm [KV hd] go together");
+  require(e.saved.empty() || static_cast<int64_t>(e.saved.size()) >= tokens * W,
+          "qkv extras: saved must hold [T, (H+2KV) hd]");
+}
+
+// 1 / sqrt(mean(v^2) + eps) over n values.
+float rms_inverse(const float* v, int64_t n, float eps) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += v[i] * v[i];
+  return 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+}
+
+}  // namespace
+
+void apply_qkv_extras(const AttentionShape& s, int64_t tokens, const QkvExtras& e,
+                      std::span<float> qkv) {
+  check_extras(s, tokens, e, qkv);
+  if (e.bias.empty() && e.q_norm.empty() && e.clip == 0.0f) return;
+  const int64_t W = s.qkv_width(), Q = s.heads * s.head_dim;
+  // RMSNorm in place over w.size() values, as Llama's: w * (v / sqrt(mean(v^2) + eps)).
+  auto norm = [&](float* v, std::span<const float> w) {
+    const int64_t n = static_cast<int64_t>(w.size());
+    const float rstd = rms_inverse(v, n, e.norm_eps);
+    for (int64_t i = 0; i < n; ++i) v[i] = w[i] * (v[i] * rstd);
+  };
+#pragma omp parallel for schedule(static) if (tokens * W > 65536)
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = qkv.data() + t * W;
+    if (!e.bias.empty())
+      for (int64_t i = 0; i < W; ++i) row[i] += e.bias[i];
+    if (!e.saved.empty()) std::copy_n(row, W, e.saved.data() + t * W);
+    if (!e.q_norm.empty()) {
+      norm(row, e.q_norm);
+      norm(row + Q, e.k_norm);
+    }
+    if (e.clip > 0.0f)
+      for (int64_t i = 0; i < W; ++i) row[i] = std::clamp(row[i], -e.clip, e.clip);
+  }
+}
+
+void qkv_extras_backward(const AttentionShape& s, int64_t tokens, const QkvExtras& e,
+                         std::span<float> dqkv, const QkvExtrasGrads& g) {
+  check_extras(s, tokens, e, dqkv);
+  require(!e.needs_saved() || !e.saved.empty(),
+          "qkv extras backward: the forward kept no input (saved is empty)");
+  require(e.bias.empty() || g.bias.size() == e.bias.size(),
+          "qkv extras backward: bias gradient missing");
+  require(g.q_norm.size() == e.q_norm.size() && g.k_norm.size() == e.k_norm.size(),
+          "qkv extras backward: norm gradients missing");
+  const int64_t W = s.qkv_width(), Q = s.heads * s.head_dim;
+  // Through y = w * a * r, r = (mean(a^2) + eps)^-1/2, one span of n values:
+  //   dw_i += dy_i a_i r,   da_i = r w_i dy_i - r^3 a_i mean_j(w_j dy_j a_j).
+  auto norm_back = [&](const float* a, float* d, std::span<const float> w, std::span<float> dw) {
+    const int64_t n = static_cast<int64_t>(w.size());
+    const float r = rms_inverse(a, n, e.norm_eps);
+    float dot = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      dot += w[i] * d[i] * a[i];
+      dw[i] += d[i] * a[i] * r;
+    }
+    const float c = r * r * r * dot / static_cast<float>(n);
+    for (int64_t i = 0; i < n; ++i) d[i] = r * w[i] * d[i] - c * a[i];
+  };
+  // Rows in order, one thread: the parameter gradients are sums over every row.
+  const int64_t K = s.kv_heads * s.head_dim;
+  std::vector<float> clamp_input(static_cast<size_t>(W));
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* d = dqkv.data() + t * W;
+    const float* a = e.saved.empty() ? nullptr : e.saved.data() + t * W;
+    if (e.clip > 0.0f) {
+      // The clamp passes the gradient where its input (a after the norms, recomputed with
+      // the forward's arithmetic) lay inside [-clip, clip].
+      float* c = clamp_input.data();
+      std::copy_n(a, W, c);
+      if (!e.q_norm.empty()) {
+        const float rq = rms_inverse(a, Q, e.norm_eps), rk = rms_inverse(a + Q, K, e.norm_eps);
+        for (int64_t i = 0; i < Q; ++i) c[i] = e.q_norm[i] * (a[i] * rq);
+        for (int64_t i = 0; i < K; ++i) c[Q + i] = e.k_norm[i] * (a[Q + i] * rk);
+      }
+      for (int64_t i = 0; i < W; ++i)
+        if (c[i] < -e.clip || c[i] > e.clip) d[i] = 0.0f;
+    }
+    if (!e.q_norm.empty()) {
+      norm_back(a, d, e.q_norm, g.q_norm);
+      norm_back(a + Q, d + Q, e.k_norm, g.k_norm);
+    }
+    if (!e.bias.empty())
+      for (int64_t i = 0; i < W; ++i) g.bias[i] += d[i];
+  }
+}
+
 void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                        std::span<const float> wqkv, std::span<const float> wo, std::span<float> qkv,
                        std::span<float> ctx, std::span<float> lse, std::span<float> y,
-                       std::span<float> scratch) {
+                       std::span<float> scratch, const QkvExtras& extras) {
   check_shape(s, rope, static_cast<int64_t>(scratch.size()));
   const int64_t T = s.tokens(), D = s.model, S = s.seq, H = s.heads, hd = s.head_dim;
   const int64_t W = s.qkv_width(), C = s.ctx_width(), group = H / s.kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
   gemm(Trans::No, Trans::Yes, T, W, D, 1.0f, x.data(), D, wqkv.data(), D, 0.0f, qkv.data(), W);
+  apply_qkv_extras(s, T, extras, qkv);
   rope_qk(s, rope, qkv, false);
 
   // One (sequence, head, row block) per task: each writes only its own rows of ctx and lse, so
@@ -200,7 +303,8 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
                         std::span<const float> qkv, std::span<const float> ctx,
                         std::span<const float> lse, std::span<const float> dy,
                         std::span<float> dqkv, std::span<float> dctx, std::span<float> dx,
-                        std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch) {
+                        std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch,
+                        const QkvExtras& extras, const QkvExtrasGrads& extras_grads) {
   check_shape(s, rope, static_cast<int64_t>(scratch.size()));
   const int64_t T = s.tokens(), D = s.model, S = s.seq, H = s.heads, KV = s.kv_heads;
   const int64_t hd = s.head_dim, W = s.qkv_width(), C = s.ctx_width(), group = H / KV;
@@ -287,6 +391,7 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
     }
   }
   rope_qk(s, rope, dqkv, true);
+  qkv_extras_backward(s, T, extras, dqkv, extras_grads);
   // qkv = x Wqkv^T:  dWqkv += dqkv^T x,  dx = dqkv Wqkv
   gemm(Trans::Yes, Trans::No, W, D, T, 1.0f, dqkv.data(), W, x.data(), D, 1.0f, dwqkv.data(), D);
   gemm(Trans::No, Trans::No, T, D, W, 1.0f, dqkv.data(), W, wqkv.data(), D, 0.0f, dx.data(), D);

@@ -34,6 +34,41 @@ struct AttentionShape {
   int64_t ctx_width() const { return heads * head_dim; }
 };
 
+// What some architectures apply to the projection before RoPE, in this order:
+//   a = qkv + bias                                (Qwen2-MoE's q/k/v biases)
+//   q <- RMSNorm(q) over its whole H hd values, k likewise over KV hd   (OLMoE's q/k norm)
+//   q, k, v clamped to [-clip, clip]              (OLMoE's clip_qkv)
+// Empty spans and clip 0 leave a step out; the default is none of them.
+struct QkvExtras {
+  std::span<const float> bias;    // [(H+2KV) hd] or empty
+  std::span<const float> q_norm;  // [H hd] or empty (empty together with k_norm)
+  std::span<const float> k_norm;  // [KV hd] or empty
+  float norm_eps = 1e-5f;
+  float clip = 0.0f;  // 0 = no clamp
+  // [T, (H+2KV) hd]: where the forward keeps `a` (before the norm and the clamp) for the
+  // backward, which needs it when there is a norm or a clamp; empty when nothing trains
+  // (decoding).
+  std::span<float> saved;
+
+  bool needs_saved() const { return !q_norm.empty() || clip > 0.0f; }
+};
+
+// The extras' parameter gradients (added to; empty for an extra that is absent).
+struct QkvExtrasGrads {
+  std::span<float> bias, q_norm, k_norm;
+};
+
+// qkv: [tokens, (H+2KV) hd] as projected (not yet rotated): the extras applied in place (and
+// `a` kept in extras.saved when it is given).
+void apply_qkv_extras(const AttentionShape& s, int64_t tokens, const QkvExtras& extras,
+                      std::span<float> qkv);
+
+// dqkv: [tokens, (H+2KV) hd], the gradient of the extras' output, becomes in place that of
+// their input (the projection); grads are added to. Needs extras.saved from the forward when
+// extras.needs_saved().
+void qkv_extras_backward(const AttentionShape& s, int64_t tokens, const QkvExtras& extras,
+                         std::span<float> dqkv, const QkvExtrasGrads& grads);
+
 // cos/sin of position * theta^(-2i/hd) for i < hd/2, positions [0, max_positions).
 class RopeTable {
  public:
@@ -61,16 +96,17 @@ int64_t attention_scratch_size(const AttentionShape& s, int threads);
 void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                        std::span<const float> wqkv, std::span<const float> wo, std::span<float> qkv,
                        std::span<float> ctx, std::span<float> lse, std::span<float> y,
-                       std::span<float> scratch);
+                       std::span<float> scratch, const QkvExtras& extras = {});
 
-// dy: [T, D] -> dx: [T, D] overwritten; dwqkv, dwo added to. dqkv: [T, (H+2KV) hd] and
-// dctx: [T, H hd] are scratch.
+// dy: [T, D] -> dx: [T, D] overwritten; dwqkv, dwo and the extras' gradients added to.
+// dqkv: [T, (H+2KV) hd] and dctx: [T, H hd] are scratch. `extras` as in the forward.
 void attention_backward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                         std::span<const float> wqkv, std::span<const float> wo,
                         std::span<const float> qkv, std::span<const float> ctx,
                         std::span<const float> lse, std::span<const float> dy,
                         std::span<float> dqkv, std::span<float> dctx, std::span<float> dx,
-                        std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch);
+                        std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch,
+                        const QkvExtras& extras = {}, const QkvExtrasGrads& extras_grads = {});
 
 // One new token at position pos against a KV cache (generation). qkv: [(H+2KV) hd] of the
 // token, q and k rotated in place; its k and v are written to row pos of key_cache and

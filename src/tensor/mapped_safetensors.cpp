@@ -23,16 +23,6 @@ struct FileDescriptor {
   }
 };
 
-void read_exactly(int fd, char* into, size_t bytes, uint64_t at, const std::string& path) {
-  size_t done = 0;
-  while (done < bytes) {
-    const ssize_t got = ::pread(fd, into + done, bytes - done, static_cast<off_t>(at + done));
-    if (got < 0 && errno == EINTR) continue;
-    require(got > 0, path + ": read failed: " + (got < 0 ? std::strerror(errno) : "end of file"));
-    done += static_cast<size_t>(got);
-  }
-}
-
 template <typename T>
 std::span<const T> typed(const WeightView& v, TensorDtype want) {
   require(v.dtype == want,
@@ -53,32 +43,20 @@ std::span<const uint16_t> WeightView::f16() const {
 }
 
 MappedSafetensors::MappedSafetensors(const std::string& path) : path_(path) {
+  header_ = read_safetensors_header(path);  // every check of the format, before any mapping
   FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   require(file.fd >= 0, path + ": cannot open: " + std::strerror(errno));
   struct stat st {};
   require(::fstat(file.fd, &st) == 0 && S_ISREG(st.st_mode), path + ": not a regular file");
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-
-  // The header alone is read (it is checked before anything is mapped): its length first,
-  // then as much of the JSON as the length claims, within the size the checks allow.
-  std::vector<char> prefix(std::min<uint64_t>(8, file_size));
-  read_exactly(file.fd, prefix.data(), prefix.size(), 0, path);
-  if (prefix.size() == 8) {
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(prefix[i]);
-    if (header_len <= kMaxSafetensorsHeaderBytes && header_len <= file_size - 8) {
-      prefix.resize(8 + header_len);
-      read_exactly(file.fd, prefix.data() + 8, header_len, 8, path);
-    }
-  }
-  header_ = parse_safetensors_header(prefix, file_size, path);
+  require(static_cast<uint64_t>(st.st_size) == header_.data_start + header_.data_bytes,
+          path + ": changed while it was being opened");
   for (const auto& [name, entry] : header_.tensors)
     require((header_.data_start + entry.begin) % dtype_bytes(entry.dtype) == 0,
             path + ": tensor '" + name + "' starts at byte " +
                 std::to_string(header_.data_start + entry.begin) + ", not aligned to its " +
                 to_string(entry.dtype) + " elements: cannot be mapped");
 
-  size_ = static_cast<size_t>(file_size);
+  size_ = static_cast<size_t>(st.st_size);
   void* mapped = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, file.fd, 0);
   require(mapped != MAP_FAILED, path + ": cannot map: " + std::strerror(errno));
   base_ = static_cast<const std::byte*>(mapped);

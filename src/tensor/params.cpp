@@ -22,11 +22,16 @@ ParamRef ParamStore::add(const std::string& name, const Shape& shape) {
   return ref;
 }
 
-void ParamStore::allocate() {
+void ParamStore::allocate(Gradients gradients) {
   require(!allocated_, "ParamStore allocated twice");
   values_ = Tensor({total_}, "parameters");
-  grads_ = Tensor({total_}, "gradients");
+  have_grads_ = gradients == Gradients::Yes;
+  if (have_grads_) grads_ = Tensor({total_}, "gradients");
   allocated_ = true;
+}
+
+void ParamStore::require_grads() const {
+  if (!have_grads_) throw Error("parameters allocated without gradients (inference only)");
 }
 
 const ParamStore::Entry& ParamStore::entry(const std::string& name) const {

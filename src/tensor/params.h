@@ -26,16 +26,24 @@ class ParamStore {
 
   // Registers a tensor; only before allocate().
   ParamRef add(const std::string& name, const Shape& shape);
-  // Allocates values and gradients, both zero.
-  void allocate();
+  enum class Gradients { Yes, No };
+  // Allocates values and (unless Gradients::No: a model only run, never trained) gradients,
+  // both zero.
+  void allocate(Gradients gradients = Gradients::Yes);
   bool allocated() const { return allocated_; }
 
   std::span<float> value(ParamRef r) { return values_.span().subspan(r.offset, r.numel); }
   std::span<const float> value(ParamRef r) const {
     return values_.span().subspan(r.offset, r.numel);
   }
-  std::span<float> grad(ParamRef r) { return grads_.span().subspan(r.offset, r.numel); }
-  std::span<const float> grad(ParamRef r) const { return grads_.span().subspan(r.offset, r.numel); }
+  std::span<float> grad(ParamRef r) {
+    require_grads();
+    return grads_.span().subspan(r.offset, r.numel);
+  }
+  std::span<const float> grad(ParamRef r) const {
+    require_grads();
+    return grads_.span().subspan(r.offset, r.numel);
+  }
 
   Tensor& values() { return values_; }
   Tensor& grads() { return grads_; }
@@ -44,9 +52,12 @@ class ParamStore {
   void zero_grads() { grads_.fill(0.0f); }
 
  private:
+  void require_grads() const;  // throws Error when allocated without gradients
+
   std::vector<Entry> entries_;
   int64_t total_ = 0;
   bool allocated_ = false;
+  bool have_grads_ = false;
   Tensor values_;
   Tensor grads_;
 };

@@ -15,6 +15,8 @@
 namespace moe {
 namespace {
 
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
 size_t dtype_size(const std::string& dtype, const std::string& where) {
   if (dtype == "F32") return 4;
   if (dtype == "F16" || dtype == "BF16") return 2;
@@ -29,29 +31,29 @@ const Tensor& SafetensorsFile::at(const std::string& name) const {
   return it->second;
 }
 
-SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_t file_size,
+SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t file_size,
                                            const std::string& source) {
-  require(file_size >= 8 && prefix.size() >= 8, source +
-                                                    ": file too short for a safetensors header (" +
-                                                    std::to_string(file_size) + " bytes)");
+  require(file_size >= 8 && head.size() >= 8, source +
+                                                  ": file too short for a safetensors header (" +
+                                                  std::to_string(file_size) + " bytes)");
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(prefix[i]);
-  require(header_len <= kMaxSafetensorsHeaderBytes,
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(head[i]);
+  require(header_len <= kMaxHeaderBytes,
           source + ": header length " + std::to_string(header_len) + " exceeds 100 MB");
   require(header_len <= file_size - 8, source + ": header length " + std::to_string(header_len) +
                                            " runs past the end of the file");
-  require(prefix.size() >= 8 + header_len, source + ": header not read whole");
+  require(head.size() - 8 >= header_len, source + ": header cut short");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(prefix.begin() + 8, prefix.begin() + 8 + header_len);
+    header = nlohmann::json::parse(head.begin() + 8, head.begin() + 8 + header_len);
   } catch (const nlohmann::json::exception& e) {
     throw Error(source + ": header is not valid JSON: " + e.what());
   }
   require(header.is_object(), source + ": header is not a JSON object");
 
-  SafetensorsHeader result;
-  result.data_start = 8 + header_len;
-  const uint64_t data_len = file_size - result.data_start;
+  SafetensorsHeader out;
+  out.data_start = 8 + header_len;
+  out.data_bytes = file_size - 8 - header_len;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto& [name, entry] : header.items()) {
     const std::string where = source + ": tensor '" + name + "'";
@@ -59,7 +61,7 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_
       require(entry.is_object(), source + ": __metadata__ is not an object");
       for (auto& [key, value] : entry.items()) {
         require(value.is_string(), source + ": __metadata__['" + key + "'] is not a string");
-        result.metadata[key] = value.get<std::string>();
+        out.metadata[key] = value.get<std::string>();
       }
       continue;
     }
@@ -95,9 +97,10 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_
             where + ": data_offsets must be two natural numbers");
     const uint64_t begin = offsets[0].get<uint64_t>();
     const uint64_t end = offsets[1].get<uint64_t>();
-    require(begin <= end && end <= data_len,
+    require(begin <= end && end <= out.data_bytes,
             where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                "] out of range (data section is " + std::to_string(data_len) + " bytes)");
+                "] out of range (data section is " + std::to_string(out.data_bytes) +
+                " bytes; a truncated file?)");
     require(end - begin == bytes_needed, where + ": shape " + shape_str(shape) + " of " + dtype +
                                              " needs " + std::to_string(bytes_needed) +
                                              " bytes, offsets give " + std::to_string(end - begin));
@@ -105,7 +108,7 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_
     const TensorDtype type = dtype == "F32"   ? TensorDtype::F32
                              : dtype == "F16" ? TensorDtype::F16
                                               : TensorDtype::BF16;
-    result.tensors.emplace(name, SafetensorsEntry{type, std::move(shape), begin, end});
+    out.tensors.emplace(name, SafetensorsEntry{type, std::move(shape), begin, end});
   }
   std::sort(ranges.begin(), ranges.end());
   uint64_t cursor = 0;
@@ -116,33 +119,73 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_
             source + ": hole in the data section at byte " + std::to_string(cursor));
     cursor = end;
   }
-  require(cursor == data_len, source + ": " + std::to_string(data_len - cursor) +
-                                  " trailing bytes after the last tensor");
-  return result;
+  require(cursor == out.data_bytes, source + ": " + std::to_string(out.data_bytes - cursor) +
+                                        " trailing bytes after the last tensor");
+  return out;
+}
+
+void convert_to_float(TensorDtype dtype, std::span<const char> raw, std::span<float> out) {
+  const size_t n = out.size();
+  require(raw.size() == n * dtype_bytes(dtype), "convert_to_float: size mismatch");
+  if (dtype == TensorDtype::F32) {
+    if (n > 0) std::memcpy(out.data(), raw.data(), n * 4);  // memcpy wants a real pointer
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, raw.data() + 2 * i, 2);
+    out[i] = dtype == TensorDtype::F16 ? half_to_float(v) : bf16_to_float(v);
+  }
 }
 
 SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source) {
-  SafetensorsHeader header = parse_safetensors_header(bytes, bytes.size(), source);
+  const SafetensorsHeader header = parse_safetensors_header(bytes, bytes.size(), source);
   SafetensorsFile file;
-  file.metadata = std::move(header.metadata);
+  file.metadata = header.metadata;
   const char* data = bytes.data() + header.data_start;
-  for (const auto& [name, entry] : header.tensors) {
-    Tensor t(entry.shape, source + ": tensor '" + name + "'");
-    const char* src = data + entry.begin;
-    const int64_t numel = t.numel();
-    if (entry.dtype == TensorDtype::F32) {
-      if (numel > 0)  // an empty tensor owns no buffer, and memcpy wants a real pointer
-        std::memcpy(t.data(), src, static_cast<size_t>(numel) * 4);
-    } else {
-      for (int64_t i = 0; i < numel; ++i) {
-        uint16_t v;
-        std::memcpy(&v, src + 2 * i, 2);
-        t[i] = entry.dtype == TensorDtype::F16 ? half_to_float(v) : bf16_to_float(v);
-      }
-    }
+  for (const auto& [name, e] : header.tensors) {
+    Tensor t(e.shape, source + ": tensor '" + name + "'");
+    convert_to_float(e.dtype, {data + e.begin, data + e.end}, t.span());
     file.tensors.emplace(name, std::move(t));
   }
   return file;
+}
+
+SafetensorsHeader read_safetensors_header(const std::string& path) {
+  std::error_code ec;
+  require(std::filesystem::is_regular_file(path, ec),
+          path + ": cannot open (missing, or not a regular file)");
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  require(in.good(), path + ": cannot open");
+  const std::streamsize size = in.tellg();
+  require(size >= 0, path + ": cannot read its size");
+  in.seekg(0);
+  std::vector<char> head(static_cast<size_t>(std::min<std::streamsize>(size, 8)));
+  require(static_cast<bool>(in.read(head.data(), static_cast<std::streamsize>(head.size()))),
+          path + ": read failed");
+  if (head.size() == 8) {
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(head[i]);
+    // Only a length the parser would accept is read: the rest is its error to name.
+    if (header_len <= kMaxHeaderBytes && header_len <= static_cast<uint64_t>(size) - 8) {
+      head.resize(8 + header_len);
+      require(static_cast<bool>(in.read(head.data() + 8, static_cast<std::streamsize>(header_len))),
+              path + ": read failed");
+    }
+  }
+  return parse_safetensors_header(head, static_cast<uint64_t>(size), path);
+}
+
+void read_safetensors_tensor(const std::string& path, const SafetensorsHeader& header,
+                             const std::string& name, std::span<float> out) {
+  const SafetensorsEntry& e = header.tensors.at(name);
+  std::ifstream in(path, std::ios::binary);
+  require(in.good(), path + ": cannot open");
+  std::vector<char> raw(e.end - e.begin);
+  in.seekg(static_cast<std::streamoff>(header.data_start + e.begin));
+  require(static_cast<bool>(in.read(raw.data(), static_cast<std::streamsize>(raw.size()))),
+          path + ": tensor '" + name + "': read failed (the file changed or was cut short)");
+  convert_to_float(e.dtype, raw, out);
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {

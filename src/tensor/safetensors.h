@@ -23,32 +23,41 @@ struct SafetensorsFile {
 
 // The element types the reader accepts (anything else is an error naming the tensor).
 enum class TensorDtype { F32, F16, BF16 };
-inline size_t dtype_bytes(TensorDtype d) { return d == TensorDtype::F32 ? 4 : 2; }
+inline size_t dtype_bytes(TensorDtype d) {
+  return d == TensorDtype::F32 ? 4 : 2;
+}
 inline const char* to_string(TensorDtype d) {
   return d == TensorDtype::F32 ? "F32" : d == TensorDtype::F16 ? "F16" : "BF16";
 }
 
-// A header longer than this is refused before it is read.
-inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
-
-// One tensor as the header describes it; begin/end are byte offsets into the data section.
+// One tensor as the header describes it: bytes [begin, end) of the data section.
 struct SafetensorsEntry {
   TensorDtype dtype;
   Shape shape;
   uint64_t begin, end;
 };
 
+// A file's header, validated (the same checks as parse_safetensors) without reading the data:
+// the data section starts at byte data_start and holds data_bytes bytes, every one of them
+// covered by exactly one tensor.
 struct SafetensorsHeader {
   std::map<std::string, SafetensorsEntry> tensors;
   std::map<std::string, std::string> metadata;
-  uint64_t data_start = 0;  // where the data section starts in the file: 8 + header length
+  uint64_t data_start = 0, data_bytes = 0;
 };
 
-// Validates a header against the size of its file: `prefix` holds at least the file's first
-// 8 + N bytes (the length and the JSON). Every check of the format is here; the readers below
-// only copy or map what it accepted.
-SafetensorsHeader parse_safetensors_header(std::span<const char> prefix, uint64_t file_size,
+// head: the file's first bytes (at least the 8-byte length and the JSON it announces, when the
+// file holds them); file_size: the whole file's size in bytes.
+SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t file_size,
                                            const std::string& source);
+// Reads only the header of the file at `path`.
+SafetensorsHeader read_safetensors_header(const std::string& path);
+// Reads tensor `name` of `header` (read from `path`) into out (its element count), converted
+// to float.
+void read_safetensors_tensor(const std::string& path, const SafetensorsHeader& header,
+                             const std::string& name, std::span<float> out);
+// raw: the tensor's bytes as stored (little-endian) -> out: as float.
+void convert_to_float(TensorDtype dtype, std::span<const char> raw, std::span<float> out);
 
 // Parses a whole file already in memory; `source` names it in errors.
 SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::string& source);

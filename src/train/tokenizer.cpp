@@ -154,6 +154,14 @@ Tokenizer::Tokenizer(const std::string& model_path)
   if (!status.ok())
     throw Error("tokenizer model '" + model_path +
                 "' is not a sentencepiece model: " + status.ToString());
+  // User-defined symbols score 0 and are neither bytes nor control pieces; a vocabulary that
+  // merely contains the character as a learned piece scores it below 0.
+  auto user_defined = [&](std::string_view piece) {
+    const int id = sp_->PieceToId(piece);
+    return id != sp_->unk_id() && !sp_->IsByte(id) && !sp_->IsControl(id) &&
+           sp_->GetScore(id) == 0.0f;
+  };
+  layout_symbols_ = user_defined(kNewline) && user_defined(kTab);
 }
 
 Tokenizer::~Tokenizer() = default;
@@ -162,7 +170,8 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   std::vector<int> ids;
-  const auto status = sp_->Encode(to_model_text(text), &ids);
+  const auto status =
+      layout_symbols_ ? sp_->Encode(to_model_text(text), &ids) : sp_->Encode(text, &ids);
   if (!status.ok()) throw Error("tokenizer: encode failed: " + status.ToString());
   return {ids.begin(), ids.end()};
 }
@@ -174,6 +183,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
   std::string text;
   const auto status = sp_->Decode(v, &text);
   if (!status.ok()) throw Error("tokenizer: decode failed: " + status.ToString());
+  if (!layout_symbols_) return text;
   return replace_all(replace_all(text, kNewline, "\n"), kTab, "\t");
 }
 
@@ -187,6 +197,10 @@ std::string Tokenizer::piece(int32_t id) const {
 }
 int32_t Tokenizer::eos_id() const {
   return sp_->eos_id();
+}
+
+int32_t Tokenizer::bos_id() const {
+  return sp_->bos_id();
 }
 
 }  // namespace moe

@@ -1,7 +1,8 @@
 #pragma once
 // Tokenizer: a sentencepiece BPE model. Newlines and tabs are kept as the user-defined
 // symbols U+21B5 and U+21E5 (sentencepiece treats its input as lines of text), so code and
-// manual pages keep their layout through encode and decode.
+// manual pages keep their layout through encode and decode. A model without those symbols
+// (Mixtral's) gets the text as it is: its byte fallback encodes newlines and tabs its own way.
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -49,9 +50,13 @@ class Tokenizer {
   // The piece of `id` as the model stores it (U+2581 starts a word, U+21B5 is a newline).
   std::string piece(int32_t id) const;
   int32_t eos_id() const;  // ends every document in the token streams
+  int32_t bos_id() const;  // -1 when the model has none
+  // Whether newlines and tabs travel as the symbols U+21B5 / U+21E5 (our tokenizers).
+  bool maps_layout_symbols() const { return layout_symbols_; }
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  bool layout_symbols_ = true;
 };
 
 }  // namespace moe

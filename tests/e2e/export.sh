@@ -34,6 +34,22 @@ done
 grep -q '"model_type": "qwen2_moe"' "$work/hf/config.json" || { echo "FAIL: not qwen2_moe"; exit 1; }
 grep -q '"eos_token_id": 2' "$work/hf/generation_config.json" || { echo "FAIL: eos id"; exit 1; }
 
+# The export runs in `moe` itself as a Hugging Face folder: the same next-token logits as the run
+# (within 1e-4: Qwen2-MoE's layout adds zero biases and routes by softmax, top-k, renormalise),
+# and its tokenizer.model generates (tokenizer_config.json: no BOS, as our runs).
+"$moe" logits --model "$work/run" --tokens 5,9,30,2 --out "$work/run.bin" 2> /dev/null
+"$moe" logits --model "$work/hf" --tokens 5,9,30,2 --out "$work/hf.bin" 2> /dev/null
+"$python" -c '
+import struct, sys
+a, b = (open(p, "rb").read() for p in sys.argv[1:3])
+assert len(a) == len(b) > 0, (len(a), len(b))
+x, y = (struct.unpack(f"<{len(a) // 4}f", d) for d in (a, b))
+worst = max(abs(p - q) for p, q in zip(x, y))
+assert worst < 1e-4, f"run and export logits differ by {worst}"
+print(f"run and export logits agree within {worst:.1e}")' "$work/run.bin" "$work/hf.bin"
+"$moe" generate --model "$work/hf" --prompt "The" -n 5 --temperature 0 > /dev/null 2>&1 ||
+  { echo "FAIL: moe generate on the export"; exit 1; }
+
 expect_refusal "not empty" --model "$work/run" --out "$work/hf"
 expect_refusal "the run folder itself" --model "$work/run" --out "$work/run/." --force
 "$moe" export --model "$work/run" --out "$work/hf" --force --dtype bf16 > /dev/null

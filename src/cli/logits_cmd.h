@@ -1,0 +1,20 @@
+#pragma once
+// `moe logits`: the next-token logits after a list of token ids, as raw little-endian float32
+// (vocab_size values), for comparison with any outside tool.
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe::cli {
+
+struct LogitsCommand {
+  std::string model;            // run folder or Hugging Face checkpoint folder
+  std::vector<int64_t> tokens;  // ids, at least one
+  std::string out;              // file to write
+};
+
+CLI::App* add_logits_command(CLI::App& app, LogitsCommand& command);
+int run_logits(const LogitsCommand& command);
+
+}  // namespace moe::cli

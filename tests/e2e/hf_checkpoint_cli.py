@@ -1,0 +1,80 @@
+#!/usr/bin/python3
+"""`moe logits` and `moe generate` on the Hugging Face checkpoint folders that
+tests/reference/hf_reference.py --make built: the logits file holds the last position's
+vocab_size float32 values and matches the reference within 1e-4 + 1e-4 |ref|; bad input (an id
+outside the vocabulary, an unknown model_type, a tokenizer.json-only folder, no tokenizer, an
+export of a folder that already is one) exits 2 with one line naming it."""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+MOE, CASES = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+import hf_reference  # noqa: E402  (the reference's own safetensors reader and case list)
+
+
+def run(*args):
+    return subprocess.run([MOE, *args], capture_output=True, text=True)
+
+
+def one_line_error(args, *expected):
+    r = run(*args)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2, f"{args}: exit {r.returncode}, stderr {r.stderr!r}"
+    assert len(lines) == 1 and lines[0].startswith("moe: error: "), f"{args}: {r.stderr!r}"
+    for part in expected:
+        assert part in lines[0], f"{args}: {part!r} not in {lines[0]!r}"
+    print(f"ok: refused: {lines[0]}")
+
+
+def main():
+    work = tempfile.mkdtemp()
+    try:
+        for case in hf_reference.CASES:
+            expected = hf_reference.read_safetensors(os.path.join(CASES, case + ".expected.safetensors"))
+            tokens = ",".join(str(int(t)) for t in expected["tokens"].tolist())
+            want = expected["logits"][-1].tolist()
+            out = os.path.join(work, case + ".bin")
+            r = run("logits", "--model", os.path.join(CASES, case), "--tokens", tokens, "--out", out)
+            assert r.returncode == 0, f"{case}: {r.stderr}"
+            data = open(out, "rb").read()
+            assert len(data) == 4 * len(want), f"{case}: {len(data)} bytes for {len(want)} logits"
+            got = struct.unpack(f"<{len(want)}f", data)
+            worst = max(abs(g - w) - 1e-4 * abs(w) for g, w in zip(got, want))
+            assert worst <= 1e-4, f"{case}: logits differ by {worst}"
+            print(f"ok: moe logits {case} matches the reference")
+
+        folder = os.path.join(CASES, "olmoe_f32")
+        one_line_error(["logits", "--model", folder, "--tokens", "3,97", "--out", os.path.join(work, "x")],
+                       "id 97 (position 1) is outside the vocabulary [0, 97)")
+        one_line_error(["logits", "--model", folder, "--tokens", "-1", "--out", os.path.join(work, "x")],
+                       "outside the vocabulary")
+
+        one_line_error(["export", "--model", folder, "--out", os.path.join(work, "again")],
+                       "already a Hugging Face checkpoint folder")
+
+        copy = os.path.join(work, "copy")
+        shutil.copytree(folder, copy)
+        one_line_error(["generate", "--model", copy, "--prompt", "hi"], "no tokenizer.model or tokenizer.json")
+        with open(os.path.join(copy, "tokenizer.json"), "w") as f:
+            f.write("{}")
+        one_line_error(["generate", "--model", copy, "--prompt", "hi"], "tokenizer.json", "not yet supported")
+        with open(os.path.join(copy, "config.json")) as f:
+            config = json.load(f)
+        config["model_type"] = "deepseek_v3"
+        with open(os.path.join(copy, "config.json"), "w") as f:
+            json.dump(config, f)
+        one_line_error(["logits", "--model", copy, "--tokens", "1", "--out", os.path.join(work, "x")],
+                       "model_type 'deepseek_v3' is not supported")
+    finally:
+        shutil.rmtree(work)
+    print("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
