@@ -10,7 +10,7 @@
 
 #include "model/checkpoint.h"
 #include "train/checkpoint.h"
-#include "train/tokenizer.h"
+#include "train/folder_tokenizer.h"
 
 namespace moe::cli {
 
@@ -54,22 +54,10 @@ size_t partial_stop_suffix(std::string_view text, std::string_view stop) {
   return 0;
 }
 
-// The folder's tokenizer: tokenizer.model through sentencepiece (our runs, Mixtral). The seam
-// for tokenizer.json's byte-level BPE (Qwen2-MoE, OLMoE), which is not read yet.
-Tokenizer open_folder_tokenizer(const std::string& dir) {
-  std::error_code ec;
-  if (std::filesystem::exists(dir + "/tokenizer.model", ec))
-    return Tokenizer(dir + "/tokenizer.model");
-  if (std::filesystem::exists(dir + "/tokenizer.json", ec))
-    throw Error(dir +
-                ": tokenizer.json (byte-level BPE) is not yet supported; only "
-                "tokenizer.model (sentencepiece) is (moe logits takes token ids)");
-  throw Error(dir + ": no tokenizer.model or tokenizer.json");
-}
-
 // Whether prompts start with BOS: a Hugging Face folder's sentencepiece tokenizer adds it unless
 // tokenizer_config.json says add_bos_token false (as `moe export` writes); our runs never do.
-bool prompt_starts_with_bos(const std::string& dir, const LoadedModel& m, const Tokenizer& t) {
+bool prompt_starts_with_bos(const std::string& dir, const LoadedModel& m,
+                            const FolderTokenizer& t) {
   if (m.model_type.empty() || t.bos_id() < 0) return false;
   const std::string path = dir + "/tokenizer_config.json";
   std::error_code ec;
@@ -91,13 +79,14 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
                              const std::string& stop, GenerationRouting* routing) {
   recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
   LoadedModel m = load_model(run);
-  const Tokenizer tokenizer = open_folder_tokenizer(run);
+  const FolderTokenizer tokenizer = FolderTokenizer::open(run);
   if (tokenizer.vocab_size() > m.config.vocab_size)
     throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces, more than the model's vocab_size " + std::to_string(m.config.vocab_size));
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (prompt_starts_with_bos(run, m, tokenizer)) ids.insert(ids.begin(), tokenizer.bos_id());
-  if (ids.empty()) ids.push_back(tokenizer.eos_id());
+  // An empty prompt starts from end-of-text (token 0 for a tokenizer that names none).
+  if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
   // The stop text is looked for in what follows the prompt only.
   const size_t prompt_chars = tokenizer.decode(ids).size();
   std::string printed;

@@ -62,7 +62,18 @@ def main():
         one_line_error(["generate", "--model", copy, "--prompt", "hi"], "no tokenizer.model or tokenizer.json")
         with open(os.path.join(copy, "tokenizer.json"), "w") as f:
             f.write("{}")
-        one_line_error(["generate", "--model", copy, "--prompt", "hi"], "tokenizer.json", "not yet supported")
+        one_line_error(["generate", "--model", copy, "--prompt", "hi"], "tokenizer.json", "model is missing")
+        # A folder with only a byte-level BPE tokenizer.json (as Qwen2-MoE and OLMoE ship):
+        # the 94 printable ASCII bytes as tokens, no merges, so it fits the model's 97 ids.
+        vocab = {chr(c): i for i, c in enumerate(range(ord("!"), ord("~") + 1))}
+        with open(os.path.join(copy, "tokenizer.json"), "w") as f:
+            json.dump({"model": {"type": "BPE", "vocab": vocab, "merges": []},
+                       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+                                         "use_regex": True},
+                       "decoder": {"type": "ByteLevel"}, "added_tokens": []}, f)
+        r = subprocess.run([MOE, "generate", "--model", copy, "--prompt", "hi!", "-n", "4",
+                            "--temperature", "0"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.startswith("hi!"), (r.returncode, r.stdout, r.stderr)
         with open(os.path.join(copy, "config.json")) as f:
             config = json.load(f)
         config["model_type"] = "deepseek_v3"
