@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "infer/decoder.h"
+#include "infer/mapped_model.h"
 #include "tensor/bandwidth.h"
 #include "tensor/bf16.h"
 #include "tensor/blas_info.h"
@@ -132,6 +133,9 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
   CLI::App* cmd = bench.add_subcommand(
       "decode", "Prefill and decode tokens/s, and decode's share of the read bandwidth");
+  cmd->add_option("--model", c.model,
+                  "A Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe), mapped as it lies")
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--random", c.random, "Model built in memory: mixtral-d1024 or mixtral-d512")
       ->capture_default_str()
       ->check(CLI::IsMember({"mixtral-d1024", "mixtral-d512"}));
@@ -161,21 +165,35 @@ CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
 
 int run_bench_decode(const BenchDecodeCommand& c) {
   warn_about_blas_kernel();
-  const ModelConfig config = random_model_config(c.random);
-  const bool bf16 = c.dtype == "bf16";
-  // Without a cache the weights live in memory; with one, in a file the cache reads.
-  std::unique_ptr<WeightSource> weights;
-  if (c.expert_cache > 0) {
-    const std::string file = random_checkpoint(config, bf16, c.scratch, c.random);
-    weights = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});
-  } else {
-    weights = std::make_unique<OwnedWeights>(random_weights(config, bf16));
-  }
   DecoderOptions options;
   options.expert_cache = c.expert_cache;
   options.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
   options.prefetch = c.prefetch;
-  Decoder decoder(config, MoeNaming::Mixtral, *weights, options);
+  // A checkpoint folder is mapped as it lies; a random model lives in memory, or, with an
+  // expert cache, in a scratch file the cache reads.
+  MappedModel mapped;
+  std::unique_ptr<WeightSource> random_source;
+  std::unique_ptr<Decoder> random_decoder;
+  std::string model_name = c.random, dtype = c.dtype;
+  if (!c.model.empty()) {
+    mapped = open_mapped_model(c.model, options);
+    model_name = c.model;
+    const WeightView q = mapped.weights->at("model.layers.0.self_attn.q_proj.weight");
+    dtype = q.dtype == TensorDtype::BF16 ? "bf16" : "f32";  // fp16 matrices are widened to fp32
+  } else {
+    const ModelConfig random = random_model_config(c.random);
+    const bool as_bf16 = c.dtype == "bf16";
+    if (c.expert_cache > 0) {
+      const std::string file = random_checkpoint(random, as_bf16, c.scratch, c.random);
+      random_source = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});
+    } else {
+      random_source = std::make_unique<OwnedWeights>(random_weights(random, as_bf16));
+    }
+    random_decoder = std::make_unique<Decoder>(random, MoeNaming::Mixtral, *random_source, options);
+  }
+  Decoder& decoder = mapped.decoder ? *mapped.decoder : *random_decoder;
+  const ModelConfig& config = decoder.config();
+  const bool bf16 = dtype == "bf16";
   const int64_t V = config.vocab_size;
 
   const double bandwidth = measure_read_bandwidth();
@@ -226,8 +244,8 @@ int run_bench_decode(const BenchDecodeCommand& c) {
                            : "widen+sgemm";
 
   if (c.json) {
-    nlohmann::json j = {{"model", c.random},
-                        {"dtype", c.dtype},
+    nlohmann::json j = {{"model", model_name},
+                        {"dtype", dtype},
                         {"threads", thread_count()},
                         {"blas_core", blas_core_name()},
                         {"bf16_prefill_kernel", bf16 ? kernel : "none"},
@@ -252,8 +270,8 @@ int run_bench_decode(const BenchDecodeCommand& c) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  std::printf("model %s, %s weights, %d threads, OpenBLAS core %s%s\n", c.random.c_str(),
-              c.dtype.c_str(), thread_count(), blas_core_name(),
+  std::printf("model %s, %s weights, %d threads, OpenBLAS core %s%s\n", model_name.c_str(),
+              dtype.c_str(), thread_count(), blas_core_name(),
               bf16 ? (std::string(", bf16 prefill kernel ") + kernel).c_str() : "");
   std::printf("prefill  %5lld tokens   %8.1f tokens/s\n", static_cast<long long>(c.prompt),
               prefill_rate);

@@ -9,6 +9,7 @@
 namespace moe::cli {
 
 struct BenchDecodeCommand {
+  std::string model;                     // a Hugging Face folder; empty = the random model
   std::string random = "mixtral-d1024";  // a Mixtral-shaped model built in memory
   std::string dtype = "bf16";            // of the random model's matrices: f32 | bf16
   int64_t prompt = 128;                  // prefill length

@@ -347,6 +347,9 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
         rmsnorm_forward(1, KV * hd, config_.rms_norm_eps, {row + H * hd, size_t(KV * hd)},
                         {b.k_norm, size_t(KV * hd)}, {row + H * hd, size_t(KV * hd)},
                         {&unused_rstd, 1});
+      if (config_.clip_qkv > 0.0f)  // OLMoE: q, k and v clamped after the norms
+        for (int64_t i = 0; i < W; ++i)
+          row[i] = std::clamp(row[i], -config_.clip_qkv, config_.clip_qkv);
       const int64_t pos = cache.length + t;
       attention_decode(attn_, rope_, pos, {row, size_t(W)}, cache.keys[l].span(),
                        cache.values[l].span(), scores_.span().subspan(0, size_t(pos + 1)),
