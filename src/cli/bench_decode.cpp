@@ -164,7 +164,6 @@ CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
 }
 
 int run_bench_decode(const BenchDecodeCommand& c) {
-  warn_about_blas_kernel();
   DecoderOptions options;
   options.expert_cache = c.expert_cache;
   options.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
@@ -194,6 +193,7 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   Decoder& decoder = mapped.decoder ? *mapped.decoder : *random_decoder;
   const ModelConfig& config = decoder.config();
   const bool bf16 = dtype == "bf16";
+  warn_about_blas_kernel();  // once the model is open: a bad folder's error stays one line
   const int64_t V = config.vocab_size;
 
   const double bandwidth = measure_read_bandwidth();
