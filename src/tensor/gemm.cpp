@@ -115,9 +115,12 @@ Bf16Kernel resolve_bf16_kernel(Bf16Kernel kernel) {
 void gemm_bf16_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                       const uint16_t* b, int64_t ldb, float* c, int64_t ldc, Bf16Kernel kernel) {
   if (m == 0 || n == 0) return;
-  if (m <= kSkinnyRows || k == 0) return skinny_a_bt(m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
-  if (resolve_bf16_kernel(kernel) == Bf16Kernel::Avx512Bf16)
-    return gemm_avx512_bf16(m, n, k, a, lda, b, ldb, c, ldc);
+  const bool avx512_bf16 = resolve_bf16_kernel(kernel) == Bf16Kernel::Avx512Bf16;
+  if (m <= kSkinnyRows || k == 0) {
+    if (avx512_bf16 && k > 0) return gemm_avx512_stream_bf16(m, n, k, a, lda, b, ldb, c, ldc);
+    return skinny_a_bt(m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+  }
+  if (avx512_bf16) return gemm_avx512_bf16(m, n, k, a, lda, b, ldb, c, ldc);
   widen_to_sgemm(m, n, k, a, lda, b, ldb, c, ldc);
 }
 

@@ -4,6 +4,7 @@
 // trips -Wmaybe-uninitialized where it is inlined; the warning is about the header, not us.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -26,6 +27,7 @@ namespace {
 // A tile is 4 rows of A by 4 rows of B: 16 accumulators and 8 operands fill 24 of the 32 zmm
 // registers, and each 64-byte load feeds 4 vdpbf16ps.
 constexpr int64_t kTile = 4;
+constexpr int64_t kMaxStreamRows = 6;  // rows of A the streaming kernel takes (gemm's few-row path)
 
 MOE_AVX512_BF16 inline __m512bh as_bf16x32(__m512i v) {
   __m512bh r;
@@ -57,7 +59,54 @@ MOE_AVX512_BF16 void dot_tile(const uint16_t* const (&a_rows)[kTile],
     for (int64_t j = 0; j < kTile; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
+// c[r, j] = sum_i a[r, i] * widen(b[j, i]) for r < m <= kMaxStreamRows, j in [j0, j1): each row
+// of B is read once, 32 weights a step widened exactly (zero-extend, shift into an fp32's top
+// half), two accumulators per row of A so consecutive FMAs do not wait on each other.
+MOE_AVX512_BF16 void stream_rows(int64_t m, int64_t k, const float* a, int64_t lda,
+                                 const uint16_t* b, int64_t ldb, float* c, int64_t ldc, int64_t j0,
+                                 int64_t j1) {
+  const auto widen = [](__m256i half) MOE_AVX512_BF16 {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  };
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint16_t* bj = b + j * ldb;
+    __m512 acc[kMaxStreamRows][2];
+    for (int64_t r = 0; r < m; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+      const __m512 w0 = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bj + i)));
+      const __m512 w1 = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bj + i + 16)));
+      for (int64_t r = 0; r < m; ++r) {
+        const float* ar = a + r * lda + i;
+        acc[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(ar), w0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(ar + 16), w1, acc[r][1]);
+      }
+    }
+    for (; i < k; i += 16) {  // the tail, 16 at a time, masked
+      const __mmask16 mask = k - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - i)) - 1);
+      const __m512 w = widen(_mm256_maskz_loadu_epi16(mask, bj + i));
+      for (int64_t r = 0; r < m; ++r)
+        acc[r][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + r * lda + i), w, acc[r][0]);
+    }
+    for (int64_t r = 0; r < m; ++r)
+      c[r * ldc + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+  }
+}
+
 }  // namespace
+
+void gemm_avx512_stream_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                             const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  // Threads split the rows of B (inline when already inside a parallel region, an expert per
+  // thread, or when the weight is too small to share).
+  if (omp_in_parallel() || n * k < (int64_t{1} << 16))
+    return stream_rows(m, k, a, lda, b, ldb, c, ldc, 0, n);
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    stream_rows(m, k, a, lda, b, ldb, c, ldc, n * t / threads, n * (t + 1) / threads);
+  }
+}
 
 void gemm_avx512_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                       const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {

@@ -8,4 +8,9 @@ namespace moe {
 void gemm_avx512_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                       const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
 
+// The few-row product (decode): m <= 6 rows of A, each row of B streamed once and widened.
+// Needs AVX-512 (F, BW), which every AVX512-BF16 CPU has.
+void gemm_avx512_stream_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                             const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+
 }  // namespace moe
