@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "infer/mapped_model.h"
 #include "model/checkpoint.h"
+#include "model/hf_checkpoint.h"
 #include "train/checkpoint.h"
 #include "train/folder_tokenizer.h"
 
@@ -38,6 +40,17 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   generate->add_option("--seed", c.seed, "Sampling seed")->capture_default_str();
+  generate
+      ->add_option("--expert-cache", c.decoder.expert_cache,
+                   "Hugging Face folders: experts per MoE layer kept in RAM, the rest read from "
+                   "the checkpoint's files when routed to (0 = all mapped)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 16));
+  generate->add_option("--cache-policy", c.cache_policy, "Expert cache eviction: lru or lfu")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"lru", "lfu"}));
+  generate->add_flag("--prefetch", c.decoder.prefetch,
+                     "With --expert-cache: read the next layer's likely experts while this layer "
+                     "computes");
   generate->add_flag("-v,--verbose", c.verbose,
                      "Print on stderr, per MoE layer, the experts generation used and the route "
                      "of the last token");
@@ -56,9 +69,8 @@ size_t partial_stop_suffix(std::string_view text, std::string_view stop) {
 
 // Whether prompts start with BOS: a Hugging Face folder's sentencepiece tokenizer adds it unless
 // tokenizer_config.json says add_bos_token false (as `moe export` writes); our runs never do.
-bool prompt_starts_with_bos(const std::string& dir, const LoadedModel& m,
-                            const FolderTokenizer& t) {
-  if (m.model_type.empty() || t.bos_id() < 0) return false;
+bool prompt_starts_with_bos(const std::string& dir, bool hugging_face, const FolderTokenizer& t) {
+  if (!hugging_face || t.bos_id() < 0) return false;
   const std::string path = dir + "/tokenizer_config.json";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return true;
@@ -76,15 +88,32 @@ bool prompt_starts_with_bos(const std::string& dir, const LoadedModel& m,
 // the stop text are held back until they resolve.
 Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                              const SamplingOptions& sampling, uint64_t seed,
-                             const std::string& stop, GenerationRouting* routing) {
-  recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
-  LoadedModel m = load_model(run);
+                             const std::string& stop, GenerationRouting* routing,
+                             const DecoderOptions& decoder_options) {
+  // A Hugging Face folder runs mapped as it lies (the Decoder; bf16 stays bf16, experts may
+  // stay on storage); a run of `moe train` runs its Transformer, which every router it can
+  // train also evaluates.
+  const bool hugging_face = is_hf_checkpoint(run);
+  require(hugging_face || decoder_options.expert_cache == 0,
+          run +
+              ": --expert-cache reads a Hugging Face folder's files; export the run first "
+              "(moe export --model RUN --out DIR)");
+  MappedModel mapped;
+  LoadedModel loaded;
+  if (hugging_face) {
+    mapped = open_mapped_model(run, decoder_options);
+  } else {
+    recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
+    loaded = load_model(run);
+  }
+  const ModelConfig& config = hugging_face ? mapped.checkpoint.config : loaded.config;
   const FolderTokenizer tokenizer = FolderTokenizer::open(run);
-  if (tokenizer.vocab_size() > m.config.vocab_size)
+  if (tokenizer.vocab_size() > config.vocab_size)
     throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
-                " pieces, more than the model's vocab_size " + std::to_string(m.config.vocab_size));
+                " pieces, more than the model's vocab_size " + std::to_string(config.vocab_size));
   std::vector<int32_t> ids = tokenizer.encode(prompt);
-  if (prompt_starts_with_bos(run, m, tokenizer)) ids.insert(ids.begin(), tokenizer.bos_id());
+  if (prompt_starts_with_bos(run, hugging_face, tokenizer))
+    ids.insert(ids.begin(), tokenizer.bos_id());
   // An empty prompt starts from end-of-text (token 0 for a tokenizer that names none).
   if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
   // The stop text is looked for in what follows the prompt only.
@@ -115,29 +144,40 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
     return !stopped;
   };
   if (routing) {
-    for (int64_t l = 0; l < m.model->num_layers(); ++l)
-      if (m.model->moe_layer(l)) routing->layers.push_back(l);
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l)
+      if (config.moe && config.is_moe_layer(l)) routing->layers.push_back(l);
     routing->touched.assign(routing->layers.size(), {});
     routing->last.assign(routing->layers.size(), {});
   }
   // After each decode step (a token was drawn from its logits): that step's routes.
   auto record_routes = [&] {
     for (size_t i = 0; routing && i < routing->layers.size(); ++i) {
-      const RoutingPlan& plan = m.model->moe_layer(routing->layers[i])->plan();
       routing->last[i].clear();
-      for (int64_t a = 0; a < plan.assignments(); ++a) {
-        routing->touched[i].insert(plan.expert[a]);
-        routing->last[i].emplace_back(plan.expert[a], plan.gate[a]);
+      const auto note = [&](int32_t expert, float gate) {
+        routing->touched[i].insert(expert);
+        routing->last[i].emplace_back(expert, gate);
+      };
+      if (hugging_face) {
+        const auto experts = mapped.decoder->last_experts(static_cast<int64_t>(i));
+        const auto gates = mapped.decoder->last_gates(static_cast<int64_t>(i));
+        const size_t k = static_cast<size_t>(config.moe->top_k);
+        for (size_t a = experts.size() - k; a < experts.size(); ++a) note(experts[a], gates[a]);
+        continue;
       }
+      const RoutingPlan& plan = loaded.model->moe_layer(routing->layers[i])->plan();
+      for (int64_t a = 0; a < plan.assignments(); ++a) note(plan.expert[a], plan.gate[a]);
     }
   };
   emit(false);
+  const auto on_token = [&](int32_t t) {
+    record_routes();
+    ids.push_back(t);
+    return emit(false);
+  };
   const Generation g =
-      generate(*m.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), [&](int32_t t) {
-        record_routes();
-        ids.push_back(t);
-        return emit(false);
-      });
+      hugging_face
+          ? generate(*mapped.decoder, ids, max_tokens, sampling, seed, tokenizer.eos_id(), on_token)
+          : generate(*loaded.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), on_token);
   emit(true);
   std::fputc('\n', stdout);
   return g;
@@ -150,8 +190,10 @@ int run_generate(const GenerateCommand& c) {
     if (prompt.ends_with('\n')) prompt.pop_back();  // the newline `echo` and editors add
   }
   GenerationRouting routing;
+  DecoderOptions decoder = c.decoder;
+  decoder.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
   const Generation g = stream_generation(c.model, prompt, c.max_tokens, c.sampling, c.seed, c.stop,
-                                         c.verbose ? &routing : nullptr);
+                                         c.verbose ? &routing : nullptr, decoder);
   if (g.stop == StopReason::ContextFull)
     std::fprintf(stderr, "moe: stopped at the model's context length (%lld tokens)\n",
                  static_cast<long long>(g.context));

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "infer/decoder.h"
 #include "infer/generate.h"
 
 namespace moe::cli {
@@ -18,7 +19,9 @@ struct GenerateCommand {
   std::string stop;  // stop before the first occurrence of this text in the generated part
   SamplingOptions sampling;
   uint64_t seed = 0;
-  bool verbose = false;  // per MoE layer, the experts generation used (stderr)
+  bool verbose = false;    // per MoE layer, the experts generation used (stderr)
+  DecoderOptions decoder;  // a Hugging Face folder's expert cache and prefetch
+  std::string cache_policy = "lru";
 };
 
 // The experts each MoE layer used while generating: every routed expert of every decoded
@@ -33,11 +36,13 @@ struct GenerationRouting {
 CLI::App* add_generate_command(CLI::App& app, GenerateCommand& command);
 int run_generate(const GenerateCommand& command);
 
-// Streams `prompt` and its continuation from the run folder `run` to stdout. With a non-empty
-// `stop`, generation ends where the generated text first contains it, and the output ends just
-// before it.
+// Streams `prompt` and its continuation from the run folder or Hugging Face folder `run` to
+// stdout. With a non-empty `stop`, generation ends where the generated text first contains it,
+// and the output ends just before it. decoder_options (the expert cache) apply to a Hugging
+// Face folder, which runs mapped.
 Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                              const SamplingOptions& sampling, uint64_t seed,
-                             const std::string& stop = {}, GenerationRouting* routing = nullptr);
+                             const std::string& stop = {}, GenerationRouting* routing = nullptr,
+                             const DecoderOptions& decoder_options = {});
 
 }  // namespace moe::cli

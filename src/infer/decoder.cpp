@@ -154,6 +154,7 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
     blocks_.push_back(std::move(b));
   }
   last_experts_.resize(static_cast<size_t>(moe_layers));
+  last_gates_.resize(static_cast<size_t>(moe_layers));
   if (cached)
     cache_ = std::make_unique<ExpertCache>(std::move(cached_experts), options.expert_cache,
                                            options.cache_policy);
@@ -175,6 +176,10 @@ DecoderCache Decoder::make_cache(int64_t capacity) const {
 
 std::span<const int32_t> Decoder::last_experts(int64_t moe_layer) const {
   return last_experts_.at(static_cast<size_t>(moe_layer));
+}
+
+std::span<const float> Decoder::last_gates(int64_t moe_layer) const {
+  return last_gates_.at(static_cast<size_t>(moe_layer));
 }
 
 void Decoder::linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
@@ -243,7 +248,7 @@ void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) 
   const MoeConfig& m = *config_.moe;
   const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
   std::vector<int32_t>& chosen = last_experts_[static_cast<size_t>(b.moe_index)];
-  std::vector<float> gates;
+  std::vector<float>& gates = last_gates_[static_cast<size_t>(b.moe_index)];
   route(b, x, rows, chosen, gates);
   if (cache_ && options_.prefetch) {
     // Pre-gating: the next MoE layer's router on this layer's input guesses its experts;

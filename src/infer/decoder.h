@@ -71,6 +71,7 @@ class Decoder {
   int64_t weight_bytes_read() const { return bytes_read_; }
   // Experts of MoE layer m (in depth order) chosen for each token of the last forward: [T, k].
   std::span<const int32_t> last_experts(int64_t moe_layer) const;
+  std::span<const float> last_gates(int64_t moe_layer) const;  // their gates: [T, k]
   const ModelConfig& config() const { return config_; }
   // Hits, misses and bytes read from storage; nullptr without an expert cache.
   const ExpertCache* expert_cache() const { return cache_.get(); }
@@ -119,6 +120,7 @@ class Decoder {
   std::vector<Tensor> converted_;  // fp32 copies of small tensors (norms, routers, biases)
   int64_t bytes_read_ = 0;
   std::vector<std::vector<int32_t>> last_experts_;  // per MoE layer: [T, k]
+  std::vector<std::vector<float>> last_gates_;      // per MoE layer: [T, k]
 
   // Scratch, grown to the largest forward.
   Tensor x_, n_, qkv_, ctx_, out_, rstd_, scores_, gate_act_, up_, rows_in_, rows_out_,

@@ -45,26 +45,25 @@ int32_t sample_token(std::span<const float> logits, const SamplingOptions& o, Rn
   return scratch[keep - 1].second;
 }
 
-Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t max_tokens,
-                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
-                    const std::function<bool(int32_t)>& on_token) {
+Generation generate(const GenerationModel& model, std::span<const int32_t> prompt,
+                    int64_t max_tokens, const SamplingOptions& options, uint64_t seed,
+                    int32_t stop_token, const std::function<bool(int32_t)>& on_token) {
   using clock = std::chrono::steady_clock;
   auto seconds_since = [](clock::time_point t0) {
     return std::chrono::duration<double>(clock::now() - t0).count();
   };
   require(!prompt.empty(), "generate: the prompt must hold at least one token");
-  const int64_t context = model.config().max_position_embeddings;
+  const int64_t context = model.context;
   if (static_cast<int64_t>(prompt.size()) > context)
     throw Error("generate: the prompt has " + std::to_string(prompt.size()) +
                 " tokens, more than the context of " + std::to_string(context));
   Generation g;
   g.prompt_tokens = static_cast<int64_t>(prompt.size());
   g.context = context;
-  // Positions fed: the prompt and every drawn token but the last.
-  KvCache cache = model.make_cache(static_cast<int64_t>(prompt.size()) + max_tokens);
-  std::vector<float> logits(model.config().vocab_size);
+  std::vector<float> logits(static_cast<size_t>(model.vocab_size));
   const auto prefill_start = clock::now();
-  for (int32_t t : prompt) model.decode_step(t, cache, logits);
+  model.feed(prompt, logits);
+  int64_t fed = static_cast<int64_t>(prompt.size());
   g.prefill_seconds = seconds_since(prefill_start);
   Rng rng(seed);
   std::vector<std::pair<float, int32_t>> scratch;
@@ -87,14 +86,42 @@ Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t
       }
     }
     if (static_cast<int64_t>(g.tokens.size()) == max_tokens) break;  // no logits needed
-    if (cache.length >= context) {
+    if (fed >= context) {
       g.stop = StopReason::ContextFull;
       break;
     }
-    model.decode_step(next, cache, logits);
+    model.feed({&next, 1}, logits);
+    ++fed;
   }
   g.decode_seconds = seconds_since(decode_start) - callback_seconds;
   return g;
+}
+
+Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t max_tokens,
+                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
+                    const std::function<bool(int32_t)>& on_token) {
+  // Positions fed: the prompt and every drawn token but the last.
+  const int64_t positions = std::min(static_cast<int64_t>(prompt.size()) + max_tokens,
+                                     model.config().max_position_embeddings);
+  KvCache cache = model.make_cache(std::max<int64_t>(positions, 1));
+  const GenerationModel step{model.config().max_position_embeddings, model.config().vocab_size,
+                             [&](std::span<const int32_t> tokens, std::span<float> logits) {
+                               for (const int32_t t : tokens) model.decode_step(t, cache, logits);
+                             }};
+  return generate(step, prompt, max_tokens, options, seed, stop_token, on_token);
+}
+
+Generation generate(Decoder& decoder, std::span<const int32_t> prompt, int64_t max_tokens,
+                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
+                    const std::function<bool(int32_t)>& on_token) {
+  const int64_t context = decoder.config().max_position_embeddings;
+  const int64_t positions = std::min(static_cast<int64_t>(prompt.size()) + max_tokens, context);
+  DecoderCache cache = decoder.make_cache(std::max<int64_t>(positions, 1));
+  const GenerationModel step{context, decoder.config().vocab_size,
+                             [&](std::span<const int32_t> tokens, std::span<float> logits) {
+                               decoder.forward(tokens, cache, logits);  // a prompt in one batch
+                             }};
+  return generate(step, prompt, max_tokens, options, seed, stop_token, on_token);
 }
 
 }  // namespace moe

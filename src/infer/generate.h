@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "infer/decoder.h"
 #include "model/transformer.h"
 #include "tensor/rng.h"
 
@@ -37,10 +38,26 @@ struct Generation {
   double decode_seconds = 0;   // drawing the tokens after it (the caller's on_token excluded)
 };
 
+// What generation needs of a model: its context length and vocabulary, and a step that feeds
+// tokens after those fed so far and writes the next-token logits of the last one: [V].
+struct GenerationModel {
+  int64_t context = 0;
+  int64_t vocab_size = 0;
+  std::function<void(std::span<const int32_t> tokens, std::span<float> logits)> feed;
+};
+
 // Feeds `prompt` (at least one token), then samples up to max_tokens tokens, calling on_token
 // for each as soon as it is drawn (returning false stops there); stops early at `stop_token`
 // (when >= 0) or a full context.
+Generation generate(const GenerationModel& model, std::span<const int32_t> prompt,
+                    int64_t max_tokens, const SamplingOptions& options, uint64_t seed,
+                    int32_t stop_token, const std::function<bool(int32_t)>& on_token = {});
+// The same over a Transformer (its KV cache, token by token) or over a Decoder (mapped
+// weights; the prompt as one batch).
 Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t max_tokens,
+                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
+                    const std::function<bool(int32_t)>& on_token = {});
+Generation generate(Decoder& decoder, std::span<const int32_t> prompt, int64_t max_tokens,
                     const SamplingOptions& options, uint64_t seed, int32_t stop_token,
                     const std::function<bool(int32_t)>& on_token = {});
 

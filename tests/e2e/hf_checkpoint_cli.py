@@ -74,6 +74,13 @@ def main():
         r = subprocess.run([MOE, "generate", "--model", copy, "--prompt", "hi!", "-n", "4",
                             "--temperature", "0"], capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout.startswith("hi!"), (r.returncode, r.stdout, r.stderr)
+        # Experts read from storage, one per layer in RAM, the next layer's guessed ahead: the
+        # same greedy text, and -v names each MoE layer's experts.
+        cached = subprocess.run([MOE, "generate", "--model", copy, "--prompt", "hi!", "-n", "4",
+                                 "--temperature", "0", "--expert-cache", "1", "--prefetch", "-v"],
+                                capture_output=True, text=True)
+        assert cached.returncode == 0 and cached.stdout == r.stdout, (cached.stdout, cached.stderr)
+        assert "layer 0:" in cached.stderr and "distinct experts used" in cached.stderr, cached.stderr
         with open(os.path.join(copy, "config.json")) as f:
             config = json.load(f)
         config["model_type"] = "deepseek_v3"
