@@ -151,15 +151,27 @@ SafetensorsFile parse_safetensors(const std::vector<char>& bytes, const std::str
   return file;
 }
 
-SafetensorsHeader read_safetensors_header(const std::string& path) {
+namespace {
+
+// Opens a regular file for reading at its start; returns its size. A folder opens as a stream
+// whose size reads as absurd: what the path is gets checked first.
+std::streamsize open_for_reading(const std::string& path, std::ifstream& in) {
   std::error_code ec;
   require(std::filesystem::is_regular_file(path, ec),
           path + ": cannot open (missing, or not a regular file)");
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  in.open(path, std::ios::binary | std::ios::ate);
   require(in.good(), path + ": cannot open");
   const std::streamsize size = in.tellg();
   require(size >= 0, path + ": cannot read its size");
   in.seekg(0);
+  return size;
+}
+
+}  // namespace
+
+SafetensorsHeader read_safetensors_header(const std::string& path) {
+  std::ifstream in;
+  const std::streamsize size = open_for_reading(path, in);
   std::vector<char> head(static_cast<size_t>(std::min<std::streamsize>(size, 8)));
   require(static_cast<bool>(in.read(head.data(), static_cast<std::streamsize>(head.size()))),
           path + ": read failed");
@@ -189,15 +201,8 @@ void read_safetensors_tensor(const std::string& path, const SafetensorsHeader& h
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
-  // A folder opens as a stream whose size reads as absurd: check what the path is first.
-  std::error_code ec;
-  require(std::filesystem::is_regular_file(path, ec),
-          path + ": cannot open (missing, or not a regular file)");
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  require(in.good(), path + ": cannot open");
-  const std::streamsize size = in.tellg();
-  require(size >= 0, path + ": cannot read its size");
-  in.seekg(0);
+  std::ifstream in;
+  const std::streamsize size = open_for_reading(path, in);
   std::vector<char> bytes;
   try {
     bytes.resize(static_cast<size_t>(size));
