@@ -8,6 +8,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev zlib1g-dev   # tokenizer; reading the gzip corpus
   libgtest-dev libgmock-dev libbenchmark-dev
+  libopenmpi-dev openmpi-bin        # expert parallelism across processes (moe train under mpirun)
   clang-format
   clang libclang-rt-14-dev libomp-dev  # libFuzzer targets (scripts/fuzz.sh), OpenMP for clang
   python3 python3-torch python3-numpy   # PyTorch reference tests (run with /usr/bin/python3)

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <optional>
 #include <regex>
 #include <string>
 
@@ -13,6 +14,7 @@
 #include "cli/generate_cmd.h"
 #include "cli/params.h"
 #include "cli/train_cmd.h"
+#include "dist/mpi_world.h"
 #include "tensor/error.h"
 #include "tensor/threads.h"
 
@@ -113,6 +115,11 @@ std::string describe_parse_error(CLI::App& app, const CLI::ParseError& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // MPI only under mpirun: a process started alone is the single-process program of old.
+  std::optional<moe::MpiWorld> world;
+  if (moe::MpiWorld::launched_by_mpirun()) world.emplace(argc, argv);
+  // Under P processes, errors every one meets alike are printed by rank 0 alone.
+  const bool reporter = !world || world->rank() == 0;
   CLI::App app{"moe: sparse Mixture-of-Experts transformers: train, run, inspect"};
   app.name("moe");
   app.require_subcommand(1);
@@ -183,10 +190,18 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::fprintf(stderr, "moe: error: %s\n", describe_parse_error(app, e).c_str());
+    if (e.get_exit_code() == 0) return reporter ? app.exit(e) : 0;  // --help
+    if (reporter) std::fprintf(stderr, "moe: error: %s\n", describe_parse_error(app, e).c_str());
     return 2;
   }
+  // An error one process met alone: the others would wait for it, so the whole job ends.
+  auto end_job = [&](int code) {
+    if (world && world->size() > 1) world->abort(code);
+    return code;
+  };
+  const std::string rank_prefix =
+      world && world->size() > 1 ? "rank " + std::to_string(world->rank()) + ": " : "";
+  train_cmd.world = world ? &*world : nullptr;
   try {
     moe::set_threads(threads);
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
@@ -195,18 +210,22 @@ int main(int argc, char** argv) {
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);
     if (*export_app) return moe::cli::run_export(export_cmd);
-  } catch (const moe::Error& e) {
-    std::fprintf(stderr, "moe: error: %s\n", e.what());
+  } catch (const moe::SharedError& e) {
+    if (reporter) std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;
+  } catch (const moe::Error& e) {
+    std::fprintf(stderr, "moe: %serror: %s\n", rank_prefix.c_str(), e.what());
+    return end_job(2);
   } catch (const std::bad_alloc&) {
     // Large tensors name themselves in a moe::Error; this is whatever else ran out.
     std::fprintf(stderr,
-                 "moe: error: out of memory (an allocation failed; try a smaller model, "
-                 "--batch-size, --seq-len or --threads)\n");
-    return 2;
+                 "moe: %serror: out of memory (an allocation failed; try a smaller model, "
+                 "--batch-size, --seq-len or --threads)\n",
+                 rank_prefix.c_str());
+    return end_job(2);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe: internal error: %s\n", e.what());
-    return 1;
+    std::fprintf(stderr, "moe: %sinternal error: %s\n", rank_prefix.c_str(), e.what());
+    return end_job(1);
   }
   return 0;
 }

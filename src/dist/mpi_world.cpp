@@ -1,0 +1,79 @@
+#include "dist/mpi_world.h"
+
+#include <mpi.h>
+
+#include <cstdlib>
+#include <memory>
+
+#include "dist/expert_parallel.h"
+#include "dist/mpi_util.h"
+
+namespace moe {
+
+bool MpiWorld::launched_by_mpirun() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"})
+    if (std::getenv(name)) return true;
+  return false;
+}
+
+MpiWorld::MpiWorld(int& argc, char**& argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &size_);
+}
+
+MpiWorld::~MpiWorld() {
+  MPI_Finalize();
+}
+
+void MpiWorld::sum(std::span<float> values) {
+  const double t0 = now_seconds();
+  MPI_Allreduce(MPI_IN_PLACE, values.data(), mpi_count(values.size(), "all-reduce"), MPI_FLOAT,
+                MPI_SUM, MPI_COMM_WORLD);
+  stats_.reduce_seconds += now_seconds() - t0;
+}
+
+void MpiWorld::sum(std::span<double> values) {
+  const double t0 = now_seconds();
+  MPI_Allreduce(MPI_IN_PLACE, values.data(), mpi_count(values.size(), "all-reduce"), MPI_DOUBLE,
+                MPI_SUM, MPI_COMM_WORLD);
+  stats_.reduce_seconds += now_seconds() - t0;
+}
+
+void MpiWorld::sum(std::span<int64_t> values) {
+  const double t0 = now_seconds();
+  MPI_Allreduce(MPI_IN_PLACE, values.data(), mpi_count(values.size(), "all-reduce"), MPI_INT64_T,
+                MPI_SUM, MPI_COMM_WORLD);
+  stats_.reduce_seconds += now_seconds() - t0;
+}
+
+void MpiWorld::gather(std::span<const float> part, std::span<float> whole) {
+  const int n = mpi_count(part.size(), "gather");
+  if (rank_ == 0 && whole.size() != part.size() * static_cast<size_t>(size_))
+    throw Error("gather: the root's buffer must hold " + std::to_string(size_) + " parts");
+  MPI_Gather(part.data(), n, MPI_FLOAT, rank_ == 0 ? whole.data() : nullptr, n, MPI_FLOAT, 0,
+             MPI_COMM_WORLD);
+}
+
+void MpiWorld::broadcast(std::string& text) {
+  int64_t length = static_cast<int64_t>(text.size());
+  MPI_Bcast(&length, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  text.resize(static_cast<size_t>(length));
+  MPI_Bcast(text.data(), mpi_count(text.size(), "broadcast"), MPI_CHAR, 0, MPI_COMM_WORLD);
+}
+
+ExpertExchangeFactory MpiWorld::expert_exchange(int64_t experts) {
+  if (experts % size_ != 0)
+    throw Error("--expert-parallel " + std::to_string(size_) + " does not divide num_experts " +
+                std::to_string(experts) + " (each rank holds E/P experts)");
+  return
+      [this, experts] { return std::make_unique<AllToAllExchange>(rank_, size_, experts, stats_); };
+}
+
+void MpiWorld::abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::abort();  // MPI_Abort does not return; this tells the compiler so
+}
+
+}  // namespace moe
