@@ -8,6 +8,7 @@
 #include <regex>
 #include <string>
 
+#include "cli/bench_ep.h"
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
 #include "cli/export_cmd.h"
@@ -166,6 +167,19 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   bench_train->add_flag("--json", train_bench_opts.json, "Print JSON");
 
+  moe::cli::BenchEpOptions ep_opts;
+  CLI::App* bench_ep = bench->add_subcommand(
+      "ep", "Under mpirun -np P: one MoE layer with its experts spread over P ranks (all-to-all)");
+  bench_ep->add_option("--config", ep_opts.config, "Model config JSON (default: the default model)")
+      ->check(CLI::ExistingFile);
+  bench_ep->add_option("--tokens", ep_opts.tokens, "Tokens per rank")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_ep->add_option("--iterations", ep_opts.iterations, "Timed forward+backward calls")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_ep->add_flag("--json", ep_opts.json, "Print JSON");
+
   moe::cli::ParamsOptions params_opts;
   CLI::App* params = app.add_subcommand(
       "params", "Total and active parameters and FLOPs per token (no option: every preset)");
@@ -201,11 +215,13 @@ int main(int argc, char** argv) {
   };
   const std::string rank_prefix =
       world && world->size() > 1 ? "rank " + std::to_string(world->rank()) + ": " : "";
-  train_cmd.world = world ? &*world : nullptr;
+  moe::MpiWorld* const mpi = world ? &*world : nullptr;
+  train_cmd.world = mpi;
   try {
     moe::set_threads(threads);
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
     if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
+    if (*bench_ep) return moe::cli::run_bench_ep(ep_opts, mpi);
     if (*params) return moe::cli::run_params(params_opts);
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);

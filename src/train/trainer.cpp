@@ -692,6 +692,7 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
   auto t_start = std::chrono::steady_clock::now();
   auto t_window = t_start;
   int64_t window_steps = 0;
+  CommStats window_comm = comm ? comm->stats() : CommStats{};  // at the window's start
   double window_loss = 0;
   int64_t step = start_step;
   while (step < o.steps) {
@@ -754,6 +755,16 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
               {"grad_norm", grad_norm},
               {"router_loss", router},
               {"tokens", step * tokens_per_step}};
+      if (comm) {
+        // The root's communication per step over the window: bytes it sent to other ranks,
+        // seconds in the token exchange (all-to-all) and in the other collectives.
+        const CommStats& now = comm->stats();
+        const double n = double(window_steps);
+        line["comm_bytes_per_step"] = double(now.bytes_sent - window_comm.bytes_sent) / n;
+        line["exchange_s_per_step"] = (now.exchange_seconds - window_comm.exchange_seconds) / n;
+        line["reduce_s_per_step"] = (now.reduce_seconds - window_comm.reduce_seconds) / n;
+        window_comm = now;
+      }
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
       const double eta = elapsed / double(step - start_step) * double(o.steps - step);

@@ -9,6 +9,8 @@ process, on a tiny MoE model trained for a few steps from a fixed seed.
   resume    a run saved by 2 ranks resumed by 4 ranks, then by one process: the same losses and
             weights as a run never stopped; `moe generate` reads its folder
   errors    P != the job's size, P not dividing E: one line naming the problem, exit 2
+  kill      kill -9 of rank 1 mid-run: the job ends (well within the 60 s this waits), mpirun
+            names the rank, and the last checkpoint resumes in one process
 
 Tolerances (fp32 sums in another order: the gradient all-reduce, the experts' rows arriving
 in another order): every step's loss within 1e-5 relative, every weight within 1e-5 absolute
@@ -20,10 +22,12 @@ import json
 import atexit
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 
 LOSS_RTOL = 1e-5
@@ -172,5 +176,58 @@ elif case == "errors":
         if os.path.exists(os.path.join(work, f"bad{ranks}")):
             sys.exit("FAIL errors: a refused run left a folder behind")
         print(f"-np {ranks} --expert-parallel {flag}: {ours[0]}")
+elif case == "kill":
+    cfg = config("dropless")
+    out = os.path.join(work, "killed")
+    cmd = mpirun(2) + [moe, "train", "--quiet", "--no-sample", "--out", out, "--config", cfg,
+                       "--corpus", corpus(), "--steps", "1000000", "--batch-size", "4",
+                       "--seq-len", "16", "--save-every", "3", "--eval-every", "1000000",
+                       "--expert-parallel", "2"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(out, "trainer_state.json")):
+        if time.monotonic() > deadline or job.poll() is not None:
+            job.kill()
+            sys.exit(f"FAIL kill: no checkpoint appeared:\n{job.communicate()[1]}")
+        time.sleep(0.05)
+
+    def rank_of(pid):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            return None
+        for entry in env:
+            if entry.startswith(b"OMPI_COMM_WORLD_RANK="):
+                return int(entry.split(b"=")[1])
+        return None
+
+    def parent_of(pid):
+        try:
+            return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            return None
+
+    ranks = {rank_of(int(p)): int(p) for p in os.listdir("/proc")
+             if p.isdigit() and parent_of(p) == job.pid}
+    if 1 not in ranks:
+        job.kill()
+        sys.exit(f"FAIL kill: rank 1 not found among mpirun's children {ranks}")
+    start = time.monotonic()
+    os.kill(ranks[1], signal.SIGKILL)
+    try:
+        _, err = job.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        sys.exit("FAIL kill: the job still ran 60 s after rank 1 was killed")
+    took = time.monotonic() - start
+    if job.returncode == 0 or "rank 1" not in err:
+        sys.exit(f"FAIL kill: exit {job.returncode}, no mention of rank 1:\n{err}")
+    print(f"kill -9 of rank 1: the job ended in {took:.1f} s, exit {job.returncode}")
+    step = json.load(open(os.path.join(out, "trainer_state.json")))["step"]
+    r = subprocess.run([moe, "train", "--resume", out, "--steps", str(step + 2), "--quiet",
+                        "--no-sample"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"FAIL kill: the checkpoint at step {step} did not resume:\n{r.stderr}")
+    print(f"the checkpoint at step {step} resumed in one process to step {step + 2}")
 else:
     sys.exit(f"unknown case {case}")
