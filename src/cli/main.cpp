@@ -218,6 +218,7 @@ int main(int argc, char** argv) {
   moe::MpiWorld* const mpi = world ? &*world : nullptr;
   train_cmd.world = mpi;
   try {
+    if (world && world->size() > 1) world->require_same_binary();
     moe::set_threads(threads);
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
     if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);

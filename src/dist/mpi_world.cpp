@@ -3,7 +3,12 @@
 #include <mpi.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iterator>
 #include <memory>
+#include <sstream>
+#include <string_view>
 
 #include "dist/expert_parallel.h"
 #include "dist/mpi_util.h"
@@ -69,6 +74,19 @@ ExpertExchangeFactory MpiWorld::expert_exchange(int64_t experts) {
                 std::to_string(experts) + " (each rank holds E/P experts)");
   return
       [this, experts] { return std::make_unique<AllToAllExchange>(rank_, size_, experts, stats_); };
+}
+
+void MpiWorld::require_same_binary() {
+  std::ifstream exe("/proc/self/exe", std::ios::binary);
+  const std::string bytes{std::istreambuf_iterator<char>(exe), std::istreambuf_iterator<char>()};
+  const std::string fingerprint =
+      std::to_string(bytes.size()) + ":" + std::to_string(std::hash<std::string_view>{}(bytes));
+  const std::vector<int> differ = ranks_differing_from_root(*this, fingerprint);
+  if (differ.empty()) return;
+  std::string list;
+  for (int r : differ) list += (list.empty() ? "" : ", ") + std::to_string(r);
+  throw SharedError("rank " + list + " runs another moe binary than rank 0: build once and run " +
+                    "the same build (the same file) on every host");
 }
 
 void MpiWorld::abort(int code) {

@@ -34,6 +34,10 @@ class MpiWorld final : public Collectives {
   // experts (rank r: [r E/P, (r+1) E/P)). Throws Error when size() does not divide experts.
   ExpertExchangeFactory expert_exchange(int64_t experts);
 
+  // Throws SharedError on every process when a rank runs another executable than rank 0's
+  // (compared by content): the same build must run everywhere.
+  void require_same_binary();
+
   // Ends every process of the job at once: for an error only this process saw (the others
   // would wait for it in their next collective).
   [[noreturn]] void abort(int code);

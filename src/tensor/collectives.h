@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tensor/error.h"
 
@@ -38,6 +39,20 @@ class Collectives {
 
   virtual const CommStats& stats() const = 0;
 };
+
+// The ranks whose `text` differs from the root's (none when every process agrees): a check
+// that every process runs the same binary, config and options.
+inline std::vector<int> ranks_differing_from_root(Collectives& comm, const std::string& text) {
+  std::string root_text = text;
+  comm.broadcast(root_text);
+  std::vector<int64_t> differs(static_cast<size_t>(comm.size()), 0);
+  differs[static_cast<size_t>(comm.rank())] = root_text != text;
+  comm.sum(differs);
+  std::vector<int> ranks;
+  for (int r = 0; r < comm.size(); ++r)
+    if (differs[static_cast<size_t>(r)]) ranks.push_back(r);
+  return ranks;
+}
 
 // An error every process raised alike (the same check on the same data, or the root's error
 // broadcast), so each can end normally; any other error ends the whole job.

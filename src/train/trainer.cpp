@@ -471,6 +471,20 @@ void on_root(const Ranks& ranks, Work&& work) {
   throw e;
 }
 
+// Every process must train the same model with the same options (the same files and command
+// line on every host): checked against the root's before anything runs.
+void require_same_setup(const Ranks& ranks, const ModelConfig& config, const TrainOptions& o) {
+  if (!ranks.comm) return;
+  const std::string setup =
+      model_config_to_json(config).dump() + "\n" + train_options_to_json(o).dump();
+  const std::vector<int> differ = ranks_differing_from_root(*ranks.comm, setup);
+  if (differ.empty()) return;
+  std::string list;
+  for (int r : differ) list += (list.empty() ? "" : ", ") + std::to_string(r);
+  throw SharedError("rank " + list + " has another model config or other training options " +
+                    "than rank 0 (each process reads its own files: they must be the same)");
+}
+
 // What expert parallelism supports, checked before anything runs.
 void check_parallel_layout(const Ranks& ranks, const ModelConfig& config, const TrainOptions& o) {
   if (!ranks.comm) return;
@@ -897,6 +911,7 @@ TrainResult train(const TrainOptions& options, bool force, const Parallelism& pa
   } catch (const Error& e) {
     throw_alike(ranks, e);
   }
+  require_same_setup(ranks, config, o);
 
   // The root alone opens and fills the folder; the others learn where it is.
   std::optional<RunFolder> folder;
@@ -960,6 +975,7 @@ TrainResult resume_training(const std::string& given, const ResumeChanges& chang
   } catch (const Error& e) {
     throw_alike(ranks, e);
   }
+  if (step < o.steps) require_same_setup(ranks, config, o);
   if (step >= o.steps) {
     TrainResult result;
     result.dir = dir;

@@ -8,7 +8,8 @@ process, on a tiny MoE model trained for a few steps from a fixed seed.
             capacity_groups = P, for P = 2 and 4
   resume    a run saved by 2 ranks resumed by 4 ranks, then by one process: the same losses and
             weights as a run never stopped; `moe generate` reads its folder
-  errors    P != the job's size, P not dividing E: one line naming the problem, exit 2
+  errors    P != the job's size, P not dividing E, another config or another binary on rank 1
+            (mpirun's MPMD form): one line naming the problem, exit 2, no folder left
   kill      kill -9 of rank 1 mid-run: the job ends (well within the 60 s this waits), mpirun
             names the rank, and the last checkpoint resumes in one process
 
@@ -38,12 +39,13 @@ work = tempfile.mkdtemp(prefix="moe-ep-")
 atexit.register(shutil.rmtree, work, ignore_errors=True)
 
 
-def mpirun(ranks):
-    cmd = [mpirun_path, "--oversubscribe", "-np", str(ranks), "-x", "OMP_NUM_THREADS=1",
+def mpirun(ranks=None):
+    """mpirun with one thread per rank; without ranks, for the MPMD form (-np n prog : ...)."""
+    cmd = [mpirun_path, "--oversubscribe", "-x", "OMP_NUM_THREADS=1",
            "-x", "OMP_WAIT_POLICY=passive"]
     if os.geteuid() == 0:
         cmd.insert(1, "--allow-run-as-root")
-    return cmd
+    return cmd + (["-np", str(ranks)] if ranks else [])
 
 
 def corpus():
@@ -164,18 +166,33 @@ elif case == "resume":
     print("moe generate reads the run folder 2 and 4 ranks wrote")
 elif case == "errors":
     cfg = config("dropless")
-    for ranks, flag, expected in ((2, 3, "--expert-parallel 3 needs 3 processes"),
-                                  (3, 3, "does not divide num_experts 4")):
-        cmd = mpirun(ranks) + [moe, "train", "--out", os.path.join(work, f"bad{ranks}"),
-                               "--config", cfg, "--corpus", corpus(), "--batch-size", "6",
-                               "--seq-len", "16", "--expert-parallel", str(flag)]
+    other_cfg = config("other", z_loss_coeff=0.002)
+    other_moe = os.path.join(work, "moe-other-build")
+    shutil.copy(moe, other_moe)
+    with open(other_moe, "ab") as f:  # another file, still the same program when run
+        f.write(b"another build")
+
+    def args(flag, config_path=cfg, out="bad"):
+        return ["train", "--out", os.path.join(work, out), "--config", config_path, "--corpus",
+                corpus(), "--batch-size", "6", "--seq-len", "16", "--expert-parallel", str(flag)]
+
+    mismatched = mpirun()  # the MPMD form: "-np 1 A : -np 1 B"
+    cases = [
+        (mpirun(2) + [moe] + args(3), "--expert-parallel 3 needs 3 processes"),
+        (mpirun(3) + [moe] + args(3), "does not divide num_experts 4"),
+        (mismatched + ["-np", "1", moe] + args(2) + [":", "-np", "1", moe] + args(2, other_cfg),
+         "rank 1 has another model config"),
+        (mismatched + ["-np", "1", moe] + args(2) + [":", "-np", "1", other_moe] + args(2),
+         "rank 1 runs another moe binary"),
+    ]
+    for cmd, expected in cases:
         r = subprocess.run(cmd, capture_output=True, text=True)
         ours = [l for l in r.stderr.splitlines() if l.startswith("moe:")]
         if r.returncode == 0 or len(ours) != 1 or expected not in ours[0]:
-            sys.exit(f"FAIL errors: {' '.join(cmd)} gave {r.returncode}, lines {ours}")
-        if os.path.exists(os.path.join(work, f"bad{ranks}")):
+            sys.exit(f"FAIL errors: {' '.join(cmd)} gave {r.returncode}, lines {ours}\n{r.stderr}")
+        if os.path.exists(os.path.join(work, "bad")):
             sys.exit("FAIL errors: a refused run left a folder behind")
-        print(f"-np {ranks} --expert-parallel {flag}: {ours[0]}")
+        print(ours[0])
 elif case == "kill":
     cfg = config("dropless")
     out = os.path.join(work, "killed")
