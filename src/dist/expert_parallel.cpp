@@ -9,12 +9,14 @@
 
 namespace moe {
 
-AllToAllExchange::AllToAllExchange(int rank, int ranks, int64_t experts, CommStats& stats)
+AllToAllExchange::AllToAllExchange(int rank, int ranks, int64_t experts, CommStats& stats,
+                                   Watchdog& watchdog)
     : rank_(rank),
       ranks_(ranks),
       experts_(experts),
       local_(experts / ranks),
       stats_(stats),
+      watchdog_(watchdog),
       send_counts_(experts),
       recv_counts_(experts),
       send_rows_(ranks),
@@ -34,6 +36,7 @@ void AllToAllExchange::plan(std::span<const int64_t> offsets) {
           "expert exchange: offsets must hold E + 1 values");
   for (int64_t e = 0; e < experts_; ++e) send_counts_[e] = offsets[e + 1] - offsets[e];
   // Counts first: rank p learns how many rows each sender has for each of its experts.
+  const Watchdog::Call watched(watchdog_);
   const double t0 = now_seconds();
   MPI_Alltoall(send_counts_.data(), static_cast<int>(local_), MPI_INT64_T, recv_counts_.data(),
                static_cast<int>(local_), MPI_INT64_T, MPI_COMM_WORLD);
@@ -80,6 +83,7 @@ void AllToAllExchange::dispatch(std::span<const float> rows, int64_t D, std::spa
     if (p != rank_) sent += send_rows_[p] * D;
   }
   buffer_.resize(static_cast<size_t>(local_rows() * D));
+  const Watchdog::Call watched(watchdog_);
   const double t0 = now_seconds();
   MPI_Alltoallv(rows.data(), send_elems_.data(), send_displs_.data(), MPI_FLOAT, buffer_.data(),
                 recv_elems_.data(), recv_displs_.data(), MPI_FLOAT, MPI_COMM_WORLD);
@@ -95,6 +99,7 @@ void AllToAllExchange::combine(std::span<const float> local, int64_t D, std::spa
   int64_t sent = 0;
   for (int p = 0; p < ranks_; ++p)
     if (p != rank_) sent += recv_rows_[p] * D;
+  const Watchdog::Call watched(watchdog_);
   const double t0 = now_seconds();
   MPI_Alltoallv(buffer_.data(), recv_elems_.data(), recv_displs_.data(), MPI_FLOAT, rows.data(),
                 send_elems_.data(), send_displs_.data(), MPI_FLOAT, MPI_COMM_WORLD);
@@ -103,6 +108,7 @@ void AllToAllExchange::combine(std::span<const float> local, int64_t D, std::spa
 }
 
 void AllToAllExchange::sum_loads(std::span<int64_t> load) {
+  const Watchdog::Call watched(watchdog_);
   MPI_Allreduce(MPI_IN_PLACE, load.data(), static_cast<int>(load.size()), MPI_INT64_T, MPI_SUM,
                 MPI_COMM_WORLD);
 }

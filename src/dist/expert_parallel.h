@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "dist/watchdog.h"
 #include "moe/expert_exchange.h"
 #include "tensor/collectives.h"
 
@@ -16,8 +17,8 @@ namespace moe {
 class AllToAllExchange final : public ExpertExchange {
  public:
   // rank, ranks: this process and the job's size; stats: where the exchange adds its bytes
-  // and seconds. ranks must divide experts.
-  AllToAllExchange(int rank, int ranks, int64_t experts, CommStats& stats);
+  // and seconds; watchdog: watches every exchange. ranks must divide experts.
+  AllToAllExchange(int rank, int ranks, int64_t experts, CommStats& stats, Watchdog& watchdog);
 
   int64_t first_expert() const override { return rank_ * local_; }
   int64_t local_experts() const override { return local_; }
@@ -36,6 +37,7 @@ class AllToAllExchange final : public ExpertExchange {
   int rank_, ranks_;
   int64_t experts_, local_;
   CommStats& stats_;
+  Watchdog& watchdog_;
   std::vector<int64_t> send_counts_;  // [E] rows this rank sends each expert
   std::vector<int64_t> recv_counts_;  // [P * E_local] rows from sender p for local expert e
   std::vector<int64_t> send_rows_, send_row_offsets_;  // [P] per destination rank

@@ -26,13 +26,16 @@ MpiWorld::MpiWorld(int& argc, char**& argv) {
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  watchdog_ = std::make_unique<Watchdog>(rank_, size_ > 1 ? Watchdog::limit_from_environment() : 0);
 }
 
 MpiWorld::~MpiWorld() {
+  watchdog_.reset();
   MPI_Finalize();
 }
 
 void MpiWorld::sum(std::span<float> values) {
+  const Watchdog::Call watched(*watchdog_);
   const double t0 = now_seconds();
   MPI_Allreduce(MPI_IN_PLACE, values.data(), mpi_count(values.size(), "all-reduce"), MPI_FLOAT,
                 MPI_SUM, MPI_COMM_WORLD);
@@ -40,6 +43,7 @@ void MpiWorld::sum(std::span<float> values) {
 }
 
 void MpiWorld::sum(std::span<double> values) {
+  const Watchdog::Call watched(*watchdog_);
   const double t0 = now_seconds();
   MPI_Allreduce(MPI_IN_PLACE, values.data(), mpi_count(values.size(), "all-reduce"), MPI_DOUBLE,
                 MPI_SUM, MPI_COMM_WORLD);
@@ -47,6 +51,7 @@ void MpiWorld::sum(std::span<double> values) {
 }
 
 void MpiWorld::sum(std::span<int64_t> values) {
+  const Watchdog::Call watched(*watchdog_);
   const double t0 = now_seconds();
   MPI_Allreduce(MPI_IN_PLACE, values.data(), mpi_count(values.size(), "all-reduce"), MPI_INT64_T,
                 MPI_SUM, MPI_COMM_WORLD);
@@ -57,11 +62,13 @@ void MpiWorld::gather(std::span<const float> part, std::span<float> whole) {
   const int n = mpi_count(part.size(), "gather");
   if (rank_ == 0 && whole.size() != part.size() * static_cast<size_t>(size_))
     throw Error("gather: the root's buffer must hold " + std::to_string(size_) + " parts");
+  const Watchdog::Call watched(*watchdog_);
   MPI_Gather(part.data(), n, MPI_FLOAT, rank_ == 0 ? whole.data() : nullptr, n, MPI_FLOAT, 0,
              MPI_COMM_WORLD);
 }
 
 void MpiWorld::broadcast(std::string& text) {
+  const Watchdog::Call watched(*watchdog_);
   int64_t length = static_cast<int64_t>(text.size());
   MPI_Bcast(&length, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
   text.resize(static_cast<size_t>(length));
@@ -72,8 +79,9 @@ ExpertExchangeFactory MpiWorld::expert_exchange(int64_t experts) {
   if (experts % size_ != 0)
     throw Error("--expert-parallel " + std::to_string(size_) + " does not divide num_experts " +
                 std::to_string(experts) + " (each rank holds E/P experts)");
-  return
-      [this, experts] { return std::make_unique<AllToAllExchange>(rank_, size_, experts, stats_); };
+  return [this, experts] {
+    return std::make_unique<AllToAllExchange>(rank_, size_, experts, stats_, *watchdog_);
+  };
 }
 
 void MpiWorld::require_same_binary() {

@@ -3,8 +3,10 @@
 // Collectives of all the job's processes (MPI_COMM_WORLD). Only the main thread calls MPI
 // (MPI_THREAD_FUNNELED): OpenMP regions never communicate.
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "dist/watchdog.h"
 #include "moe/expert_exchange.h"
 #include "tensor/collectives.h"
 
@@ -16,6 +18,8 @@ class MpiWorld final : public Collectives {
   // process started alone never initialises MPI.
   static bool launched_by_mpirun();
 
+  // With more than one process, a watchdog ends this one when a collective call waits longer
+  // than MOE_MPI_TIMEOUT seconds (Watchdog::kDefaultLimit; 0 = never).
   MpiWorld(int& argc, char**& argv);
   ~MpiWorld() override;
   MpiWorld(const MpiWorld&) = delete;
@@ -45,6 +49,7 @@ class MpiWorld final : public Collectives {
  private:
   int rank_ = 0, size_ = 1;
   CommStats stats_;
+  std::unique_ptr<Watchdog> watchdog_;  // every collective call under MOE_MPI_TIMEOUT
 };
 
 }  // namespace moe

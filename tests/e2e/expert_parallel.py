@@ -12,6 +12,8 @@ process, on a tiny MoE model trained for a few steps from a fixed seed.
             (mpirun's MPMD form): one line naming the problem, exit 2, no folder left
   kill      kill -9 of rank 1 mid-run: the job ends (well within the 60 s this waits), mpirun
             names the rank, and the last checkpoint resumes in one process
+  hang      rank 1 stopped (SIGSTOP) mid-run, MOE_MPI_TIMEOUT=5: rank 0's watchdog ends the job
+            with one line, and the last checkpoint resumes in one process
 
 Tolerances (fp32 sums in another order: the gradient all-reduce, the experts' rows arriving
 in another order): every step's loss within 1e-5 relative, every weight within 1e-5 absolute
@@ -193,10 +195,13 @@ elif case == "errors":
         if os.path.exists(os.path.join(work, "bad")):
             sys.exit("FAIL errors: a refused run left a folder behind")
         print(ours[0])
-elif case == "kill":
+elif case in ("kill", "hang"):
     cfg = config("dropless")
     out = os.path.join(work, "killed")
-    cmd = mpirun(2) + [moe, "train", "--quiet", "--no-sample", "--out", out, "--config", cfg,
+    # The hang case's limit leaves room for a slow start (rank 0 trains the tokenizer while
+    # the others wait in a collective).
+    limit = ["-x", "MOE_MPI_TIMEOUT=5"] if case == "hang" else []
+    cmd = mpirun(2) + limit + [moe, "train", "--quiet", "--no-sample", "--out", out, "--config", cfg,
                        "--corpus", corpus(), "--steps", "1000000", "--batch-size", "4",
                        "--seq-len", "16", "--save-every", "3", "--eval-every", "1000000",
                        "--expert-parallel", "2"]
@@ -230,16 +235,19 @@ elif case == "kill":
         job.kill()
         sys.exit(f"FAIL kill: rank 1 not found among mpirun's children {ranks}")
     start = time.monotonic()
-    os.kill(ranks[1], signal.SIGKILL)
+    os.kill(ranks[1], signal.SIGKILL if case == "kill" else signal.SIGSTOP)
     try:
         _, err = job.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         job.kill()
-        sys.exit("FAIL kill: the job still ran 60 s after rank 1 was killed")
+        sys.exit(f"FAIL {case}: the job still ran 60 s after rank 1 was signalled")
     took = time.monotonic() - start
-    if job.returncode == 0 or "rank 1" not in err:
-        sys.exit(f"FAIL kill: exit {job.returncode}, no mention of rank 1:\n{err}")
-    print(f"kill -9 of rank 1: the job ended in {took:.1f} s, exit {job.returncode}")
+    expected = "rank 1" if case == "kill" else "moe: rank 0: error: waited"
+    if job.returncode == 0 or expected not in err:
+        sys.exit(f"FAIL {case}: exit {job.returncode}, no '{expected}' in:\n{err}")
+    print(f"{case} rank 1: the job ended in {took:.1f} s, exit {job.returncode}")
+    if case == "hang":
+        print(next(line for line in err.splitlines() if expected in line))
     step = json.load(open(os.path.join(out, "trainer_state.json")))["step"]
     r = subprocess.run([moe, "train", "--resume", out, "--steps", str(step + 2), "--quiet",
                         "--no-sample"], capture_output=True, text=True)
