@@ -2,8 +2,8 @@
 """Expert parallelism end to end: `moe train --expert-parallel P` under mpirun against one
 process, on a tiny MoE model trained for a few steps from a fixed seed.
 
-  dropless  P = 1, 2, 4 (and a sigmoid-bias router at P = 2): the same loss at every step and
-            the same final weights
+  dropless  P = 1, 2, 4 (and a sigmoid-bias router at P = 2): the same loss at every step, the
+            same validation losses and the same final weights
   capacity  P ranks (capacity_factor 1, drops by gate) equal one process with
             capacity_groups = P, for P = 2 and 4
   resume    a run saved by 2 ranks resumed by 4 ranks, then by one process: the same losses and
@@ -90,7 +90,13 @@ def train(out, ranks, cfg, steps=10, extra=(), resume=False):
 
 
 def losses(run):
-    return {j["step"]: j["loss"] for j in map(json.loads, open(os.path.join(run, "metrics.jsonl")))}
+    """Every logged training loss and validation loss, by (step, kind)."""
+    out = {}
+    for j in map(json.loads, open(os.path.join(run, "metrics.jsonl"))):
+        for kind in ("loss", "val_loss"):
+            if kind in j:
+                out[(j["step"], kind)] = j[kind]
+    return out
 
 
 def tensors(path):
@@ -111,22 +117,24 @@ def tensors(path):
 
 def same_run(a, b, what, steps=None):
     la, lb = losses(a), losses(b)
-    keys = sorted(steps if steps else la)
+    keys = sorted(k for k in la if steps is None or k[0] in steps)
     worst = 0.0
-    for s in keys:
-        if s not in la or s not in lb:
-            sys.exit(f"FAIL {what}: step {s} missing from a metrics.jsonl")
-        rel = abs(la[s] - lb[s]) / abs(la[s])
+    for key in keys:
+        if key not in lb:
+            sys.exit(f"FAIL {what}: {key} missing from {b}/metrics.jsonl")
+        rel = abs(la[key] - lb[key]) / abs(la[key])
         worst = max(worst, rel)
         if rel > LOSS_RTOL:
-            sys.exit(f"FAIL {what}: step {s} loss {la[s]} vs {lb[s]} (relative {rel:.2e})")
+            sys.exit(f"FAIL {what}: step {key[0]} {key[1]} {la[key]} vs {lb[key]} "
+                     f"(relative {rel:.2e})")
     ta, tb = tensors(os.path.join(a, "model.safetensors")), tensors(os.path.join(b, "model.safetensors"))
     if ta.keys() != tb.keys():
         sys.exit(f"FAIL {what}: tensor names differ: {sorted(ta.keys() ^ tb.keys())}")
     diff = max((abs(x - y) for k in ta for x, y in zip(ta[k], tb[k])), default=0.0)
     if diff > WEIGHT_ATOL:
         sys.exit(f"FAIL {what}: weights differ by {diff:.2e}")
-    print(f"{what}: {len(keys)} losses within {worst:.1e} relative, weights within {diff:.1e}")
+    print(f"{what}: {len(keys)} training and validation losses within {worst:.1e} relative, "
+          f"weights within {diff:.1e}")
 
 
 if case == "dropless":
