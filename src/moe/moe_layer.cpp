@@ -92,6 +92,14 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
 
   std::span<const float> route_in = x_.span();
   RouterNoise noise = options.noise;
+  // Expert parallelism: every rank draws the noise of the whole batch (its P shares) from the
+  // same stream, as one process does, and routes with its own rows of it.
+  const int64_t ranks = exchange_ ? E / exchange_->local_experts() : 1;
+  const int64_t rank = exchange_ ? exchange_->first_expert() / exchange_->local_experts() : 0;
+  const int64_t drawn = tokens * ranks;
+  auto my_rows = [&](const Tensor& t, int64_t width) {
+    return std::span<const float>(t.data() + rank * tokens * width, tokens * width);
+  };
   if (!options.router_input.empty()) {
     if (static_cast<int64_t>(options.router_input.size()) != tokens * D)
       throw Error("MoE layer: router_input must hold [T, D] values");
@@ -104,17 +112,30 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     // the route is fixed there in training too.
     const int64_t P = config_.route_prefix;
     if (options.training && noise.normal.empty() && config_.uses_noise()) {
-      draw_normal_.resize({tokens, E});
+      draw_normal_.resize({drawn, E});
       noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
-      fix_rows_from_prefix(draw_normal_.span(), tokens, E, seq_len, P);
-      noise.normal = draw_normal_.span();
+      fix_rows_from_prefix(draw_normal_.span(), drawn, E, seq_len, P);
+      noise.normal = my_rows(draw_normal_, E);
     }
     if (options.training && noise.jitter.empty() && config_.jitter_eps > 0) {
-      draw_jitter_.resize({tokens, D});
+      draw_jitter_.resize({drawn, D});
       noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
                               1.0f + config_.jitter_eps);
-      fix_rows_from_prefix(draw_jitter_.span(), tokens, D, seq_len, P);
-      noise.jitter = draw_jitter_.span();
+      fix_rows_from_prefix(draw_jitter_.span(), drawn, D, seq_len, P);
+      noise.jitter = my_rows(draw_jitter_, D);
+    }
+  } else if (exchange_ && options.training) {
+    // In the order the router draws them itself: jitter, then the normal draws.
+    if (noise.jitter.empty() && config_.jitter_eps > 0) {
+      draw_jitter_.resize({drawn, D});
+      noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
+                              1.0f + config_.jitter_eps);
+      noise.jitter = my_rows(draw_jitter_, D);
+    }
+    if (noise.normal.empty() && config_.uses_noise()) {
+      draw_normal_.resize({drawn, E});
+      noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
+      noise.normal = my_rows(draw_normal_, E);
     }
   }
 

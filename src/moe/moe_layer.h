@@ -100,10 +100,12 @@ class MoeLayer {
   RoutingStats stats_;
   std::vector<int64_t> bias_load_;  // [E] training loads since the last bias update
   int64_t tokens_ = 0;
-  Tensor x_;            // [T, D] saved input
-  Tensor route_x_;      // [T, D] sequence routing: the prefix means the router scores
-  Tensor draw_normal_;  // [T, E] sequence routing: noise draws, fixed from position P-1 on
-  Tensor draw_jitter_;  // [T, D] sequence routing: jitter draws, likewise
+  Tensor x_;        // [T, D] saved input
+  Tensor route_x_;  // [T, D] sequence routing: the prefix means the router scores
+  // Noise draws the layer makes itself: sequence routing (fixed from position P-1 on) and
+  // expert parallelism (the whole batch's, [P T, ...]).
+  Tensor draw_normal_;  // [T, E], or [P T, E] under expert parallelism
+  Tensor draw_jitter_;  // [T, D], or [P T, D]
   int64_t seq_len_ = 0;
   Tensor xp_;            // [kept, D] permuted input
   Tensor yp_;            // [kept, D] expert outputs

@@ -497,11 +497,10 @@ void check_parallel_layout(const Ranks& ranks, const ModelConfig& config, const 
   if (m.num_experts % ranks.size != 0)
     throw Error("--expert-parallel " + P + " does not divide num_experts " +
                 std::to_string(m.num_experts) + " (each rank holds E/P experts)");
-  if (m.router_type == RouterType::ExpertChoice || m.uses_noise() || m.jitter_eps > 0)
-    throw Error(std::string("--expert-parallel does not support ") +
-                (m.router_type == RouterType::ExpertChoice ? "expert_choice routing"
-                                                           : "routing noise (noisy_topk, jitter)") +
-                " yet; train it in one process");
+  if (m.router_type == RouterType::ExpertChoice)
+    throw Error(
+        "--expert-parallel does not support expert_choice routing yet; train it in one "
+        "process");
 }
 
 // The training loop over an opened run folder (`folder` on the root, null elsewhere; `dir` on

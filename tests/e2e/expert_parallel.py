@@ -2,8 +2,9 @@
 """Expert parallelism end to end: `moe train --expert-parallel P` under mpirun against one
 process, on a tiny MoE model trained for a few steps from a fixed seed.
 
-  dropless  P = 1, 2, 4 (and a sigmoid-bias router at P = 2): the same loss at every step, the
-            same validation losses and the same final weights
+  dropless  P = 1, 2, 4 (and at P = 2: a sigmoid-bias router, noisy top-k with jitter, and
+            sequence routing with noise): the same loss at every step, the same validation
+            losses and the same final weights
   capacity  P ranks (capacity_factor 1, drops by gate) equal one process with
             capacity_groups = P, for P = 2 and 4
   resume    a run saved by 2 ranks resumed by 4 ranks, then by one process: the same losses and
@@ -147,6 +148,13 @@ if case == "dropless":
                  bias_update_speed=0.01)
     same_run(train(os.path.join(work, "s1"), 1, cfg), train(os.path.join(work, "s2"), 2, cfg),
              "sigmoid bias P=2 vs P=1")
+    # Routing noise: every rank draws the whole batch's noise and uses its own rows.
+    for name, fields in (("noisy", {"router_type": "noisy_topk", "jitter_eps": 0.01}),
+                         ("sequence", {"routing_level": "sequence", "route_prefix": 4,
+                                       "router_type": "noisy_topk", "jitter_eps": 0.01})):
+        cfg = config(name, **fields)
+        same_run(train(os.path.join(work, name + "1"), 1, cfg),
+                 train(os.path.join(work, name + "2"), 2, cfg), f"{name} routing noise P=2 vs P=1")
 elif case == "capacity":
     for p in (2, 4):
         grouped = config(f"groups{p}", capacity_factor=1.0, aux_loss_type="switch",
