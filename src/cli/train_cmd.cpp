@@ -119,6 +119,10 @@ namespace {
 // process alike before anything runs.
 Parallelism parallelism(const TrainCommand& c) {
   const int world = c.world ? c.world->size() : 1;
+  if (c.expert_parallel == 1 && world > 1)
+    throw SharedError("mpirun started " + std::to_string(world) +
+                      " processes: pass --expert-parallel " + std::to_string(world) +
+                      " to spread the run over them");
   if (c.expert_parallel != world)
     throw SharedError("--expert-parallel " + std::to_string(c.expert_parallel) + " needs " +
                       std::to_string(c.expert_parallel) + " processes (mpirun -np " +

@@ -9,7 +9,7 @@ process, on a tiny MoE model trained for a few steps from a fixed seed.
             with capacity_groups = P, for P = 2 and 4
   resume    a run saved by 2 ranks resumed by 4 ranks, then by one process: the same losses and
             weights as a run never stopped; `moe generate` reads its folder
-  errors    P != the job's size, P not dividing E, another config or another binary on rank 1
+  errors    P != the job's size (or no --expert-parallel under mpirun), P not dividing E, another config or another binary on rank 1
             (mpirun's MPMD form): one line naming the problem, exit 2, no folder left
   kill      kill -9 of rank 1 mid-run: the job ends (well within the 60 s this waits), mpirun
             names the rank, and the last checkpoint resumes in one process
@@ -201,6 +201,7 @@ elif case == "errors":
     mismatched = mpirun()  # the MPMD form: "-np 1 A : -np 1 B"
     cases = [
         (mpirun(2) + [moe] + args(3), "--expert-parallel 3 needs 3 processes"),
+        (mpirun(2) + [moe] + args(1), "pass --expert-parallel 2"),
         (mpirun(3) + [moe] + args(3), "does not divide num_experts 4"),
         (mismatched + ["-np", "1", moe] + args(2) + [":", "-np", "1", moe] + args(2, other_cfg),
          "rank 1 has another model config"),
