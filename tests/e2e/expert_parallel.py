@@ -71,14 +71,14 @@ def config(name, **moe_fields):
     return path
 
 
-def train(out, ranks, cfg, steps=10, extra=(), resume=False):
+def train(out, ranks, cfg, steps=6, extra=(), resume=False):
     args = ["train", "--quiet", "--no-sample"]
     if resume:
         args += ["--resume", out, "--steps", str(steps)]
     else:
         args += ["--out", out, "--config", cfg, "--corpus", corpus(), "--steps", str(steps),
-                 "--warmup", "10", "--batch-size", "4", "--seq-len", "16", "--eval-every", "5",
-                 "--monitor-every", "5", "--log-every", "1", "--save-every", "5", *extra]
+                 "--warmup", "10", "--batch-size", "4", "--seq-len", "16", "--eval-every", "3",
+                 "--monitor-every", "3", "--log-every", "1", "--save-every", "3", *extra]
     if ranks > 1:
         cmd = mpirun(ranks) + [moe] + args + ["--expert-parallel", str(ranks)]
     else:
@@ -174,13 +174,13 @@ elif case == "capacity":
 elif case == "resume":
     cfg = config("dropless")
     straight = train(os.path.join(work, "straight"), 1, cfg)
-    run = train(os.path.join(work, "moved"), 2, cfg, steps=5)
-    train(run, 4, cfg, steps=8, resume=True)
-    train(run, 1, cfg, steps=10, resume=True)
+    run = train(os.path.join(work, "moved"), 2, cfg, steps=3)
+    train(run, 4, cfg, steps=5, resume=True)
+    train(run, 1, cfg, steps=6, resume=True)
     state = json.load(open(os.path.join(run, "trainer_state.json")))
-    if state["step"] != 10:
+    if state["step"] != 6:
         sys.exit(f"FAIL resume: the run ended at step {state['step']}")
-    same_run(straight, run, "saved by 2 ranks, resumed by 4, then by 1", steps=range(1, 11))
+    same_run(straight, run, "saved by 2 ranks, resumed by 4, then by 1", steps=range(1, 7))
     r = subprocess.run([moe, "generate", "--model", run, "--prompt", "a", "--max-tokens", "4"],
                        capture_output=True, text=True)
     if r.returncode != 0:
