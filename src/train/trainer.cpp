@@ -382,7 +382,7 @@ std::string format_progress_line(int64_t step, int64_t steps, double loss, float
   return line;
 }
 
-void validate_train_options(const TrainOptions& o) {
+void validate_train_options(const TrainOptions& o, bool warn) {
   auto positive = [](int64_t value, const char* option) {
     if (value <= 0)
       throw Error(std::string(option) + " must be positive, got " + std::to_string(value));
@@ -429,7 +429,7 @@ void validate_train_options(const TrainOptions& o) {
     throw Error("--grad-clip must not be negative (0 = off), got " + std::to_string(o.grad_clip));
   if (o.vocab_size != 0 && (o.vocab_size < 256 || o.vocab_size > 65536))
     throw Error("--vocab-size must lie in [256, 65536], got " + std::to_string(o.vocab_size));
-  if (o.warmup >= o.steps)
+  if (warn && o.warmup >= o.steps)
     std::fprintf(stderr,
                  "warning: the warm-up (%lld steps) is not shorter than the run (%lld steps): "
                  "the learning rate never reaches --lr and never decays\n",
@@ -894,7 +894,7 @@ TrainResult train(const TrainOptions& options, bool force, const Parallelism& pa
   // Everything that can be checked without writing is checked first (by every process, alike):
   // a bad option or config leaves the file system as it was.
   try {
-    validate_train_options(o);
+    validate_train_options(o, ranks.root());
     config = o.config.empty() ? default_model_config() : load_model_config(o.config);
     if (o.vocab_size != 0) {
       config.vocab_size = o.vocab_size;
@@ -961,7 +961,7 @@ TrainResult resume_training(const std::string& given, const ResumeChanges& chang
     o.quiet = changes.quiet;
     step = state.at("step");
     apply_resume_changes(o, changes, step, dir, ranks.root());
-    validate_train_options(o);
+    validate_train_options(o, ranks.root());
     if (step < o.steps) {
       config = load_model_config(dir + "/config.json");
       if (o.seq_len > config.max_position_embeddings)

@@ -39,9 +39,9 @@ struct TrainOptions {
   bool quiet = false;      // no progress bar
 };
 
-// Checks every option's range (Error naming the option) and warns about a warm-up that the
-// run never finishes. Touches no file.
-void validate_train_options(const TrainOptions& o);
+// Checks every option's range (Error naming the option) and, when `warn`, warns about a
+// warm-up that the run never finishes. Touches no file.
+void validate_train_options(const TrainOptions& o, bool warn = true);
 
 nlohmann::json train_options_to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const nlohmann::json& j);
