@@ -9,6 +9,7 @@ packages=(
   libsentencepiece-dev zlib1g-dev   # tokenizer; reading the gzip corpus
   libpcre2-dev libicu-dev          # tokenizer.json BPE: regexes with \p{L}/\p{N}; NFC normalizer
   libgtest-dev libgmock-dev libbenchmark-dev
+  libopenmpi-dev openmpi-bin        # expert parallelism across processes (moe train under mpirun)
   clang-format
   clang libclang-rt-14-dev libomp-dev  # libFuzzer targets (scripts/fuzz.sh), OpenMP for clang
   python3 python3-torch python3-numpy   # PyTorch reference tests (run with /usr/bin/python3)

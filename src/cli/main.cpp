@@ -4,10 +4,12 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <optional>
 #include <regex>
 #include <string>
 
 #include "cli/bench_decode.h"
+#include "cli/bench_ep.h"
 #include "cli/bench_layer.h"
 #include "cli/bench_train.h"
 #include "cli/eval_cmd.h"
@@ -17,6 +19,7 @@
 #include "cli/params.h"
 #include "cli/report_cmd.h"
 #include "cli/train_cmd.h"
+#include "dist/mpi_world.h"
 #include "tensor/error.h"
 #include "tensor/threads.h"
 
@@ -117,6 +120,11 @@ std::string describe_parse_error(CLI::App& app, const CLI::ParseError& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // MPI only under mpirun: a process started alone is the single-process program of old.
+  std::optional<moe::MpiWorld> world;
+  if (moe::MpiWorld::launched_by_mpirun()) world.emplace(argc, argv);
+  // Under P processes, errors every one meets alike are printed by rank 0 alone.
+  const bool reporter = !world || world->rank() == 0;
   CLI::App app{"moe: sparse Mixture-of-Experts transformers: train, run, inspect"};
   app.name("moe");
   app.require_subcommand(1);
@@ -165,6 +173,19 @@ int main(int argc, char** argv) {
   moe::cli::BenchDecodeCommand bench_decode_cmd;
   CLI::App* bench_decode = moe::cli::add_bench_decode_command(*bench, bench_decode_cmd);
 
+  moe::cli::BenchEpOptions ep_opts;
+  CLI::App* bench_ep = bench->add_subcommand(
+      "ep", "Under mpirun -np P: one MoE layer with its experts spread over P ranks (all-to-all)");
+  bench_ep->add_option("--config", ep_opts.config, "Model config JSON (default: the default model)")
+      ->check(CLI::ExistingFile);
+  bench_ep->add_option("--tokens", ep_opts.tokens, "Tokens per rank")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_ep->add_option("--iterations", ep_opts.iterations, "Timed forward+backward calls")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_ep->add_flag("--json", ep_opts.json, "Print JSON");
+
   moe::cli::ParamsOptions params_opts;
   CLI::App* params = app.add_subcommand(
       "params", "Total and active parameters and FLOPs per token (no option: every preset)");
@@ -195,15 +216,26 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::fprintf(stderr, "moe: error: %s\n", describe_parse_error(app, e).c_str());
+    if (e.get_exit_code() == 0) return reporter ? app.exit(e) : 0;  // --help
+    if (reporter) std::fprintf(stderr, "moe: error: %s\n", describe_parse_error(app, e).c_str());
     return 2;
   }
+  // An error one process met alone: the others would wait for it, so the whole job ends.
+  auto end_job = [&](int code) {
+    if (world && world->size() > 1) world->abort(code);
+    return code;
+  };
+  const std::string rank_prefix =
+      world && world->size() > 1 ? "rank " + std::to_string(world->rank()) + ": " : "";
+  moe::MpiWorld* const mpi = world ? &*world : nullptr;
+  train_cmd.world = mpi;
   try {
+    if (world && world->size() > 1) world->require_same_binary();
     moe::set_threads(threads);
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
     if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
     if (*bench_decode) return moe::cli::run_bench_decode(bench_decode_cmd);
+    if (*bench_ep) return moe::cli::run_bench_ep(ep_opts, mpi);
     if (*params) return moe::cli::run_params(params_opts);
     if (*train) return moe::cli::run_train(train_cmd);
     if (*generate) return moe::cli::run_generate(gen);
@@ -211,18 +243,22 @@ int main(int argc, char** argv) {
     if (*report) return moe::cli::run_report(report_cmd);
     if (*eval) return moe::cli::run_eval(eval_cmd);
     if (*logits) return moe::cli::run_logits(logits_cmd);
-  } catch (const moe::Error& e) {
-    std::fprintf(stderr, "moe: error: %s\n", e.what());
+  } catch (const moe::SharedError& e) {
+    if (reporter) std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;
+  } catch (const moe::Error& e) {
+    std::fprintf(stderr, "moe: %serror: %s\n", rank_prefix.c_str(), e.what());
+    return end_job(2);
   } catch (const std::bad_alloc&) {
     // Large tensors name themselves in a moe::Error; this is whatever else ran out.
     std::fprintf(stderr,
-                 "moe: error: out of memory (an allocation failed; try a smaller model, "
-                 "--batch-size, --seq-len or --threads)\n");
-    return 2;
+                 "moe: %serror: out of memory (an allocation failed; try a smaller model, "
+                 "--batch-size, --seq-len or --threads)\n",
+                 rank_prefix.c_str());
+    return end_job(2);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe: internal error: %s\n", e.what());
-    return 1;
+    std::fprintf(stderr, "moe: %sinternal error: %s\n", rank_prefix.c_str(), e.what());
+    return end_job(1);
   }
   return 0;
 }

@@ -75,6 +75,11 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
   train->add_flag("--keep-checkpoints", t.keep_checkpoints,
                   "Also keep each --save-every checkpoint's model in checkpoints/step-NNNNNN/ "
                   "(moe eval's routing saturation reads them)");
+  train
+      ->add_option("--expert-parallel", c.expert_parallel,
+                   "Processes the run spans, under mpirun -np P: each holds E/P experts of every "
+                   "MoE layer and takes 1/P of every batch (--batch-size stays the global batch)")
+      ->check(CLI::Range(1, 1 << 16));
   train->add_flag("--quiet", t.quiet, "No progress bar");
   train->add_flag("--no-sample", c.no_sample, "Skip the sample generation at the end");
   c.app = train;
@@ -90,7 +95,9 @@ ResumeChanges resume_changes(const TrainCommand& c) {
   for (const CLI::Option* option : c.app->get_options()) {
     if (option->count() == 0) continue;
     const std::string name = option->get_name();
-    if (name == "--resume" || name == "--quiet" || name == "--no-sample") continue;
+    if (name == "--resume" || name == "--quiet" || name == "--no-sample" ||
+        name == "--expert-parallel")
+      continue;
     if (name == "--steps")
       changes.steps = c.options.steps;
     else if (name == "--lr")
@@ -109,9 +116,43 @@ ResumeChanges resume_changes(const TrainCommand& c) {
 
 }  // namespace
 
+namespace {
+
+// The processes of the run: --expert-parallel P must be the job's size, checked on every
+// process alike before anything runs.
+Parallelism parallelism(const TrainCommand& c) {
+  const int world = c.world ? c.world->size() : 1;
+  if (c.expert_parallel == 1 && world > 1)
+    throw SharedError("mpirun started " + std::to_string(world) +
+                      " processes: pass --expert-parallel " + std::to_string(world) +
+                      " to spread the run over them");
+  if (c.expert_parallel != world)
+    throw SharedError("--expert-parallel " + std::to_string(c.expert_parallel) + " needs " +
+                      std::to_string(c.expert_parallel) + " processes (mpirun -np " +
+                      std::to_string(c.expert_parallel) + "), but this job has " +
+                      std::to_string(world));
+  Parallelism p;
+  if (world > 1) {
+    p.comm = c.world;
+    p.exchange = [world = c.world](int64_t experts) { return world->expert_exchange(experts); };
+  }
+  return p;
+}
+
+}  // namespace
+
 int run_train(TrainCommand c) {
-  const TrainResult r =
-      c.resume.empty() ? train(c.options, c.force) : resume_training(c.resume, resume_changes(c));
+  const Parallelism parallel = parallelism(c);
+  ResumeChanges changes;
+  if (!c.resume.empty()) try {
+      changes = resume_changes(c);
+    } catch (const Error& e) {  // every process has the same arguments
+      if (c.world) throw SharedError(e.what());
+      throw;
+    }
+  const TrainResult r = c.resume.empty() ? train(c.options, c.force, parallel)
+                                         : resume_training(c.resume, changes, parallel);
+  if (c.world && c.world->rank() != 0) return r.stopped_by_signal ? 128 + r.stopped_by_signal : 0;
   const std::string& dir = r.dir;
   if (r.already_finished) {
     std::printf("run '%s' already finished at step %lld (", dir.c_str(),

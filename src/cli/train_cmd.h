@@ -3,16 +3,19 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "dist/mpi_world.h"
 #include "train/trainer.h"
 
 namespace moe::cli {
 
 struct TrainCommand {
   TrainOptions options;
-  std::string resume;       // run folder to continue
-  bool force = false;       // replace the run in --out
-  bool no_sample = false;   // no short generation at the end
-  CLI::App* app = nullptr;  // set by add_train_command: which options were given
+  std::string resume;         // run folder to continue
+  bool force = false;         // replace the run in --out
+  bool no_sample = false;     // no short generation at the end
+  int expert_parallel = 1;    // processes the run spans (mpirun -np P)
+  MpiWorld* world = nullptr;  // set under mpirun
+  CLI::App* app = nullptr;    // set by add_train_command: which options were given
 };
 
 // Registers `train` and its options on `app`, bound to `command`.

@@ -24,7 +24,8 @@ void add(std::span<const float> a, std::span<const float> b, std::span<float> ou
 
 // Parameter names follow Hugging Face's Mixtral/Llama layout; q/k/v and gate/up are stored
 // stacked (one GEMM each) and split only when a checkpoint is exported.
-Transformer::Transformer(const ModelConfig& config, ParamStore& store, uint64_t seed)
+Transformer::Transformer(const ModelConfig& config, ParamStore& store, uint64_t seed,
+                         const ExpertExchangeFactory& exchange)
     : config_(config), store_(store) {
   config_.validate();
   const int64_t V = config_.vocab_size, D = config_.hidden_size;
@@ -51,7 +52,8 @@ Transformer::Transformer(const ModelConfig& config, ParamStore& store, uint64_t 
     if (config_.is_moe_layer(l)) {
       // Each MoE layer draws its routing noise from its own stream.
       b.moe = std::make_unique<MoeLayer>(*config_.moe, store, p + "block_sparse_moe",
-                                         seed * 1000003 + static_cast<uint64_t>(l));
+                                         seed * 1000003 + static_cast<uint64_t>(l),
+                                         exchange ? exchange() : nullptr);
     } else {
       const int64_t F = config_.intermediate_size;
       b.w13 = store.add(p + "mlp.gate_up_proj.weight", {2 * F, D});

@@ -44,7 +44,10 @@ struct ModelStepOptions {
 
 class Transformer {
  public:
-  Transformer(const ModelConfig& config, ParamStore& store, uint64_t seed = 0);
+  // With `exchange` (expert parallelism) every MoE layer gets one and holds only its local
+  // experts.
+  Transformer(const ModelConfig& config, ParamStore& store, uint64_t seed = 0,
+              const ExpertExchangeFactory& exchange = {});
 
   // Normal(0, initializer_range) for every matrix, 1 for RMSNorm weights.
   void init_parameters(Rng& rng);

@@ -118,6 +118,7 @@ void MoeConfig::validate() const {
     check_range(*eval_capacity_factor, "eval_capacity_factor", 0.0, kMaxCapacityFactor, false,
                 " (0 = dropless)");
   check_range(min_capacity, "min_capacity", 0, kMaxMinCapacity);
+  check_range(capacity_groups, "capacity_groups", 1, int64_t{1} << 16);
   check_range(aux_loss_coeff, "aux_loss_coeff", 0.0, kMaxLossCoeff);
   check_range(z_loss_coeff, "z_loss_coeff", 0.0, kMaxLossCoeff);
   check_range(n_shared_experts, "n_shared_experts", 0, kMaxSharedExperts);
@@ -141,6 +142,8 @@ void MoeConfig::validate() const {
     check(aux_loss_type == AuxLossType::None, "aux_loss_type",
           "expert_choice is balanced by construction; set it to \"none\"");
     check(n_group == 1, "n_group", "group-limited routing applies to token choice only");
+    check(capacity_groups == 1, "capacity_groups",
+          "expert_choice selects across the whole batch; groups apply to token choice only");
     check(routing_level == RoutingLevel::Token, "routing_level",
           "expert_choice selects tokens per expert; sequence routing needs a token-choice router");
   }
@@ -208,6 +211,8 @@ MoeConfig moe_config_from_json(const nlohmann::json& j) {
         c.eval_capacity_factor = json_number(v, kWhat, k);
     } else if (key == "min_capacity")
       c.min_capacity = json_int(v, kWhat, k);
+    else if (key == "capacity_groups")
+      c.capacity_groups = json_int(v, kWhat, k);
     else if (key == "drop_policy")
       c.drop_policy = parse_enum(v, k, kDropNames);
     else if (key == "aux_loss_type")
@@ -247,6 +252,7 @@ nlohmann::json moe_config_to_json(const MoeConfig& c) {
       {"bias_update_speed", c.bias_update_speed},
       {"capacity_factor", c.capacity_factor},
       {"min_capacity", c.min_capacity},
+      {"capacity_groups", c.capacity_groups},
       {"drop_policy", to_string(c.drop_policy)},
       {"aux_loss_type", to_string(c.aux_loss_type)},
       {"aux_loss_coeff", c.aux_loss_coeff},

@@ -29,9 +29,9 @@ enum class RoutingLevel { Token, Sequence };
 // Ranges that validate() enforces: hidden_size, moe_intermediate_size and
 // shared_expert_intermediate_size up to 2^20; num_experts [1, 2^16]; top_k [1, E];
 // n_group [1, 256] dividing E; topk_group [1, n_group]; n_shared_experts [0, 256];
-// min_capacity [0, 2^30]; (eval_)capacity_factor [0, 1000]; routed_scaling_factor (0, 1000];
-// jitter_eps [0, 1); bias_update_speed [0, 1]; aux_loss_coeff and z_loss_coeff [0, 100];
-// route_prefix [1, 2^24] (and at most max_position_embeddings in a model);
+// min_capacity [0, 2^30]; capacity_groups [1, 2^16]; (eval_)capacity_factor [0, 1000];
+// routed_scaling_factor (0, 1000]; jitter_eps [0, 1); bias_update_speed [0, 1]; aux_loss_coeff and
+// z_loss_coeff [0, 100]; route_prefix [1, 2^24] (and at most max_position_embeddings in a model);
 // and at most 2^40 weights in one MoE layer. Non-finite numbers are out of every range.
 struct MoeConfig {
   int64_t hidden_size = 512;             // D
@@ -58,6 +58,10 @@ struct MoeConfig {
   std::optional<double> eval_capacity_factor;
   int64_t min_capacity = 0;
   DropPolicy drop_policy = DropPolicy::Probs;
+  // G: a training batch's tokens split into G equal groups, each with its own capacity and
+  // its own batch-level (Switch) balancing loss, as GShard's groups. An expert-parallel run
+  // applies both per rank to its own tokens; one process with G = P reproduces that layout.
+  int64_t capacity_groups = 1;
 
   AuxLossType aux_loss_type = AuxLossType::Switch;
   float aux_loss_coeff = 0.01f;  // alpha

@@ -7,11 +7,13 @@
 
 namespace moe {
 
-void Dispatcher::plan(const RoutingPlan& plan, int64_t capacity, DropPolicy policy) {
+void Dispatcher::plan(const RoutingPlan& plan, int64_t capacity, DropPolicy policy,
+                      int64_t groups) {
   const int64_t E = plan.experts, A = plan.assignments();
   tokens_ = plan.tokens;
   assignments_ = A;
   assignment_token_.assign(plan.token.begin(), plan.token.end());
+  require(groups >= 1 && tokens_ % groups == 0, "dispatcher: groups must divide the tokens");
 
   // Stable counting sort of assignments by expert: within an expert, assignment order, which
   // for token choice is token order (what the `position` policy keeps first).
@@ -27,27 +29,36 @@ void Dispatcher::plan(const RoutingPlan& plan, int64_t capacity, DropPolicy poli
   sorted_.resize(A);
   for (int64_t a = 0; a < A; ++a) sorted_[cursor_[plan.expert[a]]++] = static_cast<int32_t>(a);
 
-  // Capacity: keep at most `capacity` per expert, by position or by highest gate.
+  // Capacity: keep at most `capacity` per expert (and group), by position or by highest gate.
+  // Token order within an expert's run makes each group's assignments one contiguous part.
+  const int64_t group_tokens = tokens_ / groups;
   segment_offsets_.assign(E + 1, 0);
   row_assignment_.clear();
   int64_t begin = 0;
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = routed_counts_[e];
-    auto first = sorted_.begin() + begin, last = first + n;
-    if (capacity >= 0 && n > capacity) {
-      if (policy == DropPolicy::Probs) {
-        // Highest gate first, earlier assignment on ties: a total order, so no stable sort
-        // (and no temporary buffer) is needed.
-        std::sort(first, last, [&plan](int32_t a, int32_t b) {
-          return plan.gate[a] > plan.gate[b] || (plan.gate[a] == plan.gate[b] && a < b);
-        });
-        std::sort(first, first + capacity);  // back to token order among the kept
+    const auto run_end = sorted_.begin() + begin + routed_counts_[e];
+    for (auto first = sorted_.begin() + begin; first != run_end;) {
+      const int64_t group = plan.token[*first] / group_tokens;
+      auto last = std::find_if(first, run_end,
+                               [&](int32_t a) { return plan.token[a] / group_tokens != group; });
+      const int64_t n = last - first;
+      auto kept_end = last;
+      if (capacity >= 0 && n > capacity) {
+        if (policy == DropPolicy::Probs) {
+          // Highest gate first, earlier assignment on ties: a total order, so no stable sort
+          // (and no temporary buffer) is needed.
+          std::sort(first, last, [&plan](int32_t a, int32_t b) {
+            return plan.gate[a] > plan.gate[b] || (plan.gate[a] == plan.gate[b] && a < b);
+          });
+          std::sort(first, first + capacity);  // back to token order among the kept
+        }
+        kept_end = first + capacity;
       }
-      last = first + capacity;
+      row_assignment_.insert(row_assignment_.end(), first, kept_end);
+      first = last;
     }
-    row_assignment_.insert(row_assignment_.end(), first, last);
     segment_offsets_[e + 1] = static_cast<int64_t>(row_assignment_.size());
-    begin += n;
+    begin += routed_counts_[e];
   }
 
   // Token -> rows CSR, so combine and permute_backward run per token without atomics.

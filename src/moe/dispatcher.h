@@ -14,8 +14,9 @@ namespace moe {
 
 class Dispatcher {
  public:
-  // Builds the permutation. capacity < 0: dropless.
-  void plan(const RoutingPlan& plan, int64_t capacity, DropPolicy policy);
+  // Builds the permutation. capacity < 0: dropless. With groups > 1 (token choice), the
+  // tokens split into that many equal groups and capacity applies per group and expert.
+  void plan(const RoutingPlan& plan, int64_t capacity, DropPolicy policy, int64_t groups = 1);
 
   // x: [T, D] -> xp: [kept, D], rows grouped by expert in segment order.
   void permute(std::span<const float> x, int64_t D, std::span<float> xp) const;

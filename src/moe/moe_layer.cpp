@@ -42,12 +42,13 @@ void fix_rows_from_prefix(std::span<float> v, int64_t T, int64_t width, int64_t 
 }  // namespace
 
 MoeLayer::MoeLayer(const MoeConfig& config, ParamStore& store, const std::string& prefix,
-                   uint64_t seed)
+                   uint64_t seed, std::unique_ptr<ExpertExchange> exchange)
     : config_(config),
       store_(store),
       router_(config, store, prefix + ".gate"),
-      experts_(config.num_experts, config.hidden_size, config.moe_intermediate_size, store,
-               prefix + ".experts"),
+      exchange_(std::move(exchange)),
+      experts_(exchange_ ? exchange_->local_experts() : config.num_experts, config.hidden_size,
+               config.moe_intermediate_size, store, prefix + ".experts"),
       noise_rng_(Rng::for_purpose(seed, 0x6E6F697365)),
       bias_load_(config.num_experts, 0) {
   own_params_ = {router_.weight(), experts_.w13(), experts_.w2()};
@@ -91,6 +92,14 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
 
   std::span<const float> route_in = x_.span();
   RouterNoise noise = options.noise;
+  // Expert parallelism: every rank draws the noise of the whole batch (its P shares) from the
+  // same stream, as one process does, and routes with its own rows of it.
+  const int64_t ranks = exchange_ ? E / exchange_->local_experts() : 1;
+  const int64_t rank = exchange_ ? exchange_->first_expert() / exchange_->local_experts() : 0;
+  const int64_t drawn = tokens * ranks;
+  auto my_rows = [&](const Tensor& t, int64_t width) {
+    return std::span<const float>(t.data() + rank * tokens * width, tokens * width);
+  };
   if (!options.router_input.empty()) {
     if (static_cast<int64_t>(options.router_input.size()) != tokens * D)
       throw Error("MoE layer: router_input must hold [T, D] values");
@@ -103,30 +112,57 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     // the route is fixed there in training too.
     const int64_t P = config_.route_prefix;
     if (options.training && noise.normal.empty() && config_.uses_noise()) {
-      draw_normal_.resize({tokens, E});
+      draw_normal_.resize({drawn, E});
       noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
-      fix_rows_from_prefix(draw_normal_.span(), tokens, E, seq_len, P);
-      noise.normal = draw_normal_.span();
+      fix_rows_from_prefix(draw_normal_.span(), drawn, E, seq_len, P);
+      noise.normal = my_rows(draw_normal_, E);
     }
     if (options.training && noise.jitter.empty() && config_.jitter_eps > 0) {
-      draw_jitter_.resize({tokens, D});
+      draw_jitter_.resize({drawn, D});
       noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
                               1.0f + config_.jitter_eps);
-      fix_rows_from_prefix(draw_jitter_.span(), tokens, D, seq_len, P);
-      noise.jitter = draw_jitter_.span();
+      fix_rows_from_prefix(draw_jitter_.span(), drawn, D, seq_len, P);
+      noise.jitter = my_rows(draw_jitter_, D);
+    }
+  } else if (exchange_ && options.training) {
+    // In the order the router draws them itself: jitter, then the normal draws.
+    if (noise.jitter.empty() && config_.jitter_eps > 0) {
+      draw_jitter_.resize({drawn, D});
+      noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
+                              1.0f + config_.jitter_eps);
+      noise.jitter = my_rows(draw_jitter_, D);
+    }
+    if (noise.normal.empty() && config_.uses_noise()) {
+      draw_normal_.resize({drawn, E});
+      noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
+      noise.normal = my_rows(draw_normal_, E);
     }
   }
 
-  const int64_t capacity = config_.capacity(tokens, options.training);
+  // Capacity groups split a training batch (never a decoding step) into equal parts.
+  const int64_t groups = options.training ? config_.capacity_groups : 1;
+  if (tokens % groups != 0)
+    throw Error("MoE layer: capacity_groups " + std::to_string(groups) + " does not divide the " +
+                std::to_string(tokens) + " tokens of the batch");
+  const int64_t capacity = config_.capacity(tokens / groups, options.training);
   router_.forward(route_in, tokens, seq_len, options.training, capacity, noise, noise_rng_, plan_,
                   options.batch_selection_in_eval);
-  dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy);
+  dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy, groups);
 
   const int64_t kept = dispatcher_.kept();
   xp_.resize({kept, D});
   yp_.resize({kept, D});
   dispatcher_.permute(x_.span(), D, xp_.span());
-  experts_.forward(xp_.span(), dispatcher_.segment_offsets(), yp_.span());
+  if (exchange_) {
+    exchange_->plan(dispatcher_.segment_offsets());
+    xl_.resize({exchange_->local_rows(), D});
+    yl_.resize({exchange_->local_rows(), D});
+    exchange_->dispatch(xp_.span(), D, xl_.span());
+    experts_.forward(xl_.span(), exchange_->local_offsets(), yl_.span());
+    exchange_->combine(yl_.span(), D, yp_.span());
+  } else {
+    experts_.forward(xp_.span(), dispatcher_.segment_offsets(), yp_.span());
+  }
   dispatcher_.combine(yp_.span(), plan_.gate, D, y);
 
   if (config_.n_shared_experts > 0) {
@@ -186,8 +222,17 @@ void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool acc
   dxp_.resize({kept, D});
   dgate_.resize(plan_.assignments());
   dispatcher_.combine_backward(dy, yp_.span(), plan_.gate, D, dyp_.span(), dgate_);
-  experts_.backward(xp_.span(), dispatcher_.segment_offsets(), dyp_.span(), dxp_.span(),
-                    accumulate_grads);
+  if (exchange_) {
+    dyl_.resize({exchange_->local_rows(), D});
+    dxl_.resize({exchange_->local_rows(), D});
+    exchange_->dispatch(dyp_.span(), D, dyl_.span());
+    experts_.backward(xl_.span(), exchange_->local_offsets(), dyl_.span(), dxl_.span(),
+                      accumulate_grads);
+    exchange_->combine(dxl_.span(), D, dxp_.span());
+  } else {
+    experts_.backward(xp_.span(), dispatcher_.segment_offsets(), dyp_.span(), dxp_.span(),
+                      accumulate_grads);
+  }
   dispatcher_.permute_backward(dxp_.span(), D, dx);
   if (config_.routing_level == RoutingLevel::Sequence) {
     // r_t = mean of x_0..x_m, m = min(t, P-1)  =>  dx_i += sum over t >= i of dr_t / (m + 1),
@@ -247,8 +292,10 @@ void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool acc
 }
 
 void MoeLayer::update_expert_bias() {
-  if (config_.router_type == RouterType::SigmoidBias)
+  if (config_.router_type == RouterType::SigmoidBias) {
+    if (exchange_) exchange_->sum_loads(bias_load_);  // every rank moves by the global load
     moe::update_expert_bias(router_.expert_bias(), bias_load_, config_.bias_update_speed);
+  }
   std::fill(bias_load_.begin(), bias_load_.end(), 0);
 }
 

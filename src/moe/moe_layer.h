@@ -3,12 +3,14 @@
 // y = sum over kept picks g_i FFN_i(x) + [sigmoid(x w_g)] * sum over shared FFN_s(x).
 // The residual is added by the caller; a dropped assignment contributes 0 here.
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "moe/config.h"
 #include "moe/dispatcher.h"
+#include "moe/expert_exchange.h"
 #include "moe/experts.h"
 #include "moe/router.h"
 #include "tensor/params.h"
@@ -45,8 +47,10 @@ class MoeLayer {
  public:
   // Registers its parameters under `prefix` (router: prefix.gate, experts: prefix.experts,
   // shared: prefix.shared_experts, prefix.shared_expert_gate). seed feeds the noise Rng.
-  MoeLayer(const MoeConfig& config, ParamStore& store, const std::string& prefix,
-           uint64_t seed = 0);
+  // With an exchange (expert parallelism) the layer holds only the exchange's local experts
+  // ([E_local, ...] under the same names) and runs the others' rows through it.
+  MoeLayer(const MoeConfig& config, ParamStore& store, const std::string& prefix, uint64_t seed = 0,
+           std::unique_ptr<ExpertExchange> exchange = nullptr);
 
   // Fills this layer's parameters with N(0, std^2).
   void init_parameters(Rng& rng, float std = 0.02f);
@@ -66,6 +70,8 @@ class MoeLayer {
   // Aux-loss-free balancing: moves the selection bias by the load seen in training forwards
   // since the last call (SigmoidBias only; a no-op otherwise).
   void update_expert_bias();
+  // The expert-parallel exchange, or nullptr when this process holds every expert.
+  const ExpertExchange* exchange() const { return exchange_.get(); }
 
   const MoeConfig& config() const { return config_; }
   Router& router() { return router_; }
@@ -84,6 +90,7 @@ class MoeLayer {
   ParamStore& store_;
   Router router_;
   Dispatcher dispatcher_;
+  std::unique_ptr<ExpertExchange> exchange_;
   Experts experts_;
   ParamRef shared_w13_, shared_w2_, shared_gate_;
   std::vector<ParamRef> own_params_;
@@ -93,19 +100,22 @@ class MoeLayer {
   RoutingStats stats_;
   std::vector<int64_t> bias_load_;  // [E] training loads since the last bias update
   int64_t tokens_ = 0;
-  Tensor x_;            // [T, D] saved input
-  Tensor route_x_;      // [T, D] sequence routing: the prefix means the router scores
-  Tensor draw_normal_;  // [T, E] sequence routing: noise draws, fixed from position P-1 on
-  Tensor draw_jitter_;  // [T, D] sequence routing: jitter draws, likewise
+  Tensor x_;        // [T, D] saved input
+  Tensor route_x_;  // [T, D] sequence routing: the prefix means the router scores
+  // Noise draws the layer makes itself: sequence routing (fixed from position P-1 on) and
+  // expert parallelism (the whole batch's, [P T, ...]).
+  Tensor draw_normal_;  // [T, E], or [P T, E] under expert parallelism
+  Tensor draw_jitter_;  // [T, D], or [P T, D]
   int64_t seq_len_ = 0;
   Tensor xp_;            // [kept, D] permuted input
   Tensor yp_;            // [kept, D] expert outputs
+  Tensor xl_, yl_;       // [local rows, D] expert parallelism: the local experts' rows
   Tensor shared_h13_;    // [T, 2 S F_s]
   Tensor shared_act_;    // [T, S F_s]
   Tensor shared_out_;    // [T, D]
   Tensor shared_scale_;  // [T] sigmoid(x w_g)
   // Backward scratch.
-  Tensor dyp_, dxp_, dshared_, dshared_h13_, dshared_x_, droute_, droute_acc_;
+  Tensor dyp_, dxp_, dyl_, dxl_, dshared_, dshared_h13_, dshared_x_, droute_, droute_acc_;
   std::vector<float> dgate_;
 };
 

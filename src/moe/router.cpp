@@ -142,9 +142,12 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
   }
 
   aux_loss_ = 0.0f;
+  // The batch-level loss is per capacity group in training, as the capacity.
+  balance_window_ = config_.aux_loss_type == AuxLossType::Sequence
+                        ? seq_len
+                        : tokens / (training ? config_.capacity_groups : 1);
   if (config_.aux_loss_type != AuxLossType::None && config_.aux_loss_coeff > 0) {
-    const int64_t s = config_.aux_loss_type == AuxLossType::Sequence ? seq_len : tokens;
-    aux_loss_ = balance_loss(probs_.span(), selected_, tokens, E, config_.top_k, s,
+    aux_loss_ = balance_loss(probs_.span(), selected_, tokens, E, config_.top_k, balance_window_,
                              config_.aux_loss_coeff, {});
   }
   z_loss_ = config_.z_loss_coeff > 0
@@ -328,7 +331,7 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
 
   // 2. Balancing loss: its P is probs_; for softmax scores probs_ == scores_.
   if (config_.aux_loss_type != AuxLossType::None && config_.aux_loss_coeff > 0) {
-    const int64_t s = config_.aux_loss_type == AuxLossType::Sequence ? seq_len_ : T;
+    const int64_t s = balance_window_;
     if (sigmoid_scores) {
       // p = s / Z  =>  ds_m += (dp_m - sum_i dp_i p_i) / Z; dp is built in dlogits_ as scratch.
       dlogits_.resize({T, E});

@@ -90,6 +90,7 @@ class Router {
   // Saved by forward for backward.
   int64_t tokens_ = 0;
   int64_t seq_len_ = 0;
+  int64_t balance_window_ = 0;  // tokens per balancing-loss window (sequence, group or batch)
   bool jittered_ = false;
   bool noisy_ = false;
   Tensor input_;                   // [T, D] router input (x, or x * jitter)

@@ -27,6 +27,7 @@
 #include "tensor/json_field.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/expert_shards.h"
 #include "train/optimizer.h"
 #include "train/tokenizer.h"
 
@@ -210,18 +211,26 @@ class ExpertMonitor {
   }
   int64_t first_step() const { return first_step_; }
 
-  // Adds the routing of the model's last forward.
-  void add(const Transformer& model) {
+  // Adds the routing of the model's last forward; with `comm`, of every process's forward.
+  void add(const Transformer& model, Collectives* comm) {
+    counts_.clear();  // per MoE layer: E loads, dropped, assignments, tokens, unrouted
     for (int64_t l = 0; l < model.num_layers(); ++l)
       if (const MoeLayer* m = model.moe_layer(l)) {
         const RoutingStats& rs = m->stats();
-        if (loads_[l].empty()) loads_[l].assign(rs.tokens_per_expert.size(), 0);
-        for (size_t e = 0; e < rs.tokens_per_expert.size(); ++e)
-          loads_[l][e] += rs.tokens_per_expert[e];
-        dropped_[l] += rs.dropped;
-        assigned_[l] += rs.assignments;
-        tokens_[l] += rs.tokens;
-        unrouted_[l] += rs.unrouted_tokens;
+        counts_.insert(counts_.end(), rs.tokens_per_expert.begin(), rs.tokens_per_expert.end());
+        counts_.insert(counts_.end(), {rs.dropped, rs.assignments, rs.tokens, rs.unrouted_tokens});
+      }
+    if (comm) comm->sum(counts_);
+    auto next = counts_.begin();
+    for (int64_t l = 0; l < model.num_layers(); ++l)
+      if (const MoeLayer* m = model.moe_layer(l)) {
+        const size_t E = m->stats().tokens_per_expert.size();
+        if (loads_[l].empty()) loads_[l].assign(E, 0);
+        for (size_t e = 0; e < E; ++e) loads_[l][e] += *next++;
+        dropped_[l] += *next++;
+        assigned_[l] += *next++;
+        tokens_[l] += *next++;
+        unrouted_[l] += *next++;
       }
   }
 
@@ -281,6 +290,7 @@ class ExpertMonitor {
   std::vector<int64_t> dropped_, assigned_;  // [layer]
   std::vector<int64_t> tokens_, unrouted_;   // [layer] tokens routed; tokens no expert took
   int64_t first_step_ = 1;                   // the window's first step
+  std::vector<int64_t> counts_;              // add()'s scratch
 };
 
 }  // namespace
@@ -375,7 +385,7 @@ std::string format_progress_line(int64_t step, int64_t steps, double loss, float
   return line;
 }
 
-void validate_train_options(const TrainOptions& o) {
+void validate_train_options(const TrainOptions& o, bool warn) {
   auto positive = [](int64_t value, const char* option) {
     if (value <= 0)
       throw Error(std::string(option) + " must be positive, got " + std::to_string(value));
@@ -422,7 +432,7 @@ void validate_train_options(const TrainOptions& o) {
     throw Error("--grad-clip must not be negative (0 = off), got " + std::to_string(o.grad_clip));
   if (o.vocab_size != 0 && (o.vocab_size < 256 || o.vocab_size > 65536))
     throw Error("--vocab-size must lie in [256, 65536], got " + std::to_string(o.vocab_size));
-  if (o.warmup >= o.steps)
+  if (warn && o.warmup >= o.steps)
     std::fprintf(stderr,
                  "warning: the warm-up (%lld steps) is not shorter than the run (%lld steps): "
                  "the learning rate never reaches --lr and never decays\n",
@@ -431,58 +441,156 @@ void validate_train_options(const TrainOptions& o) {
 
 namespace {
 
-// The training loop over an opened run folder, from `state` (a checkpoint) or from a fresh
-// initialisation. `stepped` turns true after the first optimizer step.
-TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolder& folder,
-                      const nlohmann::json* state, bool& stepped) {
+// The processes of a run: this one alone, or P of them with expert parallelism.
+struct Ranks {
+  explicit Ranks(const Parallelism& p)
+      : comm(p.comm && p.comm->size() > 1 ? p.comm : nullptr),
+        rank(comm ? comm->rank() : 0),
+        size(comm ? comm->size() : 1) {}
+  Collectives* comm;  // null: one process
+  int rank, size;
+  bool root() const { return rank == 0; }
+};
+
+// Runs `work` on the root only; an Error there reaches every process (each throws it as a
+// SharedError), so no process waits for a root that gave up.
+template <typename Work>
+void on_root(const Ranks& ranks, Work&& work) {
+  if (!ranks.comm) return work();
+  std::string error;
+  if (ranks.root()) try {
+      work();
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  ranks.comm->broadcast(error);
+  if (!error.empty()) throw SharedError(error);
+}
+
+// An error every process meets alike (the same check on the same data): under P processes a
+// SharedError, so all end normally with one message from the root.
+[[noreturn]] void throw_alike(const Ranks& ranks, const Error& e) {
+  if (ranks.comm) throw SharedError(e.what());
+  throw e;
+}
+
+// Every process must train the same model with the same options (the same files and command
+// line on every host): checked against the root's before anything runs.
+void require_same_setup(const Ranks& ranks, const ModelConfig& config, const TrainOptions& o) {
+  if (!ranks.comm) return;
+  const std::string setup =
+      model_config_to_json(config).dump() + "\n" + train_options_to_json(o).dump();
+  const std::vector<int> differ = ranks_differing_from_root(*ranks.comm, setup);
+  if (differ.empty()) return;
+  std::string list;
+  for (int r : differ) list += (list.empty() ? "" : ", ") + std::to_string(r);
+  throw SharedError("rank " + list + " has another model config or other training options " +
+                    "than rank 0 (each process reads its own files: they must be the same)");
+}
+
+// What expert parallelism supports, checked before anything runs.
+void check_parallel_layout(const Ranks& ranks, const ModelConfig& config, const TrainOptions& o) {
+  if (!ranks.comm) return;
+  const std::string P = std::to_string(ranks.size);
+  if (o.batch_size % ranks.size != 0)
+    throw Error("--batch-size " + std::to_string(o.batch_size) + " is not a multiple of the " + P +
+                " ranks (each takes an equal share of every batch)");
+  if (!config.moe) return;
+  const MoeConfig& m = *config.moe;
+  if (m.num_experts % ranks.size != 0)
+    throw Error("--expert-parallel " + P + " does not divide num_experts " +
+                std::to_string(m.num_experts) + " (each rank holds E/P experts)");
+  if (m.router_type == RouterType::ExpertChoice)
+    throw Error(
+        "--expert-parallel does not support expert_choice routing yet; train it in one "
+        "process");
+}
+
+// The training loop over an opened run folder (`folder` on the root, null elsewhere; `dir` on
+// every process), from `state` (a checkpoint) or from a fresh initialisation. `stepped` turns
+// true after the first optimizer step.
+TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolder* folder,
+                      const std::string& dir, const nlohmann::json* state, bool& stepped,
+                      const Parallelism& parallel) {
+  const Ranks ranks(parallel);
+  Collectives* const comm = ranks.comm;
+  const bool root = ranks.root();
   const bool resume = state != nullptr;
-  const TokenStream train_tokens(folder.dir() + "/data/train.tokens");
-  const TokenStream valid_tokens(folder.dir() + "/data/valid.tokens");
+  // A --force run's folder moves into place at its first checkpoint (the root's RunFolder
+  // tracks it); the files opened here stay open across the move.
+  auto current_dir = [&] { return folder ? folder->dir() : dir; };
+  const TokenStream train_tokens(dir + "/data/train.tokens");
+  const TokenStream valid_tokens(dir + "/data/valid.tokens");
 
   ParamStore store;
-  Transformer model(config, store, o.seed);
+  Transformer model(
+      config, store, o.seed,
+      comm && config.moe ? parallel.exchange(config.moe->num_experts) : ExpertExchangeFactory{});
   store.allocate();
   AdamWOptions aopt;
   aopt.weight_decay = o.weight_decay;
   aopt.beta2 = o.beta2;
   AdamW optimizer(store, aopt);
+  const ParamSplit split = split_params(model, store);
+  std::vector<float> grad_scratch;
   Rng data_rng = Rng::for_purpose(o.seed, kDataPurpose);
   ExpertMonitor monitor(model.num_layers());
   int64_t start_step = 0;
   TrainResult result;
   result.val_loss = std::numeric_limits<double>::quiet_NaN();
   result.train_loss = std::numeric_limits<double>::quiet_NaN();
-  const std::string metrics_path = folder.dir() + "/metrics.jsonl";
+  const std::string metrics_path = dir + "/metrics.jsonl";
   if (resume) {
     const nlohmann::json& st = *state;
     start_step = st.at("step");
-    load_checkpoint(folder.dir(), start_step, model, store, optimizer);
+    if (comm) {  // every process reads the whole checkpoint and keeps its part
+      FullModel full(config, o.seed, aopt);
+      load_checkpoint(dir, start_step, *full.model, full.store, *full.optimizer);
+      copy_from_full(full, model, store, optimizer, ranks.rank, ranks.size);
+    } else {
+      load_checkpoint(dir, start_step, model, store, optimizer);
+    }
     rng_from_json(data_rng, st.at("data_rng"));
     const auto& noise = st.at("noise_rngs");
     for (int64_t l = 0; l < model.num_layers(); ++l)
       if (MoeLayer* m = model.moe_layer(l)) rng_from_json(m->noise_rng(), noise.at(l));
-    if (st.contains("monitor"))
-      monitor.restore(st["monitor"], folder.dir(), start_step, o.monitor_every);
+    if (st.contains("monitor")) monitor.restore(st["monitor"], dir, start_step, o.monitor_every);
     if (st.contains("val_loss") && st["val_loss"].is_number()) result.val_loss = st["val_loss"];
-    truncate_metrics(metrics_path, start_step);
+    if (root) truncate_metrics(metrics_path, start_step);
   } else {
     Rng init = Rng::for_purpose(o.seed, kInitPurpose);
-    model.init_parameters(init);
-    write_file_atomic(metrics_path, "");
+    if (comm) {  // the whole model initialised as one process does, then each keeps its part
+      FullModel full(config, o.seed, aopt);
+      full.model->init_parameters(init);
+      copy_from_full(full, model, store, optimizer, ranks.rank, ranks.size);
+    } else {
+      model.init_parameters(init);
+    }
+    if (root) write_file_atomic(metrics_path, "");
   }
-  MetricsLog metrics(metrics_path);
+  std::optional<MetricsLog> metrics;
+  if (root) metrics.emplace(metrics_path);
 
   const ParamCount count = count_params(arch_from_model_config(config, "run"));
   const int64_t tokens_per_step = o.batch_size * o.seq_len * o.grad_accum;
-  std::fprintf(
-      stderr,
-      "model: %.2fM parameters, %.2fM active per token, %lld MoE of %lld blocks; "
-      "%lld training tokens, %lld validation tokens; %lld tokens per step\n",
-      double(count.total) / 1e6, double(count.active) / 1e6,
-      static_cast<long long>(config.num_moe_layers()),
-      static_cast<long long>(config.num_hidden_layers), static_cast<long long>(train_tokens.size()),
-      static_cast<long long>(valid_tokens.size()), static_cast<long long>(tokens_per_step));
-  warn_about_blas_kernel();
+  if (root)
+    std::fprintf(stderr,
+                 "model: %.2fM parameters, %.2fM active per token, %lld MoE of %lld blocks; "
+                 "%lld training tokens, %lld validation tokens; %lld tokens per step\n",
+                 double(count.total) / 1e6, double(count.active) / 1e6,
+                 static_cast<long long>(config.num_moe_layers()),
+                 static_cast<long long>(config.num_hidden_layers),
+                 static_cast<long long>(train_tokens.size()),
+                 static_cast<long long>(valid_tokens.size()),
+                 static_cast<long long>(tokens_per_step));
+  if (root && comm)
+    std::fprintf(stderr,
+                 "expert parallelism: %d ranks, %lld experts per MoE layer on each, %lld "
+                 "sequences of every batch on each\n",
+                 ranks.size,
+                 static_cast<long long>(config.moe ? config.moe->num_experts / ranks.size : 0),
+                 static_cast<long long>(o.batch_size / ranks.size));
+  if (root) warn_about_blas_kernel();
 
   g_stop_signal.store(0);
   struct sigaction sa {};
@@ -500,10 +608,13 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     }
   } restore{old_int, old_term};
 
-  const int64_t B = o.batch_size, S = o.seq_len;
-  std::vector<int32_t> tokens(B * S), targets(B * S);
+  // B: this process's sequences of every batch of o.batch_size (all of them in one process).
+  const int64_t B = o.batch_size / ranks.size, S = o.seq_len;
+  std::vector<int32_t> tokens(o.batch_size * S), targets(o.batch_size * S);
+  const std::span<const int32_t> my_tokens = std::span(tokens).subspan(ranks.rank * B * S, B * S);
+  const std::span<const int32_t> my_targets = std::span(targets).subspan(ranks.rank * B * S, B * S);
   // Carriage returns and erase-line codes only on a terminal; elsewhere, plain lines.
-  const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
+  const bool tty = root && !o.quiet && ::isatty(STDERR_FILENO);
   const int width = tty ? terminal_width() : 80;
 
   // Validation in eval mode: causal routing (what generation computes), or for expert choice
@@ -511,7 +622,7 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
   // the experts per token and the share of tokens no expert took, over all MoE layers.
   auto evaluate = [&](bool batch_selection, std::pair<double, double>* routed) {
     const int64_t windows = eval_windows(valid_tokens, S);
-    const int64_t batches = std::min(o.eval_batches, windows / B);
+    const int64_t batches = std::min(o.eval_batches, windows / o.batch_size);
     if (batches == 0) return std::numeric_limits<double>::quiet_NaN();
     ModelStepOptions eval;
     eval.training = false;
@@ -519,8 +630,8 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     eval.batch_selection_in_eval = batch_selection;
     double total = 0, tokens_routed = 0, kept = 0, unrouted = 0;
     for (int64_t b = 0; b < batches; ++b) {
-      eval_batch(valid_tokens, b * B, B, S, tokens, targets);
-      total += model.forward(tokens, targets, B, S, eval);
+      eval_batch(valid_tokens, b * o.batch_size, o.batch_size, S, tokens, targets);
+      total += model.forward(my_tokens, my_targets, B, S, eval);
       for (int64_t l = 0; l < model.num_layers(); ++l)
         if (const MoeLayer* m = model.moe_layer(l)) {
           const RoutingStats& rs = m->stats();
@@ -529,11 +640,19 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
           unrouted += double(rs.unrouted_tokens);
         }
     }
+    if (comm) {  // each process's mean over its equal share: the mean of the means
+      double sums[] = {total, tokens_routed, kept, unrouted};
+      comm->sum(sums);
+      total = sums[0] / ranks.size;
+      tokens_routed = sums[1];
+      kept = sums[2];
+      unrouted = sums[3];
+    }
     if (routed && tokens_routed > 0) *routed = {kept / tokens_routed, unrouted / tokens_routed};
     return total / double(batches);
   };
   const bool expert_choice = config.moe && config.moe->router_type == RouterType::ExpertChoice;
-  if (config.moe) {
+  if (config.moe && root) {
     const MoeConfig& m = *config.moe;
     if (expert_choice || (m.capacity_factor > 0 && m.drop_policy == DropPolicy::Probs))
       std::fprintf(stderr,
@@ -565,15 +684,28 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     st["noise_rngs"] = noise;
     st["monitor"] = monitor.to_json();
     if (std::isfinite(result.val_loss)) st["val_loss"] = result.val_loss;
-    if (o.keep_checkpoints && (step % o.save_every == 0 || step == o.steps))
-      keep_checkpoint(folder.dir(), step, model, store);
-    save_checkpoint(folder.dir(), model, store, optimizer, st);
-    folder.checkpoint_saved();
+    // Kept checkpoints (--keep-checkpoints) are written before the step's own checkpoint
+    // commits, so a kill and resume never leaves a kept step missing.
+    const bool keep = o.keep_checkpoints && (step % o.save_every == 0 || step == o.steps);
+    if (comm) {
+      // Every process's data position and streams are the root's (one data stream, the same
+      // draws everywhere), so the root's state serves any number of processes on resume.
+      st["expert_parallel"] = ranks.size;
+      std::unique_ptr<FullModel> full;
+      if (root) full = std::make_unique<FullModel>(config, o.seed, aopt);
+      gather_to_full(*comm, model, store, optimizer, full.get());
+      if (root && keep) keep_checkpoint(current_dir(), step, *full->model, full->store);
+      if (root) save_checkpoint(current_dir(), *full->model, full->store, *full->optimizer, st);
+    } else {
+      if (keep) keep_checkpoint(current_dir(), step, model, store);
+      save_checkpoint(current_dir(), model, store, optimizer, st);
+    }
+    if (root) folder->checkpoint_saved();
     saved = true;
   };
   auto stopped_error = [&](const std::string& what, int64_t step) {
     return Error(what + " at step " + std::to_string(step) + "; training stopped (" +
-                 (saved ? "the last checkpoint in '" + folder.dir() + "' is kept"
+                 (saved ? "the last checkpoint in '" + current_dir() + "' is kept"
                         : std::string("no checkpoint was saved yet")) +
                  ")");
   };
@@ -581,28 +713,46 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
   auto t_start = std::chrono::steady_clock::now();
   auto t_window = t_start;
   int64_t window_steps = 0;
+  CommStats window_comm = comm ? comm->stats() : CommStats{};  // at the window's start
   double window_loss = 0;
   int64_t step = start_step;
   while (step < o.steps) {
     store.zero_grads();
     double loss = 0, router = 0;
     ModelStepOptions opt;
-    opt.grad_scale = 1.0f / static_cast<float>(o.grad_accum);
+    // Under P processes each gradient is 1/P of its batch share's: the sum over processes is
+    // then the whole batch's mean, with no scaling after the sum.
+    opt.grad_scale = 1.0f / static_cast<float>(o.grad_accum * ranks.size);
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
-      sample_batch(train_tokens, data_rng, B, S, tokens, targets);
+      // Every process draws the whole batch (the same draws) and takes its share.
+      sample_batch(train_tokens, data_rng, o.batch_size, S, tokens, targets);
       try {
-        loss += model.forward(tokens, targets, B, S, opt) / double(o.grad_accum);
+        loss += model.forward(my_tokens, my_targets, B, S, opt) / double(o.grad_accum);
       } catch (const Error& e) {  // non-finite activations: the run has diverged
         throw stopped_error(e.what(), step + 1);
       }
       router += model.router_loss() / double(o.grad_accum);
       model.backward();
-      monitor.add(model);
+      monitor.add(model, comm);
+    }
+    int agreed_signal = 0;
+    if (comm) {
+      // The losses are means over equal shares; a signal on any process stops them all (at
+      // the same step, so that they save together).
+      const int mine = g_stop_signal.load();
+      double sums[] = {loss, router, double(mine != 0), double(mine)};
+      comm->sum(sums);
+      loss = sums[0] / ranks.size;
+      router = sums[1] / ranks.size;
+      agreed_signal = sums[2] > 0 ? static_cast<int>(sums[3] / sums[2]) : 0;
+      sum_replicated_grads(*comm, store, split, grad_scratch);
     }
     if (!std::isfinite(loss) || !std::isfinite(router))
-      throw stopped_error("loss is " + std::to_string(loss), step + 1);
-    const double grad_norm = clip_grad_norm(store, o.grad_clip);
-    if (!std::isfinite(grad_norm)) throw stopped_error("gradient norm is not finite", step + 1);
+      throw_alike(ranks, stopped_error("loss is " + std::to_string(loss), step + 1));
+    const double grad_norm = comm ? clip_grad_norm_across(*comm, store, split, o.grad_clip)
+                                  : clip_grad_norm(store, o.grad_clip);
+    if (!std::isfinite(grad_norm))
+      throw_alike(ranks, stopped_error("gradient norm is not finite", step + 1));
     const float lr = learning_rate(step, o.steps, o.warmup, o.lr, o.min_lr);
     optimizer.step(lr);
     model.update_expert_bias();
@@ -626,11 +776,21 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
               {"grad_norm", grad_norm},
               {"router_loss", router},
               {"tokens", step * tokens_per_step}};
+      if (comm) {
+        // The root's communication per step over the window: bytes it sent to other ranks,
+        // seconds in the token exchange (all-to-all) and in the other collectives.
+        const CommStats& now = comm->stats();
+        const double n = double(window_steps);
+        line["comm_bytes_per_step"] = double(now.bytes_sent - window_comm.bytes_sent) / n;
+        line["exchange_s_per_step"] = (now.exchange_seconds - window_comm.exchange_seconds) / n;
+        line["reduce_s_per_step"] = (now.reduce_seconds - window_comm.reduce_seconds) / n;
+        window_comm = now;
+      }
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
       const double eta = elapsed / double(step - start_step) * double(o.steps - step);
       result.train_loss = window_loss / double(window_steps);
-      if (!o.quiet) {
+      if (root && !o.quiet) {
         const std::string text =
             format_progress_line(step, o.steps, result.train_loss, lr, tok_s, eta, width);
         if (tty)
@@ -642,7 +802,7 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
       window_steps = 0;
       window_loss = 0;
     }
-    if (report) {
+    if (report && root) {  // the monitor holds every process's counts
       line["experts_steps"] = {monitor.first_step(), step};
       line["experts"] = monitor.report(model, step);
     }
@@ -650,8 +810,9 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
       std::pair<double, double> routed{0, 0};
       result.val_loss = evaluate(false, &routed);
       line["val_loss"] = result.val_loss;
-      std::fprintf(stderr, "  validation loss %.4f (perplexity %.1f)", result.val_loss,
-                   std::exp(result.val_loss));
+      if (root)
+        std::fprintf(stderr, "  validation loss %.4f (perplexity %.1f)", result.val_loss,
+                     std::exp(result.val_loss));
       if (expert_choice) {
         // Both ways: by the learned thresholds (causal, what generation does; the figure every
         // summary uses) and as trained (each expert's top-C of the batch).
@@ -664,26 +825,27 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
                      "%.4f as trained (batch selection)",
                      routed.first, 100.0 * routed.second, as_trained);
       }
-      std::fprintf(stderr, "\n");
+      if (root) std::fprintf(stderr, "\n");
     }
-    if (!line.is_null()) metrics.write(line);
-    const int signal = g_stop_signal.load();
+    if (!line.is_null() && root) metrics->write(line);
+    const int signal = comm ? agreed_signal : g_stop_signal.load();
     if (step % o.save_every == 0 || step == o.steps || signal != 0) checkpoint(step);
     if (signal != 0) {
-      std::fprintf(stderr,
-                   "%sinterrupted: saved step %lld to '%s'; continue with "
-                   "moe train --resume %s\n",
-                   tty ? "\n" : "", static_cast<long long>(step), folder.dir().c_str(),
-                   folder.dir().c_str());
+      if (root)
+        std::fprintf(stderr,
+                     "%sinterrupted: saved step %lld to '%s'; continue with "
+                     "moe train --resume %s\n",
+                     tty ? "\n" : "", static_cast<long long>(step), current_dir().c_str(),
+                     current_dir().c_str());
       result.stopped_by_signal = signal;
       break;
     }
   }
   if (tty) std::fputc('\n', stderr);
-  result.dir = folder.dir();
+  result.dir = current_dir();
   result.steps_done = step;
   result.total_steps = o.steps;
-  result.lock = folder.lock();
+  if (root) result.lock = folder->lock();
   return result;
 }
 
@@ -696,7 +858,7 @@ std::string format_lr(double lr) {
 // Applies --steps and --lr to a resumed run's options, printing each change and what it does
 // to the learning rate of the next step.
 void apply_resume_changes(TrainOptions& o, const ResumeChanges& changes, int64_t step,
-                          const std::string& dir) {
+                          const std::string& dir, bool print) {
   const TrainOptions before = o;
   if (changes.steps) {
     if (*changes.steps < step)
@@ -704,19 +866,22 @@ void apply_resume_changes(TrainOptions& o, const ResumeChanges& changes, int64_t
                   " is below the step of the run in '" + dir + "' (" + std::to_string(step) +
                   "); a resumed run can only end at or after its checkpoint");
     o.steps = *changes.steps;
-    std::fprintf(stderr, "resume: --steps %lld applied: the run now ends at step %lld (was %lld)\n",
-                 static_cast<long long>(o.steps), static_cast<long long>(o.steps),
-                 static_cast<long long>(before.steps));
+    if (print)
+      std::fprintf(stderr,
+                   "resume: --steps %lld applied: the run now ends at step %lld (was %lld)\n",
+                   static_cast<long long>(o.steps), static_cast<long long>(o.steps),
+                   static_cast<long long>(before.steps));
   }
   if (changes.lr) {
     if (!(std::isfinite(*changes.lr) && *changes.lr >= o.min_lr))
       throw Error("--lr " + format_lr(*changes.lr) + " must be at least the run's --min-lr " +
                   format_lr(o.min_lr));
     o.lr = *changes.lr;
-    std::fprintf(stderr, "resume: --lr %s applied: peak learning rate %s (was %s)\n",
-                 format_lr(o.lr).c_str(), format_lr(o.lr).c_str(), format_lr(before.lr).c_str());
+    if (print)
+      std::fprintf(stderr, "resume: --lr %s applied: peak learning rate %s (was %s)\n",
+                   format_lr(o.lr).c_str(), format_lr(o.lr).c_str(), format_lr(before.lr).c_str());
   }
-  if ((changes.steps || changes.lr) && step < o.steps) {
+  if (print && (changes.steps || changes.lr) && step < o.steps) {
     const float was = learning_rate(step, before.steps, before.warmup, before.lr, before.min_lr);
     const float now = learning_rate(step, o.steps, o.warmup, o.lr, o.min_lr);
     std::fprintf(stderr,
@@ -730,32 +895,47 @@ void apply_resume_changes(TrainOptions& o, const ResumeChanges& changes, int64_t
 
 }  // namespace
 
-TrainResult train(const TrainOptions& options, bool force) {
+TrainResult train(const TrainOptions& options, bool force, const Parallelism& parallel) {
+  const Ranks ranks(parallel);
   TrainOptions o = options;
-  // Everything that can be checked without writing is checked first: a bad option or config
-  // leaves the file system as it was.
-  validate_train_options(o);
-  ModelConfig config = o.config.empty() ? default_model_config() : load_model_config(o.config);
-  if (o.vocab_size != 0) {
-    config.vocab_size = o.vocab_size;
-    config.validate();
+  ModelConfig config;
+  // Everything that can be checked without writing is checked first (by every process, alike):
+  // a bad option or config leaves the file system as it was.
+  try {
+    validate_train_options(o, ranks.root());
+    config = o.config.empty() ? default_model_config() : load_model_config(o.config);
+    if (o.vocab_size != 0) {
+      config.vocab_size = o.vocab_size;
+      config.validate();
+    }
+    if (o.seq_len > config.max_position_embeddings)
+      throw Error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's " +
+                  "max_position_embeddings " + std::to_string(config.max_position_embeddings));
+    if (o.corpus.empty()) o.corpus = default_corpus();
+    if (!fs::is_regular_file(o.corpus) && !fs::is_directory(o.corpus))
+      throw Error("corpus '" + o.corpus + "' is neither a file nor a folder");
+    check_parallel_layout(ranks, config, o);
+  } catch (const Error& e) {
+    throw_alike(ranks, e);
   }
-  if (o.seq_len > config.max_position_embeddings)
-    throw Error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's " +
-                "max_position_embeddings " + std::to_string(config.max_position_embeddings));
-  if (o.corpus.empty()) o.corpus = default_corpus();
-  if (!fs::is_regular_file(o.corpus) && !fs::is_directory(o.corpus))
-    throw Error("corpus '" + o.corpus + "' is neither a file nor a folder");
+  require_same_setup(ranks, config, o);
 
-  RunFolder folder = RunFolder::open_fresh(o.out_dir, force);
+  // The root alone opens and fills the folder; the others learn where it is.
+  std::optional<RunFolder> folder;
+  std::string dir;
+  on_root(ranks, [&] {
+    folder.emplace(RunFolder::open_fresh(o.out_dir, force));
+    dir = folder->dir();
+  });
+  if (ranks.comm) ranks.comm->broadcast(dir);
   bool stepped = false;
   try {
-    prepare_run_data(o.corpus, folder.dir(), config);
-    return run_steps(o, config, folder, nullptr, stepped);
+    on_root(ranks, [&] { prepare_run_data(o.corpus, dir, config); });
+    return run_steps(o, config, folder ? &*folder : nullptr, dir, nullptr, stepped, parallel);
   } catch (...) {
-    if (!stepped) {
+    if (!stepped && folder) {
       try {
-        folder.discard();
+        folder->discard();
       } catch (const std::exception&) {  // the first error is the one to report
       }
     }
@@ -763,16 +943,46 @@ TrainResult train(const TrainOptions& options, bool force) {
   }
 }
 
-TrainResult resume_training(const std::string& given, const ResumeChanges& changes) {
-  RunFolder folder = RunFolder::open_existing(given);
-  const std::string dir = folder.dir();
-  const nlohmann::json state = recover_checkpoint(dir);
-  TrainOptions o = train_options_from_json(state.at("options"));
-  o.out_dir = dir;
-  o.quiet = changes.quiet;
-  const int64_t step = state.at("step");
-  apply_resume_changes(o, changes, step, dir);
-  validate_train_options(o);
+TrainResult resume_training(const std::string& given, const ResumeChanges& changes,
+                            const Parallelism& parallel) {
+  const Ranks ranks(parallel);
+  std::optional<RunFolder> folder;
+  std::string dir;
+  nlohmann::json state;
+  on_root(ranks, [&] {
+    folder.emplace(RunFolder::open_existing(given));
+    dir = folder->dir();
+    state = recover_checkpoint(dir);
+  });
+  if (ranks.comm) {  // the root's recovered state, for every process
+    std::string text = ranks.root() ? state.dump() : std::string();
+    ranks.comm->broadcast(dir);
+    ranks.comm->broadcast(text);
+    if (!ranks.root()) state = nlohmann::json::parse(text);
+  }
+  TrainOptions o;
+  ModelConfig config;
+  int64_t step = 0;
+  try {
+    o = train_options_from_json(state.at("options"));
+    o.out_dir = dir;
+    o.quiet = changes.quiet;
+    step = state.at("step");
+    apply_resume_changes(o, changes, step, dir, ranks.root());
+    validate_train_options(o, ranks.root());
+    if (step < o.steps) {
+      config = load_model_config(dir + "/config.json");
+      if (o.seq_len > config.max_position_embeddings)
+        throw Error(dir + "/trainer_state.json: seq_len " + std::to_string(o.seq_len) +
+                    " exceeds the model's max_position_embeddings " +
+                    std::to_string(config.max_position_embeddings));
+      check_run_data(dir, config);
+      check_parallel_layout(ranks, config, o);
+    }
+  } catch (const Error& e) {
+    throw_alike(ranks, e);
+  }
+  if (step < o.steps) require_same_setup(ranks, config, o);
   if (step >= o.steps) {
     TrainResult result;
     result.dir = dir;
@@ -782,17 +992,11 @@ TrainResult resume_training(const std::string& given, const ResumeChanges& chang
     result.val_loss = state.contains("val_loss") && state["val_loss"].is_number()
                           ? state["val_loss"].get<double>()
                           : last_logged_val_loss(dir, step);
-    result.lock = folder.lock();
+    if (folder) result.lock = folder->lock();
     return result;
   }
-  const ModelConfig config = load_model_config(dir + "/config.json");
-  if (o.seq_len > config.max_position_embeddings)
-    throw Error(dir + "/trainer_state.json: seq_len " + std::to_string(o.seq_len) +
-                " exceeds the model's max_position_embeddings " +
-                std::to_string(config.max_position_embeddings));
-  check_run_data(dir, config);
   bool stepped = false;
-  return run_steps(o, config, folder, &state, stepped);
+  return run_steps(o, config, folder ? &*folder : nullptr, dir, &state, stepped, parallel);
 }
 
 }  // namespace moe

@@ -3,11 +3,14 @@
 // continue (train/checkpoint.h) plus metrics.jsonl, one JSON object per line, every line with
 // "step" and "loss" (and "val_loss" where evaluated, "experts" where monitored).
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 
+#include "moe/expert_exchange.h"
+#include "tensor/collectives.h"
 #include "train/run_folder.h"
 
 namespace moe {
@@ -38,9 +41,9 @@ struct TrainOptions {
   bool keep_checkpoints = false;
 };
 
-// Checks every option's range (Error naming the option) and warns about a warm-up that the
-// run never finishes. Touches no file.
-void validate_train_options(const TrainOptions& o);
+// Checks every option's range (Error naming the option) and, when `warn`, warns about a
+// warm-up that the run never finishes. Touches no file.
+void validate_train_options(const TrainOptions& o, bool warn = true);
 
 nlohmann::json train_options_to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const nlohmann::json& j);
@@ -72,14 +75,28 @@ struct TrainResult {
   bool already_finished = false;  // a resumed run with no step left to do
   int stopped_by_signal = 0;      // SIGINT / SIGTERM: saved and stopped early
   std::shared_ptr<RunLock> lock;  // the folder's lock, for the caller's reads after training
+                                  // (null on ranks other than the root)
+};
+
+// A run spread over P processes (expert parallelism): each takes 1/P of every batch (the same
+// global batch, --batch-size, as one process) and holds 1/P of every MoE layer's experts; the
+// root (rank 0) alone writes the run folder, which must be the same folder for every process
+// (a shared file system across machines). Default: one process, nothing shared.
+struct Parallelism {
+  Collectives* comm = nullptr;  // null or size 1: this process alone
+  // Given E, the per-layer exchange factory (throws Error when P does not divide E).
+  std::function<ExpertExchangeFactory(int64_t experts)> exchange;
 };
 
 // A fresh run into options.out_dir; `force` replaces a run there (at the new run's first
 // checkpoint). Throws Error on bad input (leaving no folder behind when no step was taken)
 // and on a non-finite loss (the last checkpoint stays).
-TrainResult train(const TrainOptions& options, bool force = false);
+TrainResult train(const TrainOptions& options, bool force = false,
+                  const Parallelism& parallel = {});
 
 // Continues the run in `dir` exactly where its last checkpoint left it.
-TrainResult resume_training(const std::string& dir, const ResumeChanges& changes);
+// Under any P that divides E (the checkpoint holds the whole model).
+TrainResult resume_training(const std::string& dir, const ResumeChanges& changes,
+                            const Parallelism& parallel = {});
 
 }  // namespace moe
