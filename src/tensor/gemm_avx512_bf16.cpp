@@ -35,6 +35,20 @@ MOE_AVX512_BF16 inline __m512bh as_bf16x32(__m512i v) {
   return r;
 }
 
+// One step of 32 along k: acc[i][j] += pair products of a_rows[i] and b_rows[j] (zeros where
+// the mask is off).
+MOE_AVX512_BF16 inline void dot_step(const uint16_t* const (&a_rows)[kTile],
+                                     const uint16_t* const (&b_rows)[kTile], int64_t at,
+                                     __mmask32 mask, __m512 (&acc)[kTile][kTile]) {
+  __m512bh av[kTile], bv[kTile];
+  for (int64_t r = 0; r < kTile; ++r) {
+    av[r] = as_bf16x32(_mm512_maskz_loadu_epi16(mask, a_rows[r] + at));
+    bv[r] = as_bf16x32(_mm512_maskz_loadu_epi16(mask, b_rows[r] + at));
+  }
+  for (int64_t i = 0; i < kTile; ++i)
+    for (int64_t j = 0; j < kTile; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av[i], bv[j]);
+}
+
 // out[i][j] = sum over k of a_rows[i][k] * b_rows[j][k], pairs of bf16 products summed in fp32
 // lanes (vdpbf16ps), then the 16 lanes added. The tail of k is loaded masked (zeros).
 MOE_AVX512_BF16 void dot_tile(const uint16_t* const (&a_rows)[kTile],
@@ -43,20 +57,16 @@ MOE_AVX512_BF16 void dot_tile(const uint16_t* const (&a_rows)[kTile],
   __m512 acc[kTile][kTile];
   for (auto& row : acc)
     for (auto& v : row) v = _mm512_setzero_ps();
-  const auto step = [&](int64_t at, __mmask32 mask) MOE_AVX512_BF16 {
-    __m512bh av[kTile], bv[kTile];
-    for (int64_t r = 0; r < kTile; ++r) {
-      av[r] = as_bf16x32(_mm512_maskz_loadu_epi16(mask, a_rows[r] + at));
-      bv[r] = as_bf16x32(_mm512_maskz_loadu_epi16(mask, b_rows[r] + at));
-    }
-    for (int64_t i = 0; i < kTile; ++i)
-      for (int64_t j = 0; j < kTile; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av[i], bv[j]);
-  };
   int64_t at = 0;
-  for (; at + 32 <= k; at += 32) step(at, ~__mmask32{0});
-  if (at < k) step(at, (__mmask32{1} << (k - at)) - 1);
+  for (; at + 32 <= k; at += 32) dot_step(a_rows, b_rows, at, ~__mmask32{0}, acc);
+  if (at < k) dot_step(a_rows, b_rows, at, (__mmask32{1} << (k - at)) - 1, acc);
   for (int64_t i = 0; i < kTile; ++i)
     for (int64_t j = 0; j < kTile; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+// 16 bf16 weights as fp32: zero-extended, shifted into the top half. Exact.
+MOE_AVX512_BF16 inline __m512 widen(__m256i half) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
 // c[r, j] = sum_i a[r, i] * widen(b[j, i]) for r < m <= kMaxStreamRows, j in [j0, j1): each row
@@ -65,9 +75,6 @@ MOE_AVX512_BF16 void dot_tile(const uint16_t* const (&a_rows)[kTile],
 MOE_AVX512_BF16 void stream_rows(int64_t m, int64_t k, const float* a, int64_t lda,
                                  const uint16_t* b, int64_t ldb, float* c, int64_t ldc, int64_t j0,
                                  int64_t j1) {
-  const auto widen = [](__m256i half) MOE_AVX512_BF16 {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-  };
   for (int64_t j = j0; j < j1; ++j) {
     const uint16_t* bj = b + j * ldb;
     __m512 acc[kMaxStreamRows][2];
