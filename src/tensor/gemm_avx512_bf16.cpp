@@ -2,7 +2,9 @@
 
 // GCC 12's own _mm512_reduce_add_ps builds on an "uninitialised" _mm256_undefined_pd() and
 // trips -Wmaybe-uninitialized where it is inlined; the warning is about the header, not us.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #include <omp.h>
 
