@@ -622,6 +622,17 @@ std::optional<double> tokens_to_reach(const std::vector<std::pair<int64_t, doubl
   return std::nullopt;
 }
 
+ParamCount run_param_count(const std::string& dir, const ModelConfig& config) {
+  int64_t seq = std::min<int64_t>(TrainOptions{}.seq_len, config.max_position_embeddings);
+  if (std::filesystem::exists(dir + "/trainer_state.json"))
+    seq = train_options_from_json(
+              read_json_file(dir + "/trainer_state.json", "trainer state").at("options"))
+              .seq_len;
+  ArchSpec arch = arch_from_model_config(config, dir);
+  arch.context = seq;
+  return count_params(arch);
+}
+
 CompareResult compare_runs(const std::vector<std::string>& models) {
   CompareResult res;
   std::vector<std::string> first_pieces;
@@ -650,14 +661,7 @@ CompareResult compare_runs(const std::vector<std::string>& models) {
       throw Error("runs '" + models.front() + "' and '" + dir + "' use different tokenizers (" +
                   why + "): their losses are not comparable");
     }
-    int64_t seq = std::min<int64_t>(TrainOptions{}.seq_len, config.max_position_embeddings);
-    if (fs::exists(dir + "/trainer_state.json"))
-      seq = train_options_from_json(
-                read_json_file(dir + "/trainer_state.json", "trainer state").at("options"))
-                .seq_len;
-    ArchSpec arch = arch_from_model_config(config, dir);
-    arch.context = seq;
-    const ParamCount pc = count_params(arch);
+    const ParamCount pc = run_param_count(dir, config);
     run.active_flops_per_token = pc.forward_flops_per_token;
     run.total_params = pc.total;
     run.active_params = pc.active;

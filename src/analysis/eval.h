@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "model/config.h"
+#include "model/param_count.h"
 #include "moe/load_metrics.h"
 
 namespace moe {
@@ -129,6 +131,12 @@ struct CompareResult {
 // Throws Error when a run lacks config.json, tokenizer.model or metrics.jsonl, or when two runs
 // use different tokenizers (their losses would not be comparable).
 CompareResult compare_runs(const std::vector<std::string>& models);
+
+// Total and active parameters and forward FLOPs per token of the run in `dir` (config
+// `config`), with attention counted at the sequence length it was trained at (its
+// trainer_state.json; the default training length where there is none). `moe eval`'s
+// comparison and `moe report` quote the same figures.
+ParamCount run_param_count(const std::string& dir, const ModelConfig& config);
 nlohmann::json compare_to_json(const CompareResult& result);
 
 // Tokens to reach `target` on a (tokens, loss) curve: the first logged point at or below it,

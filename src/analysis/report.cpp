@@ -9,6 +9,7 @@
 #include <limits>
 #include <optional>
 
+#include "analysis/eval.h"
 #include "analysis/svg.h"
 #include "tensor/error.h"
 
@@ -654,7 +655,7 @@ RunData load_run_data(const std::string& dir) {
   while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
   run.name = fs::path(trimmed).filename().string();
   run.config = load_model_config(dir + "/config.json");
-  run.params = count_params(arch_from_model_config(run.config, run.name));
+  run.params = run_param_count(dir, run.config);  // the figures `moe eval` quotes
   std::ifstream in(dir + "/metrics.jsonl");
   if (!in) throw Error("run '" + dir + "' has no metrics.jsonl");
   std::string line;
