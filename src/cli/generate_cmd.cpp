@@ -180,6 +180,7 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
           : generate(*loaded.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), on_token);
   emit(true);
   std::fputc('\n', stdout);
+  std::fflush(stdout);  // before the speed line on stderr
   return g;
 }
 
