@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "moe/router.h"
 #include "nn/rmsnorm.h"
+#include "nn/swiglu.h"
 #include "tensor/bf16.h"
 #include "tensor/error.h"
 #include "tensor/gemm.h"
@@ -34,10 +36,6 @@ int64_t bytes_of(const WeightView& v) {
 
 void ensure(Tensor& t, int64_t rows, int64_t cols) {
   if (t.numel() < rows * cols) t = Tensor({rows, cols});
-}
-
-float silu(float v) {
-  return v / (1.0f + std::exp(-v));
 }
 
 }  // namespace
@@ -79,9 +77,9 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
   };
   const auto expert = [&](const std::string& prefix, const char* gate, const char* up,
                           const char* down, int64_t F) {
-    return Expert{matrix(prefix + gate + ".weight", {F, D}),
-                  matrix(prefix + up + ".weight", {F, D}),
-                  matrix(prefix + down + ".weight", {D, F})};
+    return ExpertWeights{matrix(prefix + gate + ".weight", {F, D}),
+                         matrix(prefix + up + ".weight", {F, D}),
+                         matrix(prefix + down + ".weight", {D, F})};
   };
 
   // With the expert cache, routed experts are located in their files, not mapped.
@@ -137,9 +135,9 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
                                                          locate(up + ".weight", {F, D}),
                                                          locate(down + ".weight", {D, F})});
         else
-          b.experts.push_back(Expert{matrix(gate + ".weight", {F, D}),
-                                     matrix(up + ".weight", {F, D}),
-                                     matrix(down + ".weight", {D, F})});
+          b.experts.push_back(ExpertWeights{matrix(gate + ".weight", {F, D}),
+                                            matrix(up + ".weight", {F, D}),
+                                            matrix(down + ".weight", {D, F})});
       }
       const int64_t shared_width = m.n_shared_experts * m.shared_expert_intermediate_size;
       if (shared_width > 0) {
@@ -192,7 +190,7 @@ void Decoder::linear(const WeightView& w, const float* x, int64_t rows, int64_t 
   bytes_read_ += bytes_of(w);
 }
 
-void Decoder::swiglu(const Expert& e, const float* x, int64_t rows, float* out) {
+void Decoder::swiglu(const ExpertWeights& e, const float* x, int64_t rows, float* out) {
   const int64_t D = config_.hidden_size, F = e.gate.shape[0];
   ensure(gate_act_, rows, F);
   ensure(up_, rows, F);
@@ -216,32 +214,26 @@ void Decoder::route(const Block& b, const float* x, int64_t rows, std::vector<in
   chosen.assign(static_cast<size_t>(rows * k), 0);
   gates.assign(static_cast<size_t>(rows * k), 0.0f);
   std::vector<int32_t> order(static_cast<size_t>(E));
+  // Softmax over the k picked logits (Mixtral; or over all E renormalised: the same) or the
+  // plain softmax probabilities of the k picked (norm_topk_prob false).
+  const bool renormalise = renormalises(m);
   for (int64_t t = 0; t < rows; ++t) {
     const float* logit = router_logits_.data() + t * E;
-    for (int64_t e = 0; e < E; ++e) order[e] = static_cast<int32_t>(e);
-    // Ties go to the lower expert index, as torch.topk does on CPU.
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t c) {
-      return logit[a] > logit[c] || (logit[a] == logit[c] && a < c);
-    });
-    const float top = logit[order[0]];
+    int32_t* picks = chosen.data() + t * k;
+    top_indices(logit, E, k, order.data(), picks);
+    const float top = logit[picks[0]];
     double all = 0, picked = 0;
     for (int64_t e = 0; e < E; ++e) all += std::exp(double(logit[e]) - top);
-    for (int64_t j = 0; j < k; ++j) picked += std::exp(double(logit[order[j]]) - top);
-    // Softmax over the k picked logits (Mixtral; or over all E renormalised: the same) or
-    // the plain softmax probabilities of the k picked (norm_topk_prob false).
-    const bool renormalise = m.router_type == RouterType::TopKSoftmax || m.norm_topk_prob;
-    for (int64_t j = 0; j < k; ++j) {
-      chosen[t * k + j] = order[j];
-      gates[t * k + j] = static_cast<float>(std::exp(double(logit[order[j]]) - top) /
+    for (int64_t j = 0; j < k; ++j) picked += std::exp(double(logit[picks[j]]) - top);
+    for (int64_t j = 0; j < k; ++j)
+      gates[t * k + j] = static_cast<float>(std::exp(double(logit[picks[j]]) - top) /
                                             (renormalise ? picked : all));
-    }
   }
 }
 
-Decoder::Expert Decoder::expert_weights(const Block& b, int64_t e) {
+ExpertWeights Decoder::expert_weights(const Block& b, int64_t e) {
   if (!cache_) return b.experts[static_cast<size_t>(e)];
-  const ExpertCache::Views v = cache_->get(b.moe_index, e);
-  return Expert{v.gate, v.up, v.down};
+  return cache_->get(b.moe_index, e);
 }
 
 void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) {

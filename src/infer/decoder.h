@@ -77,20 +77,17 @@ class Decoder {
   const ExpertCache* expert_cache() const { return cache_.get(); }
 
  private:
-  struct Expert {
-    WeightView gate, up, down;  // [F, D], [F, D], [D, F]
-  };
   struct Block {
     const float *attn_norm = nullptr, *ffn_norm = nullptr;
     WeightView q, k, v, o;
     const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;
     const float *q_norm = nullptr, *k_norm = nullptr;  // [H hd], [KV hd]
     bool moe = false;
-    Expert dense;                   // a dense block's MLP
+    ExpertWeights dense;            // a dense block's MLP
     const float* router = nullptr;  // [E, D] fp32
-    std::vector<Expert> experts;
+    std::vector<ExpertWeights> experts;
     bool has_shared = false;
-    Expert shared;
+    ExpertWeights shared;
     const float* shared_gate = nullptr;  // [D]
     int64_t moe_index = -1;
   };
@@ -99,12 +96,12 @@ class Decoder {
   void linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
               int64_t ldy);
   // out[rows, D] = SwiGLU expert applied to x[rows, D]; act: scratch.
-  void swiglu(const Expert& e, const float* x, int64_t rows, float* out);
+  void swiglu(const ExpertWeights& e, const float* x, int64_t rows, float* out);
   void moe_ffn(const Block& b, const float* x, int64_t rows, float* out);
   // The k experts per token of MoE block b for inputs x[rows, D]: chosen [rows, k], gates.
   void route(const Block& b, const float* x, int64_t rows, std::vector<int32_t>& chosen,
              std::vector<float>& gates);
-  Expert expert_weights(const Block& b, int64_t e);
+  ExpertWeights expert_weights(const Block& b, int64_t e);
   const float* as_f32(const std::string& name, const Shape& shape);
   WeightView matrix(const std::string& name, const Shape& shape);
 

@@ -137,7 +137,7 @@ ExpertCache::Slot& ExpertCache::victim(Layer& layer, std::span<const int64_t> ke
   return *best;
 }
 
-ExpertCache::Views ExpertCache::get(int64_t layer_index, int64_t expert) {
+ExpertWeights ExpertCache::get(int64_t layer_index, int64_t expert) {
   Layer& layer = layers_.at(static_cast<size_t>(layer_index));
   wait(layer);
   ++layer.uses[static_cast<size_t>(expert)];

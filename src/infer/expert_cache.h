@@ -35,6 +35,12 @@ struct ExpertLocation {
   TensorLocation gate, up, down;
 };
 
+// The matrices of a SwiGLU expert as the forward reads them: gate [F, D], up [F, D],
+// down [D, F]; views of a mapping or of a cache slot.
+struct ExpertWeights {
+  WeightView gate, up, down;
+};
+
 struct ExpertCacheStats {
   int64_t hits = 0, misses = 0;  // lookups by the forward pass
   int64_t prefetched = 0;        // experts loaded ahead by prefetch()
@@ -53,12 +59,9 @@ class ExpertCache {
   ExpertCache(const ExpertCache&) = delete;
   ExpertCache& operator=(const ExpertCache&) = delete;
 
-  struct Views {
-    WeightView gate, up, down;
-  };
   // Expert e of `layer`, read from storage first if it is not resident. Valid until the next
   // get() or prefetch() of the same layer.
-  Views get(int64_t layer, int64_t expert);
+  ExpertWeights get(int64_t layer, int64_t expert);
   // Starts loading `experts` of `layer` in the background (those not resident, at most
   // capacity of them); the next get() of that layer waits for it.
   void prefetch(int64_t layer, std::span<const int32_t> experts);
@@ -72,7 +75,7 @@ class ExpertCache {
     bool reserved = false;  // a prefetch is filling it
     uint64_t last_use = 0;
     std::shared_ptr<std::byte> buffer;  // aligned for O_DIRECT; gate, up, down back to back
-    Views views;
+    ExpertWeights views;
   };
   struct Layer {
     std::vector<ExpertLocation> experts;

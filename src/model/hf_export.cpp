@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/hf_layout.h"
+#include "moe/router.h"
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
 
@@ -34,12 +35,6 @@ std::string text_of(Real v) {
   std::ostringstream s;
   s << decimal(v);
   return s.str();
-}
-
-// Our gates are renormalised over the k picks (Mixtral's routing) in these cases.
-bool renormalises(const MoeConfig& m) {
-  return m.norm_topk_prob || m.router_type == RouterType::TopKSoftmax ||
-         m.router_type == RouterType::NoisyTopK;
 }
 
 bool every_block_moe(const ModelConfig& c) {

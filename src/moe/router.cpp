@@ -21,7 +21,13 @@ inline float softplus(float v) {
   return v > 20.0f ? v : std::log1p(std::exp(v));
 }
 
-// Indices of the `count` largest values, highest first; ties go to the lower index.
+// Added to the sums that normalise sigmoid scores (DeepSeek-V3 does the same): when every
+// score underflows to 0 the gates and P become 0 instead of 0/0 = NaN. Softmax sums are at
+// least 1/E, to which 1e-20 adds nothing in fp32.
+constexpr float kNormEps = 1e-20f;
+
+}  // namespace
+
 void top_indices(const float* values, int64_t n, int64_t count, int32_t* order, int32_t* out) {
   std::iota(order, order + n, 0);
   std::partial_sort(order, order + count, order + n, [values](int32_t a, int32_t b) {
@@ -30,17 +36,10 @@ void top_indices(const float* values, int64_t n, int64_t count, int32_t* order, 
   std::copy(order, order + count, out);
 }
 
-// Added to the sums that normalise sigmoid scores (DeepSeek-V3 does the same): when every
-// score underflows to 0 the gates and P become 0 instead of 0/0 = NaN. Softmax sums are at
-// least 1/E, to which 1e-20 adds nothing in fp32.
-constexpr float kNormEps = 1e-20f;
-
 bool renormalises(const MoeConfig& c) {
   return c.norm_topk_prob || c.router_type == RouterType::TopKSoftmax ||
          c.router_type == RouterType::NoisyTopK;
 }
-
-}  // namespace
 
 Router::Router(const MoeConfig& config, ParamStore& store, const std::string& prefix)
     : config_(config),

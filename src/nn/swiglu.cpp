@@ -27,7 +27,7 @@ void swiglu_forward(SwigluShape s, std::span<const float> x, std::span<const flo
     const float* h3 = h1 + F;
     float* a = act.data() + r * F;
 #pragma omp simd
-    for (int64_t i = 0; i < F; ++i) a[i] = h1[i] * sigmoid(h1[i]) * h3[i];
+    for (int64_t i = 0; i < F; ++i) a[i] = silu(h1[i]) * h3[i];
   }
   gemm(Trans::No, Trans::Yes, n, D, F, 1.0f, act.data(), F, w2.data(), F, 0.0f, y.data(), D);
 }

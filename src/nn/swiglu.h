@@ -5,7 +5,14 @@
 #include <cstdint>
 #include <span>
 
+#include "tensor/fast_exp.h"
+
 namespace moe {
+
+// silu(v) = v sigmoid(v), the gate's activation; the inference Decoder's experts use it too.
+inline float silu(float v) {
+  return v * (1.0f / (1.0f + fast_exp(-v)));
+}
 
 struct SwigluShape {
   int64_t rows;    // n
