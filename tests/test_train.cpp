@@ -140,6 +140,29 @@ TEST(Tokenizer, TrainsAndRoundTripsLayoutAndUnicode) {
             std::string::npos);
 }
 
+// Beyond max_text_bytes the tokenizer learns from every n-th document only: a word found only
+// in the odd documents becomes a piece without the limit and stays in short pieces with it.
+TEST(Tokenizer, LearnsFromEveryNthDocumentBeyondTheByteLimit) {
+  const std::string dir = temp_dir("tokenizer_subset");
+  std::vector<std::string> texts;
+  int64_t total = 0;
+  for (int i = 0; i < 200; ++i) {
+    texts.push_back(i % 2 ? "zqxvjzqxvj zqxvjzqxvj zqxvjzqxvj zqxvjzqxvj\n"
+                          : "int main(void) { return " + std::to_string(i) + "; } // Grüße\n");
+    total += static_cast<int64_t>(texts.back().size());
+  }
+  const auto pieces_of_rare_word = [&](int64_t max_text_bytes) {
+    TokenizerTrainOptions o;
+    o.vocab_size = 300;
+    o.max_text_bytes = max_text_bytes;
+    const std::string path = dir + "/tok" + std::to_string(max_text_bytes) + ".model";
+    Tokenizer::train(texts, o, path);
+    return Tokenizer(path).encode("zqxvjzqxvj").size();
+  };
+  EXPECT_LE(pieces_of_rare_word(total), 3u);          // all documents: learned pieces
+  EXPECT_GE(pieces_of_rare_word(total / 2 + 1), 8u);  // every other one: bytes, unseen
+}
+
 void write_gz(const std::string& path, const std::string& content) {
   gzFile f = gzopen(path.c_str(), "wb");
   gzwrite(f, content.data(), static_cast<unsigned>(content.size()));

@@ -39,7 +39,7 @@ std::string to_model_text(std::string_view text) {
 // Training sentences: each document cut into pieces of at most max_bytes at line ends.
 class ChunkIterator : public sentencepiece::SentenceIterator {
  public:
-  ChunkIterator(std::span<const std::string> texts, int64_t max_bytes)
+  ChunkIterator(std::span<const std::string_view> texts, int64_t max_bytes)
       : texts_(texts), max_bytes_(max_bytes) {
     advance();
   }
@@ -51,7 +51,7 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
  private:
   void advance() {
     while (doc_ < texts_.size()) {
-      const std::string& t = texts_[doc_];
+      const std::string_view t = texts_[doc_];
       if (pos_ >= t.size()) {
         ++doc_;
         pos_ = 0;
@@ -62,13 +62,13 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
         const size_t nl = t.rfind('\n', end);
         if (nl != std::string::npos && nl > pos_) end = nl + 1;
       }
-      value_ = to_model_text(std::string_view(t).substr(pos_, end - pos_));
+      value_ = to_model_text(t.substr(pos_, end - pos_));
       pos_ = end;
       return;
     }
     done_ = true;
   }
-  std::span<const std::string> texts_;
+  std::span<const std::string_view> texts_;
   int64_t max_bytes_;
   size_t doc_ = 0, pos_ = 0;
   std::string value_;
@@ -97,6 +97,18 @@ int64_t min_vocabulary_in(const std::string& message) {
   return number_after(message, "smaller than required_chars", " vs ");
 }
 
+// Every n-th text, n the smallest that keeps them within max_bytes: spread over the whole
+// corpus, so that every domain keeps its share.
+std::vector<std::string_view> evenly_spaced(std::span<const std::string> texts, int64_t max_bytes) {
+  int64_t total = 0;
+  for (const std::string& t : texts) total += static_cast<int64_t>(t.size());
+  const size_t stride =
+      total <= max_bytes ? 1 : static_cast<size_t>((total + max_bytes - 1) / max_bytes);
+  std::vector<std::string_view> chosen;
+  for (size_t i = 0; i < texts.size(); i += stride) chosen.emplace_back(texts[i]);
+  return chosen;
+}
+
 }  // namespace
 
 VocabularyTooLarge::VocabularyTooLarge(int64_t requested_pieces, int64_t max)
@@ -108,7 +120,8 @@ VocabularyTooLarge::VocabularyTooLarge(int64_t requested_pieces, int64_t max)
 void Tokenizer::train(std::span<const std::string> texts, const TokenizerTrainOptions& o,
                       const std::string& model_path) {
   require(o.vocab_size >= 256, "tokenizer: vocab_size must be at least 256");
-  ChunkIterator it(texts, o.max_chunk_bytes);
+  const std::vector<std::string_view> chosen = evenly_spaced(texts, o.max_text_bytes);
+  ChunkIterator it(chosen, o.max_chunk_bytes);
   const std::unordered_map<std::string, std::string> args = {
       {"model_type", "bpe"},
       {"vocab_size", std::to_string(o.vocab_size)},

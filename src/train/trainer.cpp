@@ -145,10 +145,13 @@ void prepare_run_data(const std::string& corpus, const std::string& dir,
   std::vector<std::string> texts;
   for (const Document& d : docs)
     if (d.split == "train") texts.push_back(d.text);
-  std::fprintf(stderr, "training a %lld-piece BPE tokenizer on %zu documents...\n",
-               static_cast<long long>(config.vocab_size), texts.size());
-  const auto t0 = std::chrono::steady_clock::now();
   TokenizerTrainOptions topt;
+  std::fprintf(
+      stderr,
+      "training a %lld-piece BPE tokenizer on %zu documents (every n-th beyond %.0f MB)...\n",
+      static_cast<long long>(config.vocab_size), texts.size(),
+      static_cast<double>(topt.max_text_bytes) / 1e6);
+  const auto t0 = std::chrono::steady_clock::now();
   topt.vocab_size = static_cast<int>(config.vocab_size);
   topt.threads = omp_get_max_threads();
   try {
