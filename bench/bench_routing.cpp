@@ -28,7 +28,7 @@ void routing(benchmark::State& state, int64_t experts, int64_t k, RouterType typ
   RoutingPlan plan;
   Dispatcher dispatcher;
   for (auto _ : state) {
-    router.forward(x.span(), T, T, true, -1, {}, rng, plan);
+    router.forward(x.span(), T, T, true, -1, 1, {}, rng, plan);
     dispatcher.plan(plan, -1, DropPolicy::Probs);
     dispatcher.permute(x.span(), D, xp.span());
     dispatcher.combine(xp.span(), plan.gate, D, y.span());

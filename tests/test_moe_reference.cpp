@@ -106,7 +106,9 @@ TEST_P(MoeReference, ForwardAndBackwardMatchPyTorch) {
   store.zero_grads();
   layer.backward(ref.at("dy").span(), dx.span());
 
-  EXPECT_EQ(cfg.capacity(T, c.training), static_cast<int64_t>(ref.at("out.capacity")[0]));
+  // Capacity per group: in training, and in expert choice's batch selection in evaluation.
+  const int64_t groups = c.training || c.batch_selection_in_eval ? cfg.capacity_groups : 1;
+  EXPECT_EQ(cfg.capacity(T / groups, c.training), static_cast<int64_t>(ref.at("out.capacity")[0]));
   expect_close(y.span(), ref.at("out.y"), "y");
   EXPECT_NEAR(stats.aux_loss, ref.at("out.aux_loss")[0],
               1e-6 + 1e-4 * std::abs(ref.at("out.aux_loss")[0]));

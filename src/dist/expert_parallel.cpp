@@ -113,4 +113,10 @@ void AllToAllExchange::sum_loads(std::span<int64_t> load) {
                 MPI_COMM_WORLD);
 }
 
+void AllToAllExchange::sum_scores(std::span<double> scores) {
+  const Watchdog::Call watched(watchdog_);
+  MPI_Allreduce(MPI_IN_PLACE, scores.data(), static_cast<int>(scores.size()), MPI_DOUBLE, MPI_SUM,
+                MPI_COMM_WORLD);
+}
+
 }  // namespace moe

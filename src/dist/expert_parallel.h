@@ -28,6 +28,7 @@ class AllToAllExchange final : public ExpertExchange {
   void dispatch(std::span<const float> rows, int64_t D, std::span<float> local) override;
   void combine(std::span<const float> local, int64_t D, std::span<float> rows) override;
   void sum_loads(std::span<int64_t> load) override;
+  void sum_scores(std::span<double> scores) override;
 
  private:
   // Copies between the received layout ([sender][local expert]) and the local one

@@ -142,8 +142,6 @@ void MoeConfig::validate() const {
     check(aux_loss_type == AuxLossType::None, "aux_loss_type",
           "expert_choice is balanced by construction; set it to \"none\"");
     check(n_group == 1, "n_group", "group-limited routing applies to token choice only");
-    check(capacity_groups == 1, "capacity_groups",
-          "expert_choice selects across the whole batch; groups apply to token choice only");
     check(routing_level == RoutingLevel::Token, "routing_level",
           "expert_choice selects tokens per expert; sequence routing needs a token-choice router");
   }

@@ -59,8 +59,9 @@ struct MoeConfig {
   int64_t min_capacity = 0;
   DropPolicy drop_policy = DropPolicy::Probs;
   // G: a training batch's tokens split into G equal groups, each with its own capacity and
-  // its own batch-level (Switch) balancing loss, as GShard's groups. An expert-parallel run
-  // applies both per rank to its own tokens; one process with G = P reproduces that layout.
+  // its own batch-level (Switch) balancing loss, as GShard's groups; expert choice selects
+  // each expert's tokens within each group. An expert-parallel run does all of it per rank on
+  // its own tokens; one process with G = P reproduces that layout.
   int64_t capacity_groups = 1;
 
   AuxLossType aux_loss_type = AuxLossType::Switch;

@@ -37,6 +37,8 @@ class ExpertExchange {
   // Sums per-expert loads over all processes, in place: load [E] (the bias update's global
   // load).
   virtual void sum_loads(std::span<int64_t> load) = 0;
+  // Sums scores over all processes, in place: scores [n] (expert choice's threshold update).
+  virtual void sum_scores(std::span<double> scores) = 0;
 };
 
 // Makes one exchange per MoE layer (each keeps its own layout between forward and backward).

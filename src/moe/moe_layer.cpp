@@ -139,14 +139,26 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     }
   }
 
-  // Capacity groups split a training batch (never a decoding step) into equal parts.
-  const int64_t groups = options.training ? config_.capacity_groups : 1;
+  // Capacity groups split a training batch (and expert choice's batch selection in evaluation,
+  // which is the training one) into equal parts, never a decoding step.
+  const bool expert_choice = config_.router_type == RouterType::ExpertChoice;
+  const int64_t groups = options.training || (expert_choice && options.batch_selection_in_eval)
+                             ? config_.capacity_groups
+                             : 1;
   if (tokens % groups != 0)
     throw Error("MoE layer: capacity_groups " + std::to_string(groups) + " does not divide the " +
                 std::to_string(tokens) + " tokens of the batch");
   const int64_t capacity = config_.capacity(tokens / groups, options.training);
-  router_.forward(route_in, tokens, seq_len, options.training, capacity, noise, noise_rng_, plan_,
-                  options.batch_selection_in_eval);
+  router_.forward(route_in, tokens, seq_len, options.training, capacity, groups, noise, noise_rng_,
+                  plan_, options.batch_selection_in_eval);
+  if (expert_choice && options.training) {
+    // Thresholds from every group of the whole batch: under expert parallelism each process
+    // adds the others' groups, so every replica moves its thresholds alike.
+    const auto local = router_.last_pick_sums();
+    last_pick_sums_.assign(local.begin(), local.end());
+    if (exchange_) exchange_->sum_scores(last_pick_sums_);
+    router_.update_thresholds(last_pick_sums_);
+  }
   dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy, groups);
 
   const int64_t kept = dispatcher_.kept();

@@ -35,8 +35,8 @@ struct MoeForwardOptions {
   bool training = true;
   int64_t seq_len = 0;  // tokens per sequence for the sequence-level loss; 0 = all T
   RouterNoise noise;    // fixed draws (tests); empty = drawn from the layer's Rng
-  // Evaluation of expert choice: select across the batch as in training (batch-dependent and
-  // not causal) instead of by the learned thresholds.
+  // Evaluation of expert choice: select across the batch as in training, in its capacity
+  // groups (batch-dependent and not causal), instead of by the learned thresholds.
   bool batch_selection_in_eval = false;
   // Sequence routing in decoding: the router's input [T, D] (the running prefix mean the
   // caller keeps), instead of the mean over this call's tokens.
@@ -98,7 +98,8 @@ class MoeLayer {
 
   RoutingPlan plan_;
   RoutingStats stats_;
-  std::vector<int64_t> bias_load_;  // [E] training loads since the last bias update
+  std::vector<int64_t> bias_load_;      // [E] training loads since the last bias update
+  std::vector<double> last_pick_sums_;  // [E + 1] expert choice: the thresholds' update
   int64_t tokens_ = 0;
   Tensor x_;        // [T, D] saved input
   Tensor route_x_;  // [T, D] sequence routing: the prefix means the router scores

@@ -59,9 +59,10 @@ bool Router::thresholds_estimated() const {
 }
 
 void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
-                     int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan,
-                     bool batch_selection_in_eval) {
+                     int64_t capacity, int64_t groups, const RouterNoise& noise, Rng& rng,
+                     RoutingPlan& plan, bool batch_selection_in_eval) {
   const int64_t D = config_.hidden_size, E = config_.num_experts;
+  require(groups >= 1 && tokens % groups == 0, "router: groups must divide the tokens");
   tokens_ = tokens;
   seq_len_ = seq_len;
   jittered_ = training && config_.jitter_eps > 0;
@@ -131,8 +132,7 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
   plan.experts = E;
   if (config_.router_type == RouterType::ExpertChoice) {
     if (training || batch_selection_in_eval) {
-      select_expert_choice(tokens, capacity, plan);
-      if (training) update_thresholds(plan, plan.assignments() / E);
+      select_expert_choice(tokens, capacity, groups, plan);
     } else {
       select_by_threshold(tokens, plan);
     }
@@ -141,10 +141,8 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
   }
 
   aux_loss_ = 0.0f;
-  // The batch-level loss is per capacity group in training, as the capacity.
-  balance_window_ = config_.aux_loss_type == AuxLossType::Sequence
-                        ? seq_len
-                        : tokens / (training ? config_.capacity_groups : 1);
+  // The batch-level loss is per capacity group, as the capacity.
+  balance_window_ = config_.aux_loss_type == AuxLossType::Sequence ? seq_len : tokens / groups;
   if (config_.aux_loss_type != AuxLossType::None && config_.aux_loss_coeff > 0) {
     aux_loss_ = balance_loss(probs_.span(), selected_, tokens, E, config_.top_k, balance_window_,
                              config_.aux_loss_coeff, {});
@@ -219,9 +217,10 @@ void Router::select_token_choice(int64_t tokens, RoutingPlan& plan) {
   }
 }
 
-void Router::select_expert_choice(int64_t tokens, int64_t capacity, RoutingPlan& plan) {
-  const int64_t E = config_.num_experts;
-  const int64_t C = std::min(capacity, tokens);
+void Router::select_expert_choice(int64_t tokens, int64_t capacity, int64_t groups,
+                                  RoutingPlan& plan) {
+  const int64_t E = config_.num_experts, G = groups, group_tokens = tokens / G;
+  const int64_t C = std::min(capacity, group_tokens);
   require(C > 0, "expert choice: capacity must be positive");
   const int threads = omp_get_max_threads();
   order_scratch_.resize(static_cast<size_t>(threads) * std::max(E, tokens));
@@ -229,31 +228,42 @@ void Router::select_expert_choice(int64_t tokens, int64_t capacity, RoutingPlan&
 
   plan.token_choice = false;
   plan.top_k = config_.top_k;
-  plan.token.resize(E * C);
-  plan.expert.resize(E * C);
-  plan.gate.resize(E * C);
+  plan.token.resize(E * G * C);
+  plan.expert.resize(E * G * C);
+  plan.gate.resize(E * G * C);
   selected_.clear();
+  last_pick_sums_.assign(E + 1, 0.0);
+  last_pick_sums_[E] = static_cast<double>(G);
 
 #pragma omp parallel for schedule(static) if (E * tokens > 65536)
   for (int64_t e = 0; e < E; ++e) {
     const int tid = omp_get_thread_num();
     float* column = select_scratch_.data() + static_cast<size_t>(tid) * tokens;
     int32_t* order = order_scratch_.data() + static_cast<size_t>(tid) * std::max(E, tokens);
-    for (int64_t t = 0; t < tokens; ++t) column[t] = scores_[t * E + e];
-    top_indices(column, tokens, C, order, plan.token.data() + e * C);
-    for (int64_t c = 0; c < C; ++c) {
-      const int32_t t = plan.token[e * C + c];
-      plan.expert[e * C + c] = static_cast<int32_t>(e);
-      plan.gate[e * C + c] = config_.routed_scaling_factor * scores_[t * E + e];
+    for (int64_t g = 0; g < G; ++g) {
+      // Expert e's top-C among the group's tokens: picks [C], token indices of the whole batch.
+      const int64_t first = g * group_tokens;
+      for (int64_t t = 0; t < group_tokens; ++t) column[t] = scores_[(first + t) * E + e];
+      int32_t* picks = plan.token.data() + (e * G + g) * C;
+      top_indices(column, group_tokens, C, order, picks);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t a = (e * G + g) * C + c;
+        picks[c] += static_cast<int32_t>(first);
+        plan.expert[a] = static_cast<int32_t>(e);
+        plan.gate[a] = config_.routed_scaling_factor * scores_[picks[c] * E + e];
+      }
+      // Picks are highest score first, so the last one is the group's selection threshold.
+      last_pick_sums_[e] += scores_[static_cast<int64_t>(picks[C - 1]) * E + e];
     }
   }
 }
 
-void Router::update_thresholds(const RoutingPlan& plan, int64_t C) {
+void Router::update_thresholds(std::span<const double> sums) {
   const int64_t E = config_.num_experts;
+  require(static_cast<int64_t>(sums.size()) == E + 1 && sums[E] > 0,
+          "expert choice thresholds: expected [E + 1] sums over at least one group");
   for (int64_t e = 0; e < E; ++e) {
-    // Each expert's picks are highest score first, so the last one is its selection threshold.
-    const float last = scores_[static_cast<int64_t>(plan.token[e * C + C - 1]) * E + e];
+    const float last = static_cast<float>(sums[e] / sums[E]);
     threshold_[e] = std::isnan(threshold_[e])
                         ? last
                         : kThresholdMomentum * threshold_[e] + (1.0f - kThresholdMomentum) * last;

@@ -14,7 +14,8 @@
 namespace moe {
 
 // A list of (token, expert, gate) assignments. Token choice: A = T*k, assignment a = t*k + j
-// is token t's j-th pick (highest score first). Expert choice: A = E*C, a = e*C + c.
+// is token t's j-th pick (highest score first). Expert choice over G capacity groups of T/G
+// tokens: A = E*G*C, a = (e*G + g)*C + c is expert e's c-th pick in group g (highest first).
 struct RoutingPlan {
   int64_t tokens = 0;
   int64_t experts = 0;
@@ -46,13 +47,15 @@ class Router {
   // Registers `prefix.weight` [E, D] (and `prefix.noise_weight` [E, D] for noisy top-k).
   Router(const MoeConfig& config, ParamStore& store, const std::string& prefix);
 
-  // x: [T, D] -> plan. seq_len splits T into sequences for the sequence-level loss.
-  // capacity is used by expert choice only (C per expert). Expert choice selects across the
-  // batch in training (and updates its thresholds) and, in evaluation, by its thresholds, unless
-  // batch_selection_in_eval asks for the trained batch selection.
+  // x: [T, D] -> plan. seq_len splits T into sequences for the sequence-level loss; groups
+  // (dividing T) splits it into the capacity groups, each with its own batch-level balancing
+  // loss and, for expert choice, its own selection. capacity is used by expert choice only (C
+  // per expert and group). Expert choice selects within each group in training and, in
+  // evaluation, by its thresholds, unless batch_selection_in_eval asks for the trained
+  // selection.
   void forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
-               int64_t capacity, const RouterNoise& noise, Rng& rng, RoutingPlan& plan,
-               bool batch_selection_in_eval = false);
+               int64_t capacity, int64_t groups, const RouterNoise& noise, Rng& rng,
+               RoutingPlan& plan, bool batch_selection_in_eval = false);
 
   // plan: the one forward produced  dgate: [A] -> dx: [T, D] ADDED to; parameter gradients
   // accumulated. Includes the gradients of aux_loss() and z_loss(), which enter the total loss
@@ -68,15 +71,21 @@ class Router {
   std::span<float> expert_bias() { return bias_.span(); }
   std::span<const float> expert_bias() const { return bias_.span(); }
 
-  // Expert choice's selection thresholds theta: [E]. Each training forward moves theta_e toward
-  // the score of the last (C-th) token expert e took, as a moving average with momentum
-  // kThresholdMomentum (the first one sets it). Evaluation sends a token to every expert whose
-  // score reaches theta_e, so a token's route depends on that token alone: the same in a full
-  // forward, in decoding, alone or batched.
+  // Expert choice's selection thresholds theta: [E]. After each training forward the MoE layer
+  // moves theta_e toward the score of the last (C-th) token expert e took, averaged over the
+  // capacity groups (of every process, under expert parallelism), as a moving average with
+  // momentum kThresholdMomentum (the first one sets it). Evaluation sends a token to every
+  // expert whose score reaches theta_e, so a token's route depends on that token alone: the
+  // same in a full forward, in decoding, alone or batched.
   static constexpr float kThresholdMomentum = 0.99f;
+  // After an expert-choice selection: [E + 1], each expert's score at its last pick summed over
+  // the groups, then the number of groups. Sums of these over processes stay this layout.
+  std::span<const double> last_pick_sums() const { return last_pick_sums_; }
+  // Moves theta toward sums[e] / sums[E] (sums: [E + 1], as last_pick_sums() gives them).
+  void update_thresholds(std::span<const double> sums);
   std::span<float> expert_threshold() { return threshold_.span(); }
   std::span<const float> expert_threshold() const { return threshold_.span(); }
-  // NaN until a training forward (or a checkpoint) sets them.
+  // NaN until update_thresholds (after a training forward) or a checkpoint sets them.
   bool thresholds_estimated() const;
 
   ParamRef weight() const { return weight_; }
@@ -84,8 +93,7 @@ class Router {
 
  private:
   void select_token_choice(int64_t tokens, RoutingPlan& plan);
-  void select_expert_choice(int64_t tokens, int64_t capacity, RoutingPlan& plan);
-  void update_thresholds(const RoutingPlan& plan, int64_t capacity_used);
+  void select_expert_choice(int64_t tokens, int64_t capacity, int64_t groups, RoutingPlan& plan);
   void select_by_threshold(int64_t tokens, RoutingPlan& plan);
 
   MoeConfig config_;
@@ -112,6 +120,7 @@ class Router {
   std::vector<float> picked_sum_;  // [T] sum of picked scores + 1e-20 (renormalisation)
   float aux_loss_ = 0.0f;
   float z_loss_ = 0.0f;
+  std::vector<double> last_pick_sums_;  // [E + 1] expert choice, see last_pick_sums()
 
   // Backward scratch.
   Tensor dscores_;                      // [T, E]

@@ -503,10 +503,6 @@ void check_parallel_layout(const Ranks& ranks, const ModelConfig& config, const 
   if (m.num_experts % ranks.size != 0)
     throw Error("--expert-parallel " + P + " does not divide num_experts " +
                 std::to_string(m.num_experts) + " (each rank holds E/P experts)");
-  if (m.router_type == RouterType::ExpertChoice)
-    throw Error(
-        "--expert-parallel does not support expert_choice routing yet; train it in one "
-        "process");
 }
 
 // The training loop over an opened run folder (`folder` on the root, null elsewhere; `dir` on
@@ -818,15 +814,16 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
                      std::exp(result.val_loss));
       if (expert_choice) {
         // Both ways: by the learned thresholds (causal, what generation does; the figure every
-        // summary uses) and as trained (each expert's top-C of the batch).
+        // summary uses) and as trained (each expert's top-C of each capacity group).
         const double as_trained = evaluate(true, nullptr);
         line["val_loss_batch_selection"] = as_trained;
         line["val_experts_per_token"] = routed.first;
         line["val_unrouted_share"] = routed.second;
-        std::fprintf(stderr,
-                     " by thresholds (%.2f experts per token, %.1f%% of tokens unrouted); "
-                     "%.4f as trained (batch selection)",
-                     routed.first, 100.0 * routed.second, as_trained);
+        if (root)
+          std::fprintf(stderr,
+                       " by thresholds (%.2f experts per token, %.1f%% of tokens unrouted); "
+                       "%.4f as trained (batch selection)",
+                       routed.first, 100.0 * routed.second, as_trained);
       }
       if (root) std::fprintf(stderr, "\n");
     }

@@ -7,6 +7,9 @@ process, on a tiny MoE model trained for a few steps from a fixed seed.
             losses and the same final weights
   capacity  P ranks (capacity_factor 1, drops by position, Switch loss) equal one process
             with capacity_groups = P, for P = 2 and 4
+  expert_choice  the same for expert-choice routing (each rank selects each expert's tokens
+            among its own), P = 2 and 4, the validation losses included: by the thresholds,
+            which every rank moves by all ranks' selections, and by batch selection
   resume    a run saved by 2 ranks resumed by 4 ranks, then by one process: the same losses and
             weights as a run never stopped; `moe generate` reads its folder
   errors    P != the job's size (or no --expert-parallel under mpirun), P not dividing E, another config or another binary on rank 1
@@ -18,7 +21,11 @@ process, on a tiny MoE model trained for a few steps from a fixed seed.
 
 Tolerances (fp32 sums in another order: the gradient all-reduce, the experts' rows arriving
 in another order): every step's loss within 1e-5 relative, every weight within 1e-5 absolute
-(weights are O(0.1); measured differences are about 1e-7).
+(weights are O(0.1); measured differences are about 1e-7). Expert choice's routing by
+thresholds (experts per token, unrouted share: per-token figures over about a thousand
+validation tokens) within 2e-3 absolute, two routes in a thousand, for a score at a threshold
+that the summation order puts on the other side (one was, at 10 times the learning rate);
+thresholds not shared across ranks move experts per token by 3e-2.
 Usage: expert_parallel.py MOE SOURCE_DIR MPIRUN CASE"""
 import gzip
 import array
@@ -35,6 +42,8 @@ import time
 
 
 LOSS_RTOL = 1e-5
+ROUTE_ATOL = 2e-3
+ROUTES = ("val_experts_per_token", "val_unrouted_share")
 WEIGHT_ATOL = 1e-5
 
 moe, src, mpirun_path, case = sys.argv[1:5]
@@ -91,10 +100,14 @@ def train(out, ranks, cfg, steps=6, extra=(), resume=False):
 
 
 def losses(run):
-    """Every logged training loss and validation loss, by (step, kind)."""
+    """Every logged training loss and validation loss, by (step, kind). Expert choice adds the
+    validation by batch selection and the routing by thresholds (experts per token, share of
+    tokens unrouted), which shows thresholds that differ even where the loss barely moves."""
     out = {}
+    kinds = ("loss", "val_loss", "val_loss_batch_selection", "val_experts_per_token",
+             "val_unrouted_share")
     for j in map(json.loads, open(os.path.join(run, "metrics.jsonl"))):
-        for kind in ("loss", "val_loss"):
+        for kind in kinds:
             if kind in j:
                 out[(j["step"], kind)] = j[kind]
     return out
@@ -123,6 +136,10 @@ def same_run(a, b, what, steps=None):
     for key in keys:
         if key not in lb:
             sys.exit(f"FAIL {what}: {key} missing from {b}/metrics.jsonl")
+        if key[1] in ROUTES:
+            if abs(la[key] - lb[key]) > ROUTE_ATOL:
+                sys.exit(f"FAIL {what}: step {key[0]} {key[1]} {la[key]} vs {lb[key]}")
+            continue
         rel = abs(la[key] - lb[key]) / abs(la[key])
         worst = max(worst, rel)
         if rel > LOSS_RTOL:
@@ -134,8 +151,9 @@ def same_run(a, b, what, steps=None):
     diff = max((abs(x - y) for k in ta for x, y in zip(ta[k], tb[k])), default=0.0)
     if diff > WEIGHT_ATOL:
         sys.exit(f"FAIL {what}: weights differ by {diff:.2e}")
-    print(f"{what}: {len(keys)} training and validation losses within {worst:.1e} relative, "
-          f"weights within {diff:.1e}")
+    routes = sum(key[1] in ROUTES for key in keys)
+    print(f"{what}: {len(keys) - routes} training and validation losses within {worst:.1e} "
+          f"relative, {routes} routing figures within {ROUTE_ATOL}, weights within {diff:.1e}")
 
 
 if case == "dropless":
@@ -171,6 +189,15 @@ elif case == "capacity":
         if drops <= 0:
             sys.exit(f"FAIL capacity P={p}: no assignment was dropped; the test checks nothing")
         same_run(a, b, f"capacity P={p} vs one process with capacity_groups={p}")
+elif case == "expert_choice":
+    for p in (2, 4):
+        fields = {"router_type": "expert_choice", "aux_loss_type": "none", "capacity_factor": 1.0}
+        a = train(os.path.join(work, f"g{p}"), 1, config(f"groups{p}", capacity_groups=p, **fields))
+        b = train(os.path.join(work, f"r{p}"), p, config(f"ranks{p}", **fields))
+        logged = {kind for _, kind in losses(b)}
+        if not {"val_loss_batch_selection", "val_experts_per_token"} <= logged:
+            sys.exit(f"FAIL expert_choice P={p}: the expert-choice validation was not logged")
+        same_run(a, b, f"expert choice P={p} vs one process with capacity_groups={p}")
 elif case == "resume":
     cfg = config("dropless")
     straight = train(os.path.join(work, "straight"), 1, cfg)

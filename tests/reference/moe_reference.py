@@ -142,13 +142,27 @@ def route_input(cfg, case, x):
     return torch.cat(rows)
 
 
+def expert_choice_picks(cfg, scores, training):
+    """Each expert's top-C tokens within each of the G capacity groups of T/G tokens, C from
+    T/G: picks [E] of token ids (group by group), and each expert's threshold estimate, the
+    mean over the groups of its C-th pick's score [E]."""
+    T, E = scores.shape
+    G = cfg.get("capacity_groups", 1)
+    Tg = T // G
+    C = min(capacity_of(cfg, Tg, training), Tg)
+    picks, last = [], []
+    for e in range(E):
+        top = [scores[g * Tg:(g + 1) * Tg, e].detach().topk(C) for g in range(G)]
+        picks.append(torch.cat([g * Tg + t.indices for g, t in enumerate(top)]))
+        last.append(torch.stack([t.values[-1] for t in top]).mean())
+    return picks, torch.stack(last)
+
+
 def expert_choice_thresholds(cfg, case, p):
-    """Thresholds after one training forward on x_threshold: each expert's C-th best score."""
+    """Thresholds after one training forward on x_threshold (see expert_choice_picks)."""
     with torch.no_grad():
         scores = F.softmax(route_input(cfg, case, p["x_threshold"]) @ p["gate.weight"].T, dim=-1)
-        T = scores.shape[0]
-        C = min(capacity_of(cfg, T, True), T)
-        return torch.stack([scores[:, e].topk(C).values[-1] for e in range(scores.shape[1])])
+        return expert_choice_picks(cfg, scores, True)[1]
 
 
 def moe_forward(cfg, case, p, training):
@@ -184,10 +198,9 @@ def moe_forward(cfg, case, p, training):
     if rtype == "expert_choice":
         scale = cfg.get("routed_scaling_factor", 1.0)
         if training or case.get("batch_selection_in_eval", False):
-            C = min(capacity_of(cfg, T, training), T)
-            picks = [scores[:, e].detach().topk(C).indices for e in range(E)]
-            if training:  # the first training forward sets each threshold: the C-th pick's score
-                threshold = torch.stack([scores[picks[e][-1], e].detach() for e in range(E)])
+            picks, last = expert_choice_picks(cfg, scores, training)
+            if training:  # the first training forward sets each threshold
+                threshold = last
         else:
             # Evaluation by thresholds learned on one training batch (x_threshold): every token
             # whose score reaches an expert's threshold goes to it.
@@ -199,6 +212,7 @@ def moe_forward(cfg, case, p, training):
                 y = y.index_add(0, tok, scale * scores[tok, e, None] * ffn(e, tok))
             routed[e] = kept[e] = len(tok)
     else:
+        assert cfg.get("capacity_groups", 1) == 1, "capacity groups: expert choice only here"
         idx, gates = token_choice(cfg, logits, scores, p["gate.bias"])
         keep = keep_mask(cfg, idx, gates, training)
         for e in range(E):
@@ -251,7 +265,10 @@ def make_case(name, case):
     loss.backward()
 
     out = {n: v.detach() for n, v in p.items()}
-    capacity = capacity_of(cfg, T, case["training"])
+    # Per capacity group (training, and expert choice's batch selection in evaluation).
+    grouped = case["training"] or case.get("batch_selection_in_eval", False)
+    capacity = capacity_of(cfg, T // (cfg.get("capacity_groups", 1) if grouped else 1),
+                           case["training"])
     out["out.capacity"] = torch.tensor([-1.0 if capacity is None else float(capacity)])
     out.update({"out.y": y.detach(), "out.aux_loss": aux.detach().reshape(1),
                 "out.z_loss": z.detach().reshape(1), "out.tokens_per_expert": routed,
