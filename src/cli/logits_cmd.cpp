@@ -2,8 +2,12 @@
 
 #include <bit>
 #include <cstdio>
+#include <span>
+#include <vector>
 
+#include "infer/mapped_model.h"
 #include "model/checkpoint.h"
+#include "model/hf_checkpoint.h"
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
 #include "train/checkpoint.h"
@@ -23,33 +27,64 @@ CLI::App* add_logits_command(CLI::App& app, LogitsCommand& c) {
   return cmd;
 }
 
-int run_logits(const LogitsCommand& c) {
-  static_assert(std::endian::native == std::endian::little, "the file is little-endian floats");
-  recover_for_reading(c.model);  // a run folder's interrupted save, as generate does
-  LoadedModel m = load_model(c.model);
-  const int64_t V = m.config.vocab_size, S = static_cast<int64_t>(c.tokens.size());
-  if (S > m.config.max_position_embeddings)
+namespace {
+
+// --tokens against the model: within its context, every id in its vocabulary.
+std::vector<int32_t> checked_ids(const std::vector<int64_t>& tokens, const ModelConfig& config) {
+  const int64_t V = config.vocab_size, S = static_cast<int64_t>(tokens.size());
+  if (S > config.max_position_embeddings)
     throw Error("--tokens holds " + std::to_string(S) + " ids, more than the model's context (" +
-                std::to_string(m.config.max_position_embeddings) + ")");
+                std::to_string(config.max_position_embeddings) + ")");
   std::vector<int32_t> ids;
-  for (size_t i = 0; i < c.tokens.size(); ++i) {
-    const int64_t id = c.tokens[i];
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int64_t id = tokens[i];
     if (id < 0 || id >= V)
       throw Error("--tokens: id " + std::to_string(id) + " (position " + std::to_string(i) +
                   ") is outside the vocabulary [0, " + std::to_string(V) + ")");
     ids.push_back(static_cast<int32_t>(id));
   }
+  return ids;
+}
+
+// A Hugging Face folder runs mapped as it lies (bf16 stays bf16: a Mixtral's 93 GB are not
+// widened to 186 GB of fp32), one token at a time: the decode kernels accumulate in fp32 over
+// fp32 activations, where bf16 prefill would round the activations to bf16.
+std::vector<float> hf_logits(const std::string& dir, const std::vector<int64_t>& tokens) {
+  MappedModel m = open_mapped_model(dir);
+  const std::vector<int32_t> ids = checked_ids(tokens, m.checkpoint.config);
+  DecoderCache cache = m.decoder->make_cache(static_cast<int64_t>(ids.size()));
+  std::vector<float> logits(static_cast<size_t>(m.checkpoint.config.vocab_size));
+  for (size_t i = 0; i < ids.size(); ++i)
+    m.decoder->forward(std::span(ids).subspan(i, 1), cache, logits);
+  return logits;
+}
+
+// A run of `moe train`: its Transformer, in fp32 like its training.
+std::vector<float> run_logits(const std::string& dir, const std::vector<int64_t>& tokens) {
+  recover_for_reading(dir);  // a run folder's interrupted save, as generate does
+  LoadedModel m = load_model(dir);
+  const std::vector<int32_t> ids = checked_ids(tokens, m.config);
+  const int64_t V = m.config.vocab_size, S = static_cast<int64_t>(ids.size());
   const std::vector<int32_t> no_targets(ids.size(), -1);
   ModelStepOptions eval;
   eval.training = false;
   eval.compute_grad = false;
   m.model->forward(ids, no_targets, 1, S, eval);
   const std::span<const float> last = m.model->logits().subspan((S - 1) * V, V);
+  return {last.begin(), last.end()};
+}
+
+}  // namespace
+
+int run_logits(const LogitsCommand& c) {
+  static_assert(std::endian::native == std::endian::little, "the file is little-endian floats");
+  const std::vector<float> last =
+      is_hf_checkpoint(c.model) ? hf_logits(c.model, c.tokens) : run_logits(c.model, c.tokens);
   AtomicFile file(c.out);
-  file.write(last.data(), last.size_bytes());
+  file.write(last.data(), last.size() * sizeof(float));
   file.commit();
-  std::fprintf(stderr, "moe: wrote %lld logits after %lld tokens to %s\n",
-               static_cast<long long>(V), static_cast<long long>(S), c.out.c_str());
+  std::fprintf(stderr, "moe: wrote %zu logits after %zu tokens to %s\n", last.size(),
+               c.tokens.size(), c.out.c_str());
   return 0;
 }
 
