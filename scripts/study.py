@@ -268,11 +268,14 @@ def report(results, choice):
     for name in sorted(results, key=lambda n: (-results[n]["steps"], results[n]["final_val_loss"])):
         r = results[name]
         reach = tokens_to_reach(r["curve"], target)
+        # A run faster than the dense twin ends before its wall-clock: its final loss, marked.
+        ends = r["tokens"] / rate(r) / d_seconds
         at_wall = loss_at(r["curve"], d_seconds * rate(r))
+        wall = f"{at_wall:.4f}" if ends >= 1 else f"{r['final_val_loss']:.4f} (ends at {ends:.2f}x)"
         mark = "**" if name in (dense, choice.get("moe"), choice.get("moe_short")) else ""
         lines.append(f"| {mark}`{name}`{mark} | {r['active_params'] / 1e6:.3f}M / {r['total_params'] / 1e6:.2f}M | "
                      f"{r['lr']:g} | {r['steps']} | {r['final_val_loss']:.4f} | {fmt(reach and reach / 1e6, '.2f')}{'M' if reach else ''} | "
-                     f"{fmt(reach and reach / d_tokens, '.2f', 'not reached')} | {fmt(at_wall, '.4f')} | {rate(r):.0f} |")
+                     f"{fmt(reach and reach / d_tokens, '.2f', 'not reached')} | {wall} | {rate(r):.0f} |")
     table = "\n".join(lines)
     names = [dense] + [run_name(r, BASE_LR, STEPS) for r in MOE_RECIPES]
     svg_curves(results, names, os.path.join(ROOT, "docs", "study", "curves.svg"))

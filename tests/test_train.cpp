@@ -203,9 +203,14 @@ TEST(TokenFile, RoundTripAndLyingHeaders) {
     ASSERT_EQ(s.size(), 10);
     EXPECT_EQ(s[3], 4000);
     std::vector<int32_t> tok(2 * 3), tgt(2 * 3);
-    eval_batch(s, 0, 2, 3, tok, tgt);
+    eval_batch(s, 0, 2, 3, 3, tok, tgt);  // all 3 windows of 3 tokens: the first two
     EXPECT_EQ(tok, (std::vector<int32_t>{1, 2, 3, 4000, 5, 6}));
     EXPECT_EQ(tgt, (std::vector<int32_t>{2, 3, 4000, 5, 6, 7}));
+    std::vector<int32_t> one(4), next(4);  // 2 of the 4 windows of 2 tokens: the 1st and 3rd
+    eval_batch(s, 0, 2, 2, 2, one, next);
+    EXPECT_EQ(one, (std::vector<int32_t>{1, 2, 5, 6}));
+    EXPECT_EQ(next, (std::vector<int32_t>{2, 3, 6, 7}));
+    EXPECT_NE(error_of([&] { eval_batch(s, 1, 2, 2, 2, one, next); }), "");  // past `used`
     Rng rng(1);
     sample_batch(s, rng, 2, 3, tok, tgt);
     for (int i = 0; i < 6; i += 3)  // each window is contiguous and targets are shifted by one

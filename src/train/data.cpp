@@ -357,10 +357,15 @@ int64_t eval_windows(const TokenStream& stream, int64_t seq) {
   return stream.size() > 0 ? (stream.size() - 1) / seq : 0;
 }
 
-void eval_batch(const TokenStream& stream, int64_t first_window, int64_t batch, int64_t seq,
-                std::span<int32_t> tokens, std::span<int32_t> targets) {
+void eval_batch(const TokenStream& stream, int64_t first_window, int64_t batch, int64_t used,
+                int64_t seq, std::span<int32_t> tokens, std::span<int32_t> targets) {
+  const int64_t available = eval_windows(stream, seq);
+  require(used >= 1 && used <= available && first_window + batch <= used,
+          "eval_batch: windows [" + std::to_string(first_window) + ", " +
+              std::to_string(first_window + batch) + ") of " + std::to_string(used) + " used, " +
+              std::to_string(available) + " available");
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t o = (first_window + b) * seq;
+    const int64_t o = (first_window + b) * available / used * seq;
     for (int64_t s = 0; s < seq; ++s) {
       tokens[b * seq + s] = stream[o + s];
       targets[b * seq + s] = stream[o + s + 1];

@@ -62,10 +62,12 @@ void write_token_file(const std::string& path, std::span<const int32_t> tokens, 
 void sample_batch(const TokenStream& stream, Rng& rng, int64_t batch, int64_t seq,
                   std::span<int32_t> tokens, std::span<int32_t> targets);
 
-// Evaluation windows: consecutive, non-overlapping windows from the start, the w-th window
-// of batch b being window b * batch + w. Returns how many windows the stream holds.
+// Evaluation windows: `used` non-overlapping windows of `seq` tokens spread evenly over the
+// stream, window i starting at token (i * available / used) * seq with available =
+// eval_windows(stream, seq), the windows `moe eval` takes: a validation then reads every part
+// of a split that holds its domains one after another. Batch b holds windows b * batch + w.
 int64_t eval_windows(const TokenStream& stream, int64_t seq);
-void eval_batch(const TokenStream& stream, int64_t first_window, int64_t batch, int64_t seq,
-                std::span<int32_t> tokens, std::span<int32_t> targets);
+void eval_batch(const TokenStream& stream, int64_t first_window, int64_t batch, int64_t used,
+                int64_t seq, std::span<int32_t> tokens, std::span<int32_t> targets);
 
 }  // namespace moe

@@ -629,7 +629,8 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     eval.batch_selection_in_eval = batch_selection;
     double total = 0, tokens_routed = 0, kept = 0, unrouted = 0;
     for (int64_t b = 0; b < batches; ++b) {
-      eval_batch(valid_tokens, b * o.batch_size, o.batch_size, S, tokens, targets);
+      eval_batch(valid_tokens, b * o.batch_size, o.batch_size, batches * o.batch_size, S, tokens,
+                 targets);
       total += model.forward(my_tokens, my_targets, B, S, eval);
       for (int64_t l = 0; l < model.num_layers(); ++l)
         if (const MoeLayer* m = model.moe_layer(l)) {
