@@ -30,7 +30,7 @@ struct TrainOptions {
   float beta2 = 0.95f;
   float grad_clip = 1.0f;
   int64_t eval_every = 100;
-  int64_t eval_batches = 16;  // validation batches per evaluation (fixed windows)
+  int64_t eval_batches = 16;  // validation batches per evaluation (windows spread over the split)
   int64_t save_every = 100;
   int64_t monitor_every = 50;
   int64_t log_every = 10;
