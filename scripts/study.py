@@ -202,7 +202,8 @@ def svg_curves(results, names, path):
     xs = [t for _, c in curves for t, _ in c]
     ys = [v for _, c in curves for _, v in c if v < 8]
     x0, x1 = 0, max(xs)
-    y0, y1 = math.floor(min(ys) * 10) / 10, math.ceil(min(max(ys), min(ys) + 2.5) * 10) / 10
+    # The last stretch is where runs part: the first evaluations are cut at the top.
+    y0, y1 = math.floor(min(ys) * 10) / 10, math.ceil(min(max(ys), min(ys) + 1.2) * 10) / 10
     sx = lambda t: L + (W - L - R) * (t - x0) / (x1 - x0)
     sy = lambda v: T + (H - T - B) * (y1 - min(max(v, y0), y1)) / (y1 - y0)
     colors = ["#000000", "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
@@ -270,8 +271,10 @@ def report(results, choice):
         reach = tokens_to_reach(r["curve"], target)
         # A run faster than the dense twin ends before its wall-clock: its final loss, marked.
         ends = r["tokens"] / rate(r) / d_seconds
-        at_wall = loss_at(r["curve"], d_seconds * rate(r))
-        wall = f"{at_wall:.4f}" if ends >= 1 else f"{r['final_val_loss']:.4f} (ends at {ends:.2f}x)"
+        at_wall = loss_at(r["curve"], min(d_seconds * rate(r), r["tokens"]))
+        wall = f"{at_wall:.4f}" if ends >= 1 - 1e-9 else f"{r['final_val_loss']:.4f} (ends at {ends:.2f}x)"
+        if not speeds:  # the runs' own rates depend on the machine's load: no comparison
+            wall = "— (needs `--bench`)"
         mark = "**" if name in (dense, choice.get("moe"), choice.get("moe_short")) else ""
         lines.append(f"| {mark}`{name}`{mark} | {r['active_params'] / 1e6:.3f}M / {r['total_params'] / 1e6:.2f}M | "
                      f"{r['lr']:g} | {r['steps']} | {r['final_val_loss']:.4f} | {fmt(reach and reach / 1e6, '.2f')}{'M' if reach else ''} | "
