@@ -397,17 +397,24 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
   gemm(Trans::No, Trans::No, T, D, W, 1.0f, dqkv.data(), W, wqkv.data(), D, 0.0f, dx.data(), D);
 }
 
-void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,
-                      std::span<float> qkv, std::span<float> key_cache,
-                      std::span<float> value_cache, std::span<float> scores, std::span<float> ctx) {
-  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+void attention_decode_append(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                             std::span<float> qkv, std::span<float> key_cache,
+                             std::span<float> value_cache) {
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim;
   for (int64_t h = 0; h < H + KV; ++h) rope.rotate(qkv.data() + h * hd, pos);
-  const float* kc = key_cache.data();
-  const float* vc = value_cache.data();
   std::copy_n(qkv.data() + H * hd, KV * hd, key_cache.data() + pos * KV * hd);
   std::copy_n(qkv.data() + (H + KV) * hd, KV * hd, value_cache.data() + pos * KV * hd);
-  for (int64_t h = 0; h < H; ++h) {
+}
+
+void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
+                            std::span<const float> qkv, std::span<const float> key_cache,
+                            std::span<const float> value_cache, std::span<float> scores,
+                            std::span<float> ctx) {
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* kc = key_cache.data();
+  const float* vc = value_cache.data();
+  for (int64_t h = h0; h < h1; ++h) {
     const float* q = qkv.data() + h * hd;
     const int64_t g = h / group;
     float m = -std::numeric_limits<float>::infinity();
@@ -428,6 +435,13 @@ void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t po
       for (int64_t d = 0; d < hd; ++d) out[d] += p * v[d];
     }
   }
+}
+
+void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                      std::span<float> qkv, std::span<float> key_cache,
+                      std::span<float> value_cache, std::span<float> scores, std::span<float> ctx) {
+  attention_decode_append(s, rope, pos, qkv, key_cache, value_cache);
+  attention_decode_heads(s, pos, 0, s.heads, qkv, key_cache, value_cache, scores, ctx);
 }
 
 }  // namespace moe

@@ -117,4 +117,16 @@ void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t po
                       std::span<float> qkv, std::span<float> key_cache,
                       std::span<float> value_cache, std::span<float> scores, std::span<float> ctx);
 
+// attention_decode in its two parts, for callers that share the heads among threads:
+// attention_decode_append rotates q and k in place and writes k and v to row pos of the caches;
+// attention_decode_heads then writes ctx for query heads [h0, h1) only (scores: [pos + 1]
+// scratch of the calling thread).
+void attention_decode_append(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                             std::span<float> qkv, std::span<float> key_cache,
+                             std::span<float> value_cache);
+void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
+                            std::span<const float> qkv, std::span<const float> key_cache,
+                            std::span<const float> value_cache, std::span<float> scores,
+                            std::span<float> ctx);
+
 }  // namespace moe
