@@ -1,7 +1,11 @@
 #include "infer/decoder.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 
 #include "moe/router.h"
 #include "nn/rmsnorm.h"
@@ -36,6 +40,26 @@ int64_t bytes_of(const WeightView& v) {
 
 void ensure(Tensor& t, int64_t rows, int64_t cols) {
   if (t.numel() < rows * cols) t = Tensor({rows, cols});
+}
+
+// y[j0:j1] = w[j0:j1, :] · x for one token, on the calling thread.
+void weight_rows(const WeightView& w, const float* x, int64_t j0, int64_t j1, float* y) {
+  const int64_t K = w.shape[1];
+  if (w.dtype == TensorDtype::F32)
+    gemm_few_rows(1, j0, j1, K, x, K, w.f32().data(), K, y, w.shape[0]);
+  else
+    gemm_few_rows(1, j0, j1, K, x, K, w.bf16().data(), K, y, w.shape[0]);
+}
+
+// The smallest share of a product's rows a thread takes at once in the decode step (guided
+// schedule: the first grabs are large, the last ones this small), in bytes of weight: small
+// enough that the threads finish a product together, large enough that taking a share costs
+// nothing beside streaming it.
+constexpr int64_t kShareBytes = 16 * 1024;
+
+int64_t share_rows(const WeightView& w) {
+  const int64_t row_bytes = w.shape[1] * static_cast<int64_t>(dtype_bytes(w.dtype));
+  return std::max<int64_t>(1, kShareBytes / std::max<int64_t>(row_bytes, 1));
 }
 
 }  // namespace
@@ -153,6 +177,15 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
   }
   last_experts_.resize(static_cast<size_t>(moe_layers));
   last_gates_.resize(static_cast<size_t>(moe_layers));
+  widest_ffn_ = config.intermediate_size;
+  if (config.moe) {
+    const MoeConfig& m = *config.moe;
+    widest_ffn_ = std::max({widest_ffn_, m.moe_intermediate_size,
+                            m.n_shared_experts * m.shared_expert_intermediate_size});
+    order_.resize(static_cast<size_t>(m.num_experts));
+    picks_.resize(static_cast<size_t>(m.top_k));
+    pick_gates_.resize(static_cast<size_t>(m.top_k));
+  }
   if (cached)
     cache_ = std::make_unique<ExpertCache>(std::move(cached_experts), options.expert_cache,
                                            options.cache_policy);
@@ -214,21 +247,24 @@ void Decoder::route(const Block& b, const float* x, int64_t rows, std::vector<in
   chosen.assign(static_cast<size_t>(rows * k), 0);
   gates.assign(static_cast<size_t>(rows * k), 0.0f);
   std::vector<int32_t> order(static_cast<size_t>(E));
+  for (int64_t t = 0; t < rows; ++t)
+    pick_experts(router_logits_.data() + t * E, chosen.data() + t * k, gates.data() + t * k,
+                 order.data());
+}
+
+void Decoder::pick_experts(const float* logit, int32_t* picks, float* gates, int32_t* order) const {
+  const MoeConfig& m = *config_.moe;
+  const int64_t E = m.num_experts, k = m.top_k;
+  top_indices(logit, E, k, order, picks);
   // Softmax over the k picked logits (Mixtral; or over all E renormalised: the same) or the
   // plain softmax probabilities of the k picked (norm_topk_prob false).
-  const bool renormalise = renormalises(m);
-  for (int64_t t = 0; t < rows; ++t) {
-    const float* logit = router_logits_.data() + t * E;
-    int32_t* picks = chosen.data() + t * k;
-    top_indices(logit, E, k, order.data(), picks);
-    const float top = logit[picks[0]];
-    double all = 0, picked = 0;
-    for (int64_t e = 0; e < E; ++e) all += std::exp(double(logit[e]) - top);
-    for (int64_t j = 0; j < k; ++j) picked += std::exp(double(logit[picks[j]]) - top);
-    for (int64_t j = 0; j < k; ++j)
-      gates[t * k + j] = static_cast<float>(std::exp(double(logit[picks[j]]) - top) /
-                                            (renormalise ? picked : all));
-  }
+  const float top = logit[picks[0]];
+  double all = 0, picked = 0;
+  for (int64_t e = 0; e < E; ++e) all += std::exp(double(logit[e]) - top);
+  for (int64_t j = 0; j < k; ++j) picked += std::exp(double(logit[picks[j]]) - top);
+  for (int64_t j = 0; j < k; ++j)
+    gates[j] = static_cast<float>(std::exp(double(logit[picks[j]]) - top) /
+                                  (renormalises(m) ? picked : all));
 }
 
 ExpertWeights Decoder::expert_weights(const Block& b, int64_t e) {
@@ -289,6 +325,29 @@ void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) 
   if (b.shared_gate) bytes_read_ += D * static_cast<int64_t>(sizeof(float));
 }
 
+void Decoder::prepare_qkv(const Block& b, float* row) const {
+  const int64_t H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim, W = attn_.qkv_width();
+  const auto add_bias = [](float* v, const float* bias, int64_t n) {
+    if (bias)
+      for (int64_t i = 0; i < n; ++i) v[i] += bias[i];
+  };
+  add_bias(row, b.q_bias, H * hd);
+  add_bias(row + H * hd, b.k_bias, KV * hd);
+  add_bias(row + (H + KV) * hd, b.v_bias, KV * hd);
+  // OLMoE: one RMSNorm over the whole q (and k) projection, before RoPE.
+  float unused_rstd;
+  if (b.q_norm)
+    rmsnorm_forward(1, H * hd, config_.rms_norm_eps, {row, size_t(H * hd)},
+                    {b.q_norm, size_t(H * hd)}, {row, size_t(H * hd)}, {&unused_rstd, 1});
+  if (b.k_norm)
+    rmsnorm_forward(1, KV * hd, config_.rms_norm_eps, {row + H * hd, size_t(KV * hd)},
+                    {b.k_norm, size_t(KV * hd)}, {row + H * hd, size_t(KV * hd)},
+                    {&unused_rstd, 1});
+  if (config_.clip_qkv > 0.0f)  // OLMoE: q, k and v clamped after the norms
+    for (int64_t i = 0; i < W; ++i)
+      row[i] = std::clamp(row[i], -config_.clip_qkv, config_.clip_qkv);
+}
+
 void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
                       std::span<float> logits) {
   const int64_t T = static_cast<int64_t>(tokens.size());
@@ -314,6 +373,7 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
   for (int64_t t = 0; t < T; ++t)
     for (int64_t d = 0; d < D; ++d) x_[t * D + d] = widen(embed_, int64_t{tokens[t]} * D + d);
   bytes_read_ += T * D * static_cast<int64_t>(dtype_bytes(embed_.dtype));
+  if (T == 1) return decode_step(cache, logits);
 
   const auto rows = [](Tensor& t, int64_t n, int64_t width) {
     return t.span().subspan(0, static_cast<size_t>(n * width));
@@ -328,25 +388,7 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
     linear(b.v, n_.data(), T, D, qkv + (H + KV) * hd, W);
     for (int64_t t = 0; t < T; ++t) {
       float* row = qkv + t * W;
-      const auto add_bias = [](float* v, const float* bias, int64_t n) {
-        if (bias)
-          for (int64_t i = 0; i < n; ++i) v[i] += bias[i];
-      };
-      add_bias(row, b.q_bias, H * hd);
-      add_bias(row + H * hd, b.k_bias, KV * hd);
-      add_bias(row + (H + KV) * hd, b.v_bias, KV * hd);
-      // OLMoE: one RMSNorm over the whole q (and k) projection, before RoPE.
-      float unused_rstd;
-      if (b.q_norm)
-        rmsnorm_forward(1, H * hd, config_.rms_norm_eps, {row, size_t(H * hd)},
-                        {b.q_norm, size_t(H * hd)}, {row, size_t(H * hd)}, {&unused_rstd, 1});
-      if (b.k_norm)
-        rmsnorm_forward(1, KV * hd, config_.rms_norm_eps, {row + H * hd, size_t(KV * hd)},
-                        {b.k_norm, size_t(KV * hd)}, {row + H * hd, size_t(KV * hd)},
-                        {&unused_rstd, 1});
-      if (config_.clip_qkv > 0.0f)  // OLMoE: q, k and v clamped after the norms
-        for (int64_t i = 0; i < W; ++i)
-          row[i] = std::clamp(row[i], -config_.clip_qkv, config_.clip_qkv);
+      prepare_qkv(b, row);
       const int64_t pos = cache.length + t;
       attention_decode(attn_, rope_, pos, {row, size_t(W)}, cache.keys[l].span(),
                        cache.values[l].span(), scores_.span().subspan(0, size_t(pos + 1)),
@@ -371,6 +413,216 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
   rmsnorm_forward(1, D, config_.rms_norm_eps, x_.span().subspan(size_t((T - 1) * D), size_t(D)),
                   {final_norm_, size_t(D)}, last_.span().subspan(0, size_t(D)), {&unused_rstd, 1});
   linear(head_, last_.data(), 1, D, logits.data(), V);
+}
+
+// A decode step reads about 40 MB of weights per layer through some twenty products of one
+// row; forking and joining the threads for each (as gemm does) and running the small parts
+// between them on one thread while the other idles cost a share of the step. So the whole step
+// is one parallel region: every product's output rows are shared among the threads (guided:
+// large shares first, small ones last, so a thread that falls behind, preempted on a shared
+// machine, leaves its rows to the others), and the threads meet at a barrier where the next
+// product needs the whole previous output. The parts that are not products (norms, the
+// router, RoPE, the expert cache) run on one thread inside the region; attention splits by
+// head. Each output is one thread's sum through the few-row kernel that gemm runs for one row,
+// so the logits are the same to the bit whatever the thread count, and the same as when every
+// product was its own parallel call.
+//
+//   per block:  [one] x += ffn_out, n = RMSNorm(x)
+//               q, k, v rows of n                      | barrier
+//               [one] biases, q/k norms, RoPE, cache   (single: barrier)
+//               attention, heads shared                (barrier)
+//               o rows of ctx, x += them               | barrier
+//               [one] n = RMSNorm(x), router, top-k, prefetch
+//               per chosen expert, ascending id: [one] its weights (expert cache)
+//                 gate and up rows of n, h = silu(gate) * up   | barrier
+//                 down rows of h, ffn_out += gate_e * them      | barrier
+//               (dense block: the same for its MLP; shared expert: after the routed ones)
+//   then:       [one] x += ffn_out, final norm;  LM head rows -> logits
+void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
+  const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim,
+                W = attn_.qkv_width(), pos = cache.length, capacity = cache.capacity;
+  ensure(gate_act_, 1, widest_ffn_);
+  ensure(up_, 1, widest_ffn_);
+  ensure(rows_out_, 1, D);
+  ensure(last_, 1, D);
+  ensure(scores_, omp_get_max_threads(), capacity);
+  if (config_.moe) ensure(router_logits_, 1, config_.moe->num_experts);
+  float *x = x_.data(), *n = n_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(),
+        *ffn_out = out_.data(), *h = gate_act_.data(), *up = up_.data(), *y = rows_out_.data();
+
+  // An error on the one thread (an expert read that fails) is kept for after the region; from
+  // then on every thread still meets every barrier but skips the work. `failed` only changes
+  // inside a single, so all threads read the same value after its barrier.
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  const auto one_thread = [&](auto&& work) {
+#pragma omp single
+    if (!failed) {
+      try {
+        work();
+      } catch (...) {
+        error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  // out[j] = w[j, :] · v for every row j of w, the rows shared among the threads; then
+  // epilogue(j0, j1) on the rows this thread made. No barrier at the end: the caller places it.
+  const auto rows_of = [&](const WeightView& w, const float* v, float* out, auto&& epilogue) {
+    const int64_t N = w.shape[0], step = share_rows(w), shares = (N + step - 1) / step;
+#pragma omp for schedule(guided) nowait
+    for (int64_t i = 0; i < shares; ++i) {
+      const int64_t j0 = i * step, j1 = std::min(N, j0 + step);
+      weight_rows(w, v, j0, j1, out);
+      epilogue(j0, j1);
+    }
+  };
+  const auto nothing = [](int64_t, int64_t) {};
+  const auto add_into = [](float* to, const float* from, float scale) {
+    return [=](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) to[j] += scale * from[j];
+    };
+  };
+  // A SwiGLU MLP of the token's n: h = silu(n gate^T) * (n up^T), then ffn_out += scale *
+  // (h down^T). Skipped after an error (e may then be stale).
+  const auto swiglu_mlp = [&](const ExpertWeights* e, float scale) {
+    if (failed) return;
+    const int64_t F = e->gate.shape[0], step = share_rows(e->gate), shares = (F + step - 1) / step;
+#pragma omp for schedule(guided)
+    for (int64_t i = 0; i < shares; ++i) {
+      const int64_t j0 = i * step, j1 = std::min(F, j0 + step);
+      weight_rows(e->gate, n, j0, j1, h);
+      weight_rows(e->up, n, j0, j1, up);
+      for (int64_t j = j0; j < j1; ++j) h[j] = silu(h[j]) * up[j];
+    }
+    rows_of(e->down, h, y, add_into(ffn_out, y, scale));
+#pragma omp barrier
+  };
+  const auto norm = [&](const float* weight, float* to) {
+    float unused_rstd;
+    rmsnorm_forward(1, D, config_.rms_norm_eps, {x, size_t(D)}, {weight, size_t(D)},
+                    {to, size_t(D)}, {&unused_rstd, 1});
+  };
+  const auto mlp_bytes = [](const ExpertWeights& e) {
+    return bytes_of(e.gate) + bytes_of(e.up) + bytes_of(e.down);
+  };
+  const int64_t k = config_.moe ? config_.moe->top_k : 0;
+  ExpertWeights fetched;                  // an expert from the expert cache
+  const ExpertWeights* expert = nullptr;  // the expert the threads run next
+  float shared_scale = 1.0f;
+
+#pragma omp parallel
+  {
+    float* scores = scores_.data() + omp_get_thread_num() * capacity;
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+      const Block& b = blocks_[l];
+      one_thread([&] {
+        if (l > 0)
+          for (int64_t d = 0; d < D; ++d) x[d] += ffn_out[d];
+        norm(b.attn_norm, n);
+        bytes_read_ += bytes_of(b.q) + bytes_of(b.k) + bytes_of(b.v) + bytes_of(b.o);
+      });
+      rows_of(b.q, n, qkv, nothing);
+      rows_of(b.k, n, qkv + H * hd, nothing);
+      rows_of(b.v, n, qkv + (H + KV) * hd, nothing);
+#pragma omp barrier
+      one_thread([&] {
+        prepare_qkv(b, qkv);
+        attention_decode_append(attn_, rope_, pos, {qkv, size_t(W)}, cache.keys[l].span(),
+                                cache.values[l].span());
+      });
+#pragma omp for schedule(dynamic)
+      for (int64_t head = 0; head < H; ++head)
+        attention_decode_heads(attn_, pos, head, head + 1, {qkv, size_t(W)}, cache.keys[l].span(),
+                               cache.values[l].span(), {scores, size_t(pos + 1)},
+                               {ctx, size_t(H * hd)});
+      rows_of(b.o, ctx, y, add_into(x, y, 1.0f));
+#pragma omp barrier
+
+      one_thread([&] {
+        norm(b.ffn_norm, n);
+        std::fill_n(ffn_out, D, 0.0f);
+        if (b.moe)
+          route_token(b);
+        else
+          bytes_read_ += mlp_bytes(b.dense);
+      });
+      if (!b.moe) {
+        swiglu_mlp(&b.dense, 1.0f);
+        continue;
+      }
+      // The chosen experts in ascending id (picks_, pick_gates_), the order moe_ffn adds
+      // them in.
+      for (int64_t j = 0; j < k; ++j) {
+        one_thread([&] {
+          if (cache_) {
+            fetched = cache_->get(b.moe_index, picks_[static_cast<size_t>(j)]);
+            expert = &fetched;
+          } else {
+            expert = &b.experts[static_cast<size_t>(picks_[static_cast<size_t>(j)])];
+          }
+          bytes_read_ += mlp_bytes(*expert);
+        });
+        swiglu_mlp(expert, pick_gates_[static_cast<size_t>(j)]);
+      }
+      if (b.has_shared) {
+        one_thread([&] {
+          shared_scale = 1.0f;
+          if (b.shared_gate) {
+            double dot = 0;
+            for (int64_t d = 0; d < D; ++d) dot += double(n[d]) * b.shared_gate[d];
+            shared_scale = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
+            bytes_read_ += D * static_cast<int64_t>(sizeof(float));
+          }
+          bytes_read_ += mlp_bytes(b.shared);
+        });
+        swiglu_mlp(&b.shared, shared_scale);
+      }
+    }
+    one_thread([&] {
+      for (int64_t d = 0; d < D; ++d) x[d] += ffn_out[d];
+      norm(final_norm_, last_.data());
+      bytes_read_ += bytes_of(head_);
+    });
+    if (!failed) rows_of(head_, last_.data(), logits.data(), nothing);
+  }
+  if (error) std::rethrow_exception(error);
+  cache.length += 1;
+}
+
+// One token's routing inside the decode step: its experts and gates (last_experts_ and
+// last_gates_ in the router's order; picks_ and pick_gates_ in ascending expert id), and with
+// prefetch the next MoE layer's guess sent to the expert cache.
+void Decoder::route_token(const Block& b) {
+  const MoeConfig& m = *config_.moe;
+  const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
+  const float* n = n_.data();
+  const auto logits_of = [&](const Block& c) {
+    gemm_few_rows(1, 0, E, D, n, D, c.router, D, router_logits_.data(), E);
+    bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
+    return router_logits_.data();
+  };
+  std::vector<int32_t>& chosen = last_experts_[static_cast<size_t>(b.moe_index)];
+  std::vector<float>& gates = last_gates_[static_cast<size_t>(b.moe_index)];
+  chosen.resize(static_cast<size_t>(k));
+  gates.resize(static_cast<size_t>(k));
+  pick_experts(logits_of(b), chosen.data(), gates.data(), order_.data());
+  if (cache_ && options_.prefetch) {
+    // Pre-gating, as in moe_ffn; picks_ and pick_gates_ hold the guess until they are set.
+    const auto next = std::find_if(blocks_.begin() + (&b - blocks_.data()) + 1, blocks_.end(),
+                                   [](const Block& c) { return c.moe; });
+    if (next != blocks_.end()) {
+      pick_experts(logits_of(*next), picks_.data(), pick_gates_.data(), order_.data());
+      cache_->prefetch(next->moe_index, picks_);
+    }
+  }
+  picks_ = chosen;
+  pick_gates_ = gates;
+  for (int64_t j = 1; j < k; ++j)  // insertion sort of k pairs by expert id
+    for (int64_t i = j; i > 0 && picks_[size_t(i - 1)] > picks_[size_t(i)]; --i) {
+      std::swap(picks_[size_t(i - 1)], picks_[size_t(i)]);
+      std::swap(pick_gates_[size_t(i - 1)], pick_gates_[size_t(i)]);
+    }
 }
 
 }  // namespace moe
