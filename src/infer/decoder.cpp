@@ -182,9 +182,6 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
     const MoeConfig& m = *config.moe;
     widest_ffn_ = std::max({widest_ffn_, m.moe_intermediate_size,
                             m.n_shared_experts * m.shared_expert_intermediate_size});
-    order_.resize(static_cast<size_t>(m.num_experts));
-    picks_.resize(static_cast<size_t>(m.top_k));
-    pick_gates_.resize(static_cast<size_t>(m.top_k));
   }
   if (cached)
     cache_ = std::make_unique<ExpertCache>(std::move(cached_experts), options.expert_cache,
@@ -420,39 +417,42 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
 // between them on one thread while the other idles cost a share of the step. So the whole step
 // is one parallel region: every product's output rows are shared among the threads (guided:
 // large shares first, small ones last, so a thread that falls behind, preempted on a shared
-// machine, leaves its rows to the others), and the threads meet at a barrier where the next
-// product needs the whole previous output. The parts that are not products (norms, the
-// router, RoPE, the expert cache) run on one thread inside the region; attention splits by
-// head. Each output is one thread's sum through the few-row kernel that gemm runs for one row,
-// so the logits are the same to the bit whatever the thread count, and the same as when every
-// product was its own parallel call.
+// machine, leaves its rows to the others), and the threads meet at a barrier only where the
+// next product needs the whole previous output. The small parts that every product needs
+// whole (the norms, the router and top-k, the shared expert's gate) each thread computes
+// itself, the same bits on each; RoPE and the KV cache run on one thread, attention splits by
+// head. Each output is one thread's sum through the few-row kernel that gemm runs for one
+// row, so the logits are the same to the bit whatever the thread count, and the same as when
+// every product was its own parallel call.
 //
-//   per block:  [one] x += ffn_out, n = RMSNorm(x)
-//               q, k, v rows of n                      | barrier
-//               [one] biases, q/k norms, RoPE, cache   (single: barrier)
-//               attention, heads shared                (barrier)
-//               o rows of ctx, x += them               | barrier
-//               [one] n = RMSNorm(x), router, top-k, prefetch
-//               per chosen expert, ascending id: [one] its weights (expert cache)
-//                 gate and up rows of n, h = silu(gate) * up   | barrier
-//                 down rows of h, ffn_out += gate_e * them      | barrier
-//               (dense block: the same for its MLP; shared expert: after the routed ones)
-//   then:       [one] x += ffn_out, final norm;  LM head rows -> logits
+//   per block:  each thread: n = RMSNorm(x)
+//               q, k, v rows of n                                  | barrier
+//               [one thread] biases, q/k norms, RoPE, KV cache      | barrier
+//               attention, heads shared                            | barrier
+//               o rows of ctx, x += them                           | barrier
+//               each thread: n = RMSNorm(x), router, top-k (or a dense block's MLP)
+//               gate and up rows of n, h = silu(gate) * up, all k experts   | barrier
+//               down rows: ffn += gate_e * (h_e down_e^T), ascending e, x += ffn | barrier
+//               (expert cache: one expert at a time, read by one thread first; a shared
+//               expert after the routed ones)
+//   then:       each thread: final norm;  LM head rows -> logits
 void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
   const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim,
-                W = attn_.qkv_width(), pos = cache.length, capacity = cache.capacity;
-  ensure(gate_act_, 1, widest_ffn_);
-  ensure(up_, 1, widest_ffn_);
+                W = attn_.qkv_width(), pos = cache.length, capacity = cache.capacity,
+                threads = omp_get_max_threads(), k = config_.moe ? config_.moe->top_k : 1;
+  ensure(n_, threads, D);
+  ensure(last_, threads, D);
+  ensure(gate_act_, k, widest_ffn_);
+  ensure(up_, k, widest_ffn_);
   ensure(rows_out_, 1, D);
-  ensure(last_, 1, D);
-  ensure(scores_, omp_get_max_threads(), capacity);
-  if (config_.moe) ensure(router_logits_, 1, config_.moe->num_experts);
-  float *x = x_.data(), *n = n_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(),
-        *ffn_out = out_.data(), *h = gate_act_.data(), *up = up_.data(), *y = rows_out_.data();
+  ensure(scores_, threads, capacity);
+  if (static_cast<int64_t>(routes_.size()) < threads) routes_.resize(static_cast<size_t>(threads));
+  float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *ffn = out_.data(),
+        *y = rows_out_.data();
 
   // An error on the one thread (an expert read that fails) is kept for after the region; from
-  // then on every thread still meets every barrier but skips the work. `failed` only changes
-  // inside a single, so all threads read the same value after its barrier.
+  // then on every thread still meets every barrier but skips the experts. `failed` only
+  // changes inside a single, so all threads read the same value after its barrier.
   std::exception_ptr error;
   std::atomic<bool> failed{false};
   const auto one_thread = [&](auto&& work) {
@@ -478,25 +478,36 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
     }
   };
   const auto nothing = [](int64_t, int64_t) {};
-  const auto add_into = [](float* to, const float* from, float scale) {
-    return [=](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) to[j] += scale * from[j];
-    };
-  };
-  // A SwiGLU MLP of the token's n: h = silu(n gate^T) * (n up^T), then ffn_out += scale *
-  // (h down^T). Skipped after an error (e may then be stale).
-  const auto swiglu_mlp = [&](const ExpertWeights* e, float scale) {
+  // SwiGLU MLPs of the token's n, experts[i] weighted by scale[i]: h_i = silu(n gate_i^T) *
+  // (n up_i^T), then ffn += scale_i (h_i down_i^T) row by row in the order given, and with
+  // `last` (the block's last MLP) x += ffn. Two barriers whatever the count.
+  const auto swiglu_mlps = [&](const ExpertWeights* const* experts, const float* scale,
+                               int64_t count, const float* n, bool last) {
     if (failed) return;
-    const int64_t F = e->gate.shape[0], step = share_rows(e->gate), shares = (F + step - 1) / step;
+    const int64_t F = experts[0]->gate.shape[0], step = share_rows(experts[0]->gate),
+                  shares = (F + step - 1) / step;
 #pragma omp for schedule(guided)
-    for (int64_t i = 0; i < shares; ++i) {
-      const int64_t j0 = i * step, j1 = std::min(F, j0 + step);
-      weight_rows(e->gate, n, j0, j1, h);
-      weight_rows(e->up, n, j0, j1, up);
-      for (int64_t j = j0; j < j1; ++j) h[j] = silu(h[j]) * up[j];
+    for (int64_t i = 0; i < count * shares; ++i) {
+      const ExpertWeights& e = *experts[i / shares];
+      const int64_t j0 = i % shares * step, j1 = std::min(F, j0 + step);
+      float *h = gate_act_.data() + i / shares * widest_ffn_,
+            *u = up_.data() + i / shares * widest_ffn_;
+      weight_rows(e.gate, n, j0, j1, h);
+      weight_rows(e.up, n, j0, j1, u);
+      for (int64_t j = j0; j < j1; ++j) h[j] = silu(h[j]) * u[j];
     }
-    rows_of(e->down, h, y, add_into(ffn_out, y, scale));
-#pragma omp barrier
+    const int64_t down_step = share_rows(experts[0]->down),
+                  down_shares = (D + down_step - 1) / down_step;
+#pragma omp for schedule(guided)
+    for (int64_t i = 0; i < down_shares; ++i) {
+      const int64_t j0 = i * down_step, j1 = std::min(D, j0 + down_step);
+      for (int64_t e = 0; e < count; ++e) {
+        weight_rows(experts[e]->down, gate_act_.data() + e * widest_ffn_, j0, j1, y);
+        for (int64_t j = j0; j < j1; ++j) ffn[j] += scale[e] * y[j];
+      }
+      if (last)
+        for (int64_t j = j0; j < j1; ++j) x[j] += ffn[j];
+    }
   };
   const auto norm = [&](const float* weight, float* to) {
     float unused_rstd;
@@ -506,22 +517,19 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
   const auto mlp_bytes = [](const ExpertWeights& e) {
     return bytes_of(e.gate) + bytes_of(e.up) + bytes_of(e.down);
   };
-  const int64_t k = config_.moe ? config_.moe->top_k : 0;
-  ExpertWeights fetched;                  // an expert from the expert cache
-  const ExpertWeights* expert = nullptr;  // the expert the threads run next
-  float shared_scale = 1.0f;
+  ExpertWeights fetched;  // an expert from the expert cache
 
 #pragma omp parallel
   {
-    float* scores = scores_.data() + omp_get_thread_num() * capacity;
+    const int64_t t = omp_get_thread_num();
+    float* n = n_.data() + t * D;
+    float* scores = scores_.data() + t * capacity;
+    TokenRoute& route = routes_[static_cast<size_t>(t)];
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const Block& b = blocks_[l];
-      one_thread([&] {
-        if (l > 0)
-          for (int64_t d = 0; d < D; ++d) x[d] += ffn_out[d];
-        norm(b.attn_norm, n);
-        bytes_read_ += bytes_of(b.q) + bytes_of(b.k) + bytes_of(b.v) + bytes_of(b.o);
-      });
+      norm(b.attn_norm, n);
+#pragma omp masked
+      bytes_read_ += bytes_of(b.q) + bytes_of(b.k) + bytes_of(b.v) + bytes_of(b.o);
       rows_of(b.q, n, qkv, nothing);
       rows_of(b.k, n, qkv + H * hd, nothing);
       rows_of(b.v, n, qkv + (H + KV) * hd, nothing);
@@ -536,93 +544,99 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
         attention_decode_heads(attn_, pos, head, head + 1, {qkv, size_t(W)}, cache.keys[l].span(),
                                cache.values[l].span(), {scores, size_t(pos + 1)},
                                {ctx, size_t(H * hd)});
-      rows_of(b.o, ctx, y, add_into(x, y, 1.0f));
+      rows_of(b.o, ctx, y, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          x[j] += y[j];
+          ffn[j] = 0.0f;  // the FFN's sum starts here, for the same rows
+        }
+      });
 #pragma omp barrier
 
-      one_thread([&] {
-        norm(b.ffn_norm, n);
-        std::fill_n(ffn_out, D, 0.0f);
-        if (b.moe)
-          route_token(b);
-        else
-          bytes_read_ += mlp_bytes(b.dense);
-      });
+      norm(b.ffn_norm, n);
       if (!b.moe) {
-        swiglu_mlp(&b.dense, 1.0f);
+        const ExpertWeights* dense = &b.dense;
+        const float one = 1.0f;
+#pragma omp masked
+        bytes_read_ += mlp_bytes(b.dense);
+        swiglu_mlps(&dense, &one, 1, n, true);
         continue;
       }
-      // The chosen experts in ascending id (picks_, pick_gates_), the order moe_ffn adds
-      // them in.
-      for (int64_t j = 0; j < k; ++j) {
-        one_thread([&] {
-          if (cache_) {
-            fetched = cache_->get(b.moe_index, picks_[static_cast<size_t>(j)]);
-            expert = &fetched;
-          } else {
-            expert = &b.experts[static_cast<size_t>(picks_[static_cast<size_t>(j)])];
-          }
-          bytes_read_ += mlp_bytes(*expert);
-        });
-        swiglu_mlp(expert, pick_gates_[static_cast<size_t>(j)]);
+      route_token(b, n, route);
+#pragma omp masked
+      {
+        last_experts_[static_cast<size_t>(b.moe_index)] = route.picks;
+        last_gates_[static_cast<size_t>(b.moe_index)] = route.gates;
+        bytes_read_ += config_.moe->num_experts * D * static_cast<int64_t>(sizeof(float));
+      }
+      const int64_t E = config_.moe->num_experts;
+      if (!cache_) {
+#pragma omp masked
+        for (const ExpertWeights* e : route.experts) bytes_read_ += mlp_bytes(*e);
+        swiglu_mlps(route.experts.data(), route.sorted_gates.data(), k, n, !b.has_shared);
+      } else {
+        // Pre-gating, as in moe_ffn: the next MoE layer's router on this layer's input starts
+        // the reads of its likely experts. Then this layer's experts one at a time: a cache
+        // slot's view holds until the next read of the layer.
+        const auto next = std::find_if(blocks_.begin() + static_cast<std::ptrdiff_t>(l) + 1,
+                                       blocks_.end(), [](const Block& c) { return c.moe; });
+        if (options_.prefetch && next != blocks_.end()) {
+          one_thread([&] {
+            route_token(*next, n, guess_);
+            cache_->prefetch(next->moe_index, guess_.picks);
+          });
+#pragma omp masked
+          bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
+        }
+        for (int64_t j = 0; j < k; ++j) {
+          one_thread([&] { fetched = cache_->get(b.moe_index, route.sorted[size_t(j)]); });
+#pragma omp masked
+          if (!failed) bytes_read_ += mlp_bytes(fetched);
+          const ExpertWeights* expert = &fetched;
+          swiglu_mlps(&expert, &route.sorted_gates[size_t(j)], 1, n, j == k - 1 && !b.has_shared);
+        }
       }
       if (b.has_shared) {
-        one_thread([&] {
-          shared_scale = 1.0f;
-          if (b.shared_gate) {
-            double dot = 0;
-            for (int64_t d = 0; d < D; ++d) dot += double(n[d]) * b.shared_gate[d];
-            shared_scale = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
-            bytes_read_ += D * static_cast<int64_t>(sizeof(float));
-          }
-          bytes_read_ += mlp_bytes(b.shared);
-        });
-        swiglu_mlp(&b.shared, shared_scale);
+        float scale = 1.0f;
+        if (b.shared_gate) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += double(n[d]) * b.shared_gate[d];
+          scale = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
+        }
+#pragma omp masked
+        bytes_read_ += mlp_bytes(b.shared) + (b.shared_gate ? D * int64_t{sizeof(float)} : 0);
+        const ExpertWeights* shared = &b.shared;
+        swiglu_mlps(&shared, &scale, 1, n, true);
       }
     }
-    one_thread([&] {
-      for (int64_t d = 0; d < D; ++d) x[d] += ffn_out[d];
-      norm(final_norm_, last_.data());
-      bytes_read_ += bytes_of(head_);
-    });
-    if (!failed) rows_of(head_, last_.data(), logits.data(), nothing);
+    float* last = last_.data() + t * D;
+    norm(final_norm_, last);
+#pragma omp masked
+    bytes_read_ += bytes_of(head_);
+    if (!failed) rows_of(head_, last, logits.data(), nothing);
   }
   if (error) std::rethrow_exception(error);
   cache.length += 1;
 }
 
-// One token's routing inside the decode step: its experts and gates (last_experts_ and
-// last_gates_ in the router's order; picks_ and pick_gates_ in ascending expert id), and with
-// prefetch the next MoE layer's guess sent to the expert cache.
-void Decoder::route_token(const Block& b) {
+void Decoder::route_token(const Block& b, const float* n, TokenRoute& r) const {
   const MoeConfig& m = *config_.moe;
   const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
-  const float* n = n_.data();
-  const auto logits_of = [&](const Block& c) {
-    gemm_few_rows(1, 0, E, D, n, D, c.router, D, router_logits_.data(), E);
-    bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
-    return router_logits_.data();
-  };
-  std::vector<int32_t>& chosen = last_experts_[static_cast<size_t>(b.moe_index)];
-  std::vector<float>& gates = last_gates_[static_cast<size_t>(b.moe_index)];
-  chosen.resize(static_cast<size_t>(k));
-  gates.resize(static_cast<size_t>(k));
-  pick_experts(logits_of(b), chosen.data(), gates.data(), order_.data());
-  if (cache_ && options_.prefetch) {
-    // Pre-gating, as in moe_ffn; picks_ and pick_gates_ hold the guess until they are set.
-    const auto next = std::find_if(blocks_.begin() + (&b - blocks_.data()) + 1, blocks_.end(),
-                                   [](const Block& c) { return c.moe; });
-    if (next != blocks_.end()) {
-      pick_experts(logits_of(*next), picks_.data(), pick_gates_.data(), order_.data());
-      cache_->prefetch(next->moe_index, picks_);
-    }
-  }
-  picks_ = chosen;
-  pick_gates_ = gates;
+  r.logits.resize(static_cast<size_t>(E));  // sized at the first step, kept after
+  r.order.resize(static_cast<size_t>(E));
+  r.picks.resize(static_cast<size_t>(k));
+  r.gates.resize(static_cast<size_t>(k));
+  gemm_few_rows(1, 0, E, D, n, D, b.router, D, r.logits.data(), E);
+  pick_experts(r.logits.data(), r.picks.data(), r.gates.data(), r.order.data());
+  r.sorted = r.picks;
+  r.sorted_gates = r.gates;
   for (int64_t j = 1; j < k; ++j)  // insertion sort of k pairs by expert id
-    for (int64_t i = j; i > 0 && picks_[size_t(i - 1)] > picks_[size_t(i)]; --i) {
-      std::swap(picks_[size_t(i - 1)], picks_[size_t(i)]);
-      std::swap(pick_gates_[size_t(i - 1)], pick_gates_[size_t(i)]);
+    for (int64_t i = j; i > 0 && r.sorted[size_t(i - 1)] > r.sorted[size_t(i)]; --i) {
+      std::swap(r.sorted[size_t(i - 1)], r.sorted[size_t(i)]);
+      std::swap(r.sorted_gates[size_t(i - 1)], r.sorted_gates[size_t(i)]);
     }
+  r.experts.clear();  // mapped experts only: the expert cache hands out its own views
+  if (!b.experts.empty())
+    for (const int32_t e : r.sorted) r.experts.push_back(&b.experts[static_cast<size_t>(e)]);
 }
 
 }  // namespace moe

@@ -96,7 +96,16 @@ class Decoder {
   // One token (forward with T = 1, its embedding in x_): the whole step in one OpenMP parallel
   // region, the threads sharing every product's output rows and meeting at barriers.
   void decode_step(DecoderCache& cache, std::span<float> logits);
-  void route_token(const Block& b);
+  // One token's routing in the decode step, computed alike by every thread: router logits and
+  // scratch [E], the k experts and gates in the router's order and in ascending expert id, and
+  // (mapped experts) those experts' weights in that order.
+  struct TokenRoute {
+    std::vector<float> logits, gates, sorted_gates;
+    std::vector<int32_t> order, picks, sorted;
+    std::vector<const ExpertWeights*> experts;
+  };
+  // n: [D], the token's normalised input of MoE block b.
+  void route_token(const Block& b, const float* n, TokenRoute& route) const;
   // row: [(H+2KV) hd] of one token as projected: biases, q/k norms and clamp applied in place.
   void prepare_qkv(const Block& b, float* row) const;
   // logits: [E] of one token -> its k experts (highest first) and gates; order: [E] scratch.
@@ -131,9 +140,9 @@ class Decoder {
   // Scratch, grown to the largest forward (scores_: one row of positions per thread).
   Tensor x_, n_, qkv_, ctx_, out_, rstd_, scores_, gate_act_, up_, rows_in_, rows_out_,
       router_logits_, last_;
-  // The decode step's routing scratch, sized once: [E] and [k] each.
-  std::vector<int32_t> order_, picks_;
-  std::vector<float> pick_gates_;
+  // The decode step's routing: one per thread, and the pre-gating guess.
+  std::vector<TokenRoute> routes_;
+  TokenRoute guess_;
   int64_t widest_ffn_ = 0;  // the largest F of any expert, dense MLP or shared expert
 };
 
