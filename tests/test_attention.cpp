@@ -281,5 +281,45 @@ TEST(AttentionScratch, DoesNotGrowWithTheSequence) {
   EXPECT_LE(attention_scratch_size(long_seq, 16) * int64_t{sizeof(float)}, 16 * (int64_t{1} << 20));
 }
 
+// One token against a KV cache (generation), at head dims that take every path of the
+// kernel (16-lane partial sums of q.k and their tail, 64 value columns in registers and the
+// columns after them): ctx against the same softmax in double over the rotated q and the
+// cached keys and values; the heads run in two calls give the bits of one call.
+TEST(AttentionDecode, MatchesThePlainReferenceAtEveryHeadDim) {
+  for (const int64_t hd : {8, 40, 64, 80, 128}) {
+    SCOPED_TRACE("head_dim " + std::to_string(hd));
+    const AttentionShape s{1, 1, 0, /*heads=*/4, /*kv_heads=*/2, hd};
+    const int64_t positions = 37, W = s.qkv_width(), C = s.ctx_width(), KVW = 2 * hd;
+    const RopeTable rope(hd, positions, kRopeTheta);
+    std::vector<float> keys(positions * KVW), values(positions * KVW), qkv(W), scores(positions),
+        ctx(C), split(C);
+    Rng rng(11);
+    for (int64_t pos = 0; pos < positions; ++pos) {
+      rng.fill_normal(qkv, 0.0f, 1.0f);
+      attention_decode(s, rope, pos, qkv, keys, values, scores, ctx);
+      attention_decode_heads(s, pos, 0, 1, qkv, keys, values, scores, split);
+      attention_decode_heads(s, pos, 1, s.heads, qkv, keys, values, scores, split);
+      for (int64_t h = 0; h < s.heads; ++h) {
+        const float* q = &qkv[h * hd];
+        const int64_t g = h / (s.heads / s.kv_heads);
+        Vec p(pos + 1);
+        double m = -INFINITY, sum = 0.0;
+        for (int64_t j = 0; j <= pos; ++j) {
+          for (int64_t d = 0; d < hd; ++d) p[j] += double(q[d]) * keys[j * KVW + g * hd + d];
+          p[j] /= std::sqrt(double(hd));
+          m = std::max(m, p[j]);
+        }
+        for (double& v : p) sum += (v = std::exp(v - m));
+        for (int64_t d = 0; d < hd; ++d) {
+          double want = 0.0;
+          for (int64_t j = 0; j <= pos; ++j) want += p[j] / sum * values[j * KVW + g * hd + d];
+          ASSERT_NEAR(ctx[h * hd + d], want, 1e-5 + 1e-5 * std::abs(want)) << pos << " " << h;
+          ASSERT_EQ(split[h * hd + d], ctx[h * hd + d]);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe

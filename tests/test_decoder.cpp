@@ -26,6 +26,7 @@
 #include "tensor/bf16.h"
 #include "tensor/error.h"
 #include "tensor/safetensors.h"
+#include "tensor/threads.h"
 #include "test_util.h"
 
 namespace moe {
@@ -182,6 +183,38 @@ TEST(Decoder, Bf16WeightsStayBf16AndMatchTheRoundedModel) {
     const auto want = transformer_last_logits(*m.transformer, tokens);
     expect_close(decoder_last_logits(decoder, tokens, 0), want, 1e-4, 1e-4, "decode");
     expect_close(decoder_last_logits(decoder, tokens, kPrompt), want, 0.05, 0.02, "prefill");
+  }
+}
+
+// The decode step runs in one parallel region whose threads share every product's rows; each
+// row is still one thread's sum, so the logits do not depend on the thread count, to the bit.
+// The model is large enough that every product is split into many shares.
+TEST(Decoder, DecodeStepGivesTheSameBitsAtAnyThreadCount) {
+  for (const Layout& layout : {layouts()[0], layouts()[3]}) {
+    for (const bool bf16 : {false, true}) {
+      SCOPED_TRACE(layout.name + (bf16 ? " bf16" : " fp32"));
+      ModelConfig config = config_for(layout);
+      config.hidden_size = config.moe->hidden_size = 256;
+      config.num_attention_heads = 8;
+      config.intermediate_size = 512;
+      config.moe->moe_intermediate_size = 384;
+      config.validate();
+      Model m;
+      make_model(config, m, bf16);
+      const OwnedWeights weights = weights_of(m, bf16);
+      Decoder decoder(config, MoeNaming::Mixtral, weights);
+      const std::vector<int32_t> all = prompt(), tokens(all.begin(), all.begin() + 6);
+      std::vector<std::vector<float>> logits;
+      for (const int threads : {1, 2, 3}) {
+        set_threads(threads);
+        logits.push_back(decoder_last_logits(decoder, tokens, 0));
+      }
+      set_threads(0);
+      for (size_t i = 0; i < logits[0].size(); ++i) {
+        ASSERT_EQ(logits[1][i], logits[0][i]) << "2 threads, logit " << i;
+        ASSERT_EQ(logits[2][i], logits[0][i]) << "3 threads, logit " << i;
+      }
+    }
   }
 }
 

@@ -1,7 +1,11 @@
 #include "infer/decoder.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 
 #include "moe/router.h"
 #include "nn/rmsnorm.h"
@@ -36,6 +40,26 @@ int64_t bytes_of(const WeightView& v) {
 
 void ensure(Tensor& t, int64_t rows, int64_t cols) {
   if (t.numel() < rows * cols) t = Tensor({rows, cols});
+}
+
+// y[j0:j1] = w[j0:j1, :] · x for one token, on the calling thread.
+void weight_rows(const WeightView& w, const float* x, int64_t j0, int64_t j1, float* y) {
+  const int64_t K = w.shape[1];
+  if (w.dtype == TensorDtype::F32)
+    gemm_few_rows(1, j0, j1, K, x, K, w.f32().data(), K, y, w.shape[0]);
+  else
+    gemm_few_rows(1, j0, j1, K, x, K, w.bf16().data(), K, y, w.shape[0]);
+}
+
+// The smallest share of a product's rows a thread takes at once in the decode step (guided
+// schedule: the first grabs are large, the last ones this small), in bytes of weight: small
+// enough that the threads finish a product together, large enough that taking a share costs
+// nothing beside streaming it.
+constexpr int64_t kShareBytes = 16 * 1024;
+
+int64_t share_rows(const WeightView& w) {
+  const int64_t row_bytes = w.shape[1] * static_cast<int64_t>(dtype_bytes(w.dtype));
+  return std::max<int64_t>(1, kShareBytes / std::max<int64_t>(row_bytes, 1));
 }
 
 }  // namespace
@@ -153,6 +177,12 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
   }
   last_experts_.resize(static_cast<size_t>(moe_layers));
   last_gates_.resize(static_cast<size_t>(moe_layers));
+  widest_ffn_ = config.intermediate_size;
+  if (config.moe) {
+    const MoeConfig& m = *config.moe;
+    widest_ffn_ = std::max({widest_ffn_, m.moe_intermediate_size,
+                            m.n_shared_experts * m.shared_expert_intermediate_size});
+  }
   if (cached)
     cache_ = std::make_unique<ExpertCache>(std::move(cached_experts), options.expert_cache,
                                            options.cache_policy);
@@ -214,21 +244,24 @@ void Decoder::route(const Block& b, const float* x, int64_t rows, std::vector<in
   chosen.assign(static_cast<size_t>(rows * k), 0);
   gates.assign(static_cast<size_t>(rows * k), 0.0f);
   std::vector<int32_t> order(static_cast<size_t>(E));
+  for (int64_t t = 0; t < rows; ++t)
+    pick_experts(router_logits_.data() + t * E, chosen.data() + t * k, gates.data() + t * k,
+                 order.data());
+}
+
+void Decoder::pick_experts(const float* logit, int32_t* picks, float* gates, int32_t* order) const {
+  const MoeConfig& m = *config_.moe;
+  const int64_t E = m.num_experts, k = m.top_k;
+  top_indices(logit, E, k, order, picks);
   // Softmax over the k picked logits (Mixtral; or over all E renormalised: the same) or the
   // plain softmax probabilities of the k picked (norm_topk_prob false).
-  const bool renormalise = renormalises(m);
-  for (int64_t t = 0; t < rows; ++t) {
-    const float* logit = router_logits_.data() + t * E;
-    int32_t* picks = chosen.data() + t * k;
-    top_indices(logit, E, k, order.data(), picks);
-    const float top = logit[picks[0]];
-    double all = 0, picked = 0;
-    for (int64_t e = 0; e < E; ++e) all += std::exp(double(logit[e]) - top);
-    for (int64_t j = 0; j < k; ++j) picked += std::exp(double(logit[picks[j]]) - top);
-    for (int64_t j = 0; j < k; ++j)
-      gates[t * k + j] = static_cast<float>(std::exp(double(logit[picks[j]]) - top) /
-                                            (renormalise ? picked : all));
-  }
+  const float top = logit[picks[0]];
+  double all = 0, picked = 0;
+  for (int64_t e = 0; e < E; ++e) all += std::exp(double(logit[e]) - top);
+  for (int64_t j = 0; j < k; ++j) picked += std::exp(double(logit[picks[j]]) - top);
+  for (int64_t j = 0; j < k; ++j)
+    gates[j] = static_cast<float>(std::exp(double(logit[picks[j]]) - top) /
+                                  (renormalises(m) ? picked : all));
 }
 
 ExpertWeights Decoder::expert_weights(const Block& b, int64_t e) {
@@ -289,6 +322,29 @@ void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) 
   if (b.shared_gate) bytes_read_ += D * static_cast<int64_t>(sizeof(float));
 }
 
+void Decoder::prepare_qkv(const Block& b, float* row) const {
+  const int64_t H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim, W = attn_.qkv_width();
+  const auto add_bias = [](float* v, const float* bias, int64_t n) {
+    if (bias)
+      for (int64_t i = 0; i < n; ++i) v[i] += bias[i];
+  };
+  add_bias(row, b.q_bias, H * hd);
+  add_bias(row + H * hd, b.k_bias, KV * hd);
+  add_bias(row + (H + KV) * hd, b.v_bias, KV * hd);
+  // OLMoE: one RMSNorm over the whole q (and k) projection, before RoPE.
+  float unused_rstd;
+  if (b.q_norm)
+    rmsnorm_forward(1, H * hd, config_.rms_norm_eps, {row, size_t(H * hd)},
+                    {b.q_norm, size_t(H * hd)}, {row, size_t(H * hd)}, {&unused_rstd, 1});
+  if (b.k_norm)
+    rmsnorm_forward(1, KV * hd, config_.rms_norm_eps, {row + H * hd, size_t(KV * hd)},
+                    {b.k_norm, size_t(KV * hd)}, {row + H * hd, size_t(KV * hd)},
+                    {&unused_rstd, 1});
+  if (config_.clip_qkv > 0.0f)  // OLMoE: q, k and v clamped after the norms
+    for (int64_t i = 0; i < W; ++i)
+      row[i] = std::clamp(row[i], -config_.clip_qkv, config_.clip_qkv);
+}
+
 void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
                       std::span<float> logits) {
   const int64_t T = static_cast<int64_t>(tokens.size());
@@ -314,6 +370,7 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
   for (int64_t t = 0; t < T; ++t)
     for (int64_t d = 0; d < D; ++d) x_[t * D + d] = widen(embed_, int64_t{tokens[t]} * D + d);
   bytes_read_ += T * D * static_cast<int64_t>(dtype_bytes(embed_.dtype));
+  if (T == 1) return decode_step(cache, logits);
 
   const auto rows = [](Tensor& t, int64_t n, int64_t width) {
     return t.span().subspan(0, static_cast<size_t>(n * width));
@@ -328,25 +385,7 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
     linear(b.v, n_.data(), T, D, qkv + (H + KV) * hd, W);
     for (int64_t t = 0; t < T; ++t) {
       float* row = qkv + t * W;
-      const auto add_bias = [](float* v, const float* bias, int64_t n) {
-        if (bias)
-          for (int64_t i = 0; i < n; ++i) v[i] += bias[i];
-      };
-      add_bias(row, b.q_bias, H * hd);
-      add_bias(row + H * hd, b.k_bias, KV * hd);
-      add_bias(row + (H + KV) * hd, b.v_bias, KV * hd);
-      // OLMoE: one RMSNorm over the whole q (and k) projection, before RoPE.
-      float unused_rstd;
-      if (b.q_norm)
-        rmsnorm_forward(1, H * hd, config_.rms_norm_eps, {row, size_t(H * hd)},
-                        {b.q_norm, size_t(H * hd)}, {row, size_t(H * hd)}, {&unused_rstd, 1});
-      if (b.k_norm)
-        rmsnorm_forward(1, KV * hd, config_.rms_norm_eps, {row + H * hd, size_t(KV * hd)},
-                        {b.k_norm, size_t(KV * hd)}, {row + H * hd, size_t(KV * hd)},
-                        {&unused_rstd, 1});
-      if (config_.clip_qkv > 0.0f)  // OLMoE: q, k and v clamped after the norms
-        for (int64_t i = 0; i < W; ++i)
-          row[i] = std::clamp(row[i], -config_.clip_qkv, config_.clip_qkv);
+      prepare_qkv(b, row);
       const int64_t pos = cache.length + t;
       attention_decode(attn_, rope_, pos, {row, size_t(W)}, cache.keys[l].span(),
                        cache.values[l].span(), scores_.span().subspan(0, size_t(pos + 1)),
@@ -371,6 +410,233 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
   rmsnorm_forward(1, D, config_.rms_norm_eps, x_.span().subspan(size_t((T - 1) * D), size_t(D)),
                   {final_norm_, size_t(D)}, last_.span().subspan(0, size_t(D)), {&unused_rstd, 1});
   linear(head_, last_.data(), 1, D, logits.data(), V);
+}
+
+// A decode step reads about 40 MB of weights per layer through some twenty products of one
+// row; forking and joining the threads for each (as gemm does) and running the small parts
+// between them on one thread while the other idles cost a share of the step. So the whole step
+// is one parallel region: every product's output rows are shared among the threads (guided:
+// large shares first, small ones last, so a thread that falls behind, preempted on a shared
+// machine, leaves its rows to the others), and the threads meet at a barrier only where the
+// next product needs the whole previous output. The small parts that every product needs
+// whole (the norms, the router and top-k, the shared expert's gate) each thread computes
+// itself, the same bits on each; RoPE and the KV cache run on one thread, attention splits by
+// head. Each output is one thread's sum through the few-row kernel that gemm runs for one
+// row, so the logits are the same to the bit whatever the thread count, and the same as when
+// every product was its own parallel call.
+//
+//   per block:  each thread: n = RMSNorm(x)
+//               q, k, v rows of n                                  | barrier
+//               [one thread] biases, q/k norms, RoPE, KV cache      | barrier
+//               attention, heads shared                            | barrier
+//               o rows of ctx, x += them                           | barrier
+//               each thread: n = RMSNorm(x), router, top-k (or a dense block's MLP)
+//               gate and up rows of n, h = silu(gate) * up, all k experts   | barrier
+//               down rows: ffn += gate_e * (h_e down_e^T), ascending e, x += ffn | barrier
+//               (expert cache: one expert at a time, read by one thread first; a shared
+//               expert after the routed ones)
+//   then:       each thread: final norm;  LM head rows -> logits
+void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
+  const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim,
+                W = attn_.qkv_width(), pos = cache.length, capacity = cache.capacity,
+                threads = omp_get_max_threads(), k = config_.moe ? config_.moe->top_k : 1;
+  ensure(n_, threads, D);
+  ensure(last_, threads, D);
+  ensure(gate_act_, k, widest_ffn_);
+  ensure(up_, k, widest_ffn_);
+  ensure(rows_out_, 1, D);
+  ensure(scores_, threads, capacity);
+  if (static_cast<int64_t>(routes_.size()) < threads) routes_.resize(static_cast<size_t>(threads));
+  float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *ffn = out_.data(),
+        *y = rows_out_.data();
+
+  // An error on the one thread (an expert read that fails) is kept for after the region; from
+  // then on every thread still meets every barrier but skips the experts. `failed` only
+  // changes inside a single, so all threads read the same value after its barrier.
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  const auto one_thread = [&](auto&& work) {
+#pragma omp single
+    if (!failed) {
+      try {
+        work();
+      } catch (...) {
+        error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  // out[j] = w[j, :] · v for every row j of w, the rows shared among the threads; then
+  // epilogue(j0, j1) on the rows this thread made. No barrier at the end: the caller places it.
+  const auto rows_of = [&](const WeightView& w, const float* v, float* out, auto&& epilogue) {
+    const int64_t N = w.shape[0], step = share_rows(w), shares = (N + step - 1) / step;
+#pragma omp for schedule(guided) nowait
+    for (int64_t i = 0; i < shares; ++i) {
+      const int64_t j0 = i * step, j1 = std::min(N, j0 + step);
+      weight_rows(w, v, j0, j1, out);
+      epilogue(j0, j1);
+    }
+  };
+  const auto nothing = [](int64_t, int64_t) {};
+  // SwiGLU MLPs of the token's n, experts[i] weighted by scale[i]: h_i = silu(n gate_i^T) *
+  // (n up_i^T), then ffn += scale_i (h_i down_i^T) row by row in the order given, and with
+  // `last` (the block's last MLP) x += ffn. Two barriers whatever the count.
+  const auto swiglu_mlps = [&](const ExpertWeights* const* experts, const float* scale,
+                               int64_t count, const float* n, bool last) {
+    if (failed) return;
+    const int64_t F = experts[0]->gate.shape[0], step = share_rows(experts[0]->gate),
+                  shares = (F + step - 1) / step;
+#pragma omp for schedule(guided)
+    for (int64_t i = 0; i < count * shares; ++i) {
+      const ExpertWeights& e = *experts[i / shares];
+      const int64_t j0 = i % shares * step, j1 = std::min(F, j0 + step);
+      float *h = gate_act_.data() + i / shares * widest_ffn_,
+            *u = up_.data() + i / shares * widest_ffn_;
+      weight_rows(e.gate, n, j0, j1, h);
+      weight_rows(e.up, n, j0, j1, u);
+      for (int64_t j = j0; j < j1; ++j) h[j] = silu(h[j]) * u[j];
+    }
+    const int64_t down_step = share_rows(experts[0]->down),
+                  down_shares = (D + down_step - 1) / down_step;
+#pragma omp for schedule(guided)
+    for (int64_t i = 0; i < down_shares; ++i) {
+      const int64_t j0 = i * down_step, j1 = std::min(D, j0 + down_step);
+      for (int64_t e = 0; e < count; ++e) {
+        weight_rows(experts[e]->down, gate_act_.data() + e * widest_ffn_, j0, j1, y);
+        for (int64_t j = j0; j < j1; ++j) ffn[j] += scale[e] * y[j];
+      }
+      if (last)
+        for (int64_t j = j0; j < j1; ++j) x[j] += ffn[j];
+    }
+  };
+  const auto norm = [&](const float* weight, float* to) {
+    float unused_rstd;
+    rmsnorm_forward(1, D, config_.rms_norm_eps, {x, size_t(D)}, {weight, size_t(D)},
+                    {to, size_t(D)}, {&unused_rstd, 1});
+  };
+  const auto mlp_bytes = [](const ExpertWeights& e) {
+    return bytes_of(e.gate) + bytes_of(e.up) + bytes_of(e.down);
+  };
+  ExpertWeights fetched;  // an expert from the expert cache
+
+#pragma omp parallel
+  {
+    const int64_t t = omp_get_thread_num();
+    float* n = n_.data() + t * D;
+    float* scores = scores_.data() + t * capacity;
+    TokenRoute& route = routes_[static_cast<size_t>(t)];
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+      const Block& b = blocks_[l];
+      norm(b.attn_norm, n);
+#pragma omp masked
+      bytes_read_ += bytes_of(b.q) + bytes_of(b.k) + bytes_of(b.v) + bytes_of(b.o);
+      rows_of(b.q, n, qkv, nothing);
+      rows_of(b.k, n, qkv + H * hd, nothing);
+      rows_of(b.v, n, qkv + (H + KV) * hd, nothing);
+#pragma omp barrier
+      one_thread([&] {
+        prepare_qkv(b, qkv);
+        attention_decode_append(attn_, rope_, pos, {qkv, size_t(W)}, cache.keys[l].span(),
+                                cache.values[l].span());
+      });
+#pragma omp for schedule(dynamic)
+      for (int64_t head = 0; head < H; ++head)
+        attention_decode_heads(attn_, pos, head, head + 1, {qkv, size_t(W)}, cache.keys[l].span(),
+                               cache.values[l].span(), {scores, size_t(pos + 1)},
+                               {ctx, size_t(H * hd)});
+      rows_of(b.o, ctx, y, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          x[j] += y[j];
+          ffn[j] = 0.0f;  // the FFN's sum starts here, for the same rows
+        }
+      });
+#pragma omp barrier
+
+      norm(b.ffn_norm, n);
+      if (!b.moe) {
+        const ExpertWeights* dense = &b.dense;
+        const float one = 1.0f;
+#pragma omp masked
+        bytes_read_ += mlp_bytes(b.dense);
+        swiglu_mlps(&dense, &one, 1, n, true);
+        continue;
+      }
+      route_token(b, n, route);
+#pragma omp masked
+      {
+        last_experts_[static_cast<size_t>(b.moe_index)] = route.picks;
+        last_gates_[static_cast<size_t>(b.moe_index)] = route.gates;
+        bytes_read_ += config_.moe->num_experts * D * static_cast<int64_t>(sizeof(float));
+      }
+      const int64_t E = config_.moe->num_experts;
+      if (!cache_) {
+#pragma omp masked
+        for (const ExpertWeights* e : route.experts) bytes_read_ += mlp_bytes(*e);
+        swiglu_mlps(route.experts.data(), route.sorted_gates.data(), k, n, !b.has_shared);
+      } else {
+        // Pre-gating, as in moe_ffn: the next MoE layer's router on this layer's input starts
+        // the reads of its likely experts. Then this layer's experts one at a time: a cache
+        // slot's view holds until the next read of the layer.
+        const auto next = std::find_if(blocks_.begin() + static_cast<std::ptrdiff_t>(l) + 1,
+                                       blocks_.end(), [](const Block& c) { return c.moe; });
+        if (options_.prefetch && next != blocks_.end()) {
+          one_thread([&] {
+            route_token(*next, n, guess_);
+            cache_->prefetch(next->moe_index, guess_.picks);
+          });
+#pragma omp masked
+          bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
+        }
+        for (int64_t j = 0; j < k; ++j) {
+          one_thread([&] { fetched = cache_->get(b.moe_index, route.sorted[size_t(j)]); });
+#pragma omp masked
+          if (!failed) bytes_read_ += mlp_bytes(fetched);
+          const ExpertWeights* expert = &fetched;
+          swiglu_mlps(&expert, &route.sorted_gates[size_t(j)], 1, n, j == k - 1 && !b.has_shared);
+        }
+      }
+      if (b.has_shared) {
+        float scale = 1.0f;
+        if (b.shared_gate) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += double(n[d]) * b.shared_gate[d];
+          scale = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
+        }
+#pragma omp masked
+        bytes_read_ += mlp_bytes(b.shared) + (b.shared_gate ? D * int64_t{sizeof(float)} : 0);
+        const ExpertWeights* shared = &b.shared;
+        swiglu_mlps(&shared, &scale, 1, n, true);
+      }
+    }
+    float* last = last_.data() + t * D;
+    norm(final_norm_, last);
+#pragma omp masked
+    bytes_read_ += bytes_of(head_);
+    if (!failed) rows_of(head_, last, logits.data(), nothing);
+  }
+  if (error) std::rethrow_exception(error);
+  cache.length += 1;
+}
+
+void Decoder::route_token(const Block& b, const float* n, TokenRoute& r) const {
+  const MoeConfig& m = *config_.moe;
+  const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
+  r.logits.resize(static_cast<size_t>(E));  // sized at the first step, kept after
+  r.order.resize(static_cast<size_t>(E));
+  r.picks.resize(static_cast<size_t>(k));
+  r.gates.resize(static_cast<size_t>(k));
+  gemm_few_rows(1, 0, E, D, n, D, b.router, D, r.logits.data(), E);
+  pick_experts(r.logits.data(), r.picks.data(), r.gates.data(), r.order.data());
+  r.sorted = r.picks;
+  r.sorted_gates = r.gates;
+  for (int64_t j = 1; j < k; ++j)  // insertion sort of k pairs by expert id
+    for (int64_t i = j; i > 0 && r.sorted[size_t(i - 1)] > r.sorted[size_t(i)]; --i) {
+      std::swap(r.sorted[size_t(i - 1)], r.sorted[size_t(i)]);
+      std::swap(r.sorted_gates[size_t(i - 1)], r.sorted_gates[size_t(i)]);
+    }
+  r.experts.clear();  // mapped experts only: the expert cache hands out its own views
+  if (!b.experts.empty())
+    for (const int32_t e : r.sorted) r.experts.push_back(&b.experts[static_cast<size_t>(e)]);
 }
 
 }  // namespace moe

@@ -7,7 +7,8 @@
 //     that need it; attention runs position by position against the cache.
 //   decode (one token): each weight the token uses (attention, router, its k experts, any
 //     shared expert, the LM head) streams from memory once: the step is bound by bandwidth,
-//     and weight_bytes_read() says how many bytes that was.
+//     and weight_bytes_read() says how many bytes that was. The step is one parallel region
+//     whose threads share each product's rows, so no fork and join per product.
 //
 // Block l (pre-norm):  h = x + Attn(RMSNorm(x)),  x' = h + FFN(RMSNorm(h)), FFN dense SwiGLU or
 // MoE: router logits in fp32, top-k (Mixtral: softmax over the k best logits; Qwen2-MoE and
@@ -92,6 +93,23 @@ class Decoder {
     int64_t moe_index = -1;
   };
 
+  // One token (forward with T = 1, its embedding in x_): the whole step in one OpenMP parallel
+  // region, the threads sharing every product's output rows and meeting at barriers.
+  void decode_step(DecoderCache& cache, std::span<float> logits);
+  // One token's routing in the decode step, computed alike by every thread: router logits and
+  // scratch [E], the k experts and gates in the router's order and in ascending expert id, and
+  // (mapped experts) those experts' weights in that order.
+  struct TokenRoute {
+    std::vector<float> logits, gates, sorted_gates;
+    std::vector<int32_t> order, picks, sorted;
+    std::vector<const ExpertWeights*> experts;
+  };
+  // n: [D], the token's normalised input of MoE block b.
+  void route_token(const Block& b, const float* n, TokenRoute& route) const;
+  // row: [(H+2KV) hd] of one token as projected: biases, q/k norms and clamp applied in place.
+  void prepare_qkv(const Block& b, float* row) const;
+  // logits: [E] of one token -> its k experts (highest first) and gates; order: [E] scratch.
+  void pick_experts(const float* logits, int32_t* picks, float* gates, int32_t* order) const;
   // y[rows, N] (row stride ldy) = x[rows, K] (row stride ldx) · w^T; counts w's bytes once.
   void linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
               int64_t ldy);
@@ -119,9 +137,13 @@ class Decoder {
   std::vector<std::vector<int32_t>> last_experts_;  // per MoE layer: [T, k]
   std::vector<std::vector<float>> last_gates_;      // per MoE layer: [T, k]
 
-  // Scratch, grown to the largest forward.
+  // Scratch, grown to the largest forward (scores_: one row of positions per thread).
   Tensor x_, n_, qkv_, ctx_, out_, rstd_, scores_, gate_act_, up_, rows_in_, rows_out_,
       router_logits_, last_;
+  // The decode step's routing: one per thread, and the pre-gating guess.
+  std::vector<TokenRoute> routes_;
+  TokenRoute guess_;
+  int64_t widest_ffn_ = 0;  // the largest F of any expert, dense MLP or shared expert
 };
 
 }  // namespace moe

@@ -397,37 +397,72 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
   gemm(Trans::No, Trans::No, T, D, W, 1.0f, dqkv.data(), W, wqkv.data(), D, 0.0f, dx.data(), D);
 }
 
-void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,
-                      std::span<float> qkv, std::span<float> key_cache,
-                      std::span<float> value_cache, std::span<float> scores, std::span<float> ctx) {
-  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+void attention_decode_append(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                             std::span<float> qkv, std::span<float> key_cache,
+                             std::span<float> value_cache) {
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim;
   for (int64_t h = 0; h < H + KV; ++h) rope.rotate(qkv.data() + h * hd, pos);
-  const float* kc = key_cache.data();
-  const float* vc = value_cache.data();
   std::copy_n(qkv.data() + H * hd, KV * hd, key_cache.data() + pos * KV * hd);
   std::copy_n(qkv.data() + (H + KV) * hd, KV * hd, value_cache.data() + pos * KV * hd);
-  for (int64_t h = 0; h < H; ++h) {
+}
+
+void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
+                            std::span<const float> qkv, std::span<const float> key_cache,
+                            std::span<const float> value_cache, std::span<float> scores,
+                            std::span<float> ctx) {
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV, stride = KV * hd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // 16 partial sums: one AVX-512 register (two AVX2 ones) the compiler can hold across a loop.
+  constexpr int64_t kLanes = 16, kColumns = 4 * kLanes;
+  for (int64_t h = h0; h < h1; ++h) {
     const float* q = qkv.data() + h * hd;
-    const int64_t g = h / group;
+    const float* kc = key_cache.data() + h / group * hd;
+    const float* vc = value_cache.data() + h / group * hd;
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j <= pos; ++j) {
-      const float* k = kc + j * KV * hd + g * hd;
-      float dot = 0.0f;
-      for (int64_t d = 0; d < hd; ++d) dot += q[d] * k[d];
-      scores[j] = dot * scale;
+      // q.k in 16 lanes, then the lanes added pairwise (a scalar chain of hd adds would wait
+      // on itself hd times).
+      const float* k = kc + j * stride;
+      float lane[kLanes] = {};
+      int64_t d = 0;
+      for (; d + kLanes <= hd; d += kLanes)
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) lane[l] += q[d + l] * k[d + l];
+      for (; d < hd; ++d) lane[d % kLanes] += q[d] * k[d];
+      for (int64_t width = kLanes / 2; width >= 1; width /= 2)
+        for (int64_t l = 0; l < width; ++l) lane[l] += lane[l + width];
+      scores[j] = lane[0] * scale;
       m = std::max(m, scores[j]);
     }
     float sum = 0.0f;
     for (int64_t j = 0; j <= pos; ++j) sum += (scores[j] = fast_exp(scores[j] - m));
+    for (int64_t j = 0; j <= pos; ++j) scores[j] /= sum;
+    // ctx_h = sum_j p_j v_j, 64 columns at a time held in registers over all positions (four
+    // independent chains of adds; each column's sum in position order, as one column at a time
+    // through memory would be).
     float* out = ctx.data() + h * hd;
-    std::fill_n(out, hd, 0.0f);
-    for (int64_t j = 0; j <= pos; ++j) {
-      const float p = scores[j] / sum;
-      const float* v = vc + j * KV * hd + g * hd;
-      for (int64_t d = 0; d < hd; ++d) out[d] += p * v[d];
+    int64_t d0 = 0;
+    for (; d0 + kColumns <= hd; d0 += kColumns) {
+      float acc[kColumns] = {};
+      for (int64_t j = 0; j <= pos; ++j) {
+        const float p = scores[j];
+        const float* v = vc + j * stride + d0;
+#pragma omp simd
+        for (int64_t l = 0; l < kColumns; ++l) acc[l] += p * v[l];
+      }
+      std::copy_n(acc, kColumns, out + d0);
     }
+    std::fill(out + d0, out + hd, 0.0f);
+    for (int64_t j = 0; j <= pos; ++j)
+      for (int64_t d = d0; d < hd; ++d) out[d] += scores[j] * vc[j * stride + d];
   }
+}
+
+void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                      std::span<float> qkv, std::span<float> key_cache,
+                      std::span<float> value_cache, std::span<float> scores, std::span<float> ctx) {
+  attention_decode_append(s, rope, pos, qkv, key_cache, value_cache);
+  attention_decode_heads(s, pos, 0, s.heads, qkv, key_cache, value_cache, scores, ctx);
 }
 
 }  // namespace moe

@@ -112,9 +112,22 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
 // token, q and k rotated in place; its k and v are written to row pos of key_cache and
 // value_cache ([max_positions, KV hd], keys rotated); ctx: [H hd] = softmax(q_h k_g^T /
 // sqrt(hd)) v_g over positions 0..pos. scores: [pos + 1] scratch. Only the head fields of s
-// are read.
+// are read. Each q.k is summed in 16 partial sums (element d into sum d mod 16) added pairwise,
+// each ctx value over the positions in order.
 void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,
                       std::span<float> qkv, std::span<float> key_cache,
                       std::span<float> value_cache, std::span<float> scores, std::span<float> ctx);
+
+// attention_decode in its two parts, for callers that share the heads among threads:
+// attention_decode_append rotates q and k in place and writes k and v to row pos of the caches;
+// attention_decode_heads then writes ctx for query heads [h0, h1) only (scores: [pos + 1]
+// scratch of the calling thread).
+void attention_decode_append(const AttentionShape& s, const RopeTable& rope, int64_t pos,
+                             std::span<float> qkv, std::span<float> key_cache,
+                             std::span<float> value_cache);
+void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
+                            std::span<const float> qkv, std::span<const float> key_cache,
+                            std::span<const float> value_cache, std::span<float> scores,
+                            std::span<float> ctx);
 
 }  // namespace moe

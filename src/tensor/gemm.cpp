@@ -46,41 +46,48 @@ inline float widen(uint16_t v) {
   return bf16_to_float(v);
 }
 
-// C[m, n] = alpha A[m, k] B[n, k]^T + beta C, m small: each row of B meets every row of A
-// while it is in L1, four rows of A at a time. B is fp32 or bf16 (widened as it streams in).
+// C[m, j0:j1] = alpha A[m, k] B[j0:j1, k]^T + beta C, m small: each row of B meets every row
+// of A while it is in L1, four rows of A at a time. B is fp32 or bf16 (widened as it streams in).
+template <typename Weight>
+void skinny_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a,
+                 int64_t lda, const Weight* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const Weight* bj = b + j * ldb;
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {
+      const float *a0 = a + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+      for (int64_t i = 0; i < k; ++i) {
+        const float w = widen(bj[i]);
+        s0 += a0[i] * w;
+        s1 += a1[i] * w;
+        s2 += a2[i] * w;
+        s3 += a3[i] * w;
+      }
+      const float sums[4] = {s0, s1, s2, s3};
+      for (int64_t q = 0; q < 4; ++q) {
+        float& out = c[(r + q) * ldc + j];
+        out = blend(alpha, sums[q], beta, out);
+      }
+    }
+    for (; r < m; ++r) {
+      const float* ar = a + r * lda;
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < k; ++i) s += ar[i] * widen(bj[i]);
+      float& out = c[r * ldc + j];
+      out = blend(alpha, s, beta, out);
+    }
+  }
+}
+
+// skinny_rows over all n rows of B, split among the threads.
 template <typename Weight>
 void skinny_a_bt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                  const Weight* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   split_range(n, m * n * k, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const Weight* bj = b + j * ldb;
-      int64_t r = 0;
-      for (; r + 4 <= m; r += 4) {
-        const float *a0 = a + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int64_t i = 0; i < k; ++i) {
-          const float w = widen(bj[i]);
-          s0 += a0[i] * w;
-          s1 += a1[i] * w;
-          s2 += a2[i] * w;
-          s3 += a3[i] * w;
-        }
-        const float sums[4] = {s0, s1, s2, s3};
-        for (int64_t q = 0; q < 4; ++q) {
-          float& out = c[(r + q) * ldc + j];
-          out = blend(alpha, sums[q], beta, out);
-        }
-      }
-      for (; r < m; ++r) {
-        const float* ar = a + r * lda;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < k; ++i) s += ar[i] * widen(bj[i]);
-        float& out = c[r * ldc + j];
-        out = blend(alpha, s, beta, out);
-      }
-    }
+    skinny_rows(m, j0, j1, k, alpha, a, lda, b, ldb, beta, c, ldc);
   });
 }
 
@@ -122,6 +129,19 @@ void gemm_bf16_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   }
   if (avx512_bf16) return gemm_avx512_bf16(m, n, k, a, lda, b, ldb, c, ldc);
   widen_to_sgemm(m, n, k, a, lda, b, ldb, c, ldc);
+}
+
+void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float* c, int64_t ldc) {
+  skinny_rows(m, j0, j1, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                   const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  static const bool avx512_bf16 = cpu_has_avx512_bf16();
+  if (avx512_bf16 && k > 0)
+    return gemm_avx512_stream_bf16_rows(m, j0, j1, k, a, lda, b, ldb, c, ldc);
+  skinny_rows(m, j0, j1, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha,

@@ -23,6 +23,15 @@ void gemm_bf16_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
                       const uint16_t* b, int64_t ldb, float* c, int64_t ldc,
                       Bf16Kernel kernel = Bf16Kernel::Auto);
 
+// C[m, j0:j1] = A[m, k] · B[j0:j1, k]^T for a few rows of A (m <= 6), B fp32 or bf16 ([out,
+// in] as above), on the calling thread alone: for callers that share B's rows among their own
+// threads (a decode step runs in one parallel region). Each output is the sum gemm (alpha 1,
+// beta 0) and gemm_bf16_weight compute for it, to the bit.
+void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float* c, int64_t ldc);
+void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                   const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc);

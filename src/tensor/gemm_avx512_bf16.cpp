@@ -117,6 +117,12 @@ void gemm_avx512_stream_bf16(int64_t m, int64_t n, int64_t k, const float* a, in
   }
 }
 
+void gemm_avx512_stream_bf16_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a,
+                                  int64_t lda, const uint16_t* b, int64_t ldb, float* c,
+                                  int64_t ldc) {
+  stream_rows(m, k, a, lda, b, ldb, c, ldc, j0, j1);
+}
+
 void gemm_avx512_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                       const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
   std::vector<uint16_t> a_bf16(static_cast<size_t>(m * k));  // [m, k], rounded once

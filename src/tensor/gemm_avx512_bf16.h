@@ -12,5 +12,9 @@ void gemm_avx512_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
 // Needs AVX-512 (F, BW), which every AVX512-BF16 CPU has.
 void gemm_avx512_stream_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                              const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+// The same for rows [j0, j1) of B only, on the calling thread.
+void gemm_avx512_stream_bf16_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a,
+                                  int64_t lda, const uint16_t* b, int64_t ldb, float* c,
+                                  int64_t ldc);
 
 }  // namespace moe
