@@ -394,7 +394,7 @@ EvalResult evaluate_run(const EvalOptions& o) {
   const int64_t available = (N - 1) / seq;
   const int64_t count = std::clamp<int64_t>(o.max_tokens / seq, 1, available);
   std::vector<int64_t> windows(count);
-  for (int64_t i = 0; i < count; ++i) windows[i] = i * available / count * seq;
+  for (int64_t i = 0; i < count; ++i) windows[i] = eval_window_start(i, count, available, seq);
 
   EvalResult res;
   res.model = dir;

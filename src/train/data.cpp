@@ -365,7 +365,7 @@ void eval_batch(const TokenStream& stream, int64_t first_window, int64_t batch, 
               std::to_string(first_window + batch) + ") of " + std::to_string(used) + " used, " +
               std::to_string(available) + " available");
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t o = (first_window + b) * available / used * seq;
+    const int64_t o = eval_window_start(first_window + b, used, available, seq);
     for (int64_t s = 0; s < seq; ++s) {
       tokens[b * seq + s] = stream[o + s];
       targets[b * seq + s] = stream[o + s + 1];

@@ -67,6 +67,10 @@ void sample_batch(const TokenStream& stream, Rng& rng, int64_t batch, int64_t se
 // eval_windows(stream, seq), the windows `moe eval` takes: a validation then reads every part
 // of a split that holds its domains one after another. Batch b holds windows b * batch + w.
 int64_t eval_windows(const TokenStream& stream, int64_t seq);
+// The first token of evaluation window i of `used` spread over `available` windows of `seq`.
+inline int64_t eval_window_start(int64_t i, int64_t used, int64_t available, int64_t seq) {
+  return i * available / used * seq;
+}
 void eval_batch(const TokenStream& stream, int64_t first_window, int64_t batch, int64_t used,
                 int64_t seq, std::span<int32_t> tokens, std::span<int32_t> targets);
 
