@@ -189,6 +189,35 @@ TEST(Gemm, Bf16WeightMatchesWidenedProduct) {
         }
 }
 
+// gemm_few_rows over ranges of W's rows, as the decode step's threads call it, gives gemm's and
+// gemm_bf16_weight's bits for every row count it takes.
+TEST(Gemm, FewRowsOverRangesGivesTheWholeProductsBits) {
+  Rng rng(9);
+  const int64_t N = 300, K = 1000;
+  for (int64_t M = 1; M <= 6; ++M) {
+    Tensor a({M, K}), wf({N, K}), whole({M, N}), parts({M, N});
+    rng.fill_normal(a.span(), 0, 1);
+    rng.fill_normal(wf.span(), 0, 1);
+    std::vector<uint16_t> w(static_cast<size_t>(N * K));
+    for (size_t i = 0; i < w.size(); ++i) w[i] = float_to_bf16(wf[static_cast<int64_t>(i)]);
+    for (const bool bf16 : {false, true}) {
+      if (bf16)
+        gemm_bf16_weight(M, N, K, a.data(), K, w.data(), K, whole.data(), N);
+      else
+        gemm(Trans::No, Trans::Yes, M, N, K, 1.0f, a.data(), K, wf.data(), K, 0.0f, whole.data(),
+             N);
+      for (const auto& [j0, j1] : {std::pair<int64_t, int64_t>{0, 7}, {7, 150}, {150, N}}) {
+        if (bf16)
+          gemm_few_rows(M, j0, j1, K, a.data(), K, w.data(), K, parts.data(), N);
+        else
+          gemm_few_rows(M, j0, j1, K, a.data(), K, wf.data(), K, parts.data(), N);
+      }
+      for (int64_t i = 0; i < M * N; ++i)
+        ASSERT_EQ(parts[i], whole[i]) << "M=" << M << (bf16 ? " bf16" : " fp32") << " at " << i;
+    }
+  }
+}
+
 TEST(Rng, ReproducibleAndRoughlyNormal) {
   Rng a(42), b(42);
   for (int i = 0; i < 10; ++i) EXPECT_EQ(a.next_u64(), b.next_u64());
