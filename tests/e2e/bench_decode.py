@@ -21,6 +21,11 @@ for case, dtype in [("mixtral_bf16_sharded", "bf16"), ("olmoe_f32", "f32")]:
                 "bandwidth_share", "weight_bytes_per_token", "kv_bytes_per_token"]:
         assert isinstance(j[key], (int, float)) and j[key] > 0, (case, key, j[key])
     assert j["dtype"] == dtype, j
+    # The share divides by the larger of two bandwidth probes (before prefill, after decode).
+    probes = j["read_bandwidth_probes_gbs"]
+    assert len(probes) == 2 and j["read_bandwidth_gbs"] == max(probes) > 0, j
+    share = j["weight_bytes_per_token"] * j["decode_tokens_per_s"] / (max(probes) * 1e9)
+    assert abs(j["bandwidth_share"] - share) < 1e-9 * share, (share, j)
     assert "expert_cache" not in j
     cached = bench("--model", f"{CASES}/{case}", "--expert-cache", "1", "--cache-policy", "lfu",
                    "--prefetch")
