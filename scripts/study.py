@@ -11,7 +11,8 @@ Phases (each needs the one before):
   1. the dense twin at three learning rates; every MoE recipe (configs/study/) at the middle one;
   2. the two best MoE recipes (final validation loss) at the other two rates;
   3. the best MoE (recipe and rate) trained for 60% of the steps with its own schedule;
-  4. a second, half budget: dense and best MoE at their best rates, and the MoE at 60% of it.
+  4. a second budget, the default job's (DEFAULT_STEPS): dense and best MoE at their best rates,
+     and the MoE at 60% of it.
 
 Usage: scripts/study.sh [--phases 1,2,3,4] [--dry-run] [--report-only] [--retrain NAME] [--bench]
 """
@@ -34,6 +35,7 @@ BATCH, SEQ = 32, 128
 LRS = [3e-3, 6e-3, 1.2e-2]
 BASE_LR = LRS[1]
 TARGET_SHARE = 0.6     # the MoE must reach the dense twin's final loss in 60% of its tokens
+DEFAULT_STEPS = 1500   # the second budget: `moe train`'s default run (about 5 minutes)
 MOE_RECIPES = ["e8-every", "e8-other", "e16-every", "e16-other", "e32-every", "e32-other",
                "fine16-shared", "fine32-shared", "e8-expert-choice", "e8-sigmoid-bias",
                "e8-cf1.0", "e8-cf1.25"]
@@ -185,11 +187,10 @@ def plan(results, phases, dry_run):
         choice["moe_short"] = run_name(m["config"], m["lr"], short)
         ensure(results, m["config"], m["lr"], short, dry_run)
     if 4 in phases and dense and moe:
-        half = STEPS // 2
         d, m = results[dense], results[moe]
-        ensure(results, "dense", d["lr"], half, dry_run)
-        ensure(results, m["config"], m["lr"], half, dry_run)
-        ensure(results, m["config"], m["lr"], int(half * TARGET_SHARE), dry_run)
+        ensure(results, "dense", d["lr"], DEFAULT_STEPS, dry_run)
+        ensure(results, m["config"], m["lr"], DEFAULT_STEPS, dry_run)
+        ensure(results, m["config"], m["lr"], int(DEFAULT_STEPS * TARGET_SHARE), dry_run)
     return choice
 
 
