@@ -25,7 +25,7 @@ struct EvalOptions {
   // The factor drop_rate is computed for; nullopt = the config's training capacity_factor.
   std::optional<double> capacity_factor;
   // Tokens evaluated at most, in windows spread evenly over the source (all when it is shorter).
-  int64_t max_tokens = 32768;
+  int64_t max_tokens = 65536;
   // Tokens routed for the noise agreement and for each kept checkpoint (saturation).
   int64_t consistency_tokens = 4096;
   int64_t min_count = 10;       // a token needs this many top-1 hits at an expert to be listed

@@ -130,13 +130,30 @@ ArchSpec arch_from_model_config(const ModelConfig& m, const std::string& name) {
   return a;
 }
 
+namespace {
+
+// The default models' attention and dense blocks: the best recipe of the sparsity study
+// (docs/STUDY.md) that trains within the default job's five minutes on 2 cores. ModelConfig's
+// own defaults are the larger D = 256 model of configs/d256-moe.json.
+ModelConfig default_blocks() {
+  ModelConfig c;
+  c.hidden_size = 96;
+  c.intermediate_size = 256;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  return c;
+}
+
+}  // namespace
+
 ModelConfig default_model_config() {
-  ModelConfig c;  // ModelConfig's defaults are the default model's attention and dense blocks
+  ModelConfig c = default_blocks();
   c.moe_layer_freq = 2;
   MoeConfig m;
   m.hidden_size = c.hidden_size;
   m.moe_intermediate_size = c.intermediate_size / 2;  // k = 2 halves: same active FLOPs
-  m.num_experts = 8;
+  m.num_experts = 32;
   m.top_k = 2;
   m.router_type = RouterType::TopKSoftmax;
   m.capacity_factor = 0.0f;
@@ -144,11 +161,7 @@ ModelConfig default_model_config() {
   return c;
 }
 
-ModelConfig dense_baseline_model_config() {
-  ModelConfig c;
-  c.moe.reset();
-  return c;
-}
+ModelConfig dense_baseline_model_config() { return default_blocks(); }
 
 namespace {
 

@@ -81,7 +81,7 @@ std::vector<std::string> preset_names();
 std::optional<ArchSpec> find_preset(const std::string& name);
 
 // The project's own model configs.
-ModelConfig default_model_config();         // ~11M parameters, 8 experts top-2, every other block
+ModelConfig default_model_config();         // 3.4M parameters, 32 experts top-2, every other block
 ModelConfig dense_baseline_model_config();  // the same active FLOPs per token, all blocks dense
 
 nlohmann::json param_count_to_json(const ArchSpec& arch, const ParamCount& count);

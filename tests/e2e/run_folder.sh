@@ -63,7 +63,7 @@ expect_error 2 "is below the step of the run" "$moe" train --resume "$run" --ste
   > "$work/out" 2> "$work/err"
 grep -q "resume: --steps $((step + 2)) applied: the run now ends at step $((step + 2)) (was 1000000)" \
   "$work/err" || fail "no line for --steps: $(cat "$work/err")"
-grep -q "resume: --lr 0.001 applied: peak learning rate 0.001 (was 0.003)" "$work/err" ||
+grep -q "resume: --lr 0.001 applied: peak learning rate 0.001 (was 0.006)" "$work/err" ||
   fail "no line for --lr"
 grep -q "resume: learning-rate schedule:" "$work/err" || fail "no line for the schedule"
 "$moe" train --resume "$run" > "$work/out" 2> "$work/err"
