@@ -182,10 +182,11 @@ def plan(results, phases, dry_run):
     moe = best(results, [run_name(r, lr, STEPS) for r in top2 for lr in LRS])
     choice["dense"], choice["moe"] = dense, moe
     short = int(STEPS * TARGET_SHARE)
-    if 3 in phases and moe:
+    if moe:
         m = results[moe]
         choice["moe_short"] = run_name(m["config"], m["lr"], short)
-        ensure(results, m["config"], m["lr"], short, dry_run)
+        if 3 in phases:
+            ensure(results, m["config"], m["lr"], short, dry_run)
     if 4 in phases and dense and moe:
         d, m = results[dense], results[moe]
         ensure(results, "dense", d["lr"], DEFAULT_STEPS, dry_run)
@@ -250,6 +251,31 @@ def fmt(value, spec, missing="—"):
     return format(value, spec) if value is not None else missing
 
 
+def budget_table(results, choice):
+    """Each budget's dense twin, best MoE and the MoE's own 60% run: how far the MoE is from the
+    target at each budget (the curve read, and the separate run)."""
+    lines = ["| budget (steps) | dense twin's final loss | MoE's final loss | MoE's tokens to reach the twin's final loss (curve) | MoE's own run of 60% of the steps: final loss | its gap to the twin |",
+             "|---|---|---|---|---|---|"]
+    dense, moe = choice.get("dense"), choice.get("moe")
+    if not dense or not moe:
+        return "\n".join(lines)
+    d, m = results[dense], results[moe]
+    for steps in [STEPS, DEFAULT_STEPS]:
+        dn, mn = run_name("dense", d["lr"], steps), run_name(m["config"], m["lr"], steps)
+        sn = run_name(m["config"], m["lr"], int(steps * TARGET_SHARE))
+        if dn not in results or mn not in results:
+            continue
+        target = results[dn]["final_val_loss"]
+        reach = tokens_to_reach(results[mn]["curve"], target)
+        short = results.get(sn)
+        lines.append(f"| {steps} | {target:.4f} | {results[mn]['final_val_loss']:.4f} | "
+                     f"{fmt(reach and reach / 1e6, '.2f')}{'M' if reach else ''} "
+                     f"({fmt(reach and reach / results[dn]['tokens'], '.2f', 'not reached')}) | "
+                     f"{fmt(short and short['final_val_loss'], '.4f')} | "
+                     f"{fmt(short and short['final_val_loss'] - target, '+.4f')} |")
+    return "\n".join(lines)
+
+
 def report(results, choice):
     dense = choice.get("dense")
     if not dense:
@@ -267,8 +293,11 @@ def report(results, choice):
     d_seconds = d_tokens / rate(results[dense])
     lines = ["| run | active / total params | lr | steps | final val loss | tokens to reach the dense twin's final loss | share of its tokens | val loss at its wall-clock | tokens/s |",
              "|---|---|---|---|---|---|---|---|---|"]
+    second = {DEFAULT_STEPS, int(DEFAULT_STEPS * TARGET_SHARE)}
     for name in sorted(results, key=lambda n: (-results[n]["steps"], results[n]["final_val_loss"])):
         r = results[name]
+        if r["steps"] in second:
+            continue  # the second budget's runs: their own table, against their own dense twin
         reach = tokens_to_reach(r["curve"], target)
         # A run faster than the dense twin ends before its wall-clock: its final loss, marked.
         ends = r["tokens"] / rate(r) / d_seconds
@@ -281,18 +310,25 @@ def report(results, choice):
                      f"{r['lr']:g} | {r['steps']} | {r['final_val_loss']:.4f} | {fmt(reach and reach / 1e6, '.2f')}{'M' if reach else ''} | "
                      f"{fmt(reach and reach / d_tokens, '.2f', 'not reached')} | {wall} | {rate(r):.0f} |")
     table = "\n".join(lines)
+    budget = budget_table(results, choice)
     names = [dense] + [run_name(r, BASE_LR, STEPS) for r in MOE_RECIPES]
     svg_curves(results, names, os.path.join(ROOT, "docs", "study", "curves.svg"))
-    extra = [n for n in [choice.get("moe"), choice.get("moe_short")] if n]
+    m = results[choice["moe"]] if choice.get("moe") else None
+    second = [run_name("dense", results[dense]["lr"], DEFAULT_STEPS)] + (
+        [run_name(m["config"], m["lr"], steps) for steps in
+         [DEFAULT_STEPS, int(DEFAULT_STEPS * TARGET_SHARE)]] if m else [])
+    extra = [n for n in [choice.get("moe"), choice.get("moe_short")] + second if n]
     svg_curves(results, [dense] + extra, os.path.join(ROOT, "docs", "study", "best.svg"))
     path = os.path.join(ROOT, "docs", "STUDY.md")
     text = open(path).read() if os.path.exists(path) else ""
-    begin, end = "<!-- study table: begin -->", "<!-- study table: end -->"
-    if begin in text and end in text:
-        text = text[:text.index(begin) + len(begin)] + "\n" + table + "\n" + text[text.index(end):]
-        with open(path, "w") as f:
-            f.write(text)
+    for (begin, end), body in [(("<!-- study table: begin -->", "<!-- study table: end -->"), table),
+                               (("<!-- budget table: begin -->", "<!-- budget table: end -->"), budget)]:
+        if begin in text and end in text:
+            text = text[:text.index(begin) + len(begin)] + "\n" + body + "\n" + text[text.index(end):]
+    with open(path, "w") as f:
+        f.write(text)
     print(table)
+    print(budget)
     print(f"dense twin: {dense} (final {target:.4f}); best MoE: {choice.get('moe')}; "
           f"top two recipes: {', '.join(choice.get('top2', []))}")
 

@@ -19,4 +19,13 @@ assert study.loss_at(curve, 50) == 6.0 and study.loss_at(curve, 500) is None
 results = {"a": {"final_val_loss": 4.1}, "b": {"final_val_loss": 3.9}, "c": {"final_val_loss": 4.0}}
 assert study.best(results, ["a", "b", "x"]) == "b" and study.best(results, ["x"]) is None
 assert study.run_name("e8-every", 6e-3, 2000) == "e8-every-lr0.006-s2000"
+# The budget table: the MoE reaches the twin's 4.5 at 300 of its 400 tokens (0.75); its own
+# short run ends 0.1 above the twin.
+S, short = study.STEPS, int(study.STEPS * study.TARGET_SHARE)
+runs = {study.run_name("dense", 6e-3, S): {"lr": 6e-3, "tokens": 400, "final_val_loss": 4.5},
+        study.run_name("m", 6e-3, S): {"config": "m", "lr": 6e-3, "curve": curve, "final_val_loss": 4.4},
+        study.run_name("m", 6e-3, short): {"final_val_loss": 4.6}}
+row = study.budget_table(runs, {"dense": study.run_name("dense", 6e-3, S),
+                                "moe": study.run_name("m", 6e-3, S)}).splitlines()[2]
+assert row == f"| {S} | 4.5000 | 4.4000 | 0.00M (0.75) | 4.6000 | +0.1000 |", row
 print("study arithmetic: ok")
