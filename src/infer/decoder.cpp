@@ -311,15 +311,17 @@ void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) 
   if (!b.has_shared) return;
   swiglu(b.shared, x, rows, rows_out_.data());
   for (int64_t t = 0; t < rows; ++t) {
-    float scale = 1.0f;
-    if (b.shared_gate) {
-      double dot = 0;
-      for (int64_t d = 0; d < D; ++d) dot += double(x[t * D + d]) * b.shared_gate[d];
-      scale = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
-    }
+    const float scale = shared_expert_scale(b, x + t * D);
     for (int64_t d = 0; d < D; ++d) out[t * D + d] += scale * rows_out_[t * D + d];
   }
   if (b.shared_gate) bytes_read_ += D * static_cast<int64_t>(sizeof(float));
+}
+
+float Decoder::shared_expert_scale(const Block& b, const float* x) const {
+  if (!b.shared_gate) return 1.0f;
+  double dot = 0;
+  for (int64_t d = 0; d < config_.hidden_size; ++d) dot += double(x[d]) * b.shared_gate[d];
+  return static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
 }
 
 void Decoder::prepare_qkv(const Block& b, float* row) const {
@@ -596,12 +598,7 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
         }
       }
       if (b.has_shared) {
-        float scale = 1.0f;
-        if (b.shared_gate) {
-          double dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += double(n[d]) * b.shared_gate[d];
-          scale = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
-        }
+        const float scale = shared_expert_scale(b, n);
 #pragma omp masked
         bytes_read_ += mlp_bytes(b.shared) + (b.shared_gate ? D * int64_t{sizeof(float)} : 0);
         const ExpertWeights* shared = &b.shared;

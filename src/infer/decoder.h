@@ -106,6 +106,9 @@ class Decoder {
   };
   // n: [D], the token's normalised input of MoE block b.
   void route_token(const Block& b, const float* n, TokenRoute& route) const;
+  // x: [D], one token's input of block b -> its shared expert's scale: Qwen2-MoE's sigmoid
+  // gate, or 1 without one.
+  float shared_expert_scale(const Block& b, const float* x) const;
   // row: [(H+2KV) hd] of one token as projected: biases, q/k norms and clamp applied in place.
   void prepare_qkv(const Block& b, float* row) const;
   // logits: [E] of one token -> its k experts (highest first) and gates; order: [E] scratch.
