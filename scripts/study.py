@@ -293,10 +293,10 @@ def report(results, choice):
     d_seconds = d_tokens / rate(results[dense])
     lines = ["| run | active / total params | lr | steps | final val loss | tokens to reach the dense twin's final loss | share of its tokens | val loss at its wall-clock | tokens/s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    second = {DEFAULT_STEPS, int(DEFAULT_STEPS * TARGET_SHARE)}
+    second_budget_steps = {DEFAULT_STEPS, int(DEFAULT_STEPS * TARGET_SHARE)}
     for name in sorted(results, key=lambda n: (-results[n]["steps"], results[n]["final_val_loss"])):
         r = results[name]
-        if r["steps"] in second:
+        if r["steps"] in second_budget_steps:
             continue  # the second budget's runs: their own table, against their own dense twin
         reach = tokens_to_reach(r["curve"], target)
         # A run faster than the dense twin ends before its wall-clock: its final loss, marked.
@@ -314,10 +314,10 @@ def report(results, choice):
     names = [dense] + [run_name(r, BASE_LR, STEPS) for r in MOE_RECIPES]
     svg_curves(results, names, os.path.join(ROOT, "docs", "study", "curves.svg"))
     m = results[choice["moe"]] if choice.get("moe") else None
-    second = [run_name("dense", results[dense]["lr"], DEFAULT_STEPS)] + (
-        [run_name(m["config"], m["lr"], steps) for steps in
-         [DEFAULT_STEPS, int(DEFAULT_STEPS * TARGET_SHARE)]] if m else [])
-    extra = [n for n in [choice.get("moe"), choice.get("moe_short")] + second if n]
+    second_budget_runs = [run_name("dense", results[dense]["lr"], DEFAULT_STEPS)] + (
+        [run_name(m["config"], m["lr"], steps) for steps in sorted(second_budget_steps, reverse=True)]
+        if m else [])
+    extra = [n for n in [choice.get("moe"), choice.get("moe_short")] + second_budget_runs if n]
     svg_curves(results, [dense] + extra, os.path.join(ROOT, "docs", "study", "best.svg"))
     path = os.path.join(ROOT, "docs", "STUDY.md")
     text = open(path).read() if os.path.exists(path) else ""

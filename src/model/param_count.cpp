@@ -161,7 +161,9 @@ ModelConfig default_model_config() {
   return c;
 }
 
-ModelConfig dense_baseline_model_config() { return default_blocks(); }
+ModelConfig dense_baseline_model_config() {
+  return default_blocks();
+}
 
 namespace {
 
