@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "tensor/bf16.h"
+#include "tensor/cpu.h"
 #include "tensor/error.h"
 #include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
@@ -160,7 +161,7 @@ TEST(Bf16, RoundsToNearestEvenAndKeepsSpecials) {
 TEST(Gemm, Bf16WeightMatchesWidenedProduct) {
   Rng rng(5);
   std::vector<Bf16Kernel> kernels = {Bf16Kernel::WidenToSgemm};
-  if (cpu_has_avx512_bf16()) kernels.push_back(Bf16Kernel::Avx512Bf16);
+  if (use_avx512_bf16()) kernels.push_back(Bf16Kernel::Avx512Bf16);
   for (const Bf16Kernel kernel : kernels)
     for (const int64_t M : {int64_t{1}, int64_t{5}, int64_t{7}, int64_t{33}})
       for (const int64_t N : {int64_t{1}, int64_t{6}, int64_t{300}})

@@ -18,6 +18,7 @@
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
+#include "tensor/system_info.h"
 #include "tensor/threads.h"
 
 namespace moe::cli {
@@ -249,21 +250,22 @@ int run_bench_decode(const BenchDecodeCommand& c) {
                            : "widen+sgemm";
 
   if (c.json) {
-    nlohmann::json j = {{"model", model_name},
-                        {"dtype", dtype},
-                        {"threads", thread_count()},
-                        {"blas_core", blas_core_name()},
-                        {"bf16_prefill_kernel", bf16 ? kernel : "none"},
-                        {"prompt_tokens", c.prompt},
-                        {"decode_steps", c.tokens},
-                        {"prefill_tokens_per_s", prefill_rate},
-                        {"decode_tokens_per_s", decode_rate},
-                        {"weight_bytes_per_token", bytes_per_token},
-                        {"kv_bytes_per_token", kv_bytes / static_cast<double>(c.tokens)},
-                        {"read_bandwidth_gbs", bandwidth / 1e9},
-                        {"read_bandwidth_probes_gbs",
-                         {bandwidth_before / 1e9, bandwidth_after / 1e9}},
-                        {"bandwidth_share", share}};
+    nlohmann::json j = {
+        {"model", model_name},
+        {"dtype", dtype},
+        {"threads", thread_count()},
+        {"blas_core", blas_core_name()},
+        {"bf16_prefill_kernel", bf16 ? kernel : "none"},
+        {"prompt_tokens", c.prompt},
+        {"decode_steps", c.tokens},
+        {"prefill_tokens_per_s", prefill_rate},
+        {"decode_tokens_per_s", decode_rate},
+        {"weight_bytes_per_token", bytes_per_token},
+        {"kv_bytes_per_token", kv_bytes / static_cast<double>(c.tokens)},
+        {"read_bandwidth_gbs", bandwidth / 1e9},
+        {"read_bandwidth_probes_gbs", {bandwidth_before / 1e9, bandwidth_after / 1e9}},
+        {"bandwidth_share", share},
+        {"system", system_info()}};
     if (decoder.expert_cache()) {
       j["expert_cache"] = {
           {"experts_per_layer", c.expert_cache},

@@ -9,6 +9,7 @@
 #include "moe/moe_layer.h"
 #include "tensor/error.h"
 #include "tensor/rng.h"
+#include "tensor/system_info.h"
 #include "tensor/threads.h"
 
 namespace moe::cli {
@@ -99,7 +100,8 @@ int run_bench_ep(const BenchEpOptions& o, MpiWorld* world) {
                         {"compute_s", ep.seconds - ep.exchange_seconds},
                         {"all_local_fwd_bwd_s", alone.seconds},
                         {"bytes_per_token", ep.bytes_per_token},
-                        {"model_bytes_per_token", model_bytes}};
+                        {"model_bytes_per_token", model_bytes},
+                        {"system", system_info()}};
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }

@@ -11,6 +11,7 @@
 #include "tensor/blas_info.h"
 #include "tensor/error.h"
 #include "tensor/gemm.h"
+#include "tensor/system_info.h"
 #include "tensor/threads.h"
 
 namespace moe::cli {
@@ -193,7 +194,8 @@ int run_bench_layer(const BenchLayerOptions& options) {
                             {"memory_read_gbs", bandwidth.read_gbs},
                             {"memory_write_gbs", bandwidth.write_gbs},
                             {"memory_limit_fwdbwd_tokens_per_s", memory_limit},
-                            {"blas_core", blas_core_name()}};
+                            {"blas_core", blas_core_name()},
+                            {"system", system_info()}};
       rows.push_back(row);
       if (!options.json) {
         std::printf("%-9s %6lld %12.0f %14.0f %8.2f %10.1f %7.0f%% %11.0f%%\n", name.c_str(),

@@ -11,6 +11,7 @@
 #include "model/param_count.h"
 #include "model/transformer.h"
 #include "tensor/blas_info.h"
+#include "tensor/system_info.h"
 #include "tensor/threads.h"
 #include "train/optimizer.h"
 
@@ -70,7 +71,8 @@ int run_bench_train(const BenchTrainOptions& o) {
                                        {"blas_core", blas_core_name()},
                                        {"step_seconds_median", median},
                                        {"tokens_per_s", tok_s},
-                                       {"peak_rss_mib", peak_mib}}
+                                       {"peak_rss_mib", peak_mib},
+                                       {"system", system_info()}}
                             .dump()
                             .c_str());
   } else {

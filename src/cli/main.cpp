@@ -20,7 +20,9 @@
 #include "cli/report_cmd.h"
 #include "cli/train_cmd.h"
 #include "dist/mpi_world.h"
+#include "tensor/cpu.h"
 #include "tensor/error.h"
+#include "tensor/system_info.h"
 #include "tensor/threads.h"
 
 namespace {
@@ -131,11 +133,17 @@ int main(int argc, char** argv) {
   // Subcommands inherit this: an option they do not know (--threads) goes to their parent, so
   // global options work after the subcommand too.
   app.fallthrough();
+  app.set_version_flag("--version", moe::version_line());
   int threads = 0;
   app.add_option("--threads", threads,
                  "Threads for OpenMP loops and OpenBLAS, before or after the command (default: "
                  "MOE_THREADS or all cores)")
       ->check(CLI::Range(1, 4096));
+
+  CLI::App* info = app.add_subcommand(
+      "info", "What runs here: build, CPU, kernel set (MOE_KERNELS), OpenBLAS and threads");
+  bool info_json = false;
+  info->add_flag("--json", info_json, "Print JSON");
 
   CLI::App* bench = app.add_subcommand("bench", "Measure throughput");
   bench->require_subcommand(1);
@@ -232,6 +240,14 @@ int main(int argc, char** argv) {
   try {
     if (world && world->size() > 1) world->require_same_binary();
     moe::set_threads(threads);
+    moe::kernel_set();  // a bad MOE_KERNELS is refused here, before any work
+    if (*info) {
+      if (info_json)
+        std::printf("%s\n", moe::system_info().dump(2).c_str());
+      else
+        std::printf("%s", moe::system_info_text().c_str());
+      return 0;
+    }
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
     if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
     if (*bench_decode) return moe::cli::run_bench_decode(bench_decode_cmd);

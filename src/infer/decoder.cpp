@@ -228,8 +228,8 @@ void Decoder::swiglu(const ExpertWeights& e, const float* x, int64_t rows, float
   linear(e.up, x, rows, D, up_.data(), F);
   float* g = gate_act_.data();
   const float* u = up_.data();
-#pragma omp parallel for schedule(static) if (rows * F >= (int64_t{1} << 16))
-  for (int64_t i = 0; i < rows * F; ++i) g[i] = silu(g[i]) * u[i];
+#pragma omp parallel for schedule(static) if (rows >= 2 && rows * F >= (int64_t{1} << 16))
+  for (int64_t r = 0; r < rows; ++r) silu_gate(g + r * F, g + r * F, u + r * F, F);
   linear(e.down, g, rows, F, out, D);
 }
 
@@ -496,7 +496,7 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
             *u = up_.data() + i / shares * widest_ffn_;
       weight_rows(e.gate, n, j0, j1, h);
       weight_rows(e.up, n, j0, j1, u);
-      for (int64_t j = j0; j < j1; ++j) h[j] = silu(h[j]) * u[j];
+      silu_gate(h + j0, h + j0, u + j0, j1 - j0);
     }
     const int64_t down_step = share_rows(experts[0]->down),
                   down_shares = (D + down_step - 1) / down_step;

@@ -4,11 +4,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
+#include "tensor/dispatch.h"
 #include "tensor/error.h"
 #include "tensor/fast_exp.h"
 #include "tensor/gemm.h"
+#include "tensor/lanes.h"
+#include "tensor/vector_ops.h"
 
 namespace moe {
 
@@ -265,15 +269,9 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
       for (int64_t r = 0; r < rows; ++r) {
         float* p = tile.scores + r * kKeyBlock;
         const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
-        float m = first ? -std::numeric_limits<float>::infinity() : row_max[r];
-#pragma omp simd reduction(max : m)
-        for (int64_t j = 0; j < unmasked; ++j) m = std::max(m, p[j]);
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < unmasked; ++j) {
-          p[j] = fast_exp(p[j] - m);
-          sum += p[j];
-        }
+        const float m = std::max(first ? -std::numeric_limits<float>::infinity() : row_max[r],
+                                 max_value(p, unmasked));
+        const float sum = exp_shifted_sum(p, p, unmasked, m);
         std::fill(p + unmasked, p + cols, 0.0f);
         if (first) {
           row_sum[r] = sum;
@@ -341,11 +339,7 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
         const float* dout = dctx.data() + (b * S + r0) * C + h * hd;
         float* dq = dqkv.data() + (b * S + r0) * W + h * hd;
         // rowsum(dout * out): the softmax backward's per-row term, the same for every tile.
-        for (int64_t r = 0; r < rows; ++r) {
-          float sum = 0.0f;
-          for (int64_t d = 0; d < hd; ++d) sum += dout[r * C + d] * o[r * C + d];
-          delta[r] = sum;
-        }
+        for (int64_t r = 0; r < rows; ++r) delta[r] = dot(dout + r * C, o + r * C, hd);
         for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
           const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
           float* p = tile.scores;
@@ -359,8 +353,7 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
             float* pr = p + r * kKeyBlock;
             const float m = row_lse[r0 + r];
             const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
-#pragma omp simd
-            for (int64_t j = 0; j < unmasked; ++j) pr[j] = fast_exp(pr[j] - m);
+            exp_shifted(pr, unmasked, m);
             std::fill(pr + unmasked, pr + cols, 0.0f);
           }
           // dV += P^T dout;  dP = dout V^T
@@ -406,14 +399,15 @@ void attention_decode_append(const AttentionShape& s, const RopeTable& rope, int
   std::copy_n(qkv.data() + (H + KV) * hd, KV * hd, value_cache.data() + pos * KV * hd);
 }
 
-void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
-                            std::span<const float> qkv, std::span<const float> key_cache,
-                            std::span<const float> value_cache, std::span<float> scores,
-                            std::span<float> ctx) {
+namespace {
+
+inline void decode_heads_body(const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
+                              std::span<const float> qkv, std::span<const float> key_cache,
+                              std::span<const float> value_cache, std::span<float> scores,
+                              std::span<float> ctx) {
   const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV, stride = KV * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  // 16 partial sums: one AVX-512 register (two AVX2 ones) the compiler can hold across a loop.
-  constexpr int64_t kLanes = 16, kColumns = 4 * kLanes;
+  constexpr int64_t kColumns = 64;  // eight 8-wide vectors of ctx held over all positions
   for (int64_t h = h0; h < h1; ++h) {
     const float* q = qkv.data() + h * hd;
     const float* kc = key_cache.data() + h / group * hd;
@@ -422,20 +416,10 @@ void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, in
     for (int64_t j = 0; j <= pos; ++j) {
       // q.k in 16 lanes, then the lanes added pairwise (a scalar chain of hd adds would wait
       // on itself hd times).
-      const float* k = kc + j * stride;
-      float lane[kLanes] = {};
-      int64_t d = 0;
-      for (; d + kLanes <= hd; d += kLanes)
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) lane[l] += q[d + l] * k[d + l];
-      for (; d < hd; ++d) lane[d % kLanes] += q[d] * k[d];
-      for (int64_t width = kLanes / 2; width >= 1; width /= 2)
-        for (int64_t l = 0; l < width; ++l) lane[l] += lane[l + width];
-      scores[j] = lane[0] * scale;
+      scores[j] = lane_dot(q, kc + j * stride, hd) * scale;
       m = std::max(m, scores[j]);
     }
-    float sum = 0.0f;
-    for (int64_t j = 0; j <= pos; ++j) sum += (scores[j] = fast_exp(scores[j] - m));
+    const float sum = exp_shifted_sum(scores.data(), scores.data(), pos + 1, m);
     for (int64_t j = 0; j <= pos; ++j) scores[j] /= sum;
     // ctx_h = sum_j p_j v_j, 64 columns at a time held in registers over all positions (four
     // independent chains of adds; each column's sum in position order, as one column at a time
@@ -443,19 +427,37 @@ void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, in
     float* out = ctx.data() + h * hd;
     int64_t d0 = 0;
     for (; d0 + kColumns <= hd; d0 += kColumns) {
-      float acc[kColumns] = {};
+      F32x8 acc[kColumns / 8] = {}, v;
       for (int64_t j = 0; j <= pos; ++j) {
         const float p = scores[j];
-        const float* v = vc + j * stride + d0;
-#pragma omp simd
-        for (int64_t l = 0; l < kColumns; ++l) acc[l] += p * v[l];
+        for (int64_t c = 0; c < kColumns / 8; ++c) {
+          load8(v, vc + j * stride + d0 + 8 * c);
+          acc[c] += p * v;
+        }
       }
-      std::copy_n(acc, kColumns, out + d0);
+      std::memcpy(out + d0, acc, sizeof acc);
     }
     std::fill(out + d0, out + hd, 0.0f);
     for (int64_t j = 0; j <= pos; ++j)
       for (int64_t d = d0; d < hd; ++d) out[d] += scores[j] * vc[j * stride + d];
   }
+}
+
+// Compiled per kernel set: the q.k lanes and each ctx column's order are fixed, so every set
+// gives the same bits.
+MOE_KERNEL(decode_heads_kernel,
+           (const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
+            std::span<const float> qkv, std::span<const float> key_cache,
+            std::span<const float> value_cache, std::span<float> scores, std::span<float> ctx),
+           (s, pos, h0, h1, qkv, key_cache, value_cache, scores, ctx), decode_heads_body)
+
+}  // namespace
+
+void attention_decode_heads(const AttentionShape& s, int64_t pos, int64_t h0, int64_t h1,
+                            std::span<const float> qkv, std::span<const float> key_cache,
+                            std::span<const float> value_cache, std::span<float> scores,
+                            std::span<float> ctx) {
+  decode_heads_kernel(s, pos, h0, h1, qkv, key_cache, value_cache, scores, ctx);
 }
 
 void attention_decode(const AttentionShape& s, const RopeTable& rope, int64_t pos,

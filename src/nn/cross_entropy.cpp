@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "tensor/error.h"
-#include "tensor/fast_exp.h"
+#include "tensor/vector_ops.h"
 
 namespace moe {
 
@@ -31,17 +31,12 @@ double cross_entropy(int64_t n, int64_t V, std::span<const float> logits,
   for (int64_t r = 0; r < n; ++r) {
     const float* l = logits.data() + r * V;
     const int32_t target = targets[r];
-    const float m = *std::max_element(l, l + V);
+    const float m = max_value(l, V);
     // One exp per logit: exp(l - m) is written into d, then scaled into the softmax.
     float* d =
         dlogits.empty() ? rows.data() + int64_t{omp_get_thread_num()} * V : dlogits.data() + r * V;
     const float l_target = target >= 0 ? l[target] : 0.0f;  // d may alias l
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < V; ++i) {
-      d[i] = fast_exp(l[i] - m);
-      sum += d[i];
-    }
+    const float sum = exp_shifted_sum(l, d, V, m);
     if (target >= 0)
       partial[static_cast<size_t>(omp_get_thread_num())] += m + std::log(double(sum)) - l_target;
     if (dlogits.empty()) continue;
@@ -49,9 +44,7 @@ double cross_entropy(int64_t n, int64_t V, std::span<const float> logits,
       std::fill_n(d, V, 0.0f);
       continue;
     }
-    const float scale = inv_count / sum;
-#pragma omp simd
-    for (int64_t i = 0; i < V; ++i) d[i] *= scale;
+    scale_values(d, V, inv_count / sum);
     d[target] -= inv_count;
   }
   double total = 0.0;

@@ -14,6 +14,9 @@ inline float silu(float v) {
   return v * (1.0f / (1.0f + fast_exp(-v)));
 }
 
+// out[i] = silu(gate[i]) * up[i] for i < n (out may be gate), compiled per kernel set.
+void silu_gate(float* out, const float* gate, const float* up, int64_t n);
+
 struct SwigluShape {
   int64_t rows;    // n
   int64_t model;   // D

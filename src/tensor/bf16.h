@@ -50,7 +50,4 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
-// Whether this CPU runs AVX512-BF16 (vdpbf16ps), asked at run time.
-bool cpu_has_avx512_bf16();
-
 }  // namespace moe

@@ -7,8 +7,11 @@
 #include <vector>
 
 #include "tensor/bf16.h"
+#include "tensor/cpu.h"
+#include "tensor/dispatch.h"
 #include "tensor/error.h"
 #include "tensor/gemm_avx512_bf16.h"
+#include "tensor/lanes.h"
 
 namespace moe {
 namespace {
@@ -46,40 +49,86 @@ inline float widen(uint16_t v) {
   return bf16_to_float(v);
 }
 
-// C[m, j0:j1] = alpha A[m, k] B[j0:j1, k]^T + beta C, m small: each row of B meets every row
-// of A while it is in L1, four rows of A at a time. B is fp32 or bf16 (widened as it streams in).
-template <typename Weight>
-void skinny_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a,
-                 int64_t lda, const Weight* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  for (int64_t j = j0; j < j1; ++j) {
-    const Weight* bj = b + j * ldb;
-    int64_t r = 0;
-    for (; r + 4 <= m; r += 4) {
-      const float *a0 = a + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-      for (int64_t i = 0; i < k; ++i) {
-        const float w = widen(bj[i]);
-        s0 += a0[i] * w;
-        s1 += a1[i] * w;
-        s2 += a2[i] * w;
-        s3 += a3[i] * w;
-      }
-      const float sums[4] = {s0, s1, s2, s3};
-      for (int64_t q = 0; q < 4; ++q) {
-        float& out = c[(r + q) * ldc + j];
-        out = blend(alpha, sums[q], beta, out);
-      }
-    }
-    for (; r < m; ++r) {
-      const float* ar = a + r * lda;
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < k; ++i) s += ar[i] * widen(bj[i]);
-      float& out = c[r * ldc + j];
-      out = blend(alpha, s, beta, out);
+// sums[r] = a_rows[r] . w over k, for R rows of A at once: each 16 weights are loaded (and
+// widened) once and meet all R rows in registers. Sums in 16 lanes (tensor/lanes.h): the same
+// bits in every kernel set, and no add waits on the one before.
+template <int R, typename Weight>
+inline void dot_rows(const float* const (&a_rows)[R], const Weight* w, int64_t k, float* sums) {
+  Lanes16 acc[R], wv, av;
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    load16(wv, w + i);
+    for (int r = 0; r < R; ++r) {
+      load16(av, a_rows[r] + i);
+      add_products(acc[r], av, wv);
     }
   }
+  if (i < k) {
+    load_tail(wv, w + i, k - i);
+    for (int r = 0; r < R; ++r) {
+      load_tail(av, a_rows[r] + i, k - i);
+      add_products(acc[r], av, wv);
+    }
+  }
+  for (int r = 0; r < R; ++r) sums[r] = lane_total(acc[r]);
+}
+
+template <int R, typename Weight>
+inline void rows_times_weight(int64_t j0, int64_t j1, int64_t k, float alpha, const float* a,
+                              int64_t lda, const Weight* b, int64_t ldb, float beta, float* c,
+                              int64_t ldc) {
+  const float* a_rows[R];
+  for (int r = 0; r < R; ++r) a_rows[r] = a + r * lda;
+  for (int64_t j = j0; j < j1; ++j) {
+    float sums[R];
+    dot_rows<R>(a_rows, b + j * ldb, k, sums);
+    for (int r = 0; r < R; ++r) {
+      float& out = c[r * ldc + j];
+      out = blend(alpha, sums[r], beta, out);
+    }
+  }
+}
+
+// C[m, j0:j1] = alpha A[m, k] B[j0:j1, k]^T + beta C, m small: each row of B meets four rows of A
+// at a time while it is in L1. B is fp32 or bf16 (widened as it streams in).
+template <typename Weight>
+inline void skinny_rows_body(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha,
+                             const float* a, int64_t lda, const Weight* b, int64_t ldb, float beta,
+                             float* c, int64_t ldc) {
+  int64_t r = 0;
+  for (; r + 4 <= m; r += 4)
+    rows_times_weight<4>(j0, j1, k, alpha, a + r * lda, lda, b, ldb, beta, c + r * ldc, ldc);
+  const float* ar = a + r * lda;
+  float* cr = c + r * ldc;
+  switch (m - r) {
+    case 3:
+      return rows_times_weight<3>(j0, j1, k, alpha, ar, lda, b, ldb, beta, cr, ldc);
+    case 2:
+      return rows_times_weight<2>(j0, j1, k, alpha, ar, lda, b, ldb, beta, cr, ldc);
+    case 1:
+      return rows_times_weight<1>(j0, j1, k, alpha, ar, lda, b, ldb, beta, cr, ldc);
+  }
+}
+
+#define MOE_SKINNY_PARAMS(Weight)                                                          \
+  (int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a, int64_t lda, \
+   const Weight* b, int64_t ldb, float beta, float* c, int64_t ldc)
+#define MOE_SKINNY_ARGS (m, j0, j1, k, alpha, a, lda, b, ldb, beta, c, ldc)
+MOE_KERNEL(skinny_rows_f32, MOE_SKINNY_PARAMS(float), MOE_SKINNY_ARGS, skinny_rows_body<float>)
+MOE_KERNEL(skinny_rows_bf16, MOE_SKINNY_PARAMS(uint16_t), MOE_SKINNY_ARGS,
+           skinny_rows_body<uint16_t>)
+#undef MOE_SKINNY_PARAMS
+#undef MOE_SKINNY_ARGS
+
+inline void skinny_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a,
+                        int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                        int64_t ldc) {
+  skinny_rows_f32(m, j0, j1, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void skinny_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a,
+                        int64_t lda, const uint16_t* b, int64_t ldb, float beta, float* c,
+                        int64_t ldc) {
+  skinny_rows_bf16(m, j0, j1, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 // skinny_rows over all n rows of B, split among the threads.
@@ -113,9 +162,11 @@ void widen_to_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda
 
 Bf16Kernel resolve_bf16_kernel(Bf16Kernel kernel) {
   if (kernel == Bf16Kernel::Auto)
-    return cpu_has_avx512_bf16() ? Bf16Kernel::Avx512Bf16 : Bf16Kernel::WidenToSgemm;
-  if (kernel == Bf16Kernel::Avx512Bf16 && !cpu_has_avx512_bf16())
-    throw Error("the AVX512-BF16 kernel was asked for, but this CPU lacks AVX512-BF16");
+    return use_avx512_bf16() ? Bf16Kernel::Avx512Bf16 : Bf16Kernel::WidenToSgemm;
+  if (kernel == Bf16Kernel::Avx512Bf16 && !use_avx512_bf16())
+    throw Error(
+        "the AVX512-BF16 kernel was asked for, but this CPU lacks AVX512-BF16 (or "
+        "MOE_KERNELS chose a lower set)");
   return kernel;
 }
 
@@ -124,7 +175,8 @@ void gemm_bf16_weight(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   if (m == 0 || n == 0) return;
   const bool avx512_bf16 = resolve_bf16_kernel(kernel) == Bf16Kernel::Avx512Bf16;
   if (m <= kSkinnyRows || k == 0) {
-    if (avx512_bf16 && k > 0) return gemm_avx512_stream_bf16(m, n, k, a, lda, b, ldb, c, ldc);
+    if (kernel_set() == KernelSet::Avx512 && k > 0)
+      return gemm_avx512_stream_bf16(m, n, k, a, lda, b, ldb, c, ldc);
     return skinny_a_bt(m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
   }
   if (avx512_bf16) return gemm_avx512_bf16(m, n, k, a, lda, b, ldb, c, ldc);
@@ -138,8 +190,7 @@ void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a,
 
 void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
                    const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
-  static const bool avx512_bf16 = cpu_has_avx512_bf16();
-  if (avx512_bf16 && k > 0)
+  if (kernel_set() == KernelSet::Avx512 && k > 0)
     return gemm_avx512_stream_bf16_rows(m, j0, j1, k, a, lda, b, ldb, c, ldc);
   skinny_rows(m, j0, j1, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }

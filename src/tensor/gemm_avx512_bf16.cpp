@@ -1,10 +1,13 @@
 #include "tensor/gemm_avx512_bf16.h"
 
-// GCC 12's own _mm512_reduce_add_ps builds on an "uninitialised" _mm256_undefined_pd() and
-// trips -Wmaybe-uninitialized where it is inlined; the warning is about the header, not us.
+// GCC 12's AVX-512 intrinsics start many results from an "uninitialised" register
+// (_mm512_undefined_*) and warn, as -Wuninitialized or -Wmaybe-uninitialized depending on the
+// build's target, wherever they are inlined: the warning is about the header, not this code.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
+
 #include <immintrin.h>
 #include <omp.h>
 
@@ -14,17 +17,23 @@
 
 #include "tensor/bf16.h"
 
-// Compiled for AVX512-BF16 whatever the build's -march: the caller checks the CPU first.
+// Compiled for AVX512-BF16 whatever the build's -march: the caller checks the CPU first (the
+// streaming kernels need AVX-512 F/BW only, the tiles AVX512-BF16 too).
 #define MOE_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define MOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 namespace moe {
 
-bool cpu_has_avx512_bf16() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16");
-}
-
 namespace {
+
+// The 16 lanes added pairwise, in the order _mm512_reduce_add_ps adds them.
+MOE_AVX512 inline float sum_lanes(__m512 v) {
+  alignas(64) float lane[16];
+  _mm512_store_ps(lane, v);
+  for (int width = 8; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lane[l] += lane[l + width];
+  return lane[0];
+}
 
 // A tile is 4 rows of A by 4 rows of B: 16 accumulators and 8 operands fill 24 of the 32 zmm
 // registers, and each 64-byte load feeds 4 vdpbf16ps.
@@ -63,7 +72,7 @@ MOE_AVX512_BF16 void dot_tile(const uint16_t* const (&a_rows)[kTile],
   for (; at + 32 <= k; at += 32) dot_step(a_rows, b_rows, at, ~__mmask32{0}, acc);
   if (at < k) dot_step(a_rows, b_rows, at, (__mmask32{1} << (k - at)) - 1, acc);
   for (int64_t i = 0; i < kTile; ++i)
-    for (int64_t j = 0; j < kTile; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+    for (int64_t j = 0; j < kTile; ++j) out[i][j] = sum_lanes(acc[i][j]);
 }
 
 // One row of A against one row of B (a decode step's products): four accumulators over 64
@@ -76,21 +85,20 @@ MOE_AVX512_BF16 void dot_tile(const uint16_t* const (&a_rows)[kTile],
 // (0 + 1) + (2 + 3) and the 16 lanes summed.
 constexpr int64_t kRowPrefetch = 1024;
 
-MOE_AVX512_BF16 inline void prefetch_ahead(const void* at) {
+MOE_AVX512 inline void prefetch_ahead(const void* at) {
   _mm_prefetch(static_cast<const char*>(at) + kRowPrefetch, _MM_HINT_T0);
 }
 
-MOE_AVX512_BF16 inline float sum_of(__m512 (&acc)[4]) {
-  return _mm512_reduce_add_ps(
-      _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+MOE_AVX512 inline float sum_of(__m512 (&acc)[4]) {
+  return sum_lanes(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
 // 16 bf16 weights as fp32: zero-extended, shifted into the top half. Exact.
-MOE_AVX512_BF16 inline __m512 widen(__m256i half) {
+MOE_AVX512 inline __m512 widen(__m256i half) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-MOE_AVX512_BF16 float dot_row_bf16(const float* a, const uint16_t* b, int64_t k) {
+MOE_AVX512 float dot_row_bf16(const float* a, const uint16_t* b, int64_t k) {
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                    _mm512_setzero_ps()};
   int64_t i = 0;
@@ -113,9 +121,8 @@ MOE_AVX512_BF16 float dot_row_bf16(const float* a, const uint16_t* b, int64_t k)
 // c[r, j] = sum_i a[r, i] * widen(b[j, i]) for r < m <= kMaxStreamRows, j in [j0, j1): each row
 // of B is read once, 32 weights a step widened exactly (zero-extend, shift into an fp32's top
 // half), two accumulators per row of A so consecutive FMAs do not wait on each other.
-MOE_AVX512_BF16 void stream_rows(int64_t m, int64_t k, const float* a, int64_t lda,
-                                 const uint16_t* b, int64_t ldb, float* c, int64_t ldc, int64_t j0,
-                                 int64_t j1) {
+MOE_AVX512 void stream_rows(int64_t m, int64_t k, const float* a, int64_t lda, const uint16_t* b,
+                            int64_t ldb, float* c, int64_t ldc, int64_t j0, int64_t j1) {
   if (m == 1) {
     for (int64_t j = j0; j < j1; ++j) c[j] = dot_row_bf16(a, b + j * ldb, k);
     return;
@@ -140,8 +147,7 @@ MOE_AVX512_BF16 void stream_rows(int64_t m, int64_t k, const float* a, int64_t l
       for (int64_t r = 0; r < m; ++r)
         acc[r][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + r * lda + i), w, acc[r][0]);
     }
-    for (int64_t r = 0; r < m; ++r)
-      c[r * ldc + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+    for (int64_t r = 0; r < m; ++r) c[r * ldc + j] = sum_lanes(_mm512_add_ps(acc[r][0], acc[r][1]));
   }
 }
 

@@ -1,6 +1,6 @@
 #pragma once
-// The AVX512-BF16 kernel behind gemm_bf16_weight (tensor/gemm.h); call only where
-// cpu_has_avx512_bf16() holds. C[m, n] = A[m, k] · B[n, k]^T, C overwritten.
+// The AVX-512 kernels behind gemm_bf16_weight (tensor/gemm.h): the tiles only where
+// use_avx512_bf16() holds, the streaming ones where kernel_set() is Avx512 (tensor/cpu.h). C[m, n] = A[m, k] · B[n, k]^T, C overwritten.
 #include <cstdint>
 
 namespace moe {
