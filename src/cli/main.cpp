@@ -1,7 +1,10 @@
 // moe: train, run and inspect sparse Mixture-of-Experts transformers.
 // Exit codes: 0 success, 2 bad input (moe::Error or bad arguments), 1 internal failure.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <new>
 #include <optional>
@@ -119,9 +122,23 @@ std::string describe_parse_error(CLI::App& app, const CLI::ParseError& e) {
   return what + " (see: " + path + " --help)";
 }
 
+// OpenMP threads that wait at a barrier spin for about 3 ms (libgomp's default when
+// OMP_WAIT_POLICY is unset) before they sleep. Alone that is free; beside another busy process
+// the spinning threads burn the cores it needs (two `moe` at once made 58-84% of one alone
+// together). A spin of 300 iterations, a few microseconds, keeps the speed alone and the fair
+// share when shared (bench/RESULTS.md, "Sharing the cores"). libgomp reads its settings before
+// main, so the program sets GOMP_SPINCOUNT and starts itself again, once; an OMP_WAIT_POLICY
+// or GOMP_SPINCOUNT the user set is kept as given.
+void restart_with_short_spin(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("GOMP_SPINCOUNT", "300", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then libgomp's default stays
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  restart_with_short_spin(argv);
   // MPI only under mpirun: a process started alone is the single-process program of old.
   std::optional<moe::MpiWorld> world;
   if (moe::MpiWorld::launched_by_mpirun()) world.emplace(argc, argv);

@@ -52,11 +52,49 @@ inline float widen(uint16_t v) {
 // sums[r] = a_rows[r] . w over k, for R rows of A at once: each 16 weights are loaded (and
 // widened) once and meet all R rows in registers. Sums in 16 lanes (tensor/lanes.h): the same
 // bits in every kernel set, and no add waits on the one before.
+// How far ahead of its loads a row of W is prefetched (into the next rows at a row's end: the
+// rows lie back to back). The hardware prefetcher alone lost 10-20% of bf16 decode.
+constexpr int64_t kPrefetchBytes = 1024;
+
+// One row of A (a decode step): 32 weights a step into two sets of lanes, so twice as many adds
+// are in flight, then the sets added lane by lane.
+template <typename Weight>
+inline float dot_one_row(const float* a, const Weight* w, int64_t k) {
+  Lanes16 acc[2], wv, av;
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    __builtin_prefetch(w + i + kPrefetchBytes / sizeof(Weight));
+    for (int half = 0; half < 2; ++half) {
+      load16(wv, w + i + 16 * half);
+      load16(av, a + i + 16 * half);
+      add_products(acc[half], av, wv);
+    }
+  }
+  for (; i + 16 <= k; i += 16) {
+    load16(wv, w + i);
+    load16(av, a + i);
+    add_products(acc[0], av, wv);
+  }
+  if (i < k) {
+    load_tail(wv, w + i, k - i);
+    load_tail(av, a + i, k - i);
+    add_products(acc[0], av, wv);
+  }
+  acc[0].lo += acc[1].lo;
+  acc[0].hi += acc[1].hi;
+  return lane_total(acc[0]);
+}
+
 template <int R, typename Weight>
 inline void dot_rows(const float* const (&a_rows)[R], const Weight* w, int64_t k, float* sums) {
+  if constexpr (R == 1) {
+    sums[0] = dot_one_row(a_rows[0], w, k);
+    return;
+  }
   Lanes16 acc[R], wv, av;
   int64_t i = 0;
   for (; i + 16 <= k; i += 16) {
+    __builtin_prefetch(w + i + kPrefetchBytes / sizeof(Weight));
     load16(wv, w + i);
     for (int r = 0; r < R; ++r) {
       load16(av, a_rows[r] + i);

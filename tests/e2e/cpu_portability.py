@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """One binary for every x86-64 CPU. `moe --version` and `moe info` say what runs; MOE_KERNELS
-picks a lower kernel set and a bad or unsupported one is refused in one line (exit 2). Then,
+picks a lower kernel set and a bad or unsupported one is refused in one line (exit 2); moe
+sets a short OpenMP spin for itself unless the user chose a waiting policy. Then,
 where qemu-user is installed (scripts/setup.sh installs it), the same binary runs as CPUs it
 was not built on: `-cpu Nehalem` (SSE4.2, no AVX: any AVX instruction outside a dispatched
 kernel faults) and `-cpu Haswell` (AVX2, no AVX-512): each trains a tiny model for a few
@@ -60,6 +61,14 @@ def check_info():
     print(f"ok: moe info: {info['cpu']}, kernels {info['kernel_set']}")
     generic = json.loads(run(["info", "--json"], env=with_env(MOE_KERNELS="generic")).stdout)
     assert generic["kernel_set"] == "generic", generic
+    # The short OpenMP spin moe sets for itself (by starting again), unless the user chose.
+    def waiting(**changes):
+        info = json.loads(run(["info", "--json"], env=with_env(**changes)).stdout)
+        return info["gomp_spincount"], info["omp_wait_policy"]
+    assert waiting(OMP_WAIT_POLICY=None, GOMP_SPINCOUNT=None) == ("300", "unset")
+    assert waiting(OMP_WAIT_POLICY=None, GOMP_SPINCOUNT="1234") == ("1234", "unset")
+    assert waiting(OMP_WAIT_POLICY="passive", GOMP_SPINCOUNT=None) == ("unset", "passive")
+    print("ok: GOMP_SPINCOUNT=300 unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set")
     refused(with_env(MOE_KERNELS="avx3"), "generic, avx2, avx512", "avx3")
     if "avx512" not in info["kernel_sets_supported"]:
         refused(with_env(MOE_KERNELS="avx512"), "MOE_KERNELS=avx512", "lacks")
@@ -81,8 +90,10 @@ def check_logits(prefix, env, work, case):
 
 def check_under_qemu(qemu, cpu, kernels, work):
     # OpenBLAS as the emulated CPU makes it (the environment's OPENBLAS_CORETYPE may name a
-    # core the emulated CPU lacks).
-    env = with_env(OPENBLAS_CORETYPE=None, OPENBLAS_L2_SIZE=None, MOE_KERNELS=None)
+    # core the emulated CPU lacks). GOMP_SPINCOUNT set: moe then does not start itself again
+    # (src/cli/main.cpp), an exec that would leave the emulator and run on the real CPU.
+    env = with_env(OPENBLAS_CORETYPE=None, OPENBLAS_L2_SIZE=None, MOE_KERNELS=None,
+                   GOMP_SPINCOUNT="300")
     prefix = (qemu, "-cpu", cpu)
     info = json.loads(run(["info", "--json"], env=env, prefix=prefix).stdout)
     assert info["kernel_set"] == kernels, (cpu, info)
