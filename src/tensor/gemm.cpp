@@ -63,7 +63,9 @@ inline float dot_one_row(const float* a, const Weight* w, int64_t k) {
   Lanes16 acc[2], wv, av;
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
-    __builtin_prefetch(w + i + kPrefetchBytes / sizeof(Weight));
+    // One prefetch per 64-byte line: a step is one line of bf16 weights, two of fp32.
+    for (int64_t line = 0; line < 32 * int64_t{sizeof(Weight)}; line += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(w + i) + kPrefetchBytes + line);
     for (int half = 0; half < 2; ++half) {
       load16(wv, w + i + 16 * half);
       load16(av, a + i + 16 * half);
