@@ -9,7 +9,6 @@ steps, computes `moe logits` on three Hugging Face reference folders (Mixtral bf
 Qwen2-MoE, OLMoE) within 1e-4 + 1e-4 |ref| of the PyTorch reference, and generates from its
 run.
 Usage: cpu_portability.py MOE SOURCE_DIR HF_CASES"""
-import gzip
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+
+import shipped_corpus  # beside this file
 
 MOE, SRC, CASES = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, os.path.join(SRC, "tests", "reference"))
@@ -97,15 +98,8 @@ def check_under_qemu(qemu, cpu, kernels, work):
     prefix = (qemu, "-cpu", cpu)
     info = json.loads(run(["info", "--json"], env=env, prefix=prefix).stdout)
     assert info["kernel_set"] == kernels, (cpu, info)
-    texts = []
-    with gzip.open(os.path.join(SRC, "data", "corpus.jsonl.gz"), "rt") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"])
-            if len(texts) == 20:
-                break
     corpus = os.path.join(work, "corpus.txt")
-    with open(corpus, "w") as f:
-        f.write("\n\n".join(texts))
+    shipped_corpus.write_plain_text(SRC, corpus, 20)
     model = os.path.join(work, "run-" + cpu)
     r = run(["train", "--out", model, "--config", os.path.join(SRC, "tests/cases/tiny_model.json"),
              "--corpus", corpus, "--steps", "4", "--batch-size", "2", "--seq-len", "16",

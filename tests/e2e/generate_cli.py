@@ -3,13 +3,14 @@
 documents separated by blank lines, cut from the shipped corpus): short flags, --prompt -
 from standard input, --stop, the line at the context length, prefill and decode speeds, and
 --verbose on a sequence-routed model (one route per layer once the prefix is covered)."""
-import gzip
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+
+import shipped_corpus  # beside this file
 
 MOE, SRC = sys.argv[1], sys.argv[2]
 SPEED = re.compile(r"^prefill: (\d+) tokens, [0-9.]+ tokens/s; decode: (\d+) tokens, "
@@ -37,15 +38,8 @@ def main():
 
 
 def check_generate(work):
-    texts = []
-    with gzip.open(os.path.join(SRC, "data", "corpus.jsonl.gz"), "rt") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"])
-            if len(texts) == 40:
-                break
     corpus = os.path.join(work, "manpages.txt")
-    with open(corpus, "w") as f:
-        f.write("\n\n".join(texts))
+    shipped_corpus.write_plain_text(SRC, corpus, 40)
     model = os.path.join(work, "run")
     run("train", "--out", model, "--config", os.path.join(SRC, "tests/cases/tiny_model.json"),
         "--corpus", corpus, "--steps", "20", "--batch-size", "4", "--seq-len", "16",
