@@ -42,16 +42,6 @@ inline float blend(float alpha, float product, float beta, float old) {
   return beta == 0.0f ? alpha * product : alpha * product + beta * old;  // beta 0: C not read
 }
 
-inline float widen(float v) {
-  return v;
-}
-inline float widen(uint16_t v) {
-  return bf16_to_float(v);
-}
-
-// sums[r] = a_rows[r] . w over k, for R rows of A at once: each 16 weights are loaded (and
-// widened) once and meet all R rows in registers. Sums in 16 lanes (tensor/lanes.h): the same
-// bits in every kernel set, and no add waits on the one before.
 // How far ahead of its loads a row of W is prefetched (into the next rows at a row's end: the
 // rows lie back to back). The hardware prefetcher alone lost 10-20% of bf16 decode.
 constexpr int64_t kPrefetchBytes = 1024;
@@ -87,6 +77,9 @@ inline float dot_one_row(const float* a, const Weight* w, int64_t k) {
   return lane_total(acc[0]);
 }
 
+// sums[r] = a_rows[r] . w over k, for R rows of A at once: each 16 weights are loaded (and
+// widened) once and meet all R rows in registers. Sums in 16 lanes (tensor/lanes.h): the same
+// bits in every kernel set, and no add waits on the one before.
 template <int R, typename Weight>
 inline void dot_rows(const float* const (&a_rows)[R], const Weight* w, int64_t k, float* sums) {
   if constexpr (R == 1) {
