@@ -421,7 +421,7 @@ inline void decode_heads_body(const AttentionShape& s, int64_t pos, int64_t h0, 
     }
     const float sum = exp_shifted_sum(scores.data(), scores.data(), pos + 1, m);
     for (int64_t j = 0; j <= pos; ++j) scores[j] /= sum;
-    // ctx_h = sum_j p_j v_j, 64 columns at a time held in registers over all positions (four
+    // ctx_h = sum_j p_j v_j, 64 columns at a time held in registers over all positions (eight
     // independent chains of adds; each column's sum in position order, as one column at a time
     // through memory would be).
     float* out = ctx.data() + h * hd;
