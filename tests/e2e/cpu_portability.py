@@ -8,7 +8,8 @@ kernel faults) and `-cpu Haswell` (AVX2, no AVX-512): each trains a tiny model f
 steps, computes `moe logits` on three Hugging Face reference folders (Mixtral bf16 sharded,
 Qwen2-MoE, OLMoE) within 1e-4 + 1e-4 |ref| of the PyTorch reference, and generates from its
 run.
-Usage: cpu_portability.py MOE SOURCE_DIR HF_CASES"""
+Usage: cpu_portability.py MOE SOURCE_DIR HF_CASES qemu|no-qemu (no-qemu for a sanitizer build:
+AddressSanitizer's shadow memory does not map under qemu-user)"""
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import tempfile
 
 import shipped_corpus  # beside this file
 
-MOE, SRC, CASES = sys.argv[1], sys.argv[2], sys.argv[3]
+MOE, SRC, CASES, QEMU_RUNS = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 sys.path.insert(0, os.path.join(SRC, "tests", "reference"))
 import hf_reference  # noqa: E402  (the reference's own safetensors reader)
 
@@ -117,6 +118,8 @@ def check_under_qemu(qemu, cpu, kernels, work):
 
 def main():
     check_info()
+    if QEMU_RUNS == "no-qemu":
+        return
     qemu = shutil.which("qemu-x86_64")
     if not qemu:
         print("skipped: qemu-x86_64 is not installed (scripts/setup.sh installs qemu-user)")
