@@ -54,7 +54,7 @@ bool cpu_supports(KernelSet set) {
       return MOE_CPU_HAS("avx512f") && MOE_CPU_HAS("avx512bw") && MOE_CPU_HAS("avx512vl") &&
              MOE_CPU_HAS("avx512dq") && cpu_supports(KernelSet::Avx2);
     case KernelSet::Avx2:
-      return MOE_CPU_HAS("avx2") && MOE_CPU_HAS("fma") && MOE_CPU_HAS("f16c");
+      return MOE_CPU_HAS("avx2") && MOE_CPU_HAS("fma");
     case KernelSet::Generic:
       break;
   }
@@ -97,19 +97,17 @@ std::string cpu_model_name() {
 }
 
 std::string cpu_vector_features() {
-  const std::array<std::pair<const char*, bool>, 12> features = {{
+  const std::array<std::pair<const char*, bool>, 10> features = {{
       {"sse4.2", MOE_CPU_HAS("sse4.2")},
       {"avx", MOE_CPU_HAS("avx")},
       {"avx2", MOE_CPU_HAS("avx2")},
       {"fma", MOE_CPU_HAS("fma")},
-      {"f16c", MOE_CPU_HAS("f16c")},
       {"avx512f", MOE_CPU_HAS("avx512f")},
       {"avx512bw", MOE_CPU_HAS("avx512bw")},
       {"avx512vl", MOE_CPU_HAS("avx512vl")},
       {"avx512dq", MOE_CPU_HAS("avx512dq")},
       {"avx512vnni", MOE_CPU_HAS("avx512vnni")},
       {"avx512bf16", MOE_CPU_HAS("avx512bf16")},
-      {"avxvnni", MOE_CPU_HAS("avxvnni")},
   }};
   std::string out;
   for (const auto& [name, present] : features)

@@ -8,7 +8,7 @@
 
 namespace moe {
 
-// Generic: baseline x86-64 (SSE2), any CPU. Avx2: AVX2 + FMA + F16C (Haswell, Zen and later).
+// Generic: baseline x86-64 (SSE2), any CPU. Avx2: AVX2 + FMA (Haswell, Zen and later).
 // Avx512: AVX-512 F/BW/VL/DQ (Skylake-X, Zen 4 and later); AVX512-BF16, where the CPU has it,
 // adds the bf16 prefill tiles on top.
 enum class KernelSet { Generic, Avx2, Avx512 };
@@ -31,7 +31,7 @@ void set_kernel_set(KernelSet set);
 bool use_avx512_bf16();
 
 // The CPU's model name ("AMD EPYC 7B13") and the vector features that matter here, as
-// "sse4.2 avx avx2 fma f16c avx512f ..." (those present only).
+// "sse4.2 avx avx2 fma avx512f ..." (those present only).
 std::string cpu_model_name();
 std::string cpu_vector_features();
 

@@ -16,9 +16,9 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MOE_TARGET_GENERIC __attribute__((flatten))
-#define MOE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c"), flatten))
+#define MOE_TARGET_AVX2 __attribute__((target("avx2,fma"), flatten))
 #define MOE_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"), flatten))
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"), flatten))
 #else
 #define MOE_TARGET_GENERIC
 #define MOE_TARGET_AVX2
