@@ -123,6 +123,7 @@ int run_bench_layer(const BenchLayerOptions& options) {
         thread_count(), blas_core_name(), peak, bandwidth.read_gbs, bandwidth.write_gbs, "case",
         "tokens", "fwd tok/s", "fwd+bwd tok/s", "dense x", "GFLOP/s", "of sgemm", "of mem limit");
   nlohmann::json rows = nlohmann::json::array();
+  const nlohmann::json system = system_info();  // the same for every row
   for (const std::string& name : options.cases) {
     const BenchCase bc = make_case(name);
     const MoeConfig& cfg = bc.config;
@@ -195,7 +196,7 @@ int run_bench_layer(const BenchLayerOptions& options) {
                             {"memory_write_gbs", bandwidth.write_gbs},
                             {"memory_limit_fwdbwd_tokens_per_s", memory_limit},
                             {"blas_core", blas_core_name()},
-                            {"system", system_info()}};
+                            {"system", system}};
       rows.push_back(row);
       if (!options.json) {
         std::printf("%-9s %6lld %12.0f %14.0f %8.2f %10.1f %7.0f%% %11.0f%%\n", name.c_str(),

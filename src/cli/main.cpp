@@ -132,7 +132,9 @@ std::string describe_parse_error(CLI::App& app, const CLI::ParseError& e) {
 void restart_with_short_spin(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
   setenv("GOMP_SPINCOUNT", "300", 1);
-  execv("/proc/self/exe", argv);  // returns only on failure: then libgomp's default stays
+  execv("/proc/self/exe", argv);
+  // Only on failure: libgomp's default stays in force, so the environment must not claim 300.
+  unsetenv("GOMP_SPINCOUNT");
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <utility>
 
+#include "tensor/cpu.h"
 #include "tensor/threads.h"
 
 namespace moe {
@@ -46,12 +47,10 @@ VectorLevel blas_core_level(std::string_view core_name) {
 }
 
 VectorLevel cpu_vector_level() {
+  if (cpu_supports(KernelSet::Avx512)) return VectorLevel::Avx512;
+  if (cpu_supports(KernelSet::Avx2)) return VectorLevel::Avx2;
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return VectorLevel::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return VectorLevel::Avx2;
   if (__builtin_cpu_supports("avx")) return VectorLevel::Avx;
 #endif
   return VectorLevel::Sse;

@@ -7,10 +7,6 @@
 #include "tensor/cpu.h"
 #include "tensor/threads.h"
 
-extern "C" {
-int openblas_get_num_threads(void);
-}
-
 namespace moe {
 namespace {
 
@@ -51,7 +47,7 @@ nlohmann::json system_info() {
           {"bf16_tiles", use_avx512_bf16() ? "avx512-bf16" : "widen+sgemm"},
           {"blas_core", blas_core_name()},
           {"openblas_coretype", environment("OPENBLAS_CORETYPE")},
-          {"blas_threads", openblas_get_num_threads()},
+          {"blas_threads", blas_thread_count()},
           {"omp_threads", omp_get_max_threads()},
           {"omp_wait_policy", environment("OMP_WAIT_POLICY")},
           {"gomp_spincount", environment("GOMP_SPINCOUNT")}};

@@ -11,12 +11,17 @@
 // Exported by OpenBLAS's DYNAMIC_ARCH builds (Debian's), not declared in cblas.h.
 extern "C" {
 char* openblas_get_corename(void);
+int openblas_get_num_threads(void);
 }
 
 namespace moe {
 
 const char* blas_core_name() {
   return openblas_get_corename();
+}
+
+int blas_thread_count() {
+  return openblas_get_num_threads();
 }
 
 void set_threads(int n) {

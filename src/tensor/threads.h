@@ -9,5 +9,7 @@ int thread_count();
 // The OpenBLAS core whose kernels run, e.g. "Cooperlake". OpenBLAS picks it from the CPU, or
 // from OPENBLAS_CORETYPE when that is set (some images set it to Haswell: AVX2 only).
 const char* blas_core_name();
+// The threads OpenBLAS runs with.
+int blas_thread_count();
 
 }  // namespace moe
