@@ -1,6 +1,7 @@
 // Causality of evaluation: in eval mode a position's logits depend only on that position and
 // the earlier ones of its own sequence. For every routing setup, at 1 and 2 threads:
-//   (a) the full forward equals token-by-token decoding with the KV cache;
+//   (a) the full forward equals the inference engine over the same weights, token by token
+//       and in two prefills (7 tokens, then the rest onto the filled cache);
 //   (b) changing the later tokens of a sequence leaves the earlier logits unchanged;
 //   (c) a sequence's logits are the same alone and batched next to another sequence.
 // Tolerance for all three: |a - b| <= 1e-4 + 1e-4 |b| (fp32; the three paths group the same
@@ -13,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "engine_util.h"
+#include "infer/inference_model.h"
 #include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "tensor/error.h"
@@ -168,12 +171,24 @@ TEST_P(Causality, EvalOutputDependsOnlyOnThePastOfItsOwnSequence) {
       }
     }
 
-    // (a) decode equals forward.
-    KvCache cache = model.make_cache();
-    std::vector<float> decoded(kSeq * kVocab);
-    for (int64_t p = 0; p < kSeq; ++p)
-      model.decode_step(seq[p], cache, std::span<float>(decoded).subspan(p * kVocab, kVocab));
-    EXPECT_LE(worst_excess(decoded, full, kSeq), 0.0) << "decode differs from the forward";
+    // (a) the inference engine over the same weights equals the forward: token by token,
+    // and a prefill of the first part then a prefill of the rest (a second turn onto a cache
+    // that already holds positions).
+    const OwnedWeights weights = test::engine_weights(model, store);
+    InferenceModel engine(config, MoeNaming::Mixtral, weights);
+    EXPECT_LE(worst_excess(test::engine_logits(engine, seq), full, kSeq), 0.0)
+        << "decode differs from the forward";
+    {
+      KvCache cache = engine.make_cache(kSeq);
+      std::vector<float> first(kVocab), last(kVocab);
+      const std::span<const int32_t> all(seq);
+      engine.forward(all.subspan(0, 7), cache, first);
+      engine.forward(all.subspan(7), cache, last);
+      std::vector<float> want(full.begin() + 6 * kVocab, full.begin() + 7 * kVocab);
+      EXPECT_LE(worst_excess(first, want, 1), 0.0) << "prefill differs from the forward";
+      want.assign(full.end() - kVocab, full.end());
+      EXPECT_LE(worst_excess(last, want, 1), 0.0) << "a second prefill differs from the forward";
+    }
 
     // (b) the second half changed: the first half's logits stay.
     std::vector<int32_t> changed = seq;

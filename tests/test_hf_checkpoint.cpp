@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "infer/generate.h"
+#include "infer/open_model.h"
 #include "model/checkpoint.h"
 #include "model/hf_checkpoint.h"
 #include "tensor/safetensors.h"
@@ -89,13 +90,14 @@ TEST_P(HfReference, DecodingAndGreedyGenerationMatch) {
   const std::vector<int32_t> prompt = ids_of(expected.at("tokens"));
   const std::vector<int32_t> greedy = ids_of(expected.at("greedy"));
   const Tensor& want = expected.at("logits");
-  LoadedModel m = load_model(kCases + "/" + GetParam());
+  // The inference engine over the folder as it lies, token by token, against every position's
+  // logits (the engine runs bf16 weights as bf16, which the reference rounded the same way).
+  const OpenedModel m = open_model(kCases + "/" + GetParam());
   const int64_t V = m.config.vocab_size;
-  // The KV-cache path, token by token, against every position's logits.
-  KvCache cache = m.model->make_cache();
+  KvCache cache = m.model->make_cache(static_cast<int64_t>(prompt.size()));
   std::vector<float> logits(V);
   for (size_t t = 0; t < prompt.size(); ++t) {
-    m.model->decode_step(prompt[t], cache, logits);
+    m.model->forward(std::span(prompt).subspan(t, 1), cache, logits);
     for (int64_t v = 0; v < V; ++v) {
       const float w = want[static_cast<int64_t>(t) * V + v];
       ASSERT_NEAR(logits[v], w, 1e-4 + 1e-4 * std::abs(w)) << "position " << t << ", token " << v;
@@ -114,17 +116,23 @@ INSTANTIATE_TEST_SUITE_P(Cases, HfReference,
                                          "olmoe_bf16"));
 
 // A generation's cache holds its own length, not the whole context (a real checkpoint's
-// context of 32768 positions would take gigabytes); past it, decoding is an error.
+// context of 32768 positions would take gigabytes); past it, decoding is an error, and so is a
+// cache longer than the context.
 TEST(HfCheckpoint, KvCacheHoldsWhatTheGenerationNeeds) {
-  LoadedModel m = load_model(kCases + "/mixtral_f32");
-  EXPECT_EQ(m.model->make_cache().capacity(), m.config.max_position_embeddings);
+  const OpenedModel m = open_model(kCases + "/mixtral_f32");
+  const int64_t context = m.config.max_position_embeddings;
+  EXPECT_EQ(m.model->make_cache(context).capacity, context);
+  EXPECT_PRED_FORMAT2(testing::IsSubstring, "the model holds 1 to",
+                      test::error_of([&] { m.model->make_cache(context + 1); }));
   KvCache cache = m.model->make_cache(2);
-  EXPECT_EQ(cache.capacity(), 2);
+  EXPECT_EQ(cache.capacity, 2);
   std::vector<float> logits(m.config.vocab_size);
-  m.model->decode_step(1, cache, logits);
-  m.model->decode_step(2, cache, logits);
-  EXPECT_PRED_FORMAT2(testing::IsSubstring, "KV cache is full (2 positions)",
-                      test::error_of([&] { m.model->decode_step(3, cache, logits); }));
+  const int32_t ids[] = {1, 2, 3};
+  m.model->forward({ids, 1}, cache, logits);
+  m.model->forward({ids + 1, 1}, cache, logits);
+  EXPECT_PRED_FORMAT2(testing::IsSubstring, "the KV cache holds 2 positions", test::error_of([&] {
+                        m.model->forward({ids + 2, 1}, cache, logits);
+                      }));
 }
 
 TEST(HfCheckpoint, RecognisedByModelType) {

@@ -3,6 +3,7 @@
 // moe::Error a call throws.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -11,12 +12,14 @@
 namespace moe::test {
 
 // An empty folder <gtest temp dir>/moe_<suite>.<test>_<name> (normalised, no trailing
-// separator), removed first if an earlier run left it. The test's own name keeps it apart from
-// the folders of tests that ctest runs at the same time.
+// separator), removed first if an earlier run left it. The test's own name, and the kernel set
+// it is forced to (ctest runs some tests again under MOE_KERNELS), keep it apart from the
+// folders of tests that ctest runs at the same time.
 inline std::string temp_dir(const std::string& name) {
   std::string owner;
   if (const auto* info = testing::UnitTest::GetInstance()->current_test_info())
     owner = std::string(info->test_suite_name()) + "." + info->name() + "_";
+  if (const char* kernels = std::getenv("MOE_KERNELS")) owner += std::string(kernels) + "_";
   const std::string d = std::filesystem::path(testing::TempDir() + "/moe_" + owner + name)
                             .lexically_normal()
                             .string();

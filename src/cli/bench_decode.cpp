@@ -9,8 +9,9 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "infer/decoder.h"
-#include "infer/mapped_model.h"
+#include "infer/inference_model.h"
+#include "infer/open_model.h"
+#include "model/hf_checkpoint.h"
 #include "tensor/bandwidth.h"
 #include "tensor/bf16.h"
 #include "tensor/blas_info.h"
@@ -20,6 +21,7 @@
 #include "tensor/safetensors.h"
 #include "tensor/system_info.h"
 #include "tensor/threads.h"
+#include "train/checkpoint.h"
 
 namespace moe::cli {
 namespace {
@@ -125,6 +127,52 @@ std::string random_checkpoint(const ModelConfig& c, bool bf16, const std::string
   return path;
 }
 
+// Whether a folder's tensor stays fp32 when its matrices are rounded to bf16: vectors, and the
+// routers, which decide which experts run.
+bool stays_f32(const std::string& name, const WeightView& v) {
+  return v.shape.size() != 2 || name.ends_with(".gate.weight") ||
+         name.ends_with("shared_expert_gate.weight");
+}
+
+// An fp32 folder's weights with the matrices rounded to bf16, in memory.
+std::unique_ptr<OwnedWeights> bf16_in_memory(const MappedCheckpoint& mapped) {
+  auto out = std::make_unique<OwnedWeights>();
+  for (const std::string& name : mapped.names()) {
+    const WeightView v = mapped.at(name);
+    require(v.dtype == TensorDtype::F32, name + ": --dtype bf16 rounds an fp32 model's matrices");
+    const auto values = v.f32();
+    if (stays_f32(name, v)) {
+      Tensor t(v.shape, name);
+      std::copy(values.begin(), values.end(), t.data());
+      out->add_f32(name, std::move(t));
+      continue;
+    }
+    std::vector<uint16_t> bits(values.size());
+    for (size_t i = 0; i < bits.size(); ++i) bits[i] = float_to_bf16(values[i]);
+    out->add_bf16(name, v.shape, std::move(bits));
+  }
+  return out;
+}
+
+// The same as a bf16 checkpoint file in `folder` (every tensor bf16, as `moe export --dtype
+// bf16` writes them), for the expert cache to read from.
+std::string bf16_checkpoint(const MappedCheckpoint& mapped, const std::string& folder) {
+  std::map<std::string, Tensor> tensors;
+  for (const std::string& name : mapped.names()) {
+    const WeightView v = mapped.at(name);
+    require(v.dtype == TensorDtype::F32, name + ": --dtype bf16 rounds an fp32 model's matrices");
+    Tensor t(v.shape, name);
+    std::copy(v.f32().begin(), v.f32().end(), t.data());
+    tensors.emplace(name, std::move(t));
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(folder, ec);
+  require(!ec, folder + ": cannot create: " + ec.message());
+  const std::string path = folder + "/model-bf16.safetensors";
+  write_safetensors(path, tensors, {}, StoredDtype::BF16);
+  return path;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -135,13 +183,15 @@ CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
   CLI::App* cmd = bench.add_subcommand(
       "decode", "Prefill and decode tokens/s, and decode's share of the read bandwidth");
   cmd->add_option("--model", c.model,
-                  "A Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe), mapped as it lies")
+                  "A run folder or a Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe), "
+                  "mapped as it lies")
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--random", c.random, "Model built in memory: mixtral-d1024 or mixtral-d512")
       ->capture_default_str()
       ->check(CLI::IsMember({"mixtral-d1024", "mixtral-d512"}));
-  cmd->add_option("--dtype", c.dtype, "Weights of the random model: f32 or bf16")
-      ->capture_default_str()
+  cmd->add_option("--dtype", c.dtype,
+                  "Matrices: f32 or bf16 (default: bf16 for --random, as stored for --model; "
+                  "an fp32 model asked for bf16 is rounded first)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_option("--prompt", c.prompt, "Prompt tokens (prefill)")
       ->capture_default_str()
@@ -159,39 +209,58 @@ CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
   cmd->add_flag("--prefetch", c.prefetch,
                 "Read the next layer's likely experts while this layer computes");
   cmd->add_option("--scratch", c.scratch,
-                  "Folder for the random model's checkpoint file (with --expert-cache)")
+                  "Folder for the checkpoint file an expert cache reads when the weights are "
+                  "made here (--random, or --dtype bf16 of an fp32 model)")
       ->capture_default_str();
   return cmd;
 }
 
 int run_bench_decode(const BenchDecodeCommand& c) {
-  DecoderOptions options;
+  InferenceOptions options;
   options.expert_cache = c.expert_cache;
   options.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
   options.prefetch = c.prefetch;
-  // A checkpoint folder is mapped as it lies; a random model lives in memory, or, with an
-  // expert cache, in a scratch file the cache reads.
-  MappedModel mapped;
-  std::unique_ptr<WeightSource> random_source;
-  std::unique_ptr<Decoder> random_decoder;
-  std::string model_name = c.random, dtype = c.dtype;
+  // A model folder is mapped as it lies; a random model, or a folder's matrices rounded to
+  // bf16, lives in memory, or, with an expert cache, in a scratch file the cache reads.
+  OpenedModel opened;
+  std::unique_ptr<WeightSource> source;  // weights made here
+  std::unique_ptr<InferenceModel> made;  // the engine over them
+  std::string model_name = c.random, dtype = c.dtype.empty() ? "bf16" : c.dtype;
   if (!c.model.empty()) {
-    mapped = open_mapped_model(c.model, options);
+    if (!is_hf_checkpoint(c.model)) recover_for_reading(c.model);
     model_name = c.model;
-    const WeightView q = mapped.weights->at("model.layers.0.self_attn.q_proj.weight");
+    const bool rounds = c.dtype == "bf16" && [&] {
+      const OpenedModel probe = open_model(c.model);
+      return probe.weights->at("model.layers.0.self_attn.q_proj.weight").dtype == TensorDtype::F32;
+    }();
+    opened = open_model(c.model, rounds ? InferenceOptions{} : options);
+    if (rounds) {
+      if (c.expert_cache > 0) {
+        const std::string file = bf16_checkpoint(*opened.weights, c.scratch);
+        source = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});
+      } else {
+        source = bf16_in_memory(*opened.weights);
+      }
+      const MoeNaming naming = opened.model_type.empty() || opened.model_type == "mixtral"
+                                   ? MoeNaming::Mixtral
+                                   : MoeNaming::Qwen2;
+      made = std::make_unique<InferenceModel>(opened.config, naming, *source, options);
+    }
+    const WeightView q = (source ? *source : static_cast<const WeightSource&>(*opened.weights))
+                             .at("model.layers.0.self_attn.q_proj.weight");
     dtype = q.dtype == TensorDtype::BF16 ? "bf16" : "f32";  // fp16 matrices are widened to fp32
   } else {
     const ModelConfig random = random_model_config(c.random);
-    const bool as_bf16 = c.dtype == "bf16";
+    const bool as_bf16 = dtype == "bf16";
     if (c.expert_cache > 0) {
       const std::string file = random_checkpoint(random, as_bf16, c.scratch, c.random);
-      random_source = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});
+      source = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});
     } else {
-      random_source = std::make_unique<OwnedWeights>(random_weights(random, as_bf16));
+      source = std::make_unique<OwnedWeights>(random_weights(random, as_bf16));
     }
-    random_decoder = std::make_unique<Decoder>(random, MoeNaming::Mixtral, *random_source, options);
+    made = std::make_unique<InferenceModel>(random, MoeNaming::Mixtral, *source, options);
   }
-  Decoder& decoder = mapped.decoder ? *mapped.decoder : *random_decoder;
+  InferenceModel& decoder = made ? *made : *opened.model;
   const ModelConfig& config = decoder.config();
   const bool bf16 = dtype == "bf16";
   warn_about_blas_kernel();  // once the model is open: a bad folder's error stays one line
@@ -209,14 +278,14 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   // Prefill: best of two, after one warm-up that also touches every weight.
   double prefill_seconds = 1e30;
   for (int pass = 0; pass < 3; ++pass) {
-    DecoderCache cache = decoder.make_cache(c.prompt + c.tokens);
+    KvCache cache = decoder.make_cache(c.prompt + c.tokens);
     const auto start = std::chrono::steady_clock::now();
     decoder.forward(prompt, cache, logits);
     if (pass > 0) prefill_seconds = std::min(prefill_seconds, seconds_since(start));
   }
 
   // Decode: greedy steps after the prompt; bytes are what each step's weights amount to.
-  DecoderCache cache = decoder.make_cache(c.prompt + c.tokens);
+  KvCache cache = decoder.make_cache(c.prompt + c.tokens);
   decoder.forward(prompt, cache, logits);
   const ExpertCacheStats before =
       decoder.expert_cache() ? decoder.expert_cache()->stats() : ExpertCacheStats{};

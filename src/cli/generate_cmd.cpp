@@ -8,8 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
-#include "infer/mapped_model.h"
-#include "model/checkpoint.h"
+#include "infer/open_model.h"
 #include "model/hf_checkpoint.h"
 #include "train/checkpoint.h"
 #include "train/folder_tokenizer.h"
@@ -42,8 +41,8 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
   generate->add_option("--seed", c.seed, "Sampling seed")->capture_default_str();
   generate
       ->add_option("--expert-cache", c.decoder.expert_cache,
-                   "Hugging Face folders: experts per MoE layer kept in RAM, the rest read from "
-                   "the checkpoint's files when routed to (0 = all mapped)")
+                   "Experts per MoE layer kept in RAM, the rest read from the model's files when "
+                   "routed to (0 = all mapped)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 16));
   generate->add_option("--cache-policy", c.cache_policy, "Expert cache eviction: lru or lfu")
       ->capture_default_str()
@@ -89,24 +88,14 @@ bool prompt_starts_with_bos(const std::string& dir, bool hugging_face, const Fol
 Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                              const SamplingOptions& sampling, uint64_t seed,
                              const std::string& stop, GenerationRouting* routing,
-                             const DecoderOptions& decoder_options) {
-  // A Hugging Face folder runs mapped as it lies (the Decoder; bf16 stays bf16, experts may
-  // stay on storage); a run of `moe train` runs its Transformer, which every router it can
-  // train also evaluates.
-  const bool hugging_face = is_hf_checkpoint(run);
-  require(hugging_face || decoder_options.expert_cache == 0,
-          run +
-              ": --expert-cache reads a Hugging Face folder's files; export the run first "
-              "(moe export --model RUN --out DIR)");
-  MappedModel mapped;
-  LoadedModel loaded;
-  if (hugging_face) {
-    mapped = open_mapped_model(run, decoder_options);
-  } else {
-    recover_for_reading(run);  // finishes or undoes a save a kill interrupted, as --resume does
-    loaded = load_model(run);
-  }
-  const ModelConfig& config = hugging_face ? mapped.checkpoint.config : loaded.config;
+                             const InferenceOptions& decoder_options) {
+  // Any model runs mapped as it lies through the one inference engine (bf16 stays bf16, experts
+  // may stay on storage). A run folder's save that a kill interrupted is finished or undone
+  // first, as --resume does.
+  if (!is_hf_checkpoint(run)) recover_for_reading(run);
+  const OpenedModel opened = open_model(run, decoder_options);
+  const bool hugging_face = opened.kind == ModelKind::HuggingFace;
+  const ModelConfig& config = opened.config;
   const FolderTokenizer tokenizer = FolderTokenizer::open(run);
   if (tokenizer.vocab_size() > config.vocab_size)
     throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
@@ -157,15 +146,10 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
         routing->touched[i].insert(expert);
         routing->last[i].emplace_back(expert, gate);
       };
-      if (hugging_face) {
-        const auto experts = mapped.decoder->last_experts(static_cast<int64_t>(i));
-        const auto gates = mapped.decoder->last_gates(static_cast<int64_t>(i));
-        const size_t k = static_cast<size_t>(config.moe->top_k);
-        for (size_t a = experts.size() - k; a < experts.size(); ++a) note(experts[a], gates[a]);
-        continue;
-      }
-      const RoutingPlan& plan = loaded.model->moe_layer(routing->layers[i])->plan();
-      for (int64_t a = 0; a < plan.assignments(); ++a) note(plan.expert[a], plan.gate[a]);
+      // The last position the forward ran (the prompt's last, then each drawn token).
+      const RoutingPlan& plan = opened.model->last_routes(static_cast<int64_t>(i));
+      for (int64_t a = 0; a < plan.assignments(); ++a)
+        if (plan.token[a] == plan.tokens - 1) note(plan.expert[a], plan.gate[a]);
     }
   };
   emit(false);
@@ -175,9 +159,7 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
     return emit(false);
   };
   const Generation g =
-      hugging_face
-          ? generate(*mapped.decoder, ids, max_tokens, sampling, seed, tokenizer.eos_id(), on_token)
-          : generate(*loaded.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), on_token);
+      generate(*opened.model, ids, max_tokens, sampling, seed, tokenizer.eos_id(), on_token);
   emit(true);
   std::fputc('\n', stdout);
   std::fflush(stdout);  // before the speed line on stderr
@@ -191,7 +173,7 @@ int run_generate(const GenerateCommand& c) {
     if (prompt.ends_with('\n')) prompt.pop_back();  // the newline `echo` and editors add
   }
   GenerationRouting routing;
-  DecoderOptions decoder = c.decoder;
+  InferenceOptions decoder = c.decoder;
   decoder.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
   const Generation g = stream_generation(c.model, prompt, c.max_tokens, c.sampling, c.seed, c.stop,
                                          c.verbose ? &routing : nullptr, decoder);

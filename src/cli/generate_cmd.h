@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "infer/decoder.h"
 #include "infer/generate.h"
+#include "infer/inference_model.h"
 
 namespace moe::cli {
 
@@ -19,8 +19,8 @@ struct GenerateCommand {
   std::string stop;  // stop before the first occurrence of this text in the generated part
   SamplingOptions sampling;
   uint64_t seed = 0;
-  bool verbose = false;    // per MoE layer, the experts generation used (stderr)
-  DecoderOptions decoder;  // a Hugging Face folder's expert cache and prefetch
+  bool verbose = false;      // per MoE layer, the experts generation used (stderr)
+  InferenceOptions decoder;  // a Hugging Face folder's expert cache and prefetch
   std::string cache_policy = "lru";
 };
 
@@ -43,6 +43,6 @@ int run_generate(const GenerateCommand& command);
 Generation stream_generation(const std::string& run, const std::string& prompt, int64_t max_tokens,
                              const SamplingOptions& sampling, uint64_t seed,
                              const std::string& stop = {}, GenerationRouting* routing = nullptr,
-                             const DecoderOptions& decoder_options = {});
+                             const InferenceOptions& decoder_options = {});
 
 }  // namespace moe::cli

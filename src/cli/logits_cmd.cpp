@@ -5,8 +5,7 @@
 #include <span>
 #include <vector>
 
-#include "infer/mapped_model.h"
-#include "model/checkpoint.h"
+#include "infer/open_model.h"
 #include "model/hf_checkpoint.h"
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
@@ -46,40 +45,25 @@ std::vector<int32_t> checked_ids(const std::vector<int64_t>& tokens, const Model
   return ids;
 }
 
-// A Hugging Face folder runs mapped as it lies (bf16 stays bf16: a Mixtral's 93 GB are not
-// widened to 186 GB of fp32), one token at a time: the decode kernels accumulate in fp32 over
-// fp32 activations, where bf16 prefill would round the activations to bf16.
-std::vector<float> hf_logits(const std::string& dir, const std::vector<int64_t>& tokens) {
-  MappedModel m = open_mapped_model(dir);
-  const std::vector<int32_t> ids = checked_ids(tokens, m.checkpoint.config);
-  DecoderCache cache = m.decoder->make_cache(static_cast<int64_t>(ids.size()));
-  std::vector<float> logits(static_cast<size_t>(m.checkpoint.config.vocab_size));
-  for (size_t i = 0; i < ids.size(); ++i)
-    m.decoder->forward(std::span(ids).subspan(i, 1), cache, logits);
-  return logits;
-}
-
-// A run of `moe train`: its Transformer, in fp32 like its training.
-std::vector<float> run_logits(const std::string& dir, const std::vector<int64_t>& tokens) {
-  recover_for_reading(dir);  // a run folder's interrupted save, as generate does
-  LoadedModel m = load_model(dir);
+// Any model runs mapped as it lies through the inference engine (bf16 stays bf16: a Mixtral's
+// 93 GB are not widened to 186 GB of fp32), one token at a time: the decode kernels accumulate
+// in fp32 over fp32 activations, where bf16 prefill would round the activations to bf16.
+std::vector<float> last_logits(const std::string& dir, const std::vector<int64_t>& tokens) {
+  if (!is_hf_checkpoint(dir)) recover_for_reading(dir);  // a run's interrupted save, as generate
+  const OpenedModel m = open_model(dir);
   const std::vector<int32_t> ids = checked_ids(tokens, m.config);
-  const int64_t V = m.config.vocab_size, S = static_cast<int64_t>(ids.size());
-  const std::vector<int32_t> no_targets(ids.size(), -1);
-  ModelStepOptions eval;
-  eval.training = false;
-  eval.compute_grad = false;
-  m.model->forward(ids, no_targets, 1, S, eval);
-  const std::span<const float> last = m.model->logits().subspan((S - 1) * V, V);
-  return {last.begin(), last.end()};
+  KvCache cache = m.model->make_cache(static_cast<int64_t>(ids.size()));
+  std::vector<float> logits(static_cast<size_t>(m.config.vocab_size));
+  for (size_t i = 0; i < ids.size(); ++i)
+    m.model->forward(std::span(ids).subspan(i, 1), cache, logits);
+  return logits;
 }
 
 }  // namespace
 
 int run_logits(const LogitsCommand& c) {
   static_assert(std::endian::native == std::endian::little, "the file is little-endian floats");
-  const std::vector<float> last =
-      is_hf_checkpoint(c.model) ? hf_logits(c.model, c.tokens) : run_logits(c.model, c.tokens);
+  const std::vector<float> last = last_logits(c.model, c.tokens);
   AtomicFile file(c.out);
   file.write(last.data(), last.size() * sizeof(float));
   file.commit();

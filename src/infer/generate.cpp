@@ -97,29 +97,15 @@ Generation generate(const GenerationModel& model, std::span<const int32_t> promp
   return g;
 }
 
-Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t max_tokens,
+Generation generate(InferenceModel& model, std::span<const int32_t> prompt, int64_t max_tokens,
                     const SamplingOptions& options, uint64_t seed, int32_t stop_token,
                     const std::function<bool(int32_t)>& on_token) {
-  // Positions fed: the prompt and every drawn token but the last.
-  const int64_t positions = std::min(static_cast<int64_t>(prompt.size()) + max_tokens,
-                                     model.config().max_position_embeddings);
-  KvCache cache = model.make_cache(std::max<int64_t>(positions, 1));
-  const GenerationModel step{model.config().max_position_embeddings, model.config().vocab_size,
-                             [&](std::span<const int32_t> tokens, std::span<float> logits) {
-                               for (const int32_t t : tokens) model.decode_step(t, cache, logits);
-                             }};
-  return generate(step, prompt, max_tokens, options, seed, stop_token, on_token);
-}
-
-Generation generate(Decoder& decoder, std::span<const int32_t> prompt, int64_t max_tokens,
-                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
-                    const std::function<bool(int32_t)>& on_token) {
-  const int64_t context = decoder.config().max_position_embeddings;
+  const int64_t context = model.config().max_position_embeddings;
   const int64_t positions = std::min(static_cast<int64_t>(prompt.size()) + max_tokens, context);
-  DecoderCache cache = decoder.make_cache(std::max<int64_t>(positions, 1));
-  const GenerationModel step{context, decoder.config().vocab_size,
+  KvCache cache = model.make_cache(std::max<int64_t>(positions, 1));
+  const GenerationModel step{context, model.config().vocab_size,
                              [&](std::span<const int32_t> tokens, std::span<float> logits) {
-                               decoder.forward(tokens, cache, logits);  // a prompt in one batch
+                               model.forward(tokens, cache, logits);  // a prompt in one batch
                              }};
   return generate(step, prompt, max_tokens, options, seed, stop_token, on_token);
 }

@@ -6,8 +6,7 @@
 #include <span>
 #include <vector>
 
-#include "infer/decoder.h"
-#include "model/transformer.h"
+#include "infer/inference_model.h"
 #include "tensor/rng.h"
 
 namespace moe {
@@ -52,12 +51,8 @@ struct GenerationModel {
 Generation generate(const GenerationModel& model, std::span<const int32_t> prompt,
                     int64_t max_tokens, const SamplingOptions& options, uint64_t seed,
                     int32_t stop_token, const std::function<bool(int32_t)>& on_token = {});
-// The same over a Transformer (its KV cache, token by token) or over a Decoder (mapped
-// weights; the prompt as one batch).
-Generation generate(Transformer& model, std::span<const int32_t> prompt, int64_t max_tokens,
-                    const SamplingOptions& options, uint64_t seed, int32_t stop_token,
-                    const std::function<bool(int32_t)>& on_token = {});
-Generation generate(Decoder& decoder, std::span<const int32_t> prompt, int64_t max_tokens,
+// The same over the inference engine: its KV cache, the prompt as one batch.
+Generation generate(InferenceModel& model, std::span<const int32_t> prompt, int64_t max_tokens,
                     const SamplingOptions& options, uint64_t seed, int32_t stop_token,
                     const std::function<bool(int32_t)>& on_token = {});
 

@@ -37,6 +37,12 @@ std::optional<TensorLocation> MappedCheckpoint::locate(const std::string& name) 
                         e.shape};
 }
 
+std::vector<std::string> MappedCheckpoint::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, file] : file_of_) out.push_back(name);
+  return out;
+}
+
 void OwnedWeights::add_f32(const std::string& name, Tensor values) {
   f32_.insert_or_assign(name, std::move(values));
 }

@@ -34,6 +34,7 @@ class MappedCheckpoint : public WeightSource {
   std::optional<WeightView> find(const std::string& name) const override;
   std::string describe() const override { return folder_; }
   std::optional<TensorLocation> locate(const std::string& name) const override;
+  std::vector<std::string> names() const;  // every tensor of every file, sorted
 
  private:
   std::string folder_;

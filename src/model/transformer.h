@@ -23,16 +23,6 @@
 
 namespace moe {
 
-// Keys and values of every block for the positions decoded so far (generation).
-struct KvCache {
-  std::vector<Tensor> keys, values;  // per block: [max_positions, KV hd] (keys rotated)
-  // Sequence routing, per block: [D] sum of the MoE layer's inputs over the first
-  // route_prefix positions (empty for other blocks).
-  std::vector<Tensor> route_sums;
-  int64_t length = 0;                                                          // positions filled
-  int64_t capacity() const { return keys.empty() ? 0 : keys.front().dim(0); }  // positions
-};
-
 struct ModelStepOptions {
   bool training = true;      // routing noise, jitter and the training capacity factor
   bool compute_grad = true;  // keep what backward() needs and build dlogits in place
@@ -59,14 +49,6 @@ class Transformer {
   // Adds grad_scale * d(cross-entropy + router losses) / d(parameters) to the store's
   // gradients. Needs a forward with compute_grad.
   void backward();
-
-  // Generation: runs one token at position cache.length through the model, appends its keys
-  // and values to the cache, and writes the next-token logits: [V]. Routing is in eval mode
-  // (expert choice by its learned thresholds), so decoding equals the full eval forward.
-  void decode_step(int32_t token, KvCache& cache, std::span<float> logits);
-  // A cache for `positions` tokens (0, or more than max_position_embeddings: the whole
-  // context); a generation that knows its length needs no more.
-  KvCache make_cache(int64_t positions = 0) const;
 
   // [B*S, V] logits of the last forward run without compute_grad.
   std::span<const float> logits() const;
@@ -117,9 +99,6 @@ class Transformer {
   Tensor logits_;                          // [T, V]; dlogits after a compute_grad forward
   // Scratch shared by all blocks.
   Tensor out_, dres_, dn_, dqkv_, dctx_, attn_scratch_, dh13_;
-  // decode_step scratch: one position.
-  Tensor step_x_, step_n_, step_qkv_, step_ctx_, step_out_, step_h13_, step_act_, step_scores_,
-      step_route_;
 };
 
 }  // namespace moe

@@ -41,6 +41,13 @@ void fix_rows_from_prefix(std::span<float> v, int64_t T, int64_t width, int64_t 
 
 }  // namespace
 
+float shared_expert_scale(const float* x, const float* gate, int64_t D) {
+  if (!gate) return 1.0f;
+  float z = 0.0f;
+  for (int64_t d = 0; d < D; ++d) z += x[d] * gate[d];
+  return 1.0f / (1.0f + std::exp(-z));
+}
+
 MoeLayer::MoeLayer(const MoeConfig& config, ParamStore& store, const std::string& prefix,
                    uint64_t seed, std::unique_ptr<ExpertExchange> exchange)
     : config_(config),
@@ -188,12 +195,7 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     const float* wg = config_.shared_expert_gate ? store_.value(shared_gate_).data() : nullptr;
 #pragma omp parallel for schedule(static) if (tokens * D > 65536)
     for (int64_t t = 0; t < tokens; ++t) {
-      float scale = 1.0f;
-      if (wg) {
-        float z = 0.0f;
-        for (int64_t d = 0; d < D; ++d) z += x_[t * D + d] * wg[d];
-        scale = 1.0f / (1.0f + std::exp(-z));
-      }
+      const float scale = shared_expert_scale(x_.data() + t * D, wg, D);
       shared_scale_[t] = scale;
       for (int64_t d = 0; d < D; ++d) y[t * D + d] += scale * shared_out_[t * D + d];
     }

@@ -43,6 +43,10 @@ struct MoeForwardOptions {
   std::span<const float> router_input = {};
 };
 
+// Qwen2-MoE's gate on the shared experts' output: sigmoid(x . w_g), in fp32; 1 without a
+// gate (w_g nullptr). x, w_g: [D]. The training layer and the inference engine both use it.
+float shared_expert_scale(const float* x, const float* gate, int64_t D);
+
 class MoeLayer {
  public:
   // Registers its parameters under `prefix` (router: prefix.gate, experts: prefix.experts,

@@ -21,25 +21,7 @@ inline float softplus(float v) {
   return v > 20.0f ? v : std::log1p(std::exp(v));
 }
 
-// Added to the sums that normalise sigmoid scores (DeepSeek-V3 does the same): when every
-// score underflows to 0 the gates and P become 0 instead of 0/0 = NaN. Softmax sums are at
-// least 1/E, to which 1e-20 adds nothing in fp32.
-constexpr float kNormEps = 1e-20f;
-
 }  // namespace
-
-void top_indices(const float* values, int64_t n, int64_t count, int32_t* order, int32_t* out) {
-  std::iota(order, order + n, 0);
-  std::partial_sort(order, order + count, order + n, [values](int32_t a, int32_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  });
-  std::copy(order, order + count, out);
-}
-
-bool renormalises(const MoeConfig& c) {
-  return c.norm_topk_prob || c.router_type == RouterType::TopKSoftmax ||
-         c.router_type == RouterType::NoisyTopK;
-}
 
 Router::Router(const MoeConfig& config, ParamStore& store, const std::string& prefix)
     : config_(config),
@@ -115,16 +97,14 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
     const float* l = logits_.data() + t * E;
     float* s = scores_.data() + t * E;
     float* p = probs_.data() + t * E;
+    router_scores(config_, l, s);
     if (sigmoid_scores) {
       float sum = 0.0f;
-      for (int64_t i = 0; i < E; ++i) sum += (s[i] = sigmoid(l[i]));
-      sum += kNormEps;
+      for (int64_t i = 0; i < E; ++i) sum += s[i];
+      sum += kScoreNormEps;
       for (int64_t i = 0; i < E; ++i) p[i] = s[i] / sum;
     } else {
-      const float m = *std::max_element(l, l + E);
-      float sum = 0.0f;
-      for (int64_t i = 0; i < E; ++i) sum += (s[i] = std::exp(l[i] - m));
-      for (int64_t i = 0; i < E; ++i) p[i] = (s[i] /= sum);
+      std::copy(s, s + E, p);
     }
   }
 
@@ -154,10 +134,7 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
 
 void Router::select_token_choice(int64_t tokens, RoutingPlan& plan) {
   const int64_t E = config_.num_experts, k = config_.top_k;
-  const int64_t G = config_.n_group, per_group = E / G;
   const bool sigmoid_scores = config_.router_type == RouterType::SigmoidBias;
-  const float scale = config_.routed_scaling_factor;
-  const bool renorm = renormalises(config_);
   const int threads = omp_get_max_threads();
   order_scratch_.resize(static_cast<size_t>(threads) * std::max(E, tokens));
   select_scratch_.resize(static_cast<size_t>(threads) * E);
@@ -175,44 +152,14 @@ void Router::select_token_choice(int64_t tokens, RoutingPlan& plan) {
     const int tid = omp_get_thread_num();
     float* sel = select_scratch_.data() + static_cast<size_t>(tid) * E;
     int32_t* order = order_scratch_.data() + static_cast<size_t>(tid) * std::max(E, tokens);
-    const float* s = scores_.data() + t * E;
-    // Selection scores: the scores, plus the balancing bias for sigmoid routing (V3).
-    for (int64_t i = 0; i < E; ++i) sel[i] = sigmoid_scores ? s[i] + bias_[i] : s[i];
-    if (G > 1) {
-      // A group's score: the sum of its two best selection scores (DeepSeek-V3) or its best
-      // one (DeepSeek-V2).
-      const bool top2 = config_.group_score == GroupScore::Top2Sum;
-      float group_score[256];
-      for (int64_t g = 0; g < G; ++g) {
-        const float* v = sel + g * per_group;
-        float best = -std::numeric_limits<float>::infinity(), second = best;
-        for (int64_t i = 0; i < per_group; ++i) {
-          if (v[i] > best) {
-            second = best;
-            best = v[i];
-          } else if (v[i] > second) {
-            second = v[i];
-          }
-        }
-        group_score[g] = top2 && per_group > 1 ? best + second : best;
-      }
-      int32_t kept_groups[256];
-      top_indices(group_score, G, config_.topk_group, order, kept_groups);
-      bool keep[256] = {};
-      for (int64_t g = 0; g < config_.topk_group; ++g) keep[kept_groups[g]] = true;
-      for (int64_t i = 0; i < E; ++i)
-        if (!keep[i / per_group]) sel[i] = -std::numeric_limits<float>::infinity();
-    }
     int32_t* picks = selected_.data() + t * k;
-    top_indices(sel, E, k, order, picks);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < k; ++j) sum += s[picks[j]];
-    sum += kNormEps;
-    picked_sum_[t] = sum;
+    float* gates = plan.gate.data() + t * k;
+    picked_sum_[t] =
+        select_token_experts(config_, scores_.data() + t * E,
+                             sigmoid_scores ? bias_.data() : nullptr, picks, gates, sel, order);
     for (int64_t j = 0; j < k; ++j) {
       plan.token[t * k + j] = static_cast<int32_t>(t);
       plan.expert[t * k + j] = picks[j];
-      plan.gate[t * k + j] = scale * (renorm ? s[picks[j]] / sum : s[picks[j]]);
     }
   }
 }
@@ -278,18 +225,30 @@ void Router::select_by_threshold(int64_t tokens, RoutingPlan& plan) {
         "needs a trained model)");
   plan.token_choice = false;
   plan.top_k = config_.top_k;
+  // Each token's experts by the rule the inference engine uses, then listed expert by expert
+  // (tokens ascending within an expert), as expert choice's plans are.
+  std::vector<std::vector<int32_t>> tokens_of(static_cast<size_t>(E));
+  std::vector<std::vector<float>> gates_of(static_cast<size_t>(E));
+  std::vector<int32_t> experts;
+  std::vector<float> gates;
+  for (int64_t t = 0; t < tokens; ++t) {
+    experts_over_threshold(config_, scores_.data() + t * E, threshold_.data(), experts, gates);
+    for (size_t i = 0; i < experts.size(); ++i) {
+      tokens_of[static_cast<size_t>(experts[i])].push_back(static_cast<int32_t>(t));
+      gates_of[static_cast<size_t>(experts[i])].push_back(gates[i]);
+    }
+  }
   plan.token.clear();
   plan.expert.clear();
   plan.gate.clear();
   selected_.clear();
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t t = 0; t < tokens; ++t) {
-      const float s = scores_[t * E + e];
-      if (s < threshold_[e]) continue;
-      plan.token.push_back(static_cast<int32_t>(t));
-      plan.expert.push_back(static_cast<int32_t>(e));
-      plan.gate.push_back(config_.routed_scaling_factor * s);
-    }
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& picked = tokens_of[static_cast<size_t>(e)];
+    plan.token.insert(plan.token.end(), picked.begin(), picked.end());
+    plan.expert.insert(plan.expert.end(), picked.size(), static_cast<int32_t>(e));
+    plan.gate.insert(plan.gate.end(), gates_of[static_cast<size_t>(e)].begin(),
+                     gates_of[static_cast<size_t>(e)].end());
+  }
 }
 
 void Router::mean_probs(std::span<float> out) const {
@@ -356,7 +315,7 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
           Z += sc[i];
           dot += dp[i] * p[i];
         }
-        Z += kNormEps;
+        Z += kScoreNormEps;
         for (int64_t i = 0; i < E; ++i) dscores_[t * E + i] += (dp[i] - dot) / Z;
       }
     } else {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "moe/config.h"
+#include "moe/selection.h"
 #include "tensor/params.h"
 #include "tensor/rng.h"
 #include "tensor/tensor.h"
@@ -33,14 +34,6 @@ struct RouterNoise {
   std::span<const float> normal;  // [T, E] N(0,1) for noisy top-k
   std::span<const float> jitter;  // [T, D] U(1-eps, 1+eps) multipliers for jitter
 };
-
-// Indices of the `count` largest of values[0..n), highest first; ties go to the lower index
-// (as torch.topk does on CPU). order: [n] scratch; out: [count].
-void top_indices(const float* values, int64_t n, int64_t count, int32_t* order, int32_t* out);
-
-// Whether a token's k picked gates are renormalised to sum to 1: always for top-k-then-softmax
-// and noisy top-k, else as norm_topk_prob says.
-bool renormalises(const MoeConfig& c);
 
 class Router {
  public:

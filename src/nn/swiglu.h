@@ -9,7 +9,7 @@
 
 namespace moe {
 
-// silu(v) = v sigmoid(v), the gate's activation; the inference Decoder's experts use it too.
+// silu(v) = v sigmoid(v), the gate's activation; the inference InferenceModel's experts use it too.
 inline float silu(float v) {
   return v * (1.0f / (1.0f + fast_exp(-v)));
 }

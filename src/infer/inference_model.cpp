@@ -1,4 +1,4 @@
-#include "infer/decoder.h"
+#include "infer/inference_model.h"
 
 #include <omp.h>
 
@@ -7,7 +7,8 @@
 #include <cmath>
 #include <exception>
 
-#include "moe/router.h"
+#include "moe/moe_layer.h"
+#include "moe/selection.h"
 #include "nn/rmsnorm.h"
 #include "nn/swiglu.h"
 #include "tensor/bf16.h"
@@ -64,7 +65,7 @@ int64_t share_rows(const WeightView& w) {
 
 }  // namespace
 
-const float* Decoder::as_f32(const std::string& name, const Shape& shape) {
+const float* InferenceModel::as_f32(const std::string& name, const Shape& shape) {
   const WeightView v = weights_.at(name);
   require_shape(name, v, shape);
   Tensor t(shape, name);
@@ -75,7 +76,7 @@ const float* Decoder::as_f32(const std::string& name, const Shape& shape) {
 
 // Big matrices stay where they are (fp32 or bf16); fp16 ones, which no kernel here reads,
 // are widened to an fp32 copy once.
-WeightView Decoder::matrix(const std::string& name, const Shape& shape) {
+WeightView InferenceModel::matrix(const std::string& name, const Shape& shape) {
   const WeightView v = weights_.at(name);
   require_shape(name, v, shape);
   if (v.dtype != TensorDtype::F16) return v;
@@ -83,8 +84,8 @@ WeightView Decoder::matrix(const std::string& name, const Shape& shape) {
   return WeightView{TensorDtype::F32, shape, reinterpret_cast<const std::byte*>(data)};
 }
 
-Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource& weights,
-                 const DecoderOptions& options)
+InferenceModel::InferenceModel(const ModelConfig& config, MoeNaming naming,
+                               const WeightSource& weights, const InferenceOptions& options)
     : config_(config), weights_(weights), options_(options) {
   const int64_t D = config.hidden_size, V = config.vocab_size, H = config.num_attention_heads,
                 KV = config.num_key_value_heads, hd = config.resolved_head_dim(),
@@ -141,12 +142,19 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
       b.dense = expert(p + "mlp.", "gate_proj", "up_proj", "down_proj", config.intermediate_size);
     } else {
       const MoeConfig& m = *config.moe;
-      require(m.router_type == RouterType::TopKSoftmax || m.router_type == RouterType::SoftmaxTopK,
-              "the decoder runs softmax top-k routers (Mixtral, Qwen2-MoE, OLMoE); this model's "
-              "router is another kind");
       const bool mixtral = naming == MoeNaming::Mixtral;
       const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
       b.router = as_f32(moe + "gate.weight", {m.num_experts, D});
+      if (m.router_type == RouterType::SigmoidBias)
+        b.selection_bias = as_f32(moe + "gate.e_score_correction_bias", {m.num_experts});
+      if (m.router_type == RouterType::ExpertChoice) {
+        const std::string name = moe + "gate.expert_threshold";
+        require(weights.find(name).has_value(),
+                weights.describe() + ": missing tensor '" + name +
+                    "': an expert-choice run written before evaluation routed by learned "
+                    "thresholds; resume it (moe train --resume) to estimate them");
+        b.threshold = as_f32(name, {m.num_experts});
+      }
       const int64_t F = m.moe_intermediate_size;
       if (cached) cached_experts.emplace_back();
       for (int64_t e = 0; e < m.num_experts; ++e) {
@@ -172,46 +180,51 @@ Decoder::Decoder(const ModelConfig& config, MoeNaming naming, const WeightSource
         if (weights.find(gate)) b.shared_gate = as_f32(gate, {1, D});
       }
       b.moe_index = moe_layers++;
+      moe_blocks_.push_back(l);
     }
     blocks_.push_back(std::move(b));
   }
-  last_experts_.resize(static_cast<size_t>(moe_layers));
-  last_gates_.resize(static_cast<size_t>(moe_layers));
+  last_routes_.resize(static_cast<size_t>(moe_layers));
   widest_ffn_ = config.intermediate_size;
+  most_routed_ = 1;
   if (config.moe) {
     const MoeConfig& m = *config.moe;
     widest_ffn_ = std::max({widest_ffn_, m.moe_intermediate_size,
                             m.n_shared_experts * m.shared_expert_intermediate_size});
+    most_routed_ = m.router_type == RouterType::ExpertChoice ? m.num_experts : m.top_k;
   }
   if (cached)
     cache_ = std::make_unique<ExpertCache>(std::move(cached_experts), options.expert_cache,
                                            options.cache_policy);
 }
 
-DecoderCache Decoder::make_cache(int64_t capacity) const {
+KvCache InferenceModel::make_cache(int64_t capacity) const {
   require(capacity >= 1 && capacity <= config_.max_position_embeddings,
           "KV cache of " + std::to_string(capacity) + " positions: the model holds 1 to " +
               std::to_string(config_.max_position_embeddings));
-  DecoderCache cache;
+  KvCache cache;
   cache.capacity = capacity;
   const int64_t width = attn_.kv_heads * attn_.head_dim;
   for (size_t l = 0; l < blocks_.size(); ++l) {
     cache.keys.emplace_back(Shape{capacity, width}, "key cache");
     cache.values.emplace_back(Shape{capacity, width}, "value cache");
   }
+  const bool sequence_routing = config_.moe && config_.moe->routing_level == RoutingLevel::Sequence;
+  for (size_t m = 0; m < moe_blocks_.size(); ++m) {
+    Tensor& sum = cache.route_sums.emplace_back();
+    if (!sequence_routing) continue;
+    sum = Tensor({config_.hidden_size}, "routing prefix sum");
+    sum.fill(0.0f);
+  }
   return cache;
 }
 
-std::span<const int32_t> Decoder::last_experts(int64_t moe_layer) const {
-  return last_experts_.at(static_cast<size_t>(moe_layer));
+const RoutingPlan& InferenceModel::last_routes(int64_t moe_layer) const {
+  return last_routes_.at(static_cast<size_t>(moe_layer));
 }
 
-std::span<const float> Decoder::last_gates(int64_t moe_layer) const {
-  return last_gates_.at(static_cast<size_t>(moe_layer));
-}
-
-void Decoder::linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
-                     int64_t ldy) {
+void InferenceModel::linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx,
+                            float* y, int64_t ldy) {
   const int64_t N = w.shape[0], K = w.shape[1];
   if (w.dtype == TensorDtype::F32)
     gemm(Trans::No, Trans::Yes, rows, N, K, 1.0f, x, ldx, w.f32().data(), K, 0.0f, y, ldy);
@@ -220,7 +233,7 @@ void Decoder::linear(const WeightView& w, const float* x, int64_t rows, int64_t 
   bytes_read_ += bytes_of(w);
 }
 
-void Decoder::swiglu(const ExpertWeights& e, const float* x, int64_t rows, float* out) {
+void InferenceModel::swiglu(const ExpertWeights& e, const float* x, int64_t rows, float* out) {
   const int64_t D = config_.hidden_size, F = e.gate.shape[0];
   ensure(gate_act_, rows, F);
   ensure(up_, rows, F);
@@ -233,98 +246,96 @@ void Decoder::swiglu(const ExpertWeights& e, const float* x, int64_t rows, float
   linear(e.down, g, rows, F, out, D);
 }
 
-void Decoder::route(const Block& b, const float* x, int64_t rows, std::vector<int32_t>& chosen,
-                    std::vector<float>& gates) {
+void InferenceModel::route(const Block& b, const float* r, int64_t rows, RoutingPlan& plan) {
   const MoeConfig& m = *config_.moe;
-  const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
-  // Router in fp32: logits [rows, E], then each token's k experts and gates.
+  const int64_t D = config_.hidden_size, E = m.num_experts;
+  // Router in fp32: logits [rows, E] in one product, then each token's experts.
   ensure(router_logits_, rows, E);
-  gemm(Trans::No, Trans::Yes, rows, E, D, 1.0f, x, D, b.router, D, 0.0f, router_logits_.data(), E);
+  gemm(Trans::No, Trans::Yes, rows, E, D, 1.0f, r, D, b.router, D, 0.0f, router_logits_.data(), E);
   bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
-  chosen.assign(static_cast<size_t>(rows * k), 0);
-  gates.assign(static_cast<size_t>(rows * k), 0.0f);
-  std::vector<int32_t> order(static_cast<size_t>(E));
-  for (int64_t t = 0; t < rows; ++t)
-    pick_experts(router_logits_.data() + t * E, chosen.data() + t * k, gates.data() + t * k,
-                 order.data());
+  plan.tokens = rows;
+  plan.experts = E;
+  plan.top_k = m.top_k;
+  plan.token_choice = m.router_type != RouterType::ExpertChoice;
+  plan.token.clear();
+  plan.expert.clear();
+  plan.gate.clear();
+  TokenRoute& token = guess_;  // scratch here: prefill runs outside the decode step's region
+  for (int64_t t = 0; t < rows; ++t) {
+    route_token(b, nullptr, token, router_logits_.data() + t * E);
+    plan.token.insert(plan.token.end(), token.picks.size(), static_cast<int32_t>(t));
+    plan.expert.insert(plan.expert.end(), token.picks.begin(), token.picks.end());
+    plan.gate.insert(plan.gate.end(), token.gates.begin(), token.gates.end());
+  }
 }
 
-void Decoder::pick_experts(const float* logit, int32_t* picks, float* gates, int32_t* order) const {
-  const MoeConfig& m = *config_.moe;
-  const int64_t E = m.num_experts, k = m.top_k;
-  top_indices(logit, E, k, order, picks);
-  // Softmax over the k picked logits (Mixtral; or over all E renormalised: the same) or the
-  // plain softmax probabilities of the k picked (norm_topk_prob false).
-  const float top = logit[picks[0]];
-  double all = 0, picked = 0;
-  for (int64_t e = 0; e < E; ++e) all += std::exp(double(logit[e]) - top);
-  for (int64_t j = 0; j < k; ++j) picked += std::exp(double(logit[picks[j]]) - top);
-  for (int64_t j = 0; j < k; ++j)
-    gates[j] = static_cast<float>(std::exp(double(logit[picks[j]]) - top) /
-                                  (renormalises(m) ? picked : all));
-}
-
-ExpertWeights Decoder::expert_weights(const Block& b, int64_t e) {
+ExpertWeights InferenceModel::expert_weights(const Block& b, int64_t e) {
   if (!cache_) return b.experts[static_cast<size_t>(e)];
   return cache_->get(b.moe_index, e);
 }
 
-void Decoder::moe_ffn(const Block& b, const float* x, int64_t rows, float* out) {
+void InferenceModel::moe_ffn(const Block& b, const float* x, const float* r, int64_t rows,
+                             float* out) {
   const MoeConfig& m = *config_.moe;
-  const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
-  std::vector<int32_t>& chosen = last_experts_[static_cast<size_t>(b.moe_index)];
-  std::vector<float>& gates = last_gates_[static_cast<size_t>(b.moe_index)];
-  route(b, x, rows, chosen, gates);
+  const int64_t D = config_.hidden_size, E = m.num_experts;
+  RoutingPlan& plan = last_routes_[static_cast<size_t>(b.moe_index)];
+  route(b, r, rows, plan);
   if (cache_ && options_.prefetch) {
     // Pre-gating: the next MoE layer's router on this layer's input guesses its experts;
     // their reads overlap this layer's expert compute and the next attention.
     const auto next = std::find_if(blocks_.begin() + (&b - blocks_.data()) + 1, blocks_.end(),
                                    [](const Block& c) { return c.moe; });
     if (next != blocks_.end()) {
-      std::vector<int32_t> guess;
-      std::vector<float> unused;
-      route(*next, x, rows, guess, unused);
-      cache_->prefetch(next->moe_index, guess);
+      RoutingPlan guess;
+      route(*next, x, rows, guess);
+      cache_->prefetch(next->moe_index, guess.expert);
     }
   }
 
-  // Experts over the tokens that chose them: gather, SwiGLU, scatter-add weighted by gate.
-  std::fill(out, out + rows * D, 0.0f);
-  ensure(rows_in_, rows, D);
-  ensure(rows_out_, rows, D);
-  std::vector<int64_t> slots;
+  // The trainer's dispatcher: rows grouped by expert (an explicit eval_capacity_factor drops
+  // over this forward's tokens), each expert's SwiGLU over its rows, then the gated sum.
+  dispatcher_.plan(plan, plan.token_choice ? m.capacity(rows, false) : -1, m.drop_policy);
+  const int64_t kept = dispatcher_.kept();
+  ensure(rows_in_, kept, D);
+  ensure(rows_out_, std::max(kept, rows), D);
+  dispatcher_.permute({x, size_t(rows * D)}, D, rows_in_.span().subspan(0, size_t(kept * D)));
+  const auto offsets = dispatcher_.segment_offsets();
   for (int64_t e = 0; e < E; ++e) {
-    slots.clear();
-    for (int64_t s = 0; s < rows * k; ++s)
-      if (chosen[s] == e) slots.push_back(s);
-    if (slots.empty()) continue;
-    const int64_t n = static_cast<int64_t>(slots.size());
-    for (int64_t i = 0; i < n; ++i) std::copy_n(x + slots[i] / k * D, D, rows_in_.data() + i * D);
-    swiglu(expert_weights(b, e), rows_in_.data(), n, rows_out_.data());
-    for (int64_t i = 0; i < n; ++i) {
-      float* dst = out + slots[i] / k * D;
-      const float* src = rows_out_.data() + i * D;
-      const float g = gates[slots[i]];
-      for (int64_t d = 0; d < D; ++d) dst[d] += g * src[d];
-    }
+    const int64_t first = offsets[size_t(e)], n = offsets[size_t(e) + 1] - first;
+    if (n > 0)
+      swiglu(expert_weights(b, e), rows_in_.data() + first * D, n, rows_out_.data() + first * D);
   }
+  dispatcher_.combine(rows_out_.span().subspan(0, size_t(kept * D)), plan.gate, D,
+                      {out, size_t(rows * D)});
   if (!b.has_shared) return;
   swiglu(b.shared, x, rows, rows_out_.data());
   for (int64_t t = 0; t < rows; ++t) {
-    const float scale = shared_expert_scale(b, x + t * D);
+    const float scale = shared_expert_scale(x + t * D, b.shared_gate, D);
     for (int64_t d = 0; d < D; ++d) out[t * D + d] += scale * rows_out_[t * D + d];
   }
   if (b.shared_gate) bytes_read_ += D * static_cast<int64_t>(sizeof(float));
 }
 
-float Decoder::shared_expert_scale(const Block& b, const float* x) const {
-  if (!b.shared_gate) return 1.0f;
-  double dot = 0;
-  for (int64_t d = 0; d < config_.hidden_size; ++d) dot += double(x[d]) * b.shared_gate[d];
-  return static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
+const float* InferenceModel::router_input(const Block& b, const float* n, int64_t rows,
+                                          KvCache& cache) {
+  const MoeConfig& m = *config_.moe;
+  if (m.routing_level != RoutingLevel::Sequence) return n;
+  // Position p routes on the mean of the inputs at positions 0..min(p, P-1), summed in
+  // position order as the training layer's prefix means are.
+  const int64_t D = config_.hidden_size, P = m.route_prefix;
+  Tensor& sum = cache.route_sums.at(static_cast<size_t>(b.moe_index));
+  ensure(route_in_, rows, D);
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t pos = cache.length + t;
+    if (pos < P)
+      for (int64_t d = 0; d < D; ++d) sum[d] += n[t * D + d];
+    const float count = static_cast<float>(std::min(pos, P - 1) + 1);
+    for (int64_t d = 0; d < D; ++d) route_in_[t * D + d] = sum[d] / count;
+  }
+  return route_in_.data();
 }
 
-void Decoder::prepare_qkv(const Block& b, float* row) const {
+void InferenceModel::prepare_qkv(const Block& b, float* row) const {
   const int64_t H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim, W = attn_.qkv_width();
   const auto add_bias = [](float* v, const float* bias, int64_t n) {
     if (bias)
@@ -347,8 +358,8 @@ void Decoder::prepare_qkv(const Block& b, float* row) const {
       row[i] = std::clamp(row[i], -config_.clip_qkv, config_.clip_qkv);
 }
 
-void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
-                      std::span<float> logits) {
+void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
+                             std::span<float> logits) {
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t D = config_.hidden_size, V = config_.vocab_size, H = attn_.heads,
                 KV = attn_.kv_heads, hd = attn_.head_dim, W = attn_.qkv_width();
@@ -399,7 +410,7 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
     rmsnorm_forward(T, D, config_.rms_norm_eps, rows(x_, T, D), {b.ffn_norm, size_t(D)},
                     rows(n_, T, D), rows(rstd_, T, 1));
     if (b.moe)
-      moe_ffn(b, n_.data(), T, out_.data());
+      moe_ffn(b, n_.data(), router_input(b, n_.data(), T, cache), T, out_.data());
     else
       swiglu(b.dense, n_.data(), T, out_.data());
     for (int64_t i = 0; i < T * D; ++i) x_[i] += out_[i];
@@ -438,14 +449,17 @@ void Decoder::forward(std::span<const int32_t> tokens, DecoderCache& cache,
 //               (expert cache: one expert at a time, read by one thread first; a shared
 //               expert after the routed ones)
 //   then:       each thread: final norm;  LM head rows -> logits
-void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
+void InferenceModel::decode_step(KvCache& cache, std::span<float> logits) {
   const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim,
                 W = attn_.qkv_width(), pos = cache.length, capacity = cache.capacity,
-                threads = omp_get_max_threads(), k = config_.moe ? config_.moe->top_k : 1;
+                threads = omp_get_max_threads();
+  const bool sequence_routing = config_.moe && config_.moe->routing_level == RoutingLevel::Sequence;
   ensure(n_, threads, D);
   ensure(last_, threads, D);
-  ensure(gate_act_, k, widest_ffn_);
-  ensure(up_, k, widest_ffn_);
+  ensure(route_in_, threads, D);
+  ensure(step_route_n_, std::max<int64_t>(1, static_cast<int64_t>(moe_blocks_.size())), D);
+  ensure(gate_act_, most_routed_, widest_ffn_);
+  ensure(up_, most_routed_, widest_ffn_);
   ensure(rows_out_, 1, D);
   ensure(scores_, threads, capacity);
   if (static_cast<int64_t>(routes_.size()) < threads) routes_.resize(static_cast<size_t>(threads));
@@ -482,10 +496,17 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
   const auto nothing = [](int64_t, int64_t) {};
   // SwiGLU MLPs of the token's n, experts[i] weighted by scale[i]: h_i = silu(n gate_i^T) *
   // (n up_i^T), then ffn += scale_i (h_i down_i^T) row by row in the order given, and with
-  // `last` (the block's last MLP) x += ffn. Two barriers whatever the count.
+  // `last` (the block's last MLP) x += ffn. Two barriers whatever the count (expert choice may
+  // route a token to none: then with `last` only x += ffn, one barrier).
   const auto swiglu_mlps = [&](const ExpertWeights* const* experts, const float* scale,
                                int64_t count, const float* n, bool last) {
     if (failed) return;
+    if (count == 0) {
+      if (!last) return;
+#pragma omp for schedule(static)
+      for (int64_t j = 0; j < D; ++j) x[j] += ffn[j];
+      return;
+    }
     const int64_t F = experts[0]->gate.shape[0], step = share_rows(experts[0]->gate),
                   shares = (F + step - 1) / step;
 #pragma omp for schedule(guided)
@@ -563,18 +584,34 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
         swiglu_mlps(&dense, &one, 1, n, true);
         continue;
       }
-      route_token(b, n, route);
+      // Sequence routing: the prefix mean with this position's input counted, as the
+      // prefill's router_input computes it; the cache's sum moves on after the step.
+      const float* r = n;
+      if (sequence_routing) {
+        const Tensor& sum = cache.route_sums[static_cast<size_t>(b.moe_index)];
+        const int64_t P = config_.moe->route_prefix;
+        const float count = static_cast<float>(std::min(pos, P - 1) + 1);
+        float* mean = route_in_.data() + t * D;
+        for (int64_t d = 0; d < D; ++d) mean[d] = (pos < P ? sum[d] + n[d] : sum[d]) / count;
+        r = mean;
+      }
+      route_token(b, r, route);
+      const int64_t routed = static_cast<int64_t>(route.sorted.size());
 #pragma omp masked
       {
-        last_experts_[static_cast<size_t>(b.moe_index)] = route.picks;
-        last_gates_[static_cast<size_t>(b.moe_index)] = route.gates;
+        RoutingPlan& plan = last_routes_[static_cast<size_t>(b.moe_index)];
+        plan.tokens = 1;
+        plan.token.assign(route.picks.size(), 0);
+        plan.expert = route.picks;
+        plan.gate = route.gates;
+        if (sequence_routing) std::copy_n(n, D, step_route_n_.data() + b.moe_index * D);
         bytes_read_ += config_.moe->num_experts * D * static_cast<int64_t>(sizeof(float));
       }
       const int64_t E = config_.moe->num_experts;
       if (!cache_) {
 #pragma omp masked
         for (const ExpertWeights* e : route.experts) bytes_read_ += mlp_bytes(*e);
-        swiglu_mlps(route.experts.data(), route.sorted_gates.data(), k, n, !b.has_shared);
+        swiglu_mlps(route.experts.data(), route.sorted_gates.data(), routed, n, !b.has_shared);
       } else {
         // Pre-gating, as in moe_ffn: the next MoE layer's router on this layer's input starts
         // the reads of its likely experts. Then this layer's experts one at a time: a cache
@@ -589,16 +626,18 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
 #pragma omp masked
           bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
         }
-        for (int64_t j = 0; j < k; ++j) {
+        if (routed == 0) swiglu_mlps(nullptr, nullptr, 0, n, !b.has_shared);
+        for (int64_t j = 0; j < routed; ++j) {
           one_thread([&] { fetched = cache_->get(b.moe_index, route.sorted[size_t(j)]); });
 #pragma omp masked
           if (!failed) bytes_read_ += mlp_bytes(fetched);
           const ExpertWeights* expert = &fetched;
-          swiglu_mlps(&expert, &route.sorted_gates[size_t(j)], 1, n, j == k - 1 && !b.has_shared);
+          swiglu_mlps(&expert, &route.sorted_gates[size_t(j)], 1, n,
+                      j == routed - 1 && !b.has_shared);
         }
       }
       if (b.has_shared) {
-        const float scale = shared_expert_scale(b, n);
+        const float scale = shared_expert_scale(n, b.shared_gate, D);
 #pragma omp masked
         bytes_read_ += mlp_bytes(b.shared) + (b.shared_gate ? D * int64_t{sizeof(float)} : 0);
         const ExpertWeights* shared = &b.shared;
@@ -612,28 +651,47 @@ void Decoder::decode_step(DecoderCache& cache, std::span<float> logits) {
     if (!failed) rows_of(head_, last, logits.data(), nothing);
   }
   if (error) std::rethrow_exception(error);
+  if (sequence_routing && pos < config_.moe->route_prefix)
+    for (size_t m = 0; m < moe_blocks_.size(); ++m) {
+      Tensor& sum = cache.route_sums[m];
+      for (int64_t d = 0; d < D; ++d) sum[d] += step_route_n_[static_cast<int64_t>(m) * D + d];
+    }
   cache.length += 1;
 }
 
-void Decoder::route_token(const Block& b, const float* n, TokenRoute& r) const {
+void InferenceModel::route_token(const Block& b, const float* r, TokenRoute& route,
+                                 const float* logits) const {
   const MoeConfig& m = *config_.moe;
   const int64_t D = config_.hidden_size, E = m.num_experts, k = m.top_k;
-  r.logits.resize(static_cast<size_t>(E));  // sized at the first step, kept after
-  r.order.resize(static_cast<size_t>(E));
-  r.picks.resize(static_cast<size_t>(k));
-  r.gates.resize(static_cast<size_t>(k));
-  gemm_few_rows(1, 0, E, D, n, D, b.router, D, r.logits.data(), E);
-  pick_experts(r.logits.data(), r.picks.data(), r.gates.data(), r.order.data());
-  r.sorted = r.picks;
-  r.sorted_gates = r.gates;
-  for (int64_t j = 1; j < k; ++j)  // insertion sort of k pairs by expert id
-    for (int64_t i = j; i > 0 && r.sorted[size_t(i - 1)] > r.sorted[size_t(i)]; --i) {
-      std::swap(r.sorted[size_t(i - 1)], r.sorted[size_t(i)]);
-      std::swap(r.sorted_gates[size_t(i - 1)], r.sorted_gates[size_t(i)]);
+  route.logits.resize(static_cast<size_t>(E));  // sized at the first step, kept after
+  route.scores.resize(static_cast<size_t>(E));
+  route.selection.resize(static_cast<size_t>(E));
+  route.order.resize(static_cast<size_t>(E));
+  if (!logits) {
+    gemm_few_rows(1, 0, E, D, r, D, b.router, D, route.logits.data(), E);
+    logits = route.logits.data();
+  }
+  router_scores(m, logits, route.scores.data());
+  if (b.threshold) {
+    experts_over_threshold(m, route.scores.data(), b.threshold, route.picks, route.gates);
+  } else {
+    route.picks.resize(static_cast<size_t>(k));
+    route.gates.resize(static_cast<size_t>(k));
+    select_token_experts(m, route.scores.data(), b.selection_bias, route.picks.data(),
+                         route.gates.data(), route.selection.data(), route.order.data());
+  }
+  route.sorted = route.picks;
+  route.sorted_gates = route.gates;
+  const int64_t count = static_cast<int64_t>(route.sorted.size());
+  for (int64_t j = 1; j < count; ++j)  // insertion sort of a few pairs by expert id
+    for (int64_t i = j; i > 0 && route.sorted[size_t(i - 1)] > route.sorted[size_t(i)]; --i) {
+      std::swap(route.sorted[size_t(i - 1)], route.sorted[size_t(i)]);
+      std::swap(route.sorted_gates[size_t(i - 1)], route.sorted_gates[size_t(i)]);
     }
-  r.experts.clear();  // mapped experts only: the expert cache hands out its own views
+  route.experts.clear();  // mapped experts only: the expert cache hands out its own views
   if (!b.experts.empty())
-    for (const int32_t e : r.sorted) r.experts.push_back(&b.experts[static_cast<size_t>(e)]);
+    for (const int32_t e : route.sorted)
+      route.experts.push_back(&b.experts[static_cast<size_t>(e)]);
 }
 
 }  // namespace moe
