@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """`moe bench decode --json` on a tiny Hugging Face folder, with and without the expert cache:
-every field is there and sane; the bytes a decode step reads are the model's active weights."""
+every field is there and sane; the bytes a decode step reads are the model's active weights.
+Then on a run of `moe train` (fp32), as stored and rounded to bf16 (in memory, and into a
+scratch file for the expert cache)."""
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
-MOE, CASES = sys.argv[1], sys.argv[2]
+import shipped_corpus
+
+MOE, CASES, SRC = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def bench(*args):
@@ -44,3 +50,23 @@ r = subprocess.run([MOE, "bench", "decode", "--model", f"{CASES}/../bpe"], captu
 assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 assert "not a model folder" in r.stderr, r.stderr
 print("PASS")
+
+# A trained run through the same engine: fp32 as stored; --dtype bf16 halves each step's bytes
+# but the routers' (kept fp32), the same with the expert cache reading a bf16 scratch file.
+with tempfile.TemporaryDirectory() as work:
+    corpus, model = os.path.join(work, "corpus.txt"), os.path.join(work, "run")
+    shipped_corpus.write_plain_text(SRC, corpus, 40)
+    r = subprocess.run([MOE, "train", "--out", model, "--config",
+                        os.path.join(SRC, "tests/cases/tiny_model.json"), "--corpus", corpus,
+                        "--steps", "4", "--batch-size", "4", "--seq-len", "16", "--warmup", "2",
+                        "--quiet", "--no-sample"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    f32 = bench("--model", model)
+    bf16 = bench("--model", model, "--dtype", "bf16")
+    assert f32["dtype"] == "f32" and bf16["dtype"] == "bf16", (f32, bf16)
+    assert 0.5 * f32["weight_bytes_per_token"] < bf16["weight_bytes_per_token"] < \
+        0.6 * f32["weight_bytes_per_token"], (f32, bf16)
+    scratch = os.path.join(work, "scratch")
+    cached = bench("--model", model, "--dtype", "bf16", "--expert-cache", "1", "--scratch", scratch)
+    assert cached["dtype"] == "bf16" and cached["expert_cache"]["storage_bytes_per_token"] > 0, cached
+    assert os.path.exists(os.path.join(scratch, "model-bf16.safetensors"))
