@@ -35,34 +35,6 @@ float widen(const WeightView& v, int64_t i) {
   return v.dtype == TensorDtype::BF16 ? bf16_to_float(v.bf16()[at]) : half_to_float(v.f16()[at]);
 }
 
-int64_t bytes_of(const WeightView& v) {
-  return v.numel() * static_cast<int64_t>(dtype_bytes(v.dtype));
-}
-
-void ensure(Tensor& t, int64_t rows, int64_t cols) {
-  if (t.numel() < rows * cols) t = Tensor({rows, cols});
-}
-
-// y[j0:j1] = w[j0:j1, :] · x for one token, on the calling thread.
-void weight_rows(const WeightView& w, const float* x, int64_t j0, int64_t j1, float* y) {
-  const int64_t K = w.shape[1];
-  if (w.dtype == TensorDtype::F32)
-    gemm_few_rows(1, j0, j1, K, x, K, w.f32().data(), K, y, w.shape[0]);
-  else
-    gemm_few_rows(1, j0, j1, K, x, K, w.bf16().data(), K, y, w.shape[0]);
-}
-
-// The smallest share of a product's rows a thread takes at once in the decode step (guided
-// schedule: the first grabs are large, the last ones this small), in bytes of weight: small
-// enough that the threads finish a product together, large enough that taking a share costs
-// nothing beside streaming it.
-constexpr int64_t kShareBytes = 16 * 1024;
-
-int64_t share_rows(const WeightView& w) {
-  const int64_t row_bytes = w.shape[1] * static_cast<int64_t>(dtype_bytes(w.dtype));
-  return std::max<int64_t>(1, kShareBytes / std::max<int64_t>(row_bytes, 1));
-}
-
 }  // namespace
 
 const float* InferenceModel::as_f32(const std::string& name, const Shape& shape) {
@@ -97,94 +69,25 @@ InferenceModel::InferenceModel(const ModelConfig& config, MoeNaming naming,
   embed_ = matrix("model.embed_tokens.weight", {V, D});
   head_ = config.tie_word_embeddings ? embed_ : matrix("lm_head.weight", {V, D});
   final_norm_ = as_f32("model.norm.weight", {D});
-  const auto optional_f32 = [&](const std::string& name, int64_t n) -> const float* {
-    return weights.find(name) ? as_f32(name, {n}) : nullptr;
-  };
-  const auto expert = [&](const std::string& prefix, const char* gate, const char* up,
-                          const char* down, int64_t F) {
-    return ExpertWeights{matrix(prefix + gate + ".weight", {F, D}),
-                         matrix(prefix + up + ".weight", {F, D}),
-                         matrix(prefix + down + ".weight", {D, F})};
-  };
-
   // With the expert cache, routed experts are located in their files, not mapped.
-  const bool cached = options.expert_cache > 0;
   std::vector<std::vector<ExpertLocation>> cached_experts;
-  const auto locate = [&](const std::string& name, const Shape& shape) {
-    const auto where = weights.locate(name);
-    require(where.has_value(), weights.describe() + ": tensor '" + name +
-                                   "' is not in a file: the expert cache reads experts from "
-                                   "the checkpoint's files");
-    require(where->shape == shape, "tensor '" + name + "': shape " + shape_text(where->shape) +
-                                       ", expected " + shape_text(shape));
-    require(where->dtype != TensorDtype::F16,
-            "tensor '" + name + "': the expert cache reads fp32 or bf16 experts, not F16");
-    return *where;
-  };
-
-  int64_t moe_layers = 0;
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Block b;
-    b.attn_norm = as_f32(p + "input_layernorm.weight", {D});
+    bind_attention(b, p);
     b.ffn_norm = as_f32(p + "post_attention_layernorm.weight", {D});
-    b.q = matrix(p + "self_attn.q_proj.weight", {H * hd, D});
-    b.k = matrix(p + "self_attn.k_proj.weight", {KV * hd, D});
-    b.v = matrix(p + "self_attn.v_proj.weight", {KV * hd, D});
-    b.o = matrix(p + "self_attn.o_proj.weight", {D, H * hd});
-    b.q_bias = optional_f32(p + "self_attn.q_proj.bias", H * hd);
-    b.k_bias = optional_f32(p + "self_attn.k_proj.bias", KV * hd);
-    b.v_bias = optional_f32(p + "self_attn.v_proj.bias", KV * hd);
-    b.q_norm = optional_f32(p + "self_attn.q_norm.weight", H * hd);
-    b.k_norm = optional_f32(p + "self_attn.k_norm.weight", KV * hd);
     b.moe = config.moe && config.is_moe_layer(l);
-    if (!b.moe) {
-      b.dense = expert(p + "mlp.", "gate_proj", "up_proj", "down_proj", config.intermediate_size);
-    } else {
-      const MoeConfig& m = *config.moe;
-      const bool mixtral = naming == MoeNaming::Mixtral;
-      const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
-      b.router = as_f32(moe + "gate.weight", {m.num_experts, D});
-      if (m.router_type == RouterType::SigmoidBias)
-        b.selection_bias = as_f32(moe + "gate.e_score_correction_bias", {m.num_experts});
-      if (m.router_type == RouterType::ExpertChoice) {
-        const std::string name = moe + "gate.expert_threshold";
-        require(weights.find(name).has_value(),
-                weights.describe() + ": missing tensor '" + name +
-                    "': an expert-choice run written before evaluation routed by learned "
-                    "thresholds; resume it (moe train --resume) to estimate them");
-        b.threshold = as_f32(name, {m.num_experts});
-      }
-      const int64_t F = m.moe_intermediate_size;
-      if (cached) cached_experts.emplace_back();
-      for (int64_t e = 0; e < m.num_experts; ++e) {
-        const std::string ep = moe + "experts." + std::to_string(e) + ".";
-        const std::string gate = ep + (mixtral ? "w1" : "gate_proj"),
-                          up = ep + (mixtral ? "w3" : "up_proj"),
-                          down = ep + (mixtral ? "w2" : "down_proj");
-        if (cached)
-          cached_experts.back().push_back(ExpertLocation{locate(gate + ".weight", {F, D}),
-                                                         locate(up + ".weight", {F, D}),
-                                                         locate(down + ".weight", {D, F})});
-        else
-          b.experts.push_back(ExpertWeights{matrix(gate + ".weight", {F, D}),
-                                            matrix(up + ".weight", {F, D}),
-                                            matrix(down + ".weight", {D, F})});
-      }
-      const int64_t shared_width = m.n_shared_experts * m.shared_expert_intermediate_size;
-      if (shared_width > 0) {
-        b.has_shared = true;
-        b.shared = expert(moe + (mixtral ? "shared_experts." : "shared_expert."), "gate_proj",
-                          "up_proj", "down_proj", shared_width);
-        const std::string gate = moe + "shared_expert_gate.weight";
-        if (weights.find(gate)) b.shared_gate = as_f32(gate, {1, D});
-      }
-      b.moe_index = moe_layers++;
+    if (b.moe) {
+      b.moe_index = static_cast<int64_t>(moe_blocks_.size());
       moe_blocks_.push_back(l);
+      bind_moe(b, p + (naming == MoeNaming::Mixtral ? "block_sparse_moe." : "mlp."), naming,
+               cached_experts);
+    } else {
+      b.dense = mlp(p + "mlp.", config.intermediate_size);
     }
     blocks_.push_back(std::move(b));
   }
-  last_routes_.resize(static_cast<size_t>(moe_layers));
+  last_routes_.resize(moe_blocks_.size());
   widest_ffn_ = config.intermediate_size;
   most_routed_ = 1;
   if (config.moe) {
@@ -193,9 +96,103 @@ InferenceModel::InferenceModel(const ModelConfig& config, MoeNaming naming,
                             m.n_shared_experts * m.shared_expert_intermediate_size});
     most_routed_ = m.router_type == RouterType::ExpertChoice ? m.num_experts : m.top_k;
   }
-  if (cached)
+  if (options.expert_cache > 0)
     cache_ = std::make_unique<ExpertCache>(std::move(cached_experts), options.expert_cache,
                                            options.cache_policy);
+}
+
+const float* InferenceModel::optional_f32(const std::string& name, int64_t n) {
+  return weights_.find(name) ? as_f32(name, {n}) : nullptr;
+}
+
+ExpertWeights InferenceModel::mlp(const std::string& prefix, int64_t F) {
+  const int64_t D = config_.hidden_size;
+  return ExpertWeights{matrix(prefix + "gate_proj.weight", {F, D}),
+                       matrix(prefix + "up_proj.weight", {F, D}),
+                       matrix(prefix + "down_proj.weight", {D, F})};
+}
+
+void InferenceModel::bind_attention(Block& b, const std::string& p) {
+  const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim;
+  b.attn_norm = as_f32(p + "input_layernorm.weight", {D});
+  b.q = matrix(p + "self_attn.q_proj.weight", {H * hd, D});
+  b.k = matrix(p + "self_attn.k_proj.weight", {KV * hd, D});
+  b.v = matrix(p + "self_attn.v_proj.weight", {KV * hd, D});
+  b.o = matrix(p + "self_attn.o_proj.weight", {D, H * hd});
+  // The extras as the training attention takes them: one bias over the stacked q, k, v rows
+  // (zeros for a projection without one), the q/k norms, the clamp.
+  const float* q_bias = optional_f32(p + "self_attn.q_proj.bias", H * hd);
+  const float* k_bias = optional_f32(p + "self_attn.k_proj.bias", KV * hd);
+  const float* v_bias = optional_f32(p + "self_attn.v_proj.bias", KV * hd);
+  if (q_bias || k_bias || v_bias) {
+    Tensor bias({attn_.qkv_width()}, p + "qkv bias");
+    bias.fill(0.0f);
+    if (q_bias) std::copy_n(q_bias, H * hd, bias.data());
+    if (k_bias) std::copy_n(k_bias, KV * hd, bias.data() + H * hd);
+    if (v_bias) std::copy_n(v_bias, KV * hd, bias.data() + (H + KV) * hd);
+    converted_.push_back(std::move(bias));
+    b.extras.bias = converted_.back().span();
+  }
+  const float* q_norm = optional_f32(p + "self_attn.q_norm.weight", H * hd);
+  const float* k_norm = optional_f32(p + "self_attn.k_norm.weight", KV * hd);
+  require(!q_norm == !k_norm, p + "self_attn: a q norm needs a k norm, and the other way round");
+  if (q_norm) {
+    b.extras.q_norm = {q_norm, size_t(H * hd)};
+    b.extras.k_norm = {k_norm, size_t(KV * hd)};
+  }
+  b.extras.norm_eps = config_.rms_norm_eps;
+  b.extras.clip = config_.clip_qkv;
+}
+
+void InferenceModel::bind_moe(Block& b, const std::string& moe, MoeNaming naming,
+                              std::vector<std::vector<ExpertLocation>>& cached_experts) {
+  const MoeConfig& m = *config_.moe;
+  const int64_t D = config_.hidden_size, E = m.num_experts, F = m.moe_intermediate_size;
+  const bool mixtral = naming == MoeNaming::Mixtral;
+  b.router = as_f32(moe + "gate.weight", {E, D});
+  if (m.router_type == RouterType::SigmoidBias)
+    b.selection_bias = as_f32(moe + "gate.e_score_correction_bias", {E});
+  if (m.router_type == RouterType::ExpertChoice) {
+    const std::string name = moe + "gate.expert_threshold";
+    require(weights_.find(name).has_value(),
+            weights_.describe() + ": missing tensor '" + name +
+                "': an expert-choice run written before evaluation routed by learned "
+                "thresholds; resume it (moe train --resume) to estimate them");
+    b.threshold = as_f32(name, {E});
+  }
+  const bool cached = options_.expert_cache > 0;
+  if (cached) cached_experts.emplace_back();
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string ep = moe + "experts." + std::to_string(e) + ".";
+    const std::string gate = ep + (mixtral ? "w1" : "gate_proj") + ".weight",
+                      up = ep + (mixtral ? "w3" : "up_proj") + ".weight",
+                      down = ep + (mixtral ? "w2" : "down_proj") + ".weight";
+    if (cached)
+      cached_experts.back().push_back(
+          ExpertLocation{locate(gate, {F, D}), locate(up, {F, D}), locate(down, {D, F})});
+    else
+      b.experts.push_back(
+          ExpertWeights{matrix(gate, {F, D}), matrix(up, {F, D}), matrix(down, {D, F})});
+  }
+  const int64_t shared_width = m.n_shared_experts * m.shared_expert_intermediate_size;
+  if (shared_width == 0) return;
+  b.has_shared = true;
+  b.shared = mlp(moe + (mixtral ? "shared_experts." : "shared_expert."), shared_width);
+  const std::string gate = moe + "shared_expert_gate.weight";
+  if (weights_.find(gate)) b.shared_gate = as_f32(gate, {1, D});
+}
+
+// A routed expert's tensor where it lies in its file, for the expert cache to read.
+TensorLocation InferenceModel::locate(const std::string& name, const Shape& shape) const {
+  const auto where = weights_.locate(name);
+  require(where.has_value(), weights_.describe() + ": tensor '" + name +
+                                 "' is not in a file: the expert cache reads experts from "
+                                 "the checkpoint's files");
+  require(where->shape == shape, "tensor '" + name + "': shape " + shape_text(where->shape) +
+                                     ", expected " + shape_text(shape));
+  require(where->dtype != TensorDtype::F16,
+          "tensor '" + name + "': the expert cache reads fp32 or bf16 experts, not F16");
+  return *where;
 }
 
 KvCache InferenceModel::make_cache(int64_t capacity) const {
@@ -230,7 +227,7 @@ void InferenceModel::linear(const WeightView& w, const float* x, int64_t rows, i
     gemm(Trans::No, Trans::Yes, rows, N, K, 1.0f, x, ldx, w.f32().data(), K, 0.0f, y, ldy);
   else
     gemm_bf16_weight(rows, N, K, x, ldx, w.bf16().data(), K, y, ldy);
-  bytes_read_ += bytes_of(w);
+  bytes_read_ += w.bytes();
 }
 
 void InferenceModel::swiglu(const ExpertWeights& e, const float* x, int64_t rows, float* out) {
@@ -335,29 +332,6 @@ const float* InferenceModel::router_input(const Block& b, const float* n, int64_
   return route_in_.data();
 }
 
-void InferenceModel::prepare_qkv(const Block& b, float* row) const {
-  const int64_t H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim, W = attn_.qkv_width();
-  const auto add_bias = [](float* v, const float* bias, int64_t n) {
-    if (bias)
-      for (int64_t i = 0; i < n; ++i) v[i] += bias[i];
-  };
-  add_bias(row, b.q_bias, H * hd);
-  add_bias(row + H * hd, b.k_bias, KV * hd);
-  add_bias(row + (H + KV) * hd, b.v_bias, KV * hd);
-  // OLMoE: one RMSNorm over the whole q (and k) projection, before RoPE.
-  float unused_rstd;
-  if (b.q_norm)
-    rmsnorm_forward(1, H * hd, config_.rms_norm_eps, {row, size_t(H * hd)},
-                    {b.q_norm, size_t(H * hd)}, {row, size_t(H * hd)}, {&unused_rstd, 1});
-  if (b.k_norm)
-    rmsnorm_forward(1, KV * hd, config_.rms_norm_eps, {row + H * hd, size_t(KV * hd)},
-                    {b.k_norm, size_t(KV * hd)}, {row + H * hd, size_t(KV * hd)},
-                    {&unused_rstd, 1});
-  if (config_.clip_qkv > 0.0f)  // OLMoE: q, k and v clamped after the norms
-    for (int64_t i = 0; i < W; ++i)
-      row[i] = std::clamp(row[i], -config_.clip_qkv, config_.clip_qkv);
-}
-
 void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
                              std::span<float> logits) {
   const int64_t T = static_cast<int64_t>(tokens.size());
@@ -396,9 +370,9 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
     linear(b.q, n_.data(), T, D, qkv, W);
     linear(b.k, n_.data(), T, D, qkv + H * hd, W);
     linear(b.v, n_.data(), T, D, qkv + (H + KV) * hd, W);
+    apply_qkv_extras(attn_, T, b.extras, qkv_.span().subspan(0, size_t(T * W)));
     for (int64_t t = 0; t < T; ++t) {
       float* row = qkv + t * W;
-      prepare_qkv(b, row);
       const int64_t pos = cache.length + t;
       attention_decode(attn_, rope_, pos, {row, size_t(W)}, cache.keys[l].span(),
                        cache.values[l].span(), scores_.span().subspan(0, size_t(pos + 1)),
@@ -423,240 +397,6 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
   rmsnorm_forward(1, D, config_.rms_norm_eps, x_.span().subspan(size_t((T - 1) * D), size_t(D)),
                   {final_norm_, size_t(D)}, last_.span().subspan(0, size_t(D)), {&unused_rstd, 1});
   linear(head_, last_.data(), 1, D, logits.data(), V);
-}
-
-// A decode step reads about 40 MB of weights per layer through some twenty products of one
-// row; forking and joining the threads for each (as gemm does) and running the small parts
-// between them on one thread while the other idles cost a share of the step. So the whole step
-// is one parallel region: every product's output rows are shared among the threads (guided:
-// large shares first, small ones last, so a thread that falls behind, preempted on a shared
-// machine, leaves its rows to the others), and the threads meet at a barrier only where the
-// next product needs the whole previous output. The small parts that every product needs
-// whole (the norms, the router and top-k, the shared expert's gate) each thread computes
-// itself, the same bits on each; RoPE and the KV cache run on one thread, attention splits by
-// head. Each output is one thread's sum through the few-row kernel that gemm runs for one
-// row, so the logits are the same to the bit whatever the thread count, and the same as when
-// every product was its own parallel call.
-//
-//   per block:  each thread: n = RMSNorm(x)
-//               q, k, v rows of n                                  | barrier
-//               [one thread] biases, q/k norms, RoPE, KV cache      | barrier
-//               attention, heads shared                            | barrier
-//               o rows of ctx, x += them                           | barrier
-//               each thread: n = RMSNorm(x), router, top-k (or a dense block's MLP)
-//               gate and up rows of n, h = silu(gate) * up, all k experts   | barrier
-//               down rows: ffn += gate_e * (h_e down_e^T), ascending e, x += ffn | barrier
-//               (expert cache: one expert at a time, read by one thread first; a shared
-//               expert after the routed ones)
-//   then:       each thread: final norm;  LM head rows -> logits
-void InferenceModel::decode_step(KvCache& cache, std::span<float> logits) {
-  const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim,
-                W = attn_.qkv_width(), pos = cache.length, capacity = cache.capacity,
-                threads = omp_get_max_threads();
-  const bool sequence_routing = config_.moe && config_.moe->routing_level == RoutingLevel::Sequence;
-  ensure(n_, threads, D);
-  ensure(last_, threads, D);
-  ensure(route_in_, threads, D);
-  ensure(step_route_n_, std::max<int64_t>(1, static_cast<int64_t>(moe_blocks_.size())), D);
-  ensure(gate_act_, most_routed_, widest_ffn_);
-  ensure(up_, most_routed_, widest_ffn_);
-  ensure(rows_out_, 1, D);
-  ensure(scores_, threads, capacity);
-  if (static_cast<int64_t>(routes_.size()) < threads) routes_.resize(static_cast<size_t>(threads));
-  float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *ffn = out_.data(),
-        *y = rows_out_.data();
-
-  // An error on the one thread (an expert read that fails) is kept for after the region; from
-  // then on every thread still meets every barrier but skips the experts. `failed` only
-  // changes inside a single, so all threads read the same value after its barrier.
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-  const auto one_thread = [&](auto&& work) {
-#pragma omp single
-    if (!failed) {
-      try {
-        work();
-      } catch (...) {
-        error = std::current_exception();
-        failed = true;
-      }
-    }
-  };
-  // out[j] = w[j, :] · v for every row j of w, the rows shared among the threads; then
-  // epilogue(j0, j1) on the rows this thread made. No barrier at the end: the caller places it.
-  const auto rows_of = [&](const WeightView& w, const float* v, float* out, auto&& epilogue) {
-    const int64_t N = w.shape[0], step = share_rows(w), shares = (N + step - 1) / step;
-#pragma omp for schedule(guided) nowait
-    for (int64_t i = 0; i < shares; ++i) {
-      const int64_t j0 = i * step, j1 = std::min(N, j0 + step);
-      weight_rows(w, v, j0, j1, out);
-      epilogue(j0, j1);
-    }
-  };
-  const auto nothing = [](int64_t, int64_t) {};
-  // SwiGLU MLPs of the token's n, experts[i] weighted by scale[i]: h_i = silu(n gate_i^T) *
-  // (n up_i^T), then ffn += scale_i (h_i down_i^T) row by row in the order given, and with
-  // `last` (the block's last MLP) x += ffn. Two barriers whatever the count (expert choice may
-  // route a token to none: then with `last` only x += ffn, one barrier).
-  const auto swiglu_mlps = [&](const ExpertWeights* const* experts, const float* scale,
-                               int64_t count, const float* n, bool last) {
-    if (failed) return;
-    if (count == 0) {
-      if (!last) return;
-#pragma omp for schedule(static)
-      for (int64_t j = 0; j < D; ++j) x[j] += ffn[j];
-      return;
-    }
-    const int64_t F = experts[0]->gate.shape[0], step = share_rows(experts[0]->gate),
-                  shares = (F + step - 1) / step;
-#pragma omp for schedule(guided)
-    for (int64_t i = 0; i < count * shares; ++i) {
-      const ExpertWeights& e = *experts[i / shares];
-      const int64_t j0 = i % shares * step, j1 = std::min(F, j0 + step);
-      float *h = gate_act_.data() + i / shares * widest_ffn_,
-            *u = up_.data() + i / shares * widest_ffn_;
-      weight_rows(e.gate, n, j0, j1, h);
-      weight_rows(e.up, n, j0, j1, u);
-      silu_gate(h + j0, h + j0, u + j0, j1 - j0);
-    }
-    const int64_t down_step = share_rows(experts[0]->down),
-                  down_shares = (D + down_step - 1) / down_step;
-#pragma omp for schedule(guided)
-    for (int64_t i = 0; i < down_shares; ++i) {
-      const int64_t j0 = i * down_step, j1 = std::min(D, j0 + down_step);
-      for (int64_t e = 0; e < count; ++e) {
-        weight_rows(experts[e]->down, gate_act_.data() + e * widest_ffn_, j0, j1, y);
-        for (int64_t j = j0; j < j1; ++j) ffn[j] += scale[e] * y[j];
-      }
-      if (last)
-        for (int64_t j = j0; j < j1; ++j) x[j] += ffn[j];
-    }
-  };
-  const auto norm = [&](const float* weight, float* to) {
-    float unused_rstd;
-    rmsnorm_forward(1, D, config_.rms_norm_eps, {x, size_t(D)}, {weight, size_t(D)},
-                    {to, size_t(D)}, {&unused_rstd, 1});
-  };
-  const auto mlp_bytes = [](const ExpertWeights& e) {
-    return bytes_of(e.gate) + bytes_of(e.up) + bytes_of(e.down);
-  };
-  ExpertWeights fetched;  // an expert from the expert cache
-
-#pragma omp parallel
-  {
-    const int64_t t = omp_get_thread_num();
-    float* n = n_.data() + t * D;
-    float* scores = scores_.data() + t * capacity;
-    TokenRoute& route = routes_[static_cast<size_t>(t)];
-    for (size_t l = 0; l < blocks_.size(); ++l) {
-      const Block& b = blocks_[l];
-      norm(b.attn_norm, n);
-#pragma omp masked
-      bytes_read_ += bytes_of(b.q) + bytes_of(b.k) + bytes_of(b.v) + bytes_of(b.o);
-      rows_of(b.q, n, qkv, nothing);
-      rows_of(b.k, n, qkv + H * hd, nothing);
-      rows_of(b.v, n, qkv + (H + KV) * hd, nothing);
-#pragma omp barrier
-      one_thread([&] {
-        prepare_qkv(b, qkv);
-        attention_decode_append(attn_, rope_, pos, {qkv, size_t(W)}, cache.keys[l].span(),
-                                cache.values[l].span());
-      });
-#pragma omp for schedule(dynamic)
-      for (int64_t head = 0; head < H; ++head)
-        attention_decode_heads(attn_, pos, head, head + 1, {qkv, size_t(W)}, cache.keys[l].span(),
-                               cache.values[l].span(), {scores, size_t(pos + 1)},
-                               {ctx, size_t(H * hd)});
-      rows_of(b.o, ctx, y, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) {
-          x[j] += y[j];
-          ffn[j] = 0.0f;  // the FFN's sum starts here, for the same rows
-        }
-      });
-#pragma omp barrier
-
-      norm(b.ffn_norm, n);
-      if (!b.moe) {
-        const ExpertWeights* dense = &b.dense;
-        const float one = 1.0f;
-#pragma omp masked
-        bytes_read_ += mlp_bytes(b.dense);
-        swiglu_mlps(&dense, &one, 1, n, true);
-        continue;
-      }
-      // Sequence routing: the prefix mean with this position's input counted, as the
-      // prefill's router_input computes it; the cache's sum moves on after the step.
-      const float* r = n;
-      if (sequence_routing) {
-        const Tensor& sum = cache.route_sums[static_cast<size_t>(b.moe_index)];
-        const int64_t P = config_.moe->route_prefix;
-        const float count = static_cast<float>(std::min(pos, P - 1) + 1);
-        float* mean = route_in_.data() + t * D;
-        for (int64_t d = 0; d < D; ++d) mean[d] = (pos < P ? sum[d] + n[d] : sum[d]) / count;
-        r = mean;
-      }
-      route_token(b, r, route);
-      const int64_t routed = static_cast<int64_t>(route.sorted.size());
-#pragma omp masked
-      {
-        RoutingPlan& plan = last_routes_[static_cast<size_t>(b.moe_index)];
-        plan.tokens = 1;
-        plan.token.assign(route.picks.size(), 0);
-        plan.expert = route.picks;
-        plan.gate = route.gates;
-        if (sequence_routing) std::copy_n(n, D, step_route_n_.data() + b.moe_index * D);
-        bytes_read_ += config_.moe->num_experts * D * static_cast<int64_t>(sizeof(float));
-      }
-      const int64_t E = config_.moe->num_experts;
-      if (!cache_) {
-#pragma omp masked
-        for (const ExpertWeights* e : route.experts) bytes_read_ += mlp_bytes(*e);
-        swiglu_mlps(route.experts.data(), route.sorted_gates.data(), routed, n, !b.has_shared);
-      } else {
-        // Pre-gating, as in moe_ffn: the next MoE layer's router on this layer's input starts
-        // the reads of its likely experts. Then this layer's experts one at a time: a cache
-        // slot's view holds until the next read of the layer.
-        const auto next = std::find_if(blocks_.begin() + static_cast<std::ptrdiff_t>(l) + 1,
-                                       blocks_.end(), [](const Block& c) { return c.moe; });
-        if (options_.prefetch && next != blocks_.end()) {
-          one_thread([&] {
-            route_token(*next, n, guess_);
-            cache_->prefetch(next->moe_index, guess_.picks);
-          });
-#pragma omp masked
-          bytes_read_ += E * D * static_cast<int64_t>(sizeof(float));
-        }
-        if (routed == 0) swiglu_mlps(nullptr, nullptr, 0, n, !b.has_shared);
-        for (int64_t j = 0; j < routed; ++j) {
-          one_thread([&] { fetched = cache_->get(b.moe_index, route.sorted[size_t(j)]); });
-#pragma omp masked
-          if (!failed) bytes_read_ += mlp_bytes(fetched);
-          const ExpertWeights* expert = &fetched;
-          swiglu_mlps(&expert, &route.sorted_gates[size_t(j)], 1, n,
-                      j == routed - 1 && !b.has_shared);
-        }
-      }
-      if (b.has_shared) {
-        const float scale = shared_expert_scale(n, b.shared_gate, D);
-#pragma omp masked
-        bytes_read_ += mlp_bytes(b.shared) + (b.shared_gate ? D * int64_t{sizeof(float)} : 0);
-        const ExpertWeights* shared = &b.shared;
-        swiglu_mlps(&shared, &scale, 1, n, true);
-      }
-    }
-    float* last = last_.data() + t * D;
-    norm(final_norm_, last);
-#pragma omp masked
-    bytes_read_ += bytes_of(head_);
-    if (!failed) rows_of(head_, last, logits.data(), nothing);
-  }
-  if (error) std::rethrow_exception(error);
-  if (sequence_routing && pos < config_.moe->route_prefix)
-    for (size_t m = 0; m < moe_blocks_.size(); ++m) {
-      Tensor& sum = cache.route_sums[m];
-      for (int64_t d = 0; d < D; ++d) sum[d] += step_route_n_[static_cast<int64_t>(m) * D + d];
-    }
-  cache.length += 1;
 }
 
 void InferenceModel::route_token(const Block& b, const float* r, TokenRoute& route,

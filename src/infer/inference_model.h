@@ -92,8 +92,7 @@ class InferenceModel {
   struct Block {
     const float *attn_norm = nullptr, *ffn_norm = nullptr;
     WeightView q, k, v, o;
-    const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;
-    const float *q_norm = nullptr, *k_norm = nullptr;  // [H hd], [KV hd]
+    QkvExtras extras;  // q/k/v bias, q/k norms, clamp (views of converted_)
     bool moe = false;
     ExpertWeights dense;                    // a dense block's MLP
     const float* router = nullptr;          // [E, D] fp32
@@ -107,8 +106,14 @@ class InferenceModel {
   };
 
   // One token (forward with T = 1, its embedding in x_): the whole step in one OpenMP parallel
-  // region, the threads sharing every product's output rows and meeting at barriers.
+  // region, the threads sharing every product's output rows and meeting at barriers
+  // (decode_step.cpp).
+  class DecodeStep;
   void decode_step(KvCache& cache, std::span<float> logits);
+  // t grown to at least [rows, cols] (scratch keeps its largest size).
+  static void ensure(Tensor& t, int64_t rows, int64_t cols) {
+    if (t.numel() < rows * cols) t = Tensor({rows, cols});
+  }
   // One token's routing, in the decode step computed alike by every thread: router logits,
   // scores and scratch [E], the experts and gates in the selection's order and in ascending
   // expert id, and (mapped experts) those experts' weights in that order.
@@ -125,8 +130,6 @@ class InferenceModel {
   // The router's input rows of MoE block b for the rows n: [T, D] at positions cache.length...:
   // n itself, or for sequence routing the prefix means, the cache's sums moved on.
   const float* router_input(const Block& b, const float* n, int64_t rows, KvCache& cache);
-  // row: [(H+2KV) hd] of one token as projected: biases, q/k norms and clamp applied in place.
-  void prepare_qkv(const Block& b, float* row) const;
   // y[rows, N] (row stride ldy) = x[rows, K] (row stride ldx) · w^T; counts w's bytes once.
   void linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
               int64_t ldy);
@@ -137,6 +140,13 @@ class InferenceModel {
   // The routes of MoE block b for router inputs r[rows, D] into `plan`.
   void route(const Block& b, const float* r, int64_t rows, RoutingPlan& plan);
   ExpertWeights expert_weights(const Block& b, int64_t e);
+  // Binding the weights: each tensor's name, shape and dtype checked as it is found.
+  void bind_attention(Block& b, const std::string& layer_prefix);
+  void bind_moe(Block& b, const std::string& moe_prefix, MoeNaming naming,
+                std::vector<std::vector<ExpertLocation>>& cached_experts);
+  ExpertWeights mlp(const std::string& prefix, int64_t F);  // prefix{gate,up,down}_proj
+  TensorLocation locate(const std::string& name, const Shape& shape) const;
+  const float* optional_f32(const std::string& name, int64_t n);
   const float* as_f32(const std::string& name, const Shape& shape);
   WeightView matrix(const std::string& name, const Shape& shape);
 

@@ -19,6 +19,7 @@ struct WeightView {
   const std::byte* data = nullptr;
 
   int64_t numel() const { return shape_numel(shape); }
+  int64_t bytes() const { return numel() * static_cast<int64_t>(dtype_bytes(dtype)); }
   std::span<const float> f32() const;      // throws unless dtype is F32
   std::span<const uint16_t> bf16() const;  // throws unless dtype is BF16
   std::span<const uint16_t> f16() const;   // throws unless dtype is F16
