@@ -16,6 +16,7 @@
 #include "tensor/error.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/token_cache.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
 
@@ -39,20 +40,23 @@ int32_t domain_index(Source& s, const std::string& domain) {
   return static_cast<int32_t>(s.domains.size() - 1);
 }
 
-// The run's validation stream and the documents (with domains) data/documents.jsonl places in it.
+// The run's validation stream and the documents (with domains) documents.jsonl places in it
+// (in the run's data/ or in the token cache entry it names, rebuilt there when gone:
+// train/token_cache.h).
 Source validation_source(const std::string& dir, int64_t vocab) {
   Source s;
   s.name = "valid";
-  const TokenStream stream(dir + "/data/valid.tokens");
+  const std::string tokens_dir = run_tokens_dir(dir, /*rebuild=*/true);
+  const TokenStream stream(tokens_dir + "/valid.tokens");
   s.ids.resize(stream.size());
   for (int64_t i = 0; i < stream.size(); ++i) {
     s.ids[i] = stream[i];
     if (s.ids[i] >= vocab)
-      throw Error(dir + "/data/valid.tokens: token " + std::to_string(s.ids[i]) +
+      throw Error(tokens_dir + "/valid.tokens: token " + std::to_string(s.ids[i]) +
                   " is outside the model's vocabulary of " + std::to_string(vocab));
   }
   s.doc.assign(s.ids.size(), -1);
-  const std::string index = dir + "/data/documents.jsonl";
+  const std::string index = tokens_dir + "/documents.jsonl";
   std::ifstream in(index);
   if (!in) throw Error("cannot open '" + index + "' (the run's document index)");
   std::string line;

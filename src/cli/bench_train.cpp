@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "model/transformer.h"
 #include "tensor/blas_info.h"
@@ -28,6 +29,15 @@ int run_bench_train(const BenchTrainOptions& o) {
                  static_cast<long long>(o.seq_len));
     config.max_position_embeddings = o.seq_len;
   }
+  // A batch too large for this machine is refused before anything is allocated.
+  TrainingShape shape;
+  shape.batch = o.batch_size;
+  shape.seq = o.seq_len;
+  shape.threads = thread_count();
+  require_memory(estimate_training_memory(config, shape),
+                 "bench train at --batch-size " + std::to_string(o.batch_size) + " x --seq-len " +
+                     std::to_string(o.seq_len),
+                 available_memory(), "lower --batch-size or --seq-len");
   ParamStore store;
   Transformer model(config, store, 1);
   store.allocate();

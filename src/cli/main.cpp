@@ -226,6 +226,7 @@ int main(int argc, char** argv) {
                    "Sequence length for attention FLOPs (default: the model's)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   params->add_flag("--json", params_opts.json, "Print JSON");
+  moe::cli::add_params_memory_options(*params, params_opts);
 
   moe::cli::TrainCommand train_cmd;
   CLI::App* train = moe::cli::add_train_command(app, train_cmd);

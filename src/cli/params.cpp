@@ -5,8 +5,12 @@
 #include <string>
 #include <vector>
 
+#include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "tensor/error.h"
+#include "tensor/memory_available.h"
+#include "tensor/threads.h"
+#include "train/trainer.h"
 
 namespace moe::cli {
 namespace {
@@ -52,7 +56,73 @@ void print_one(const ArchSpec& a, const ParamCount& c) {
   }
 }
 
+// The model config a memory estimate needs: --config, or the two presets that are ours.
+ModelConfig config_for_memory(const ParamsOptions& o) {
+  if (!o.config.empty()) return load_model_config(o.config);
+  if (o.preset.empty() || o.preset == "default") return default_model_config();
+  if (o.preset == "dense-baseline") return dense_baseline_model_config();
+  throw Error(
+      "moe params: the training memory estimate needs a model config: --config FILE, "
+      "or --preset default or dense-baseline (preset '" +
+      o.preset + "' has none)");
+}
+
+// The training memory estimate at --batch-size x --seq-len: printed, or added to `out`.
+void training_memory(const ParamsOptions& o, nlohmann::json* out) {
+  const ModelConfig config = config_for_memory(o);
+  const TrainOptions train_defaults;
+  TrainingShape shape;
+  shape.batch = o.batch_size > 0 ? o.batch_size : train_defaults.batch_size;
+  shape.seq = o.seq_len > 0 ? o.seq_len : train_defaults.seq_len;
+  shape.threads = thread_count();
+  if (shape.seq > config.max_position_embeddings)
+    throw Error("--seq-len " + std::to_string(shape.seq) + " exceeds the model's " +
+                "max_position_embeddings " + std::to_string(config.max_position_embeddings));
+  const MemoryEstimate e = estimate_training_memory(config, shape);
+  const AvailableMemory available = available_memory();
+  const bool fits = memory_fits(e, available);
+  if (out) {
+    nlohmann::json parts = nlohmann::json::object();
+    for (const auto& [name, bytes] : e.parts()) parts[name] = bytes;
+    (*out)["training_memory"] = {{"batch_size", shape.batch},
+                                 {"seq_len", shape.seq},
+                                 {"threads", shape.threads},
+                                 {"bytes", e.total()},
+                                 {"parts", parts},
+                                 {"address_space_bytes", e.address_space},
+                                 {"available_bytes", available.bytes},
+                                 {"limited_by", available.limited_by},
+                                 {"fits", fits}};
+    return;
+  }
+  std::printf(
+      "  training memory       %12s  (moe train at --batch-size %lld x --seq-len %lld, "
+      "%d threads)\n",
+      format_bytes(e.total()).c_str(), static_cast<long long>(shape.batch),
+      static_cast<long long>(shape.seq), shape.threads);
+  for (const auto& [name, bytes] : e.parts())
+    std::printf("    %-22s %10s\n", name.c_str(), format_bytes(bytes).c_str());
+  if (e.address_space > 0)
+    std::printf("    (and %s of address space reserved, counted only under ulimit -v)\n",
+                format_bytes(e.address_space).c_str());
+  std::printf("  this process may use  %12s  (%s): %s\n", format_bytes(available.bytes).c_str(),
+              available.limited_by.empty() ? "no limit found" : available.limited_by.c_str(),
+              fits ? "fits" : "does NOT fit; moe train would refuse it");
+}
+
 }  // namespace
+
+void add_params_memory_options(CLI::App& params, ParamsOptions& o) {
+  params
+      .add_option("--batch-size", o.batch_size,
+                  "Also estimate moe train's memory at this batch (default with --seq-len: 32)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  params
+      .add_option("--seq-len", o.seq_len,
+                  "Also estimate moe train's memory at this sequence length (default with "
+                  "--batch-size: 128)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+}
 
 int run_params(const ParamsOptions& o) {
   if (!o.preset.empty() && !o.config.empty())
@@ -71,6 +141,8 @@ int run_params(const ParamsOptions& o) {
   } else {
     for (const auto& n : preset_names()) archs.push_back(*find_preset(n));
   }
+  const bool memory = o.batch_size > 0 || o.seq_len > 0;
+  if (memory && archs.size() > 1) archs = {*find_preset("default")};  // the model moe train runs
   nlohmann::json out = nlohmann::json::array();
   const bool table = archs.size() > 1 && !o.json;
   if (table)
@@ -81,6 +153,7 @@ int run_params(const ParamsOptions& o) {
     const ParamCount c = count_params(a);
     if (o.json) {
       out.push_back(param_count_to_json(a, c));
+      if (memory) training_memory(o, &out.back());
     } else if (table) {
       std::string vs = "-";
       if (a.published_total > 0) {
@@ -98,6 +171,7 @@ int run_params(const ParamsOptions& o) {
                   human(c.forward_flops_per_token).c_str(), vs.c_str());
     } else {
       print_one(a, c);
+      if (memory) training_memory(o, nullptr);
     }
   }
   if (o.json) std::printf("%s\n", (out.size() == 1 ? out[0] : out).dump(2).c_str());

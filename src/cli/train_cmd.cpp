@@ -1,14 +1,19 @@
 #include "cli/train_cmd.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/generate_cmd.h"
 #include "moe/load_metrics.h"
 #include "tensor/error.h"
+#include "train/progress.h"
+#include "train/token_cache.h"
 
 namespace moe::cli {
 
@@ -80,6 +85,13 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
                    "Processes the run spans, under mpirun -np P: each holds E/P experts of every "
                    "MoE layer and takes 1/P of every batch (--batch-size stays the global batch)")
       ->check(CLI::Range(1, 1 << 16));
+  train->add_option("--cache-dir", c.cache_dir,
+                    "Where tokenizers and tokenized corpora are kept and reused, keyed by the "
+                    "corpus's and tokenizer's SHA-256 (default: $XDG_CACHE_HOME/moe, else "
+                    "~/.cache/moe; \"\" for none: everything in the run folder)");
+  train->add_flag("--copy-data", t.copy_data,
+                  "Also copy the token files into the run folder (self-contained; otherwise "
+                  "data/source.json names them in the cache)");
   train->add_flag("--quiet", t.quiet, "No progress bar");
   train->add_flag("--no-sample", c.no_sample, "Skip the sample generation at the end");
   c.app = train;
@@ -102,6 +114,10 @@ ResumeChanges resume_changes(const TrainCommand& c) {
       changes.steps = c.options.steps;
     else if (name == "--lr")
       changes.lr = c.options.lr;
+    else if (name == "--cache-dir" || name == "--copy-data")
+      throw Error(name +
+                  " does not go with --resume: a resumed run reads the tokens its "
+                  "data/source.json names (rebuilding them there when they are gone)");
     else if (name == "--out" || name == "--force")
       throw Error(name +
                   " does not go with --resume: --resume names the run folder and "
@@ -139,6 +155,21 @@ Parallelism parallelism(const TrainCommand& c) {
   return p;
 }
 
+// The default token cache folder, or "" (tokens in the run folder, with a warning) when it
+// cannot be made: a read-only or missing home should not stop a run.
+std::string usable_default_cache_dir() {
+  const std::string dir = default_token_cache_dir();
+  if (dir.empty()) return dir;
+  std::filesystem::path existing = dir;
+  while (!existing.empty() && !std::filesystem::exists(existing)) existing = existing.parent_path();
+  if (!existing.empty() && ::access(existing.c_str(), W_OK) == 0) return dir;
+  std::fprintf(stderr,
+               "warning: cannot write the token cache '%s': the tokens go in the run folder "
+               "(--cache-dir DIR to keep them elsewhere)\n",
+               dir.c_str());
+  return "";
+}
+
 }  // namespace
 
 int run_train(TrainCommand c) {
@@ -150,8 +181,17 @@ int run_train(TrainCommand c) {
       if (c.world) throw SharedError(e.what());
       throw;
     }
-  const TrainResult r = c.resume.empty() ? train(c.options, c.force, parallel)
-                                         : resume_training(c.resume, changes, parallel);
+  const bool cache_given = c.app && c.app->get_option("--cache-dir")->count() > 0;
+  if (c.resume.empty())
+    c.options.cache_dir = cache_given ? c.cache_dir : usable_default_cache_dir();
+  TrainResult r;
+  try {
+    r = c.resume.empty() ? train(c.options, c.force, parallel)
+                         : resume_training(c.resume, changes, parallel);
+  } catch (const Interrupted& e) {  // before the first step: nothing to summarise
+    std::fprintf(stderr, "%s\n", e.what());
+    return 128 + e.signal;
+  }
   if (c.world && c.world->rank() != 0) return r.stopped_by_signal ? 128 + r.stopped_by_signal : 0;
   const std::string& dir = r.dir;
   if (r.already_finished) {

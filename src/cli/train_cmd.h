@@ -10,10 +10,12 @@ namespace moe::cli {
 
 struct TrainCommand {
   TrainOptions options;
-  std::string resume;         // run folder to continue
-  bool force = false;         // replace the run in --out
-  bool no_sample = false;     // no short generation at the end
-  int expert_parallel = 1;    // processes the run spans (mpirun -np P)
+  std::string resume;       // run folder to continue
+  bool force = false;       // replace the run in --out
+  bool no_sample = false;   // no short generation at the end
+  int expert_parallel = 1;  // processes the run spans (mpirun -np P)
+  // --cache-dir; when not given, default_token_cache_dir() (train/token_cache.h)
+  std::string cache_dir;
   MpiWorld* world = nullptr;  // set under mpirun
   CLI::App* app = nullptr;    // set by add_train_command: which options were given
 };

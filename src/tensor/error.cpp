@@ -7,6 +7,10 @@ namespace moe {
 OutOfMemory::OutOfMemory(const std::string& what, uint64_t bytes)
     : Error("out of memory: " + what + " needs " + format_bytes(bytes)), bytes_(bytes) {}
 
+OutOfMemory::OutOfMemory(const std::string& what, uint64_t bytes, const std::string& detail)
+    : Error("out of memory: " + what + " needs " + format_bytes(bytes) + ", " + detail),
+      bytes_(bytes) {}
+
 std::string format_bytes(uint64_t bytes) {
   constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   if (bytes < 1024) return std::to_string(bytes) + " bytes";

@@ -18,6 +18,8 @@ class Error : public std::runtime_error {
 class OutOfMemory : public Error {
  public:
   OutOfMemory(const std::string& what, uint64_t bytes);
+  // With `detail` after the figure: "out of memory: <what> needs 4.0 GiB, <detail>".
+  OutOfMemory(const std::string& what, uint64_t bytes, const std::string& detail);
   uint64_t bytes() const { return bytes_; }
 
  private:

@@ -7,6 +7,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -257,13 +258,25 @@ std::vector<Document> read_corpus(const std::string& path) {
   return docs;
 }
 
-void write_token_file(const std::string& path, std::span<const int32_t> tokens, int32_t vocab) {
-  if (vocab > 65536) throw Error("token file: vocabularies above 65536 are not supported");
+namespace {
+
+void write_packed_token_file(const std::string& path, std::span<const uint16_t> tokens,
+                             int32_t vocab) {
   TokenHeader h{};
   std::memcpy(h.magic, kMagic, 8);
   h.vocab = static_cast<uint32_t>(vocab);
   h.bytes_per_token = 2;
   h.count = tokens.size();
+  AtomicFile f(path);
+  f.write(&h, sizeof h);
+  f.write(tokens.data(), tokens.size() * sizeof(uint16_t));
+  f.commit();
+}
+
+}  // namespace
+
+void write_token_file(const std::string& path, std::span<const int32_t> tokens, int32_t vocab) {
+  if (vocab > 65536) throw Error("token file: vocabularies above 65536 are not supported");
   std::vector<uint16_t> packed(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab)
@@ -271,25 +284,36 @@ void write_token_file(const std::string& path, std::span<const int32_t> tokens, 
                   " outside the vocabulary");
     packed[i] = static_cast<uint16_t>(tokens[i]);
   }
-  AtomicFile f(path);
-  f.write(&h, sizeof h);
-  f.write(packed.data(), packed.size() * sizeof(uint16_t));
-  f.commit();
+  write_packed_token_file(path, packed, vocab);
 }
 
-void build_token_files(const std::vector<Document>& docs, const Tokenizer& tokenizer,
-                       const std::string& dir) {
-  std::vector<int32_t> streams[2];  // train, valid
-  std::string index;
-  // Tokenise in parallel, then concatenate in corpus order.
+bool build_token_files(const std::vector<Document>& docs, const Tokenizer& tokenizer,
+                       const std::string& dir, const std::function<bool()>& document_done) {
+  const int32_t vocab = tokenizer.vocab_size();
+  if (vocab > 65536) throw Error("token file: vocabularies above 65536 are not supported");
+  // Tokenise in parallel, then concatenate in corpus order, packed as the files hold them
+  // (two bytes a token: the streams take half the memory of the ids).
   std::vector<std::vector<int32_t>> encoded(docs.size());
+  std::atomic<bool> stopped{false};
 #pragma omp parallel for schedule(dynamic)
-  for (size_t i = 0; i < docs.size(); ++i) encoded[i] = tokenizer.encode(docs[i].text);
+  for (size_t i = 0; i < docs.size(); ++i) {
+    if (stopped.load(std::memory_order_relaxed)) continue;
+    encoded[i] = tokenizer.encode(docs[i].text);
+    if (document_done && !document_done()) stopped.store(true);
+  }
+  if (stopped.load()) return false;
+  std::vector<uint16_t> streams[2];  // train, valid
+  std::string index;
   for (size_t i = 0; i < docs.size(); ++i) {
     auto& s = streams[docs[i].split == "valid" ? 1 : 0];
     const int64_t begin = static_cast<int64_t>(s.size());
-    s.insert(s.end(), encoded[i].begin(), encoded[i].end());
-    s.push_back(tokenizer.eos_id());
+    for (int32_t id : encoded[i]) {
+      if (id < 0 || id >= vocab)
+        throw Error("tokenizer: id " + std::to_string(id) + " outside its vocabulary");
+      s.push_back(static_cast<uint16_t>(id));
+    }
+    s.push_back(static_cast<uint16_t>(tokenizer.eos_id()));
+    std::vector<int32_t>().swap(encoded[i]);  // freed as it is copied
     index += nlohmann::json{{"split", docs[i].split},
                             {"domain", docs[i].domain},
                             {"source", docs[i].source},
@@ -298,9 +322,10 @@ void build_token_files(const std::vector<Document>& docs, const Tokenizer& token
                  .dump() +
              "\n";
   }
-  write_token_file(dir + "/train.tokens", streams[0], tokenizer.vocab_size());
-  write_token_file(dir + "/valid.tokens", streams[1], tokenizer.vocab_size());
+  write_packed_token_file(dir + "/train.tokens", streams[0], vocab);
+  write_packed_token_file(dir + "/valid.tokens", streams[1], vocab);
   write_file_atomic(dir + "/documents.jsonl", index);
+  return true;
 }
 
 TokenStream::TokenStream(const std::string& path) {

@@ -5,6 +5,7 @@
 //   tokens:  <dir>/<split>.tokens, a header then uint16 ids (memory-mapped), every document
 //            followed by EOS; <dir>/documents.jsonl says which span is which document and domain
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,9 +31,12 @@ struct Document {
 std::vector<Document> read_corpus(const std::string& path);
 
 // Tokenises every document of `docs` into <dir>/train.tokens and <dir>/valid.tokens (atomic
-// writes) and <dir>/documents.jsonl.
-void build_token_files(const std::vector<Document>& docs, const Tokenizer& tokenizer,
-                       const std::string& dir);
+// writes) and <dir>/documents.jsonl. `document_done`, when set, is called after each document
+// (from any thread); once it returns false the rest are skipped, nothing is written and the
+// result is false (Ctrl-C).
+bool build_token_files(const std::vector<Document>& docs, const Tokenizer& tokenizer,
+                       const std::string& dir,
+                       const std::function<bool()>& document_done = nullptr);
 
 // A read-only, memory-mapped token file. Its header is checked against the file's size.
 class TokenStream {

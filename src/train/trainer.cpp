@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/checkpoint.h"
+#include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "model/transformer.h"
 #include "moe/load_metrics.h"
@@ -29,21 +30,13 @@
 #include "train/data.h"
 #include "train/expert_shards.h"
 #include "train/optimizer.h"
+#include "train/progress.h"
+#include "train/token_cache.h"
 #include "train/tokenizer.h"
 
 namespace moe {
 namespace fs = std::filesystem;
 namespace {
-
-std::atomic<int> g_stop_signal{0};
-// The first SIGINT / SIGTERM asks the loop to save and stop; a second one ends the process at
-// once (the folder stays consistent: every write is atomic).
-extern "C" void on_signal(int signal) {
-  if (g_stop_signal.exchange(signal) != 0) {
-    std::signal(signal, SIG_DFL);
-    std::raise(signal);
-  }
-}
 
 constexpr uint64_t kInitPurpose = 1, kDataPurpose = 2;
 
@@ -125,62 +118,13 @@ int terminal_width() {
   return 80;
 }
 
-// The run folder's tokenizer and token files: built once, from the corpus, and reused on
-// resume (a resumed run that lacks them is an error, not a silent rebuild).
+// The run folder's tokenizer must match the model's vocabulary.
 void check_tokenizer(const Tokenizer& tokenizer, const std::string& path,
                      const ModelConfig& config) {
   if (tokenizer.vocab_size() != config.vocab_size)
     throw Error("tokenizer '" + path + "' has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces but the model config's vocab_size is " +
                 std::to_string(config.vocab_size));
-}
-
-// A fresh run's tokenizer and token files, built from the corpus into its (empty) folder.
-void prepare_run_data(const std::string& corpus, const std::string& dir,
-                      const ModelConfig& config) {
-  const std::string tok_path = dir + "/tokenizer.model";
-  const std::string data_dir = dir + "/data";
-  std::fprintf(stderr, "reading corpus %s\n", corpus.c_str());
-  const std::vector<Document> docs = read_corpus(corpus);
-  std::vector<std::string> texts;
-  for (const Document& d : docs)
-    if (d.split == "train") texts.push_back(d.text);
-  TokenizerTrainOptions topt;
-  std::fprintf(
-      stderr,
-      "training a %lld-piece BPE tokenizer on %zu documents (every n-th beyond %.0f MB)...\n",
-      static_cast<long long>(config.vocab_size), texts.size(),
-      static_cast<double>(topt.max_text_bytes) / 1e6);
-  const auto t0 = std::chrono::steady_clock::now();
-  topt.vocab_size = static_cast<int>(config.vocab_size);
-  topt.threads = omp_get_max_threads();
-  try {
-    Tokenizer::train(texts, topt, tok_path);
-  } catch (const VocabularyTooLarge& e) {
-    throw Error("corpus '" + corpus + "' is too small for a " + std::to_string(e.requested) +
-                "-piece vocabulary: its training documents make at most " +
-                std::to_string(e.max_pieces) + " pieces; pass --vocab-size " +
-                std::to_string(e.max_pieces) + " (or less) or a larger --corpus");
-  }
-  std::fprintf(stderr, "  done in %.1f s\n",
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  const Tokenizer tokenizer(tok_path);
-  check_tokenizer(tokenizer, tok_path, config);
-  if (::mkdir(data_dir.c_str(), 0755) != 0)
-    throw Error("cannot create '" + data_dir + "': " + std::strerror(errno));
-  note_file_operation();
-  build_token_files(docs, tokenizer, data_dir);
-}
-
-// A resumed run uses its own tokenizer and token files; lacking them is an error, not a
-// silent rebuild.
-void check_run_data(const std::string& dir, const ModelConfig& config) {
-  const std::string tok_path = dir + "/tokenizer.model";
-  const std::string data_dir = dir + "/data";
-  if (!fs::exists(tok_path) || !fs::exists(data_dir + "/train.tokens") ||
-      !fs::exists(data_dir + "/valid.tokens"))
-    throw Error("run '" + dir + "' lacks its tokenizer or token files");
-  check_tokenizer(Tokenizer(tok_path), tok_path, config);
 }
 
 // Expert loads accumulated between monitor reports, per layer: printed as bars with Gini,
@@ -506,11 +450,11 @@ void check_parallel_layout(const Ranks& ranks, const ModelConfig& config, const 
 }
 
 // The training loop over an opened run folder (`folder` on the root, null elsewhere; `dir` on
-// every process), from `state` (a checkpoint) or from a fresh initialisation. `stepped` turns
-// true after the first optimizer step.
+// every process), from `state` (a checkpoint) or from a fresh initialisation, on the token
+// files in `tokens_dir`. `stepped` turns true after the first optimizer step.
 TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolder* folder,
-                      const std::string& dir, const nlohmann::json* state, bool& stepped,
-                      const Parallelism& parallel) {
+                      const std::string& dir, const std::string& tokens_dir,
+                      const nlohmann::json* state, bool& stepped, const Parallelism& parallel) {
   const Ranks ranks(parallel);
   Collectives* const comm = ranks.comm;
   const bool root = ranks.root();
@@ -518,8 +462,8 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
   // A --force run's folder moves into place at its first checkpoint (the root's RunFolder
   // tracks it); the files opened here stay open across the move.
   auto current_dir = [&] { return folder ? folder->dir() : dir; };
-  const TokenStream train_tokens(dir + "/data/train.tokens");
-  const TokenStream valid_tokens(dir + "/data/valid.tokens");
+  const TokenStream train_tokens(tokens_dir + "/train.tokens");
+  const TokenStream valid_tokens(tokens_dir + "/valid.tokens");
 
   ParamStore store;
   Transformer model(
@@ -590,22 +534,6 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
                  static_cast<long long>(config.moe ? config.moe->num_experts / ranks.size : 0),
                  static_cast<long long>(o.batch_size / ranks.size));
   if (root) warn_about_blas_kernel();
-
-  g_stop_signal.store(0);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  struct sigaction old_int {
-  }, old_term{};
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
-  struct RestoreSignals {
-    struct sigaction i, t;
-    ~RestoreSignals() {
-      sigaction(SIGINT, &i, nullptr);
-      sigaction(SIGTERM, &t, nullptr);
-    }
-  } restore{old_int, old_term};
 
   // B: this process's sequences of every batch of o.batch_size (all of them in one process).
   const int64_t B = o.batch_size / ranks.size, S = o.seq_len;
@@ -739,7 +667,7 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
     if (comm) {
       // The losses are means over equal shares; a signal on any process stops them all (at
       // the same step, so that they save together).
-      const int mine = g_stop_signal.load();
+      const int mine = stop_signal();
       double sums[] = {loss, router, double(mine != 0), double(mine)};
       comm->sum(sums);
       loss = sums[0] / ranks.size;
@@ -829,7 +757,7 @@ TrainResult run_steps(const TrainOptions& o, const ModelConfig& config, RunFolde
       if (root) std::fprintf(stderr, "\n");
     }
     if (!line.is_null() && root) metrics->write(line);
-    const int signal = comm ? agreed_signal : g_stop_signal.load();
+    const int signal = comm ? agreed_signal : stop_signal();
     if (step % o.save_every == 0 || step == o.steps || signal != 0) checkpoint(step);
     if (signal != 0) {
       if (root)
@@ -896,6 +824,49 @@ void apply_resume_changes(TrainOptions& o, const ResumeChanges& changes, int64_t
 
 }  // namespace
 
+namespace {
+
+// The largest batch whose estimate fits in `available` (0 when none does).
+int64_t largest_fitting_batch(const ModelConfig& config, TrainingShape shape,
+                              const AvailableMemory& available) {
+  int64_t lo = 0, hi = shape.batch;  // fits(lo), !fits(hi)
+  while (hi - lo > shape.processes) {
+    int64_t mid = lo + (hi - lo) / 2;
+    mid -= mid % shape.processes;  // a multiple of the processes, as --batch-size must be
+    if (mid <= lo) break;
+    shape.batch = mid;
+    (memory_fits(estimate_training_memory(config, shape), available) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
+}  // namespace
+
+void check_training_memory(const ModelConfig& config, const TrainOptions& o, int processes,
+                           bool resume) {
+  TrainingShape shape;
+  shape.batch = o.batch_size;
+  shape.seq = o.seq_len;
+  shape.threads = omp_get_max_threads();
+  shape.processes = processes;
+  shape.resume = resume;
+  const MemoryEstimate estimate = estimate_training_memory(config, shape);
+  const AvailableMemory available = available_memory();
+  if (memory_fits(estimate, available)) return;
+  const int64_t fits = largest_fitting_batch(config, shape, available);
+  const std::string advice =
+      (fits > 0 ? "--batch-size " + std::to_string(fits) +
+                      " fits (--grad-accum keeps the tokens per step)"
+                : std::string("even --batch-size ") + std::to_string(processes) +
+                      " does not fit: try fewer --threads, a shorter --seq-len or a smaller "
+                      "model") +
+      "; `moe params --batch-size B --seq-len S` shows the estimate's parts";
+  require_memory(estimate,
+                 "training at --batch-size " + std::to_string(o.batch_size) + " x --seq-len " +
+                     std::to_string(o.seq_len) + (processes > 1 ? " (per process)" : ""),
+                 available, advice);
+}
+
 TrainResult train(const TrainOptions& options, bool force, const Parallelism& parallel) {
   const Ranks ranks(parallel);
   TrainOptions o = options;
@@ -920,6 +891,9 @@ TrainResult train(const TrainOptions& options, bool force, const Parallelism& pa
     throw_alike(ranks, e);
   }
   require_same_setup(ranks, config, o);
+  // Each process on its own machine: refused before the folder, the corpus or any tensor.
+  check_training_memory(config, o, ranks.size, /*resume=*/false);
+  const StopSignals stop_signals;  // Ctrl-C from here on stops the run cleanly
 
   // The root alone opens and fills the folder; the others learn where it is.
   std::optional<RunFolder> folder;
@@ -931,8 +905,22 @@ TrainResult train(const TrainOptions& options, bool force, const Parallelism& pa
   if (ranks.comm) ranks.comm->broadcast(dir);
   bool stepped = false;
   try {
-    on_root(ranks, [&] { prepare_run_data(o.corpus, dir, config); });
-    return run_steps(o, config, folder ? &*folder : nullptr, dir, nullptr, stepped, parallel);
+    std::string tokens_dir;
+    on_root(ranks, [&] {
+      RunDataRequest request;
+      request.corpus = o.corpus;
+      request.vocab_size = config.vocab_size;
+      request.cache_dir = o.cache_dir;
+      // Processes on other machines may not share the cache folder: they read the run's own.
+      request.copy_data = o.copy_data || ranks.comm;
+      request.quiet = o.quiet;
+      tokens_dir = prepare_run_data(request, dir).tokens_dir;
+      const std::string tok_path = dir + "/tokenizer.model";
+      check_tokenizer(Tokenizer(tok_path), tok_path, config);
+    });
+    if (ranks.comm) ranks.comm->broadcast(tokens_dir);
+    return run_steps(o, config, folder ? &*folder : nullptr, dir, tokens_dir, nullptr, stepped,
+                     parallel);
   } catch (...) {
     if (!stepped && folder) {
       try {
@@ -977,7 +965,9 @@ TrainResult resume_training(const std::string& given, const ResumeChanges& chang
         throw Error(dir + "/trainer_state.json: seq_len " + std::to_string(o.seq_len) +
                     " exceeds the model's max_position_embeddings " +
                     std::to_string(config.max_position_embeddings));
-      check_run_data(dir, config);
+      const std::string tok_path = dir + "/tokenizer.model";
+      if (!fs::exists(tok_path)) throw Error("run '" + dir + "' lacks '" + tok_path + "'");
+      check_tokenizer(Tokenizer(tok_path), tok_path, config);
       check_parallel_layout(ranks, config, o);
     }
   } catch (const Error& e) {
@@ -996,8 +986,15 @@ TrainResult resume_training(const std::string& given, const ResumeChanges& chang
     if (folder) result.lock = folder->lock();
     return result;
   }
+  check_training_memory(config, o, ranks.size, /*resume=*/true);
+  const StopSignals stop_signals;
+  // The tokens: in the run folder, or in the cache (rebuilt there when the entry is gone).
+  std::string tokens_dir;
+  on_root(ranks, [&] { tokens_dir = run_tokens_dir(dir, /*rebuild=*/true, o.quiet); });
+  if (ranks.comm) ranks.comm->broadcast(tokens_dir);
   bool stepped = false;
-  return run_steps(o, config, folder ? &*folder : nullptr, dir, &state, stepped, parallel);
+  return run_steps(o, config, folder ? &*folder : nullptr, dir, tokens_dir, &state, stepped,
+                   parallel);
 }
 
 }  // namespace moe

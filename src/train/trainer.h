@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "model/config.h"
 #include "moe/expert_exchange.h"
 #include "tensor/collectives.h"
 #include "train/run_folder.h"
@@ -43,6 +44,11 @@ struct TrainOptions {
   bool quiet = false;      // no progress bar
   // Keep every --save-every checkpoint's model in checkpoints/step-NNNNNN/ (train/checkpoint.h).
   bool keep_checkpoints = false;
+  // Where a fresh run finds or puts its tokenizer and tokens (train/token_cache.h); "" = no
+  // cache, everything built in the run folder. copy_data: the run folder also holds a copy
+  // of the token files. Neither is a run option: not saved, not compared on resume.
+  std::string cache_dir;
+  bool copy_data = false;
 };
 
 // Checks every option's range (Error naming the option) and, when `warn`, warns about a
@@ -92,9 +98,16 @@ struct Parallelism {
   std::function<ExpertExchangeFactory(int64_t experts)> exchange;
 };
 
+// Throws OutOfMemory, before anything is allocated or written, when training `config` at
+// the options' batch and sequence length needs more memory than this process may use
+// (model/memory_estimate.h, tensor/memory_available.h); names the largest batch that fits.
+void check_training_memory(const ModelConfig& config, const TrainOptions& options,
+                           int processes = 1, bool resume = false);
+
 // A fresh run into options.out_dir; `force` replaces a run there (at the new run's first
 // checkpoint). Throws Error on bad input (leaving no folder behind when no step was taken)
-// and on a non-finite loss (the last checkpoint stays).
+// and on a non-finite loss (the last checkpoint stays); Interrupted (train/progress.h) when
+// SIGINT / SIGTERM came before the first step (no folder left either).
 TrainResult train(const TrainOptions& options, bool force = false,
                   const Parallelism& parallel = {});
 
