@@ -11,9 +11,11 @@ cmake --build build-fuzz -j2
 status=0
 # A run folder is four files in one input: its seeds are larger than a config's.
 # A tokenizer.json holds its 256 byte tokens: 8 KiB leaves room for merges and a text.
-declare -A max_len=([safetensors]=4096 [model_config]=4096 [moe_config]=4096 [run_folder]=16384
-                    [bpe_tokenizer]=8192 [shard_index]=8192 [hf_config]=4096)
-for target in safetensors model_config moe_config run_folder bpe_tokenizer shard_index hf_config; do
+# A GGUF seed from gguf-py holds metadata of every type and eleven tensors: 8 KiB holds it.
+declare -A max_len=([safetensors]=4096 [gguf]=8192 [model_config]=4096 [moe_config]=4096
+                    [run_folder]=16384 [bpe_tokenizer]=8192 [shard_index]=8192 [hf_config]=4096)
+for target in safetensors gguf model_config moe_config run_folder bpe_tokenizer shard_index \
+              hf_config; do
   corpus=build-fuzz/corpus-$target
   failures=build-fuzz/failures-$target  # this run's failing inputs only
   rm -rf "$failures"

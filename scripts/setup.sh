@@ -15,6 +15,7 @@ packages=(
   python3 python3-torch python3-numpy   # PyTorch reference tests (run with /usr/bin/python3)
   chromium fonts-dejavu-core      # the `moe report` test opens the page in headless Chromium
   python3-regex                    # the BPE tokenizer's Python reference (\p{L} in regexes)
+  python3-yaml                     # gguf-py (llama.cpp's GGUF writer) imports it
   qemu-user                        # the binary run as CPUs without AVX / AVX-512 (portability test)
 )
 
