@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prefill and decode tokens/s of `moe` against llama.cpp on the same weights, in one run.
 #
-#   bash bench/llama_cpp.sh [--repeat N] [--prompt P] [--tokens T] [--threads N]
+#   bash bench/llama_cpp.sh [--repeat N] [--n-prompt P] [--n-gen T] [--threads N]
 #
 # llama.cpp is the copy node-llama-cpp 3.22.1 ships on npm as a git bundle (the only route to
 # its source from here), built CPU-only with -march=native, as a local llama.cpp build is by
@@ -19,10 +19,10 @@ repeat=1 prompt=128 tokens=32 threads=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeat) repeat=$2; shift 2 ;;
-    --prompt) prompt=$2; shift 2 ;;
-    --tokens) tokens=$2; shift 2 ;;
+    --n-prompt) prompt=$2; shift 2 ;;
+    --n-gen) tokens=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
-    *) echo "usage: bash bench/llama_cpp.sh [--repeat N] [--prompt P] [--tokens T] [--threads N]" >&2
+    *) echo "usage: bash bench/llama_cpp.sh [--repeat N] [--n-prompt P] [--n-gen T] [--threads N]" >&2
        exit 2 ;;
   esac
 done
@@ -32,14 +32,8 @@ model=mixtral-d1024
 bundle=$out/npm/node_modules/node-llama-cpp/llama/gitRelease.bundle
 mkdir -p "$out"
 
-# 1. llama.cpp's source, from npm (--ignore-scripts: the package's install step would fetch
-#    prebuilt binaries from GitHub; --omit=optional: those binaries' own npm packages).
-if [ ! -f "$bundle" ]; then
-  { command -v node && command -v npm; } > /dev/null || { apt-get update; apt-get install -y nodejs npm; }
-  npm install --prefix "$out/npm" node-llama-cpp@3.22.1 --ignore-scripts --omit=optional \
-    --no-audit --no-fund
-fi
-[ -d "$out/src/.git" ] || git clone -q "$bundle" "$out/src"
+# 1. llama.cpp's source, from npm, in $out/src.
+bash scripts/llama_cpp_source.sh > /dev/null
 # Debian's python3 with its numpy and yaml (gguf-py's imports): a pyenv python3 earlier on
 # PATH may lack them.
 py=/usr/bin/python3
@@ -74,7 +68,7 @@ for dtype in f32 bf16; do
   dir=$out/$model-$dtype
   if [ ! -f "$dir/model.safetensors" ]; then
     ./build/moe bench decode --random $model --dtype $dtype --expert-cache 8 --scratch "$dir" \
-      --prompt 1 --tokens 1 > /dev/null
+      --n-prompt 1 --n-gen 1 > /dev/null
     mv "$dir/$model-$dtype.safetensors" "$dir/model.safetensors"
   fi
   # random_model_config in src/cli/bench_decode.cpp, in Hugging Face's words.
@@ -110,7 +104,7 @@ EOF
     "$out/cmake/bin/llama-debug" -m "$dir.gguf" -p "the same weights" -t "$threads" -c 64 \
       --save-logits --logits-output-dir "$dir.logits" > "$dir.logits.log" 2>&1
     ids=$(od -An -v -td4 "$dir.logits/llamacpp-$model-$dtype-tokens.bin" | xargs | tr ' ' ,)
-    ./build/moe logits --model "$dir" --tokens "$ids" --out "$dir.logits/moe.bin" 2> /dev/null
+    ./build/moe logits --model "$dir" --ids "$ids" --out "$dir.logits/moe.bin" 2> /dev/null
     echo "tokens $ids: $("$py" bench/llama_cpp.py logits \
       "$dir.logits/llamacpp-$model-$dtype.bin" "$dir.logits/moe.bin")" > "$check"
   fi
@@ -125,8 +119,8 @@ for run in $(seq "$repeat"); do
     dir=$out/$model-$dtype
     "$out/cmake/bin/llama-bench" -m "$dir.gguf" -p "$prompt" -n "$tokens" -t "$threads" -o json \
       > "$results/llama-$dtype-$run.json" 2> "$results/llama-$dtype-$run.log"
-    ./build/moe --threads "$threads" bench decode --model "$dir" --prompt "$prompt" \
-      --tokens "$tokens" --json > "$results/moe-$dtype-$run.json" 2> "$results/moe-$dtype-$run.log"
+    ./build/moe --threads "$threads" bench decode --model "$dir" --n-prompt "$prompt" \
+      --n-gen "$tokens" --json > "$results/moe-$dtype-$run.json" 2> "$results/moe-$dtype-$run.log"
   done
 done
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How `moe` shares the cores: training tokens/s (`moe bench train --batch-size 32`) and decode
-# tokens/s (`moe bench decode --random mixtral-d512 --tokens 512`) for one process alone, two processes at
+# tokens/s (`moe bench decode --random mixtral-d512 --n-gen 512`) for one process alone, two processes at
 # once (each), and one process beside a busy loop, under each OpenMP waiting setting given.
 #
 #   bash bench/sharing.sh [SETTING...]     e.g. default OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=1000
@@ -17,7 +17,7 @@ settings=("$@")
 
 train() { "$moe" bench train --batch-size 32 --steps 15 --json | sed -n 's/.*"tokens_per_s":\([0-9.]*\).*/\1/p'; }
 decode() {
-  "$moe" bench decode --random mixtral-d512 --prompt 16 --tokens 512 --json |
+  "$moe" bench decode --random mixtral-d512 --n-prompt 16 --n-gen 512 --json |
     sed -n 's/.*"decode_tokens_per_s": *\([0-9.]*\).*/\1/p'
 }
 

@@ -310,7 +310,7 @@ TEST(Eval, TinyRunFiguresAndSaturationOfIdenticalCheckpoints) {
   fs::create_directories(dir + "/nothing");
   o.text.clear();
   o.model = dir + "/nothing";
-  EXPECT_NE(error_of([&] { evaluate_run(o); }).find("no checkpoint"), std::string::npos);
+  EXPECT_NE(error_of([&] { evaluate_run(o); }).find("is not a run folder (no config.json)"), std::string::npos);
 }
 
 }  // namespace

@@ -129,7 +129,7 @@ TEST(Corpus, ErrorsNameTheFile) {
   const std::string dir = temp_dir("errors");
   write(dir + "/latin1.txt", "ok\n\ncaf\xE9\n");
   EXPECT_EQ(error_of([&] { read_corpus(dir + "/latin1.txt"); }),
-            "corpus file '" + dir + "/latin1.txt' is not UTF-8 text (byte 7)");
+            "corpus file '" + dir + "/latin1.txt' is not UTF-8 text (byte 7 is 0xe9)");
   // Overlong encodings and surrogates are not UTF-8 either.
   write(dir + "/overlong.txt", "\xC0\xAF");
   EXPECT_NE(error_of([&] { read_corpus(dir + "/overlong.txt"); }).find("byte 0"),

@@ -14,8 +14,10 @@
 #include "model/checkpoint.h"
 #include "model/param_count.h"
 #include "tensor/error.h"
+#include "tensor/sha256.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/run_folder.h"
 #include "train/token_cache.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
@@ -355,7 +357,7 @@ std::string display_piece(const std::string& piece) {
 
 EvalResult evaluate_run(const EvalOptions& o) {
   const std::string& dir = o.model;
-  if (!fs::is_directory(dir)) throw Error("run folder '" + dir + "' does not exist");
+  require_run_folder(dir);
   if (o.max_tokens < 1 || o.consistency_tokens < 1 || o.min_count < 1 || o.passage_tokens < 1)
     throw Error("eval: token limits and the minimum count must be positive");
   if (o.capacity_factor && !(*o.capacity_factor >= 0 && *o.capacity_factor <= 1000))
@@ -364,8 +366,7 @@ EvalResult evaluate_run(const EvalOptions& o) {
     return Error("'" + dir + "' holds no checkpoint (no " + file +
                  "); train one with moe train --out " + dir);
   };
-  for (const char* file : {"config.json", "tokenizer.model"})
-    if (!fs::exists(dir + "/" + file)) throw no_checkpoint(file);
+  if (!fs::exists(dir + "/tokenizer.model")) throw no_checkpoint("tokenizer.model");
   // The text is read (and refused) before the run folder is touched: the tokenizer is written
   // once, before the first step, and never changes.
   const Tokenizer tokenizer(dir + "/tokenizer.model");
@@ -402,6 +403,8 @@ EvalResult evaluate_run(const EvalOptions& o) {
 
   EvalResult res;
   res.model = dir;
+  res.step = run_step == std::numeric_limits<int64_t>::max() ? -1 : run_step;
+  res.model_sha256 = sha256_file(dir + "/model.safetensors");
   res.source = src.name;
   res.seq_len = seq;
   res.batch_size = batch;
@@ -581,6 +584,7 @@ nlohmann::json eval_to_json(const EvalResult& r) {
     layers.push_back(std::move(j));
   }
   json out = {{"model", r.model},
+              {"checkpoint", {{"step", r.step}, {"model_sha256", r.model_sha256}}},
               {"source", r.source},
               {"loss", r.loss},
               {"perplexity", r.perplexity},
@@ -611,6 +615,43 @@ nlohmann::json eval_to_json(const EvalResult& r) {
     passages.push_back({{"domain", p.domain}, {"tokens", p.tokens}, {"top1", p.top1}});
   out["passages"] = passages;
   return out;
+}
+
+void require_eval_of_run(const nlohmann::json& eval, const std::string& file,
+                         const std::string& dir) {
+  const std::string where = "evaluation file '" + file + "'";
+  if (!eval.is_object()) throw Error(where + " is not a JSON object");
+  // What the report reads, by type: a file cut short or written by hand fails here, not as
+  // "loss n/a" on the page.
+  const std::pair<const char*, nlohmann::json::value_t> fields[] = {
+      {"model", nlohmann::json::value_t::string},
+      {"source", nlohmann::json::value_t::string},
+      {"loss", nlohmann::json::value_t::number_float},
+      {"tokens", nlohmann::json::value_t::number_integer},
+      {"layers", nlohmann::json::value_t::array},
+      {"checkpoint", nlohmann::json::value_t::object},
+      {"passages", nlohmann::json::value_t::array}};
+  for (const auto& [key, type] : fields) {
+    if (!eval.contains(key))
+      throw Error(where + " lacks '" + key + "': give the whole output of moe eval --json");
+    const nlohmann::json& v = eval.at(key);
+    const bool integer_type = type == nlohmann::json::value_t::number_integer;
+    const bool ok = type == nlohmann::json::value_t::number_float ? v.is_number()
+                    : integer_type                                ? v.is_number_integer()
+                                                                  : v.type() == type;
+    if (!ok) throw Error(where + ": '" + key + "' has the wrong type");
+  }
+  const nlohmann::json& checkpoint = eval.at("checkpoint");
+  if (!checkpoint.contains("step") || !checkpoint["step"].is_number_integer() ||
+      !checkpoint.contains("model_sha256") || !checkpoint["model_sha256"].is_string())
+    throw Error(where + ": 'checkpoint' lacks its step or model_sha256");
+  const std::string digest = sha256_file(dir + "/model.safetensors");
+  if (checkpoint["model_sha256"] != digest) {
+    const int64_t step = checkpoint["step"];
+    throw Error(where + " evaluated '" + eval["model"].get<std::string>() + "' at step " +
+                std::to_string(step) + ", another checkpoint than the one now in '" + dir +
+                "': evaluate it again (moe eval -m " + dir + " --json > FILE) or leave --eval out");
+  }
 }
 
 std::optional<double> tokens_to_reach(const std::vector<std::pair<int64_t, double>>& curve,

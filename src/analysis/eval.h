@@ -88,6 +88,10 @@ struct Passage {
 
 struct EvalResult {
   std::string model, source;
+  // Which checkpoint was evaluated: its step (-1 when the folder has no trainer state) and the
+  // SHA-256 of its model.safetensors, so a saved evaluation is matched to its run (moe report).
+  int64_t step = -1;
+  std::string model_sha256;
   double loss = 0, perplexity = 0;
   int64_t tokens = 0;
   int64_t seq_len = 0, batch_size = 0;    // the windows evaluated, as the run trained
@@ -110,6 +114,12 @@ EvalResult evaluate_run(const EvalOptions& options);
 
 // The `moe eval --json` object.
 nlohmann::json eval_to_json(const EvalResult& result);
+
+// Throws Error unless `eval` (read from `file`) is a whole `moe eval --json` object of the
+// checkpoint now in run folder `dir`: every field the report reads, with its type, and the
+// same step and model digest.
+void require_eval_of_run(const nlohmann::json& eval, const std::string& file,
+                         const std::string& dir);
 
 // Quality against compute across runs (from each run's metrics.jsonl and config.json; no
 // forward pass): `moe eval --model A --model B ...`.

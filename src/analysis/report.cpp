@@ -12,6 +12,8 @@
 #include "analysis/eval.h"
 #include "analysis/svg.h"
 #include "tensor/error.h"
+#include "tensor/json_field.h"
+#include "train/run_folder.h"
 
 namespace moe {
 namespace {
@@ -99,7 +101,7 @@ std::string describe_model(const ModelConfig& c) {
 std::string summary_table(const ReportInputs& in) {
   std::string out =
       "<table><tr><th>run</th><th>model</th><th>total parameters</th><th>active parameters</th>"
-      "<th>forward FLOPs per token (active)</th><th>training tokens</th>"
+      "<th>forward FLOPs per token (active, at the trained context)</th><th>training tokens</th>"
       "<th>final validation loss (nats/token)</th></tr>";
   std::vector<const RunData*> runs{&in.run};
   for (const RunData& r : in.compare) runs.push_back(&r);
@@ -646,9 +648,7 @@ code{background:#f3f3f3;padding:0 3px;white-space:pre}
 
 RunData load_run_data(const std::string& dir) {
   namespace fs = std::filesystem;
-  if (!fs::is_directory(dir)) throw Error("run '" + dir + "' is not a folder");
-  if (!fs::exists(dir + "/config.json"))
-    throw Error("run '" + dir + "' has no config.json (not a trained run folder)");
+  require_run_folder(dir);
   RunData run;
   run.dir = dir;
   std::string trimmed = dir;
@@ -721,7 +721,7 @@ std::string render_report(const ReportInputs& in) {
            "</body></html>\n";
   } catch (const json::exception& e) {
     throw Error("evaluation JSON of '" + in.run.dir + "': a field has an unexpected type (" +
-                e.what() + ")");
+                json_error_text(e) + ")");
   }
 }
 

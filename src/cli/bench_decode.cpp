@@ -182,7 +182,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
   CLI::App* cmd = bench.add_subcommand(
       "decode", "Prefill and decode tokens/s, and decode's share of the read bandwidth");
-  cmd->add_option("--model", c.model,
+  cmd->add_option("-m,--model", c.model,
                   "A run folder or a Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe), "
                   "mapped as it lies")
       ->check(CLI::ExistingDirectory);
@@ -193,10 +193,10 @@ CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
                   "Matrices: f32 or bf16 (default: bf16 for --random, as stored for --model; "
                   "an fp32 model asked for bf16 is rounded first)")
       ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->add_option("--prompt", c.prompt, "Prompt tokens (prefill)")
+  cmd->add_option("--n-prompt", c.prompt, "Prompt tokens prefilled (llama-bench's -p)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{2048}));
-  cmd->add_option("--tokens", c.tokens, "Decode steps timed")
+  cmd->add_option("--n-gen", c.tokens, "Tokens decoded, one step each, timed (llama-bench's -n)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{2048}));
   cmd->add_flag("--json", c.json, "Print one JSON object");

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
+#include "model/hf_checkpoint.h"
 #include "model/param_count.h"
 #include "moe/moe_layer.h"
 #include "tensor/error.h"
@@ -52,7 +53,7 @@ int run_bench_ep(const BenchEpOptions& o, MpiWorld* world) {
   const int P = world->size();
   ModelConfig model;
   try {
-    model = o.config.empty() ? default_model_config() : load_model_config(o.config);
+    model = o.config.empty() ? default_model_config() : load_any_model_config(o.config);
     if (!model.moe) throw Error("bench ep: the model config has no MoE layer");
   } catch (const Error& e) {
     throw SharedError(e.what());

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "model/hf_checkpoint.h"
 #include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "model/transformer.h"
@@ -20,7 +21,7 @@ namespace moe::cli {
 
 int run_bench_train(const BenchTrainOptions& o) {
   warn_about_blas_kernel();
-  ModelConfig config = o.config.empty() ? default_model_config() : load_model_config(o.config);
+  ModelConfig config = o.config.empty() ? default_model_config() : load_any_model_config(o.config);
   // Memory and speed at long sequences are what --seq-len is for: the context only sizes the
   // RoPE table, so stretch it rather than refuse.
   if (o.seq_len > config.max_position_embeddings) {

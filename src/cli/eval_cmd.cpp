@@ -66,10 +66,12 @@ void print_eval(const EvalResult& r) {
   std::printf("run %s on %s: %lld tokens (windows of %lld)\n", r.model.c_str(), source.c_str(),
               static_cast<long long>(r.tokens), static_cast<long long>(r.seq_len));
   std::printf("loss %.4f  perplexity %.1f\n", r.loss, r.perplexity);
-  std::printf("parameters %s total, %s active per token; %s forward FLOPs per token\n",
-              human_count(double(r.total_params)).c_str(),
-              human_count(double(r.active_params)).c_str(),
-              human_count(r.active_flops_per_token).c_str());
+  // Attention's FLOPs grow with the context: counted at the length the run trained at, as
+  // `moe params --context S` counts them.
+  std::printf(
+      "parameters %s total, %s active per token; %s forward FLOPs per token (at context %lld)\n",
+      human_count(double(r.total_params)).c_str(), human_count(double(r.active_params)).c_str(),
+      human_count(r.active_flops_per_token).c_str(), static_cast<long long>(r.seq_len));
   if (r.layers.empty()) return;
   if (r.capacity_factor)
     std::printf(

@@ -9,6 +9,7 @@
 #include "model/hf_checkpoint.h"
 #include "model/hf_export.h"
 #include "tensor/error.h"
+#include "train/run_folder.h"
 
 namespace moe::cli {
 namespace {
@@ -37,7 +38,7 @@ HfTokenizer read_tokenizer(const std::string& path, int64_t vocab_size) {
 CLI::App* add_export_command(CLI::App& app, ExportCommand& c) {
   CLI::App* cmd = app.add_subcommand(
       "export", "Write a run as a Hugging Face checkpoint folder (mixtral or qwen2_moe)");
-  cmd->add_option("--model", c.model, "Run folder")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("-m,--model", c.model, "Run folder")->required()->check(CLI::ExistingDirectory);
   cmd->add_option("--out", c.out, "Folder to write (must be empty unless --force)")->required();
   cmd->add_option("--dtype", c.dtype, "Weights' type in model.safetensors")
       ->capture_default_str()
@@ -57,6 +58,7 @@ int run_export(const ExportCommand& c) {
     throw Error("'" + c.model +
                 "' is already a Hugging Face checkpoint folder (export writes "
                 "runs of moe train as one)");
+  require_run_folder(c.model);
   const ModelConfig config = load_model_config(c.model + "/config.json");
   hf_model_type(config, c.dropless);
   const std::string tokenizer_path = c.model + "/tokenizer.model";

@@ -1,11 +1,9 @@
 #include "cli/generate_cmd.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
-#include <filesystem>
-#include <iostream>
-#include <iterator>
-#include <nlohmann/json.hpp>
+#include <random>
 #include <string_view>
 
 #include "infer/open_model.h"
@@ -22,8 +20,7 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
                    "Run folder or Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe)")
       ->required()
       ->check(CLI::ExistingDirectory);
-  generate->add_option("-p,--prompt", c.prompt, "Prompt text; - reads it from standard input")
-      ->required();
+  add_prompt_options(*generate, c.prompt);
   generate->add_option("-n,--max-tokens", c.max_tokens, "Tokens to generate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
@@ -38,7 +35,10 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
   generate->add_option("--top-p", c.sampling.top_p, "Nucleus mass")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  generate->add_option("--seed", c.seed, "Sampling seed")->capture_default_str();
+  generate
+      ->add_option("--seed", c.seed,
+                   "Sampling seed in [0, 2^64-1]; -1 = a random one (printed with -v)")
+      ->capture_default_str();
   generate
       ->add_option("--expert-cache", c.decoder.expert_cache,
                    "Experts per MoE layer kept in RAM, the rest read from the model's files when "
@@ -66,18 +66,15 @@ size_t partial_stop_suffix(std::string_view text, std::string_view stop) {
   return 0;
 }
 
-// Whether prompts start with BOS: a Hugging Face folder's sentencepiece tokenizer adds it unless
-// tokenizer_config.json says add_bos_token false (as `moe export` writes); our runs never do.
-bool prompt_starts_with_bos(const std::string& dir, bool hugging_face, const FolderTokenizer& t) {
-  if (!hugging_face || t.bos_id() < 0) return false;
-  const std::string path = dir + "/tokenizer_config.json";
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return true;
-  const nlohmann::json j = read_json_file(path, "tokenizer config");
-  if (!j.is_object() || !j.contains("add_bos_token")) return true;
-  if (!j.at("add_bos_token").is_boolean())
-    throw Error("tokenizer config '" + path + "': add_bos_token must be true or false");
-  return j.at("add_bos_token").get<bool>();
+// --seed: -1 draws a random seed, as llama.cpp does; anything else must fit 64 bits.
+uint64_t resolve_seed(const std::string& text) {
+  if (text == "-1") return (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  uint64_t seed = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), seed);
+  if (error != std::errc() || end != text.data() + text.size())
+    throw Error("--seed must be -1 (random) or an integer in [0, 18446744073709551615], got '" +
+                text + "'");
+  return seed;
 }
 
 }  // namespace
@@ -94,17 +91,17 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
   // first, as --resume does.
   if (!is_hf_checkpoint(run)) recover_for_reading(run);
   const OpenedModel opened = open_model(run, decoder_options);
-  const bool hugging_face = opened.kind == ModelKind::HuggingFace;
   const ModelConfig& config = opened.config;
   const FolderTokenizer tokenizer = FolderTokenizer::open(run);
   if (tokenizer.vocab_size() > config.vocab_size)
     throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces, more than the model's vocab_size " + std::to_string(config.vocab_size));
-  std::vector<int32_t> ids = tokenizer.encode(prompt);
-  if (prompt_starts_with_bos(run, hugging_face, tokenizer))
-    ids.insert(ids.begin(), tokenizer.bos_id());
-  // An empty prompt starts from end-of-text (token 0 for a tokenizer that names none).
-  if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
+  std::vector<int32_t> ids = encode_prompt(run, tokenizer, prompt);
+  // Refused before the prompt is echoed: on failure nothing goes to stdout.
+  if (static_cast<int64_t>(ids.size()) > config.max_position_embeddings)
+    throw Error("the prompt has " + std::to_string(ids.size()) +
+                " tokens, more than the model's context of " +
+                std::to_string(config.max_position_embeddings));
   // The stop text is looked for in what follows the prompt only.
   const size_t prompt_chars = tokenizer.decode(ids).size();
   std::string printed;
@@ -167,15 +164,13 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
 }
 
 int run_generate(const GenerateCommand& c) {
-  std::string prompt = c.prompt;
-  if (prompt == "-") {
-    prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-    if (prompt.ends_with('\n')) prompt.pop_back();  // the newline `echo` and editors add
-  }
+  const std::string prompt = read_prompt(c.prompt);
+  const uint64_t seed = resolve_seed(c.seed);
+  if (c.verbose) std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(seed));
   GenerationRouting routing;
   InferenceOptions decoder = c.decoder;
   decoder.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
-  const Generation g = stream_generation(c.model, prompt, c.max_tokens, c.sampling, c.seed, c.stop,
+  const Generation g = stream_generation(c.model, prompt, c.max_tokens, c.sampling, seed, c.stop,
                                          c.verbose ? &routing : nullptr, decoder);
   if (g.stop == StopReason::ContextFull)
     std::fprintf(stderr, "moe: stopped at the model's context length (%lld tokens)\n",

@@ -7,18 +7,19 @@
 #include <string>
 #include <vector>
 
+#include "cli/prompt.h"
 #include "infer/generate.h"
 #include "infer/inference_model.h"
 
 namespace moe::cli {
 
 struct GenerateCommand {
-  std::string model;   // run folder
-  std::string prompt;  // "-" = read standard input
+  std::string model;  // run folder or Hugging Face folder
+  PromptOptions prompt;
   int64_t max_tokens = 200;
   std::string stop;  // stop before the first occurrence of this text in the generated part
   SamplingOptions sampling;
-  uint64_t seed = 0;
+  std::string seed = "-1";   // -1 = random
   bool verbose = false;      // per MoE layer, the experts generation used (stderr)
   InferenceOptions decoder;  // a Hugging Face folder's expert cache and prefetch
   std::string cache_policy = "lru";

@@ -19,26 +19,37 @@ CLI::App* add_logits_command(CLI::App& app, LogitsCommand& c) {
   cmd->add_option("-m,--model", c.model, "Run folder or Hugging Face checkpoint folder")
       ->required()
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--tokens", c.tokens, "Token ids, comma-separated: 1,2,3")
-      ->required()
-      ->delimiter(',');
-  cmd->add_option("--out", c.out, "File to write (vocab_size float32 values)")->required();
+  CLI::Option* ids =
+      cmd->add_option("--ids", c.ids, "Token ids, comma-separated: 1,2,3 (instead of a prompt)")
+          ->delimiter(',');
+  add_prompt_options(*cmd, c.prompt);
+  ids->excludes(c.prompt.text_option)->excludes(c.prompt.file_option);
+  cmd->add_option("-o,--out", c.out,
+                  "File to write (vocab_size float32 values); - writes to standard output")
+      ->required();
   return cmd;
 }
 
 namespace {
 
-// --tokens against the model: within its context, every id in its vocabulary.
-std::vector<int32_t> checked_ids(const std::vector<int64_t>& tokens, const ModelConfig& config) {
-  const int64_t V = config.vocab_size, S = static_cast<int64_t>(tokens.size());
+// The prompt's ids, checked against the model: within its context, every id in its vocabulary.
+std::vector<int32_t> prompt_ids(const LogitsCommand& c, const ModelConfig& config) {
+  std::vector<int64_t> given = c.ids;
+  if (given.empty()) {
+    const std::string text = read_prompt(c.prompt);
+    const FolderTokenizer tokenizer = FolderTokenizer::open(c.model);
+    const std::vector<int32_t> encoded = encode_prompt(c.model, tokenizer, text);
+    given.assign(encoded.begin(), encoded.end());
+  }
+  const int64_t V = config.vocab_size, S = static_cast<int64_t>(given.size());
   if (S > config.max_position_embeddings)
-    throw Error("--tokens holds " + std::to_string(S) + " ids, more than the model's context (" +
+    throw Error("the prompt has " + std::to_string(S) + " tokens, more than the model's context (" +
                 std::to_string(config.max_position_embeddings) + ")");
   std::vector<int32_t> ids;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const int64_t id = tokens[i];
+  for (size_t i = 0; i < given.size(); ++i) {
+    const int64_t id = given[i];
     if (id < 0 || id >= V)
-      throw Error("--tokens: id " + std::to_string(id) + " (position " + std::to_string(i) +
+      throw Error("--ids: id " + std::to_string(id) + " (position " + std::to_string(i) +
                   ") is outside the vocabulary [0, " + std::to_string(V) + ")");
     ids.push_back(static_cast<int32_t>(id));
   }
@@ -48,10 +59,14 @@ std::vector<int32_t> checked_ids(const std::vector<int64_t>& tokens, const Model
 // Any model runs mapped as it lies through the inference engine (bf16 stays bf16: a Mixtral's
 // 93 GB are not widened to 186 GB of fp32), one token at a time: the decode kernels accumulate
 // in fp32 over fp32 activations, where bf16 prefill would round the activations to bf16.
-std::vector<float> last_logits(const std::string& dir, const std::vector<int64_t>& tokens) {
+std::vector<float> last_logits(const LogitsCommand& c, size_t& prompt_tokens) {
+  const std::string& dir = c.model;
+  if (c.ids.empty() && !prompt_given(c.prompt))
+    throw Error("give the prompt: --ids 1,2,3, -p TEXT or -f FILE");
   if (!is_hf_checkpoint(dir)) recover_for_reading(dir);  // a run's interrupted save, as generate
   const OpenedModel m = open_model(dir);
-  const std::vector<int32_t> ids = checked_ids(tokens, m.config);
+  const std::vector<int32_t> ids = prompt_ids(c, m.config);
+  prompt_tokens = ids.size();
   KvCache cache = m.model->make_cache(static_cast<int64_t>(ids.size()));
   std::vector<float> logits(static_cast<size_t>(m.config.vocab_size));
   for (size_t i = 0; i < ids.size(); ++i)
@@ -63,12 +78,19 @@ std::vector<float> last_logits(const std::string& dir, const std::vector<int64_t
 
 int run_logits(const LogitsCommand& c) {
   static_assert(std::endian::native == std::endian::little, "the file is little-endian floats");
-  const std::vector<float> last = last_logits(c.model, c.tokens);
-  AtomicFile file(c.out);
-  file.write(last.data(), last.size() * sizeof(float));
-  file.commit();
-  std::fprintf(stderr, "moe: wrote %zu logits after %zu tokens to %s\n", last.size(),
-               c.tokens.size(), c.out.c_str());
+  size_t prompt_tokens = 0;
+  const std::vector<float> last = last_logits(c, prompt_tokens);
+  if (c.out == "-") {
+    if (std::fwrite(last.data(), sizeof(float), last.size(), stdout) != last.size() ||
+        std::fflush(stdout) != 0)
+      throw Error("cannot write the logits to standard output");
+  } else {
+    AtomicFile file(c.out);
+    file.write(last.data(), last.size() * sizeof(float));
+    file.commit();
+  }
+  std::fprintf(stderr, "moe: wrote %zu logits after %zu tokens to %s\n", last.size(), prompt_tokens,
+               c.out == "-" ? "standard output" : c.out.c_str());
   return 0;
 }
 

@@ -1,17 +1,20 @@
 #pragma once
-// `moe logits`: the next-token logits after a list of token ids, as raw little-endian float32
-// (vocab_size values), for comparison with any outside tool.
+// `moe logits`: the next-token logits after a prompt (text, or token ids), as raw little-endian
+// float32 (vocab_size values), for comparison with any outside tool.
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "cli/prompt.h"
+
 namespace moe::cli {
 
 struct LogitsCommand {
-  std::string model;            // run folder or Hugging Face checkpoint folder
-  std::vector<int64_t> tokens;  // ids, at least one
-  std::string out;              // file to write
+  std::string model;         // run folder or Hugging Face checkpoint folder
+  std::vector<int64_t> ids;  // --ids, or
+  PromptOptions prompt;      // text encoded as `generate` encodes it
+  std::string out;           // file to write; "-" = standard output
 };
 
 CLI::App* add_logits_command(CLI::App& app, LogitsCommand& command);

@@ -3,13 +3,18 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <map>
 #include <new>
 #include <optional>
 #include <regex>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "cli/bench_decode.h"
 #include "cli/bench_ep.h"
@@ -21,6 +26,7 @@
 #include "cli/logits_cmd.h"
 #include "cli/params.h"
 #include "cli/report_cmd.h"
+#include "cli/tokenize_cmd.h"
 #include "cli/train_cmd.h"
 #include "dist/mpi_world.h"
 #include "tensor/cpu.h"
@@ -93,11 +99,71 @@ std::string reword_range_error(CLI::App* command, const std::string& what) {
   return name + " " + rule + ", got " + m[2].str();
 }
 
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// "unknown option '--stepz' (did you mean '--steps'?)": the nearest option of the command or
+// of the commands above it, when it is a typo away.
+std::string unknown_option(CLI::App* command, std::string word) {
+  word = word.substr(0, word.find('='));
+  std::string best;
+  size_t best_distance = 3;  // two edits at most: further is not a typo
+  for (const CLI::App* c = command; c; c = c->get_parent())
+    for (const CLI::Option* option : c->get_options()) {
+      std::vector<std::string> names;
+      for (const std::string& n : option->get_lnames()) names.push_back("--" + n);
+      for (const std::string& n : option->get_snames()) names.push_back("-" + n);
+      for (const std::string& name : names)
+        if (const size_t d = edit_distance(word, name); d < best_distance) {
+          best_distance = d;
+          best = name;
+        }
+    }
+  return "unknown option '" + word + "'" + (best.empty() ? "" : " (did you mean '" + best + "'?)");
+}
+
+// "--steps must be an integer, got '1e3'" for CLI11's "Could not convert: --steps = 1e3".
+std::string reword_conversion_error(CLI::App* command, const std::string& what) {
+  static const std::regex conversion(R"(^Could not convert: (\S+) = (.*)$)");
+  std::smatch m;
+  if (!std::regex_match(what, m, conversion)) return what;
+  const std::string name = m[1];
+  std::string expected = "a value of another type";
+  for (CLI::App* c = command; c; c = c->get_parent())
+    if (const CLI::Option* option = c->get_option_no_throw(name)) {
+      const std::string type = option->get_type_name();
+      if (type.starts_with("INT") || type.starts_with("UINT"))
+        expected = "an integer";
+      else if (type.starts_with("FLOAT"))
+        expected = "a number";
+      break;
+    }
+  return name + " must be " + expected + ", got '" + m[2].str() + "'";
+}
+
 // One line for a parse error. A command that needs a subcommand and got an unknown word (or
 // none) lists the ones it has.
 std::string describe_parse_error(CLI::App& app, const CLI::ParseError& e) {
   CLI::App* command = innermost_command(app);
   const std::string path = command_path(command);
+  // An option nobody takes is named first, wherever it stood (before the command too).
+  for (const CLI::App* c = command; c; c = c->get_parent())
+    for (const std::string& word : c->remaining())
+      if (word.starts_with("-") && word.size() > 1 &&
+          !std::isdigit(static_cast<unsigned char>(word[1])))
+        return unknown_option(command, word) + " (see: " + path + " --help)";
   const auto children = command->get_subcommands([](CLI::App*) { return true; });
   if (!children.empty() && command->get_require_subcommand_min() > 0 &&
       command->get_subcommands().empty()) {
@@ -116,10 +182,61 @@ std::string describe_parse_error(CLI::App& app, const CLI::ParseError& e) {
       return "unknown command '" + given + "'" + where + " (commands: " + names + ")";
     return "a command is required" + where + " (commands: " + names + ")";
   }
-  std::string what = reword_range_error(command, e.what());
+  std::string what = reword_conversion_error(command, reword_range_error(command, e.what()));
   for (char& c : what)
     if (c == '\n') c = ' ';
   return what + " (see: " + path + " --help)";
+}
+
+// Each command's help ends with examples and the options every command takes (which CLI11
+// lists only under `moe --help`). docs/CLI.md is this help text, generated (scripts/cli_doc.sh).
+void add_help_footers(CLI::App& app) {
+  static const std::map<std::string, std::string> kExamples = {
+      {"moe info", "moe info --json"},
+      {"moe bench layer", "moe bench layer --case mixtral --tokens 256 2048 --json"},
+      {"moe bench train", "moe bench train --config configs/d256-moe.json --batch-size 16"},
+      {"moe bench decode",
+       "moe bench decode --random mixtral-d1024 --dtype bf16\n"
+       "  moe bench decode -m runs/default --n-prompt 32 --n-gen 64 --json"},
+      {"moe bench ep", "mpirun -np 2 moe bench ep --tokens 1024"},
+      {"moe params",
+       "moe params --preset mixtral-8x7b\n"
+       "  moe params --config configs/default.json --batch-size 32 --seq-len 128"},
+      {"moe train",
+       "moe train                                  # the default run, into runs/default\n"
+       "  moe train --corpus notes.txt --vocab-size 2000 --steps 300 --out runs/notes\n"
+       "  moe train --resume runs/notes --steps 600"},
+      {"moe generate",
+       "moe generate -m runs/default -p \"NAME\" -n 100 --temperature 0.7\n"
+       "  moe generate -m hf/mixtral -f prompt.txt --expert-cache 4 --prefetch"},
+      {"moe export", "moe export -m runs/default --out hf/default --dtype bf16"},
+      {"moe report", "moe report -m runs/default --compare runs/dense --out report.html"},
+      {"moe eval",
+       "moe eval -m runs/default\n"
+       "  moe eval -m runs/default --text my_notes.txt --json > eval.json\n"
+       "  moe eval -m runs/default -m runs/dense      # quality against active compute"},
+      {"moe logits",
+       "moe logits -m runs/default -p \"NAME\" -o last.f32\n"
+       "  moe logits -m hf/mixtral --ids 1,415,2936 -o - | od -f | head"},
+      {"moe tokenize",
+       "moe tokenize -m runs/default -p \"NAME\"\n"
+       "  moe logits -m runs/default --ids $(moe tokenize -m runs/default -p NAME --ids-only) -o "
+       "-"},
+  };
+  const std::string global =
+      "Every command also takes --threads N (OpenMP and OpenBLAS threads; default: MOE_THREADS "
+      "or all\ncores), before or after the command; `moe --version` names the build.";
+  std::vector<CLI::App*> pending = app.get_subcommands([](CLI::App*) { return true; });
+  while (!pending.empty()) {
+    CLI::App* command = pending.back();
+    pending.pop_back();
+    for (CLI::App* child : command->get_subcommands([](CLI::App*) { return true; }))
+      pending.push_back(child);
+    const auto examples = kExamples.find(command_path(command));
+    std::string footer;
+    if (examples != kExamples.end()) footer = "Examples:\n  " + examples->second + "\n\n";
+    command->footer(footer + global);
+  }
 }
 
 // OpenMP threads that wait at a barrier spin for about 3 ms (libgomp's default when
@@ -223,7 +340,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   params
       ->add_option("--context", params_opts.context,
-                   "Sequence length for attention FLOPs (default: the model's)")
+                   "Sequence length for attention FLOPs (default: the model's; moe eval and "
+                   "report count at the run's --seq-len)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   params->add_flag("--json", params_opts.json, "Print JSON");
   moe::cli::add_params_memory_options(*params, params_opts);
@@ -240,6 +358,9 @@ int main(int argc, char** argv) {
   CLI::App* eval = moe::cli::add_eval_command(app, eval_cmd);
   moe::cli::LogitsCommand logits_cmd;
   CLI::App* logits = moe::cli::add_logits_command(app, logits_cmd);
+  moe::cli::TokenizeCommand tokenize_cmd;
+  CLI::App* tokenize = moe::cli::add_tokenize_command(app, tokenize_cmd);
+  add_help_footers(app);
 
   try {
     app.parse(argc, argv);
@@ -279,6 +400,7 @@ int main(int argc, char** argv) {
     if (*report) return moe::cli::run_report(report_cmd);
     if (*eval) return moe::cli::run_eval(eval_cmd);
     if (*logits) return moe::cli::run_logits(logits_cmd);
+    if (*tokenize) return moe::cli::run_tokenize(tokenize_cmd);
   } catch (const moe::SharedError& e) {
     if (reporter) std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "model/hf_checkpoint.h"
 #include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "tensor/error.h"
@@ -58,7 +59,7 @@ void print_one(const ArchSpec& a, const ParamCount& c) {
 
 // The model config a memory estimate needs: --config, or the two presets that are ours.
 ModelConfig config_for_memory(const ParamsOptions& o) {
-  if (!o.config.empty()) return load_model_config(o.config);
+  if (!o.config.empty()) return load_any_model_config(o.config);
   if (o.preset.empty() || o.preset == "default") return default_model_config();
   if (o.preset == "dense-baseline") return dense_baseline_model_config();
   throw Error(
@@ -137,7 +138,7 @@ int run_params(const ParamsOptions& o) {
     }
     archs.push_back(*a);
   } else if (!o.config.empty()) {
-    archs.push_back(arch_from_model_config(load_model_config(o.config), o.config));
+    archs.push_back(arch_from_model_config(load_any_model_config(o.config), o.config));
   } else {
     for (const auto& n : preset_names()) archs.push_back(*find_preset(n));
   }

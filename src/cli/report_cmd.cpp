@@ -15,7 +15,7 @@ CLI::App* add_report_command(CLI::App& app, ReportCommand& c) {
       app.add_subcommand("report",
                          "Write one self-contained HTML page of a run's loss, expert load, "
                          "specialization and routing consistency, lined up with --compare runs");
-  cmd->add_option("--model", c.model, "Run folder")->required();
+  cmd->add_option("-m,--model", c.model, "Run folder")->required();
   cmd->add_option("--compare", c.compare, "Runs to compare with (same tokenizer)");
   cmd->add_option("--out", c.out, "HTML file to write")->required();
   cmd->add_option("--eval", c.eval,
@@ -31,7 +31,7 @@ nlohmann::json eval_json_for(const std::string& run, const std::string& eval_fil
     return eval_to_json(evaluate_run(options));
   }
   nlohmann::json eval = read_json_file(eval_file, "evaluation file");
-  if (!eval.is_object()) throw Error("evaluation file '" + eval_file + "' is not a JSON object");
+  require_eval_of_run(eval, eval_file, run);
   return eval;
 }
 

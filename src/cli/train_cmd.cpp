@@ -12,6 +12,7 @@
 #include "cli/generate_cmd.h"
 #include "moe/load_metrics.h"
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 #include "train/progress.h"
 #include "train/token_cache.h"
 
@@ -21,7 +22,10 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
   TrainOptions& t = c.options;
   CLI::App* train = app.add_subcommand(
       "train", "Train an MoE language model (the shipped corpus, or --corpus your own text)");
-  train->add_option("--config", t.config, "Model config JSON (default: configs/default.json)")
+  train
+      ->add_option("--config", t.config,
+                   "Model config JSON: ours or a Hugging Face config.json (default: the built-in "
+                   "default model, as configs/default.json)")
       ->check(CLI::ExistingFile);
   train->add_option("--out", t.out_dir, "Run folder (refused if it holds a run; see --force)")
       ->capture_default_str();
@@ -48,7 +52,8 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   train->add_option("--min-lr", t.min_lr, "Final learning rate")->capture_default_str();
-  train->add_option("--warmup", t.warmup, "Warm-up steps")->capture_default_str();
+  train->add_option("--warmup", t.warmup,
+                    "Warm-up steps (default: 75, or a tenth of a run shorter than 750 steps)");
   train->add_option("--weight-decay", t.weight_decay, "AdamW decay")->capture_default_str();
   train->add_option("--grad-clip", t.grad_clip, "Global gradient-norm clip (0 = off)")
       ->capture_default_str();
@@ -184,6 +189,8 @@ int run_train(TrainCommand c) {
   const bool cache_given = c.app && c.app->get_option("--cache-dir")->count() > 0;
   if (c.resume.empty())
     c.options.cache_dir = cache_given ? c.cache_dir : usable_default_cache_dir();
+  if (c.resume.empty() && c.app && c.app->get_option("--warmup")->count() == 0)
+    c.options.warmup = default_warmup(c.options.steps);
   TrainResult r;
   try {
     r = c.resume.empty() ? train(c.options, c.force, parallel)
@@ -222,7 +229,7 @@ int run_train(TrainCommand c) {
     try {
       j = nlohmann::json::parse(last_experts);
     } catch (const nlohmann::json::exception& e) {
-      throw Error(dir + "/metrics.jsonl: " + e.what());
+      throw Error(dir + "/metrics.jsonl: " + json_error_text(e));
     }
     if (j.contains("experts_steps"))
       std::printf("expert load over steps %lld-%lld (one bar per expert):\n",

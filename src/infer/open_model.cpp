@@ -26,9 +26,9 @@ OpenedModel open_model(const std::string& dir, const InferenceOptions& options) 
   } else {
     std::error_code ec;
     require(std::filesystem::is_regular_file(dir + "/config.json", ec),
-            dir +
-                ": not a model folder (no config.json): give a run of moe train or a Hugging "
-                "Face checkpoint folder");
+            "'" + dir +
+                "' is not a model folder (no config.json): give a folder that moe train wrote "
+                "or a Hugging Face checkpoint folder");
     m.kind = ModelKind::Run;
     m.config = load_model_config(dir + "/config.json");
     files.push_back(dir + "/model.safetensors");

@@ -154,7 +154,7 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {  // syntax, or a number beyond double's range
-    throw Error(what + " '" + path + "' is not valid JSON: " + e.what());
+    throw Error(what + " '" + path + "' is not valid JSON: " + json_error_text(e));
   }
 }
 

@@ -77,6 +77,12 @@ bool is_hf_checkpoint(const std::string& dir) {
   }
 }
 
+ModelConfig load_any_model_config(const std::string& path) {
+  const nlohmann::json j = read_json_file(path, "config file");
+  if (j.is_object() && j.contains("model_type")) return hf_checkpoint_config(j, path).config;
+  return load_model_config(path);
+}
+
 HfCheckpointConfig hf_checkpoint_config(const nlohmann::json& j, const std::string& source) {
   require(j.is_object(), source + ": not a JSON object");
   const HfKeys k(j, source);
@@ -185,7 +191,7 @@ std::map<std::string, std::string> parse_shard_index(std::string_view text,
   try {
     j = nlohmann::json::parse(text.begin(), text.end());
   } catch (const nlohmann::json::exception& e) {
-    throw Error(source + ": not valid JSON: " + e.what());
+    throw Error(source + ": not valid JSON: " + json_error_text(e));
   }
   require(j.is_object(), source + ": not a JSON object");
   require(j.contains("weight_map") && j.at("weight_map").is_object(),

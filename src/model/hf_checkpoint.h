@@ -38,6 +38,10 @@ bool is_hf_checkpoint(const std::string& dir);
 // bind, Qwen2-MoE without its shared expert). `source` names the file in errors.
 HfCheckpointConfig hf_checkpoint_config(const nlohmann::json& j, const std::string& source);
 
+// A model config file of either kind: ours (configs/*.json, a run's config.json) or a Hugging
+// Face config.json (it has "model_type"), for the commands that take --config.
+ModelConfig load_any_model_config(const std::string& path);
+
 // model.safetensors.index.json's "weight_map": tensor name -> shard file name. Throws Error on
 // anything but a JSON object whose weight_map maps names to plain file names in the same folder
 // (no path separators, no leading dot).

@@ -23,6 +23,15 @@ std::string real_str(double value) {
 
 }  // namespace
 
+std::string json_error_text(const std::exception& e) {
+  std::string text = e.what();
+  if (text.starts_with("[json.exception.")) {
+    const size_t end = text.find("] ");
+    if (end != std::string::npos) text.erase(0, end + 2);
+  }
+  return text;
+}
+
 int64_t json_int(const nlohmann::json& v, const char* what, const std::string& key) {
   require_type(v.is_number_integer(), what, key, "an integer");
   // nlohmann keeps integers above INT64_MAX as unsigned; get<int64_t> would wrap them.

@@ -5,6 +5,7 @@
 // The range checks are for validate(): every numeric field has a stated range, upper bound
 // included, and NaN or inf is never inside one.
 #include <cstdint>
+#include <exception>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 
@@ -26,5 +27,9 @@ enum class Lower { Inclusive, Exclusive };  // [lo, hi] or (lo, hi]
 void require_real_in_range(double value, double lo, double hi, const char* what,
                            const std::string& key, Lower lower = Lower::Inclusive,
                            const char* note = "");
+
+// nlohmann::json's message without its "[json.exception.parse_error.101] " tag, which means
+// nothing to a user: "parse error at line 1, column 2: syntax error ...".
+std::string json_error_text(const std::exception& e);
 
 }  // namespace moe

@@ -11,6 +11,7 @@
 #include "tensor/atomic_file.h"
 #include "tensor/bf16.h"
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 
 namespace moe {
 namespace {
@@ -47,7 +48,7 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t 
   try {
     header = nlohmann::json::parse(head.begin() + 8, head.begin() + 8 + header_len);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(source + ": header is not valid JSON: " + e.what());
+    throw Error(source + ": header is not valid JSON: " + json_error_text(e));
   }
   require(header.is_object(), source + ": header is not a JSON object");
 

@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 
 namespace moe {
 namespace {
@@ -360,7 +361,7 @@ json parse_json(std::string_view text, const std::string& source) {
   try {
     return json::parse(text);
   } catch (const json::exception& e) {
-    throw Error(source + ": not valid JSON (" + e.what() + ")");
+    throw Error(source + ": not valid JSON (" + json_error_text(e) + ")");
   }
 }
 

@@ -74,7 +74,7 @@ void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& sto
     rename_counted(dir + "/" + name + ".next", dir + "/" + name);
 }
 
-nlohmann::json recover_checkpoint(const std::string& dir) {
+nlohmann::json recover_checkpoint(const std::string& dir, bool needs_optimizer) {
   const std::string state_path = dir + "/trainer_state.json";
   if (!fs::exists(state_path))
     throw Error("'" + dir + "' holds no checkpoint (no trainer_state.json)");
@@ -102,14 +102,16 @@ nlohmann::json recover_checkpoint(const std::string& dir) {
       else
         remove_counted(next);
     }
-    if (!fs::exists(path)) throw Error("checkpoint '" + dir + "' lacks " + name);
+    // Inference reads the model alone: a folder shipped without its optimizer state still runs.
+    const bool needed = needs_optimizer || std::string_view(name) == "model.safetensors";
+    if (needed && !fs::exists(path)) throw Error("checkpoint '" + dir + "' lacks " + name);
   }
   return state;
 }
 
 void recover_for_reading(const std::string& dir) {
   if (!holds_checkpoint(dir)) return;
-  if (auto lock = RunLock::try_acquire(dir)) recover_checkpoint(dir);
+  if (auto lock = RunLock::try_acquire(dir)) recover_checkpoint(dir, /*needs_optimizer=*/false);
 }
 
 void load_checkpoint(const std::string& dir, int64_t step, Transformer& model, ParamStore& store,

@@ -21,8 +21,9 @@ void save_checkpoint(const std::string& dir, Transformer& model, ParamStore& sto
                      AdamW& optimizer, const nlohmann::json& trainer_state);
 
 // Makes the folder's files consistent (see above) and returns trainer_state.json.
-// Throws Error when the folder holds no checkpoint or an inconsistent one.
-nlohmann::json recover_checkpoint(const std::string& dir);
+// Throws Error when the folder holds no checkpoint or an inconsistent one (a missing
+// optimizer.safetensors counts only when `needs_optimizer`: training needs it, inference not).
+nlohmann::json recover_checkpoint(const std::string& dir, bool needs_optimizer = true);
 
 // What a reader (`moe generate`) runs before loading a run folder: when the folder holds a
 // checkpoint and no writer holds its lock, the same recovery as --resume, under the lock.

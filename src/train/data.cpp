@@ -8,12 +8,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
+#include "tensor/json_field.h"
 
 namespace moe {
 namespace fs = std::filesystem;
@@ -74,7 +76,7 @@ std::vector<Document> read_jsonl_corpus(const std::string& path, const std::stri
     try {
       j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-      throw Error(where + ": " + e.what());
+      throw Error(where + ": " + json_error_text(e));
     }
     Document d;
     for (const char* key : {"domain", "source", "split", "text"})
@@ -131,8 +133,7 @@ size_t first_bad_utf8(std::string_view s) {
 // A plain-text file's contents, checked to be UTF-8 (a leading byte-order mark is dropped).
 std::string checked_text(const std::string& path, std::string text) {
   if (text.starts_with("\xEF\xBB\xBF")) text.erase(0, 3);
-  if (const size_t bad = first_bad_utf8(text); bad != std::string::npos)
-    throw Error("corpus file '" + path + "' is not UTF-8 text (byte " + std::to_string(bad) + ")");
+  require_utf8(text, "corpus file '" + path + "'");
   return text;
 }
 
@@ -236,6 +237,14 @@ std::vector<Document> read_text_folder(const fs::path& folder) {
 }
 
 }  // namespace
+
+void require_utf8(std::string_view text, const std::string& what) {
+  const size_t bad = first_bad_utf8(text);
+  if (bad == std::string_view::npos) return;
+  char byte[8];
+  std::snprintf(byte, sizeof byte, "0x%02x", static_cast<unsigned char>(text[bad]));
+  throw Error(what + " is not UTF-8 text (byte " + std::to_string(bad) + " is " + byte + ")");
+}
 
 std::vector<Document> read_corpus(const std::string& path) {
   std::error_code ec;

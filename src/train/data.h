@@ -8,6 +8,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tensor/rng.h"
@@ -29,6 +30,10 @@ struct Document {
 // Plain text is split by document: within each domain every 16th document is validation, and
 // a domain of 2 to 15 documents gives its last one.
 std::vector<Document> read_corpus(const std::string& path);
+
+// Throws Error "<what> is not UTF-8 text (byte 3 is 0xff)" at the first byte that breaks UTF-8
+// (an overlong form, a surrogate, past U+10FFFF, cut short) or is NUL.
+void require_utf8(std::string_view text, const std::string& what);
 
 // Tokenises every document of `docs` into <dir>/train.tokens and <dir>/valid.tokens (atomic
 // writes) and <dir>/documents.jsonl. `document_done`, when set, is called after each document

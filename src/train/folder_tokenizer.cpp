@@ -23,6 +23,12 @@ std::string FolderTokenizer::decode(std::span<const int32_t> ids) const {
   return std::visit([&](const auto& t) { return t.decode(ids); }, impl_);
 }
 
+std::string FolderTokenizer::piece(int32_t id) const {
+  if (const auto* sp = std::get_if<Tokenizer>(&impl_)) return sp->piece(id);
+  const int32_t one[] = {id};
+  return std::get<BpeTokenizer>(impl_).decode(one);
+}
+
 int32_t FolderTokenizer::vocab_size() const {
   return std::visit([](const auto& t) { return t.vocab_size(); }, impl_);
 }

@@ -21,6 +21,9 @@ class FolderTokenizer {
 
   std::vector<int32_t> encode(std::string_view text) const;
   std::string decode(std::span<const int32_t> ids) const;
+  // One id as the vocabulary holds it: a sentencepiece piece as stored (U+2581 starts a word),
+  // a byte-level BPE token as its bytes (possibly part of a UTF-8 character).
+  std::string piece(int32_t id) const;
   int32_t vocab_size() const;
   int32_t eos_id() const;  // -1 when the tokenizer names none
   // -1 when prompts get none: a tokenizer.json's template (its post-processor) is not applied.

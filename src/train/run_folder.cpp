@@ -170,6 +170,13 @@ bool holds_checkpoint(const std::string& dir) {
   return fs::exists(dir + "/trainer_state.json");
 }
 
+void require_run_folder(const std::string& dir) {
+  if (!fs::is_directory(dir)) throw Error("'" + dir + "' is not a folder");
+  if (!fs::is_regular_file(dir + "/config.json"))
+    throw Error("'" + dir +
+                "' is not a run folder (no config.json): give a folder that moe train wrote");
+}
+
 RunFolder RunFolder::open_fresh(const std::string& given, bool force) {
   const std::string out = folder_path(given);
   if (fs::exists(out) && !fs::is_directory(out))

@@ -48,6 +48,10 @@ inline constexpr const char* kRunLockFile = "run.lock";
 // Whether `dir` holds a committed checkpoint.
 bool holds_checkpoint(const std::string& dir);
 
+// Throws Error unless `dir` is a folder with a config.json: the one message every command that
+// reads a run folder gives for a wrong path ("'x' is not a run folder (no config.json): ...").
+void require_run_folder(const std::string& dir);
+
 class RunFolder {
  public:
   // A fresh run into `out` (see above). Throws Error (one line naming --resume and --force when

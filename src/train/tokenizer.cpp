@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <fstream>
@@ -74,6 +75,19 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
   std::string value_;
   bool done_ = false;
 };
+
+// A sentencepiece status in words: its messages may start with the source location and the
+// failed expression ("./src/sentencepiece_processor.cc(232) [model_proto->ParseFromArray(...)]"),
+// which say nothing to a user; `otherwise` stands in when nothing else is left.
+std::string status_text(const sentencepiece::util::Status& status, const std::string& otherwise) {
+  std::string text(status.message());
+  if (text.starts_with("./") || text.find(".cc(") != std::string::npos) {
+    const size_t end = text.find("] ");
+    text = end == std::string::npos ? "" : text.substr(end + 2);
+  }
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  return text.empty() ? otherwise : text;
+}
 
 // The number after `marker` in a sentencepiece message, when the message holds `error`; -1
 // otherwise.
@@ -152,7 +166,7 @@ void Tokenizer::train(std::span<const std::string> texts, const TokenizerTrainOp
                   "byte pieces and the special tokens need at least " +
                   std::to_string(min_pieces) + "; pass --vocab-size " + std::to_string(min_pieces) +
                   " or more");
-    throw Error("tokenizer training failed: " + status.ToString());
+    throw Error("tokenizer training failed: " + status_text(status, "no reason given"));
   }
   write_file_atomic(model_path, proto);
 }
@@ -165,8 +179,9 @@ Tokenizer::Tokenizer(const std::string& model_path)
   bytes << in.rdbuf();
   const auto status = sp_->LoadFromSerializedProto(bytes.str());
   if (!status.ok())
-    throw Error("tokenizer model '" + model_path +
-                "' is not a sentencepiece model: " + status.ToString());
+    throw Error(
+        "tokenizer model '" + model_path + "' is not a sentencepiece model: " +
+        status_text(status, "its bytes do not parse as one (truncated, or another format)"));
   // User-defined symbols score 0 and are neither bytes nor control pieces; a vocabulary that
   // merely contains the character as a learned piece scores it below 0.
   auto user_defined = [&](std::string_view piece) {
@@ -185,7 +200,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   std::vector<int> ids;
   const auto status =
       layout_symbols_ ? sp_->Encode(to_model_text(text), &ids) : sp_->Encode(text, &ids);
-  if (!status.ok()) throw Error("tokenizer: encode failed: " + status.ToString());
+  if (!status.ok())
+    throw Error("tokenizer: encode failed: " + status_text(status, "no reason given"));
   return {ids.begin(), ids.end()};
 }
 
@@ -195,7 +211,8 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
     if (id < 0 || id >= sp_->GetPieceSize()) id = sp_->unk_id();
   std::string text;
   const auto status = sp_->Decode(v, &text);
-  if (!status.ok()) throw Error("tokenizer: decode failed: " + status.ToString());
+  if (!status.ok())
+    throw Error("tokenizer: decode failed: " + status_text(status, "no reason given"));
   if (!layout_symbols_) return text;
   return replace_all(replace_all(text, kNewline, "\n"), kTab, "\t");
 }

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/checkpoint.h"
+#include "model/hf_checkpoint.h"
 #include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "model/transformer.h"
@@ -296,7 +297,7 @@ TrainOptions train_options_from_json(const nlohmann::json& j) {
     // Came later: a run saved before it kept no checkpoints.
     o.keep_checkpoints = j.value("keep_checkpoints", false);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("trainer_state.json: bad 'options': ") + e.what());
+    throw Error(std::string("trainer_state.json: bad 'options': ") + json_error_text(e));
   }
   return o;
 }
@@ -332,7 +333,18 @@ std::string format_progress_line(int64_t step, int64_t steps, double loss, float
   return line;
 }
 
-void validate_train_options(const TrainOptions& o, bool warn) {
+namespace {
+
+// 0.006, 1e-05, -1: a float option as a person writes it (std::to_string gives -1.000000).
+std::string real_text(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
+}
+
+}  // namespace
+
+void validate_train_options(const TrainOptions& o) {
   auto positive = [](int64_t value, const char* option) {
     if (value <= 0)
       throw Error(std::string(option) + " must be positive, got " + std::to_string(value));
@@ -367,24 +379,36 @@ void validate_train_options(const TrainOptions& o, bool warn) {
   if (o.seq_len < 2) throw Error("--seq-len must be at least 2, got " + std::to_string(o.seq_len));
   if (o.warmup < 0) throw Error("--warmup must not be negative, got " + std::to_string(o.warmup));
   if (!(std::isfinite(o.lr) && o.lr > 0))
-    throw Error("--lr must be a positive number, got " + std::to_string(o.lr));
+    throw Error("--lr must be a positive number, got " + real_text(o.lr));
   if (!(std::isfinite(o.min_lr) && o.min_lr >= 0 && o.min_lr <= o.lr))
-    throw Error("--min-lr must lie in [0, --lr " + std::to_string(o.lr) + "], got " +
-                std::to_string(o.min_lr));
+    throw Error("--min-lr must lie in [0, --lr " + real_text(o.lr) + "], got " +
+                real_text(o.min_lr));
   if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0))
-    throw Error("--weight-decay must not be negative, got " + std::to_string(o.weight_decay));
+    throw Error("--weight-decay must not be negative, got " + real_text(o.weight_decay));
   if (!(o.beta2 > 0 && o.beta2 < 1))
-    throw Error("beta2 must lie in (0, 1), got " + std::to_string(o.beta2));
+    throw Error("beta2 must lie in (0, 1), got " + real_text(o.beta2));
   if (!(std::isfinite(o.grad_clip) && o.grad_clip >= 0))
-    throw Error("--grad-clip must not be negative (0 = off), got " + std::to_string(o.grad_clip));
+    throw Error("--grad-clip must not be negative (0 = off), got " + real_text(o.grad_clip));
   if (o.vocab_size != 0 && (o.vocab_size < 256 || o.vocab_size > 65536))
     throw Error("--vocab-size must lie in [256, 65536], got " + std::to_string(o.vocab_size));
-  if (warn && o.warmup >= o.steps)
-    std::fprintf(stderr,
-                 "warning: the warm-up (%lld steps) is not shorter than the run (%lld steps): "
-                 "the learning rate never reaches --lr and never decays\n",
-                 static_cast<long long>(o.warmup), static_cast<long long>(o.steps));
 }
+
+int64_t default_warmup(int64_t steps) {
+  return std::min<int64_t>(75, steps / 10);
+}
+
+namespace {
+
+// Said once every check has passed, so that it never stands before an unrelated error.
+void warn_if_warmup_too_long(const TrainOptions& o) {
+  if (o.warmup < o.steps) return;
+  std::fprintf(stderr,
+               "warning: the warm-up (%lld steps) is not shorter than the run (%lld steps): "
+               "the learning rate never reaches --lr and never decays\n",
+               static_cast<long long>(o.warmup), static_cast<long long>(o.steps));
+}
+
+}  // namespace
 
 namespace {
 
@@ -874,8 +898,8 @@ TrainResult train(const TrainOptions& options, bool force, const Parallelism& pa
   // Everything that can be checked without writing is checked first (by every process, alike):
   // a bad option or config leaves the file system as it was.
   try {
-    validate_train_options(o, ranks.root());
-    config = o.config.empty() ? default_model_config() : load_model_config(o.config);
+    validate_train_options(o);
+    config = o.config.empty() ? default_model_config() : load_any_model_config(o.config);
     if (o.vocab_size != 0) {
       config.vocab_size = o.vocab_size;
       config.validate();
@@ -919,6 +943,7 @@ TrainResult train(const TrainOptions& options, bool force, const Parallelism& pa
       check_tokenizer(Tokenizer(tok_path), tok_path, config);
     });
     if (ranks.comm) ranks.comm->broadcast(tokens_dir);
+    if (ranks.root()) warn_if_warmup_too_long(o);
     return run_steps(o, config, folder ? &*folder : nullptr, dir, tokens_dir, nullptr, stepped,
                      parallel);
   } catch (...) {
@@ -958,7 +983,7 @@ TrainResult resume_training(const std::string& given, const ResumeChanges& chang
     o.quiet = changes.quiet;
     step = state.at("step");
     apply_resume_changes(o, changes, step, dir, ranks.root());
-    validate_train_options(o, ranks.root());
+    validate_train_options(o);
     if (step < o.steps) {
       config = load_model_config(dir + "/config.json");
       if (o.seq_len > config.max_position_embeddings)
@@ -993,6 +1018,7 @@ TrainResult resume_training(const std::string& given, const ResumeChanges& chang
   on_root(ranks, [&] { tokens_dir = run_tokens_dir(dir, /*rebuild=*/true, o.quiet); });
   if (ranks.comm) ranks.comm->broadcast(tokens_dir);
   bool stepped = false;
+  if (ranks.root()) warn_if_warmup_too_long(o);
   return run_steps(o, config, folder ? &*folder : nullptr, dir, tokens_dir, &state, stepped,
                    parallel);
 }

@@ -28,7 +28,7 @@ struct TrainOptions {
   int64_t grad_accum = 1;
   float lr = 6e-3f;
   float min_lr = 6e-4f;  // a tenth of the peak
-  int64_t warmup = 75;   // 5% of the steps
+  int64_t warmup = 75;   // 5% of the steps; moe train's default is default_warmup(steps)
   float weight_decay = 0.1f;
   float beta2 = 0.95f;
   float grad_clip = 1.0f;
@@ -51,9 +51,13 @@ struct TrainOptions {
   bool copy_data = false;
 };
 
-// Checks every option's range (Error naming the option) and, when `warn`, warns about a
-// warm-up that the run never finishes. Touches no file.
-void validate_train_options(const TrainOptions& o, bool warn = true);
+// Checks every option's range (Error naming the option). Touches no file.
+void validate_train_options(const TrainOptions& o);
+
+// moe train's warm-up when --warmup is not given: 75 steps, or a tenth of a shorter run, so
+// that it stays well inside it. 75 measured better than 5% of the steps: a 900-step run of the
+// default config ends at validation loss 3.652 with 75, 3.762 with 45.
+int64_t default_warmup(int64_t steps);
 
 nlohmann::json train_options_to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const nlohmann::json& j);

@@ -15,7 +15,7 @@ MOE, CASES, SRC = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def bench(*args):
-    r = subprocess.run([MOE, "bench", "decode", "--prompt", "8", "--tokens", "4", "--json", *args],
+    r = subprocess.run([MOE, "bench", "decode", "--n-prompt", "8", "--n-gen", "4", "--json", *args],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)

@@ -82,7 +82,7 @@ def check_logits(prefix, env, work, case):
     tokens = ",".join(str(int(t)) for t in expected["tokens"].tolist())
     want = expected["logits"][-1].tolist()
     out = os.path.join(work, case + ".bin")
-    r = run(["logits", "--model", os.path.join(CASES, case), "--tokens", tokens, "--out", out],
+    r = run(["logits", "--model", os.path.join(CASES, case), "--ids", tokens, "--out", out],
             env=env, prefix=prefix)
     assert r.returncode == 0, r
     got = struct.unpack(f"<{len(want)}f", open(out, "rb").read())

@@ -193,7 +193,7 @@ def main():
         # Refusals: one line, exit 2, nothing written.
         empty_run = os.path.join(work, "empty_run")
         os.mkdir(empty_run)
-        refused("no checkpoint", "eval", "-m", empty_run, folder=work)
+        refused("is not a run folder", "eval", "-m", empty_run, folder=work)
         bad = os.path.join(work, "latin1.txt")
         with open(bad, "wb") as f:
             f.write(b"caf\xe9 au lait\n")

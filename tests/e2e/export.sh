@@ -37,8 +37,8 @@ grep -q '"eos_token_id": 2' "$work/hf/generation_config.json" || { echo "FAIL: e
 # The export runs in `moe` itself as a Hugging Face folder: the same next-token logits as the run
 # (within 1e-4: Qwen2-MoE's layout adds zero biases and routes by softmax, top-k, renormalise),
 # and its tokenizer.model generates (tokenizer_config.json: no BOS, as our runs).
-"$moe" logits --model "$work/run" --tokens 5,9,30,2 --out "$work/run.bin" 2> /dev/null
-"$moe" logits --model "$work/hf" --tokens 5,9,30,2 --out "$work/hf.bin" 2> /dev/null
+"$moe" logits --model "$work/run" --ids 5,9,30,2 --out "$work/run.bin" 2> /dev/null
+"$moe" logits --model "$work/hf" --ids 5,9,30,2 --out "$work/hf.bin" 2> /dev/null
 "$python" -c '
 import struct, sys
 a, b = (open(p, "rb").read() for p in sys.argv[1:3])

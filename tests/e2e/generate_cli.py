@@ -6,6 +6,7 @@ from standard input, --stop, the line at the context length, prefill and decode 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,8 +101,13 @@ def check_generate(work):
     print("ok: the context-length line")
     r = run("generate", "-m", model, "-p", "word " * 60, check=False)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
-    assert "more than the context of 32" in r.stderr, r.stderr
-    print("ok: a prompt longer than the context is one error line")
+    assert "more than the model's context of 32" in r.stderr, r.stderr
+    assert r.stdout == "", f"a refused prompt printed {r.stdout!r}"
+    print("ok: a prompt longer than the context is one error line, nothing on stdout")
+
+    check_prompt_and_seed(work, model)
+    check_logits_and_tokenize(work, model)
+    check_default_warmup(work, corpus)
 
     # --verbose with sequence routing: once the prompt has covered the route prefix, every
     # decoded token of a layer uses the same k experts, so exactly k distinct ones appear.
@@ -123,6 +129,92 @@ def check_generate(work):
     for line in layers:
         assert f": {k} distinct experts used" in line, line
     print(f"ok: --verbose, sequence routing keeps {k} experts per layer: {layers[0]}")
+
+
+def check_prompt_and_seed(work, model):
+    # -f FILE: the prompt from a file (its last newline is not part of it), as -p gives it.
+    prompt_file = os.path.join(work, "prompt.txt")
+    with open(prompt_file, "w") as f:
+        f.write("NAME\n")
+    fixed = ["-n", "8", "--seed", "5", "--threads", "1"]
+    assert run("generate", "-m", model, "-f", prompt_file, *fixed).stdout == \
+        run("generate", "-m", model, "-p", "NAME", *fixed).stdout
+    print("ok: -f FILE reads the prompt from a file")
+
+    # Text that is not UTF-8 is refused, naming the byte, with nothing on stdout.
+    r = subprocess.run([MOE, "generate", "-m", model, "-p", b"abc\xff\xfe"], capture_output=True)
+    assert r.returncode == 2 and r.stdout == b"", (r.returncode, r.stdout)
+    assert b"not UTF-8 text (byte 3 is 0xff)" in r.stderr, r.stderr
+    print("ok: a prompt that is not UTF-8 is refused")
+
+    # --seed: -1 and the default draw a random seed (printed with -v); a fixed one repeats; one
+    # beyond 64 bits is refused.
+    samples = set()
+    for _ in range(3):
+        r = run("generate", "-m", model, "-p", "NAME", "-n", "12", "--temperature", "1.5", "-v")
+        seeds = [line for line in r.stderr.splitlines() if line.startswith("seed: ")]
+        assert len(seeds) == 1, r.stderr
+        samples.add(r.stdout)
+    assert len(samples) > 1, "the default seed gave the same sample three times"
+    for bad in ("99999999999999999999999", "-2", "x"):
+        r = run("generate", "-m", model, "-p", "NAME", "--seed", bad, check=False)
+        assert r.returncode == 2 and "--seed must be -1 (random) or an integer" in r.stderr, r.stderr
+    print("ok: --seed -1 (the default) is random, and a seed beyond 64 bits is refused")
+
+    # Inference needs the model, config and tokenizer only: no optimizer state.
+    slim = os.path.join(work, "slim")
+    shutil.copytree(model, slim)
+    os.remove(os.path.join(slim, "optimizer.safetensors"))
+    assert run("generate", "-m", slim, "-p", "NAME", *fixed).stdout == \
+        run("generate", "-m", model, "-p", "NAME", *fixed).stdout
+    print("ok: a run folder without optimizer.safetensors generates")
+
+    # A tokenizer file that is not one: the reason in words, not sentencepiece's source lines.
+    with open(os.path.join(slim, "tokenizer.model"), "wb") as f:
+        f.write(b"garbage")
+    r = run("generate", "-m", slim, "-p", "NAME", check=False)
+    assert r.returncode == 2 and "is not a sentencepiece model" in r.stderr, r.stderr
+    assert ".cc(" not in r.stderr and "Internal" not in r.stderr, r.stderr
+
+
+def check_logits_and_tokenize(work, model):
+    # tokenize: ids and pieces; --ids-only is what logits --ids takes; logits -p gives the same.
+    r = run("tokenize", "-m", model, "-p", "NAME ls")
+    lines = r.stdout.splitlines()
+    assert lines and all(re.match(r'^ *\d+ ".*"$', line) for line in lines), r.stdout
+    ids = run("tokenize", "-m", model, "-p", "NAME ls", "--ids-only").stdout.strip()
+    assert ids == ",".join(line.split()[0] for line in lines), (ids, lines)
+    as_json = json.loads(run("tokenize", "-m", model, "-p", "NAME ls", "--json").stdout)
+    assert ",".join(map(str, as_json["ids"])) == ids and len(as_json["pieces"]) == len(lines)
+    by_ids = os.path.join(work, "ids.f32")
+    run("logits", "-m", model, "--ids", ids, "-o", by_ids)
+    # -o - writes the floats to standard output, and no file named "-".
+    r = subprocess.run([MOE, "logits", "-m", model, "-p", "NAME ls", "-o", "-"], capture_output=True,
+                       cwd=work)
+    assert r.returncode == 0, r.stderr
+    with open(by_ids, "rb") as f:
+        assert r.stdout == f.read(), "logits -p TEXT -o - differ from logits --ids"
+    assert not os.path.exists(os.path.join(work, "-"))
+    print(f"ok: tokenize ({len(lines)} tokens) and logits -p / --ids / -o -")
+
+
+def check_default_warmup(work, corpus):
+    # A short run's default warm-up shrinks to a tenth of it, with no warning; an explicit
+    # warm-up as long as the run is warned about, once every check has passed.
+    short = os.path.join(work, "short")
+    tiny = os.path.join(SRC, "tests/cases/tiny_model.json")
+    common = ["--config", tiny, "--corpus", corpus, "--steps", "20", "--batch-size", "2",
+              "--seq-len", "16", "--eval-every", "20", "--quiet", "--no-sample"]
+    r = run("train", "--out", short, *common)
+    assert "warm-up" not in r.stderr, r.stderr
+    with open(os.path.join(short, "trainer_state.json")) as f:
+        assert json.load(f)["options"]["warmup"] == 2
+    r = run("train", "--out", os.path.join(work, "long_warmup"), "--warmup", "20", *common)
+    assert "warning: the warm-up (20 steps) is not shorter than the run" in r.stderr, r.stderr
+    r = run("train", "--out", os.path.join(work, "refused"), "--warmup", "20", *common,
+            "--seq-len", "4096", check=False)
+    assert r.returncode == 2 and "warm-up" not in r.stderr, r.stderr
+    print("ok: the default warm-up of a short run, and the warning for an explicit one")
 
 
 if __name__ == "__main__":

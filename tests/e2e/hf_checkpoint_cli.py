@@ -39,7 +39,7 @@ def main():
             tokens = ",".join(str(int(t)) for t in expected["tokens"].tolist())
             want = expected["logits"][-1].tolist()
             out = os.path.join(work, case + ".bin")
-            r = run("logits", "--model", os.path.join(CASES, case), "--tokens", tokens, "--out", out)
+            r = run("logits", "--model", os.path.join(CASES, case), "--ids", tokens, "--out", out)
             assert r.returncode == 0, f"{case}: {r.stderr}"
             data = open(out, "rb").read()
             assert len(data) == 4 * len(want), f"{case}: {len(data)} bytes for {len(want)} logits"
@@ -49,9 +49,9 @@ def main():
             print(f"ok: moe logits {case} matches the reference")
 
         folder = os.path.join(CASES, "olmoe_f32")
-        one_line_error(["logits", "--model", folder, "--tokens", "3,97", "--out", os.path.join(work, "x")],
+        one_line_error(["logits", "--model", folder, "--ids", "3,97", "--out", os.path.join(work, "x")],
                        "id 97 (position 1) is outside the vocabulary [0, 97)")
-        one_line_error(["logits", "--model", folder, "--tokens", "-1", "--out", os.path.join(work, "x")],
+        one_line_error(["logits", "--model", folder, "--ids", "-1", "--out", os.path.join(work, "x")],
                        "outside the vocabulary")
 
         one_line_error(["export", "--model", folder, "--out", os.path.join(work, "again")],
@@ -86,7 +86,7 @@ def main():
         config["model_type"] = "deepseek_v3"
         with open(os.path.join(copy, "config.json"), "w") as f:
             json.dump(config, f)
-        one_line_error(["logits", "--model", copy, "--tokens", "1", "--out", os.path.join(work, "x")],
+        one_line_error(["logits", "--model", copy, "--ids", "1", "--out", os.path.join(work, "x")],
                        "model_type 'deepseek_v3' is not supported")
     finally:
         shutil.rmtree(work)

@@ -6,6 +6,7 @@ Chromium. Checks: no console message, every chart's <svg> present with data mark
 a PNG screenshot written (argument 3's folder, report_screenshot.png). Bad input: one line,
 exit 2, nothing written. Exits 77 (ctest: skipped) only when chromium is not installed."""
 import gzip
+import hashlib
 import html.parser
 import json
 import os
@@ -58,7 +59,33 @@ try:
     train(moe_run, tiny)
     train(dense_run, dense_json)
     train(other_vocab, tiny, "--vocab-size", "380")
-    eval_json = os.path.join(src, "tests", "fixtures", "report_eval_tiny.json")
+    # A hand-made evaluation with every section filled, marked as the evaluation of moe_run's
+    # checkpoint (its step and model digest, as `moe eval --json` records them).
+    with open(os.path.join(src, "tests", "fixtures", "report_eval_tiny.json")) as f:
+        fixture = json.load(f)
+
+    def evaluation_of(run_dir, name, **changes):
+        with open(os.path.join(run_dir, "model.safetensors"), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        with open(os.path.join(run_dir, "trainer_state.json")) as f:
+            step = json.load(f)["step"]
+        data = dict(fixture, checkpoint={"step": step, "model_sha256": digest}, **changes)
+        path = os.path.join(work, name)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        return path
+
+    eval_json = evaluation_of(moe_run, "eval.json")
+    eval_of_dense = evaluation_of(dense_run, "eval_dense.json")
+    empty_eval = os.path.join(work, "empty.json")
+    with open(empty_eval, "w") as f:
+        f.write("{}")
+    no_loss = evaluation_of(moe_run, "no_loss.json")
+    with open(no_loss) as f:
+        data = json.load(f)
+    del data["loss"]
+    with open(no_loss, "w") as f:
+        json.dump(data, f)
 
     # Refusals: one line, exit 2, no file.
     no_metrics = os.path.join(work, "no_metrics")
@@ -73,6 +100,11 @@ try:
         ("no metrics.jsonl", ["--model", no_metrics, "--eval", eval_json]),
         ("vocab_size", ["--model", moe_run, "--compare", other_vocab, "--eval", eval_json]),
         ("not a JSON object", ["--model", moe_run, "--eval", not_object]),
+        # An evaluation of another run, an empty one and one cut short are refused, never shown
+        # as this run's.
+        ("another checkpoint", ["--model", moe_run, "--eval", eval_of_dense]),
+        ("lacks 'model'", ["--model", moe_run, "--eval", empty_eval]),
+        ("lacks 'loss'", ["--model", moe_run, "--eval", no_loss]),
     ]:
         r = run([moe, "report", *args, "--out", refused])
         err = r.stderr.strip().splitlines()

@@ -1,0 +1,83 @@
+#include "cli/prompt.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "model/config.h"
+#include "model/hf_checkpoint.h"
+#include "tensor/error.h"
+#include "train/data.h"
+
+namespace moe::cli {
+
+void add_prompt_options(CLI::App& command, PromptOptions& prompt) {
+  prompt.text_option =
+      command.add_option("-p,--prompt", prompt.text, "Prompt text; - reads standard input");
+  prompt.file_option = command.add_option("-f,--file", prompt.file, "Read the prompt from FILE")
+                           ->check(CLI::ExistingFile);
+  prompt.text_option->excludes(prompt.file_option);
+}
+
+bool prompt_given(const PromptOptions& prompt) {
+  return prompt.text_option->count() > 0 || prompt.file_option->count() > 0;
+}
+
+std::string read_prompt(const PromptOptions& prompt) {
+  std::string text;
+  std::string what = "the prompt";
+  bool from_stream = true;  // a file or standard input, whose last newline is not the prompt's
+  if (prompt.file_option->count() > 0) {
+    std::ifstream in(prompt.file, std::ios::binary);
+    if (!in) throw Error("cannot read --file '" + prompt.file + "'");
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    text = bytes.str();
+    what = "--file '" + prompt.file + "'";
+  } else if (prompt.text_option->count() > 0) {
+    text = prompt.text;
+    from_stream = text == "-";
+    if (from_stream) {
+      text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+      what = "the prompt on standard input";
+    }
+  } else {
+    throw Error("give a prompt: -p TEXT, -p - (standard input) or -f FILE");
+  }
+  // The newline that `echo` and editors add ends the input; it is not part of the prompt.
+  if (from_stream && text.ends_with('\n')) text.pop_back();
+  require_utf8(text, what);
+  return text;
+}
+
+namespace {
+
+// Whether prompts start with BOS: a Hugging Face folder's sentencepiece tokenizer adds it unless
+// tokenizer_config.json says add_bos_token false (as `moe export` writes); our runs never do.
+bool prompt_starts_with_bos(const std::string& dir, const FolderTokenizer& t) {
+  if (!is_hf_checkpoint(dir) || t.bos_id() < 0) return false;
+  const std::string path = dir + "/tokenizer_config.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return true;
+  const nlohmann::json j = read_json_file(path, "tokenizer config");
+  if (!j.is_object() || !j.contains("add_bos_token")) return true;
+  if (!j.at("add_bos_token").is_boolean())
+    throw Error("tokenizer config '" + path + "': add_bos_token must be true or false");
+  return j.at("add_bos_token").get<bool>();
+}
+
+}  // namespace
+
+std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer& tokenizer,
+                                   std::string_view text) {
+  std::vector<int32_t> ids = tokenizer.encode(text);
+  if (prompt_starts_with_bos(dir, tokenizer)) ids.insert(ids.begin(), tokenizer.bos_id());
+  if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
+  return ids;
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,37 @@
+#pragma once
+// The prompt options `generate`, `logits` and `tokenize` share: -p/--prompt TEXT (- reads
+// standard input) or -f/--file FILE. The text is checked to be UTF-8 and encoded as the model
+// folder says: its tokenizer, and BOS first where a Hugging Face folder's tokenizer adds it.
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "train/folder_tokenizer.h"
+
+namespace moe::cli {
+
+struct PromptOptions {
+  std::string text;  // --prompt; "-" = standard input
+  std::string file;  // --file
+  CLI::Option* text_option = nullptr;
+  CLI::Option* file_option = nullptr;
+};
+
+// Adds -p/--prompt and -f/--file (one or the other) to `command`.
+void add_prompt_options(CLI::App& command, PromptOptions& prompt);
+
+// Whether either option was given.
+bool prompt_given(const PromptOptions& prompt);
+
+// The prompt's text. Throws Error when neither option was given, the file cannot be read, or
+// the text is not UTF-8 (naming the byte).
+std::string read_prompt(const PromptOptions& prompt);
+
+// `text` as model folder `dir`'s ids: BOS first where the folder's tokenizer adds it; an empty
+// prompt is end-of-text alone (token 0 for a tokenizer that names none).
+std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer& tokenizer,
+                                   std::string_view text);
+
+}  // namespace moe::cli
