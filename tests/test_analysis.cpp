@@ -19,6 +19,7 @@
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#include "train/training_record.h"
 
 namespace moe {
 namespace {
@@ -310,7 +311,8 @@ TEST(Eval, TinyRunFiguresAndSaturationOfIdenticalCheckpoints) {
   fs::create_directories(dir + "/nothing");
   o.text.clear();
   o.model = dir + "/nothing";
-  EXPECT_NE(error_of([&] { evaluate_run(o); }).find("is not a run folder (no config.json)"), std::string::npos);
+  EXPECT_NE(error_of([&] { evaluate_run(o); }).find("is not a run folder (no config.json)"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "train/token_cache.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
+#include "train/training_record.h"
 
 namespace moe {
 namespace fs = std::filesystem;
@@ -654,19 +655,6 @@ void require_eval_of_run(const nlohmann::json& eval, const std::string& file,
   }
 }
 
-std::optional<double> tokens_to_reach(const std::vector<std::pair<int64_t, double>>& curve,
-                                      double target) {
-  for (size_t i = 0; i < curve.size(); ++i) {
-    const auto [tokens, loss] = curve[i];
-    if (!(loss <= target)) continue;
-    if (i == 0) return double(tokens);
-    const auto [t0, l0] = curve[i - 1];
-    const double f = l0 > loss ? (l0 - target) / (l0 - loss) : 1.0;
-    return double(t0) + f * double(tokens - t0);
-  }
-  return std::nullopt;
-}
-
 ParamCount run_param_count(const std::string& dir, const ModelConfig& config) {
   int64_t seq = std::min<int64_t>(TrainOptions{}.seq_len, config.max_position_embeddings);
   if (std::filesystem::exists(dir + "/trainer_state.json"))
@@ -710,21 +698,11 @@ CompareResult compare_runs(const std::vector<std::string>& models) {
     run.active_flops_per_token = pc.forward_flops_per_token;
     run.total_params = pc.total;
     run.active_params = pc.active;
-    run.final_val_loss = std::numeric_limits<double>::quiet_NaN();
-    std::ifstream in(dir + "/metrics.jsonl");
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (!j.is_object()) continue;  // a line torn by a kill
-      if (j.contains("step") && j["step"].is_number_integer()) run.final_step = j["step"];
-      if (j.contains("tokens") && j["tokens"].is_number_integer()) {
-        run.training_tokens = j["tokens"];
-        if (j.contains("val_loss") && j["val_loss"].is_number()) {
-          run.final_val_loss = j["val_loss"];
-          run.val_curve.emplace_back(run.training_tokens, run.final_val_loss);
-        }
-      }
-    }
+    const TrainingRecord record = read_training_record(dir);
+    run.final_step = record.final_step;
+    run.training_tokens = record.training_tokens;
+    run.final_val_loss = record.final_val_loss;
+    run.val_curve = record.val_curve;
     res.runs.push_back(std::move(run));
   }
   res.reach.assign(res.runs.size(), std::vector<std::optional<double>>(res.runs.size()));

@@ -149,9 +149,4 @@ CompareResult compare_runs(const std::vector<std::string>& models);
 ParamCount run_param_count(const std::string& dir, const ModelConfig& config);
 nlohmann::json compare_to_json(const CompareResult& result);
 
-// Tokens to reach `target` on a (tokens, loss) curve: the first logged point at or below it,
-// interpolated linearly from the point before; nullopt when no point reaches it.
-std::optional<double> tokens_to_reach(const std::vector<std::pair<int64_t, double>>& curve,
-                                      double target);
-
 }  // namespace moe

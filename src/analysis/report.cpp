@@ -67,28 +67,16 @@ std::vector<std::string> expert_names(size_t experts) {
 
 // The final validation loss logged in metrics.jsonl; NaN when none.
 double final_val_loss(const RunData& run) {
-  double v = kNaN;
-  for (const json& line : run.metrics)
-    if (const json* f = field(line, "val_loss"); f && f->is_number()) v = f->get<double>();
-  return v;
+  return run.training.final_val_loss;
 }
 
 double final_tokens(const RunData& run) {
-  double v = kNaN;
-  for (const json& line : run.metrics)
-    if (const json* f = field(line, "tokens"); f && f->is_number()) v = f->get<double>();
-  return v;
+  return run.training.metrics.empty() ? kNaN : double(run.training.training_tokens);
 }
 
-// Training tokens at the first validation at or below `target`; nullopt when never.
+// Training tokens to reach `target`, by moe eval's rule (train/training_record.h).
 std::optional<double> tokens_to_reach(const RunData& run, double target) {
-  for (const json& line : run.metrics) {
-    const json* v = field(line, "val_loss");
-    const json* t = field(line, "tokens");
-    if (v && t && v->is_number() && t->is_number() && v->get<double>() <= target)
-      return t->get<double>();
-  }
-  return std::nullopt;
+  return moe::tokens_to_reach(run.training.val_curve, target);
 }
 
 std::string describe_model(const ModelConfig& c) {
@@ -132,7 +120,7 @@ std::string loss_section(const ReportInputs& in) {
   for (size_t i = 0; i < runs.size(); ++i) {
     svg::Series train{runs[i]->name + " train", {}, {}, int64_t(i), false, false};
     svg::Series valid{runs[i]->name + " validation", {}, {}, int64_t(i), true, true};
-    for (const json& line : runs[i]->metrics) {
+    for (const json& line : runs[i]->training.metrics) {
       const json* t = field(line, "tokens");
       if (!t || !t->is_number()) continue;
       if (const json* l = field(line, "loss"); l && l->is_number()) {
@@ -163,7 +151,7 @@ struct LoadHistory {
 
 std::vector<LoadHistory> load_histories(const RunData& run) {
   std::vector<LoadHistory> out;
-  for (const json& line : run.metrics) {
+  for (const json& line : run.training.metrics) {
     const json* experts = field(line, "experts");
     const json* step = field(line, "step");
     if (!experts || !experts->is_array() || !step || !step->is_number()) continue;
@@ -570,7 +558,7 @@ std::string compute_section(const ReportInputs& in) {
   std::vector<svg::Series> valid;
   for (size_t i = 0; i < runs.size(); ++i) {
     svg::Series s{runs[i]->name, {}, {}, int64_t(i), false, true};
-    for (const json& line : runs[i]->metrics) {
+    for (const json& line : runs[i]->training.metrics) {
       const json* t = field(line, "tokens");
       const json* v = field(line, "val_loss");
       if (t && v && t->is_number() && v->is_number()) {
@@ -589,7 +577,8 @@ std::string compute_section(const ReportInputs& in) {
   if (runs.size() > 1) {
     body +=
         "<table><tr><th>run</th><th>reaches the final validation loss of</th><th>at (training "
-        "tokens, first validation at or below)</th><th>which that run needed (training "
+        "tokens, interpolated between validations as moe eval does)</th><th>which that run needed "
+        "(training "
         "tokens)</th></tr>";
     for (const RunData* a : runs)
       for (const RunData* b : runs) {
@@ -656,14 +645,7 @@ RunData load_run_data(const std::string& dir) {
   run.name = fs::path(trimmed).filename().string();
   run.config = load_model_config(dir + "/config.json");
   run.params = run_param_count(dir, run.config);  // the figures `moe eval` quotes
-  std::ifstream in(dir + "/metrics.jsonl");
-  if (!in) throw Error("run '" + dir + "' has no metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object()) run.metrics.push_back(std::move(j));  // a line torn by a kill is skipped
-  }
-  if (run.metrics.empty()) throw Error("run '" + dir + "': metrics.jsonl holds no metrics line");
+  run.training = read_training_record(dir);
   return run;
 }
 

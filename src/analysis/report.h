@@ -10,6 +10,7 @@
 
 #include "model/config.h"
 #include "model/param_count.h"
+#include "train/training_record.h"
 
 namespace moe {
 
@@ -18,8 +19,8 @@ struct RunData {
   std::string dir;   // as given
   std::string name;  // the folder's last component
   ModelConfig config;
-  ParamCount params;                    // at the config's context
-  std::vector<nlohmann::json> metrics;  // metrics.jsonl's lines, in order (torn lines skipped)
+  ParamCount params;        // at the config's context
+  TrainingRecord training;  // metrics.jsonl, read as moe eval reads it
 };
 
 // Reads config.json and metrics.jsonl of `dir`; Error when either is missing or holds nothing

@@ -121,6 +121,32 @@ try:
     if r.returncode != 0 or page not in r.stdout:
         fail(f"report exited {r.returncode}: {r.stdout} {r.stderr}")
 
+    # `moe eval A B` and the report quote the same "tokens to reach" figure for each pair.
+    r = run([moe, "eval", "-m", moe_run, "-m", dense_run, "--json"])
+    if r.returncode != 0:
+        fail(f"eval of two runs exited {r.returncode}: {r.stderr}")
+    compared = json.loads(r.stdout)["runs"]
+    with open(page) as f:
+        page_html = f.read()
+
+    def si(v):  # the report's number format (svg::format_number, 3 digits)
+        for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(v) >= scale:
+                return "%.3g%s" % (v / scale, suffix)
+        return "%.3g" % v
+
+    for a in compared:
+        for b_model, tokens in a["tokens_to_reach"].items():
+            a_name, b_name = os.path.basename(a["model"]), os.path.basename(b_model)
+            shown = "not reached" if tokens is None else si(tokens)
+            cells = f"<td>{a_name}</td><td>{b_name} ("
+            row = page_html[page_html.find(cells):]
+            if cells not in page_html or not row.split("</td><td>")[2].startswith(shown):
+                fail(f"the report's tokens for {a_name} to reach {b_name} differ from eval's "
+                     f"{shown}: {row[:200]}")
+    print("eval and the report agree on tokens to reach:",
+          [(a["model"], a["tokens_to_reach"]) for a in compared])
+
     browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--user-data-dir=" + os.path.join(work, "profile"), "--enable-logging=stderr",
                "--v=0"]
