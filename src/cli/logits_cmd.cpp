@@ -9,6 +9,7 @@
 #include "model/hf_checkpoint.h"
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
+#include "tensor/safetensors.h"
 #include "train/checkpoint.h"
 
 namespace moe::cli {
@@ -24,6 +25,12 @@ CLI::App* add_logits_command(CLI::App& app, LogitsCommand& c) {
           ->delimiter(',');
   add_prompt_options(*cmd, c.prompt);
   ids->excludes(c.prompt.text_option)->excludes(c.prompt.file_option);
+  cmd->add_option("--dump", c.dump,
+                  "Also keep these intermediates of the forward, comma-separated: blk.N.attn_out, "
+                  "blk.N.moe.router_logits, blk.N.moe.experts, blk.N.ffn_out, norm_out, or all "
+                  "(the prompt then runs as one batch)")
+      ->delimiter(',');
+  cmd->add_option("--dump-out", c.dump_out, "The safetensors file --dump writes (fp32)");
   cmd->add_option("-o,--out", c.out,
                   "File to write (vocab_size float32 values); - writes to standard output")
       ->required();
@@ -63,12 +70,30 @@ std::vector<float> last_logits(const LogitsCommand& c, size_t& prompt_tokens) {
   const std::string& dir = c.model;
   if (c.ids.empty() && !prompt_given(c.prompt))
     throw Error("give the prompt: --ids 1,2,3, -p TEXT or -f FILE");
+  if (c.dump.empty() != c.dump_out.empty())
+    throw Error("--dump and --dump-out go together: the names, and the file they go to");
   if (!is_hf_checkpoint(dir)) recover_for_reading(dir);  // a run's interrupted save, as generate
   const OpenedModel m = open_model(dir);
   const std::vector<int32_t> ids = prompt_ids(c, m.config);
   prompt_tokens = ids.size();
   KvCache cache = m.model->make_cache(static_cast<int64_t>(ids.size()));
   std::vector<float> logits(static_cast<size_t>(m.config.vocab_size));
+  if (!c.dump.empty()) {
+    IntermediateDump dump;
+    for (const std::string& name : c.dump)
+      if (name != "all") dump.wanted.insert(name);
+    m.model->set_dump(&dump);
+    m.model->forward(ids, cache, logits);
+    m.model->set_dump(nullptr);
+    for (const std::string& name : dump.wanted)
+      if (!dump.tensors.contains(name))
+        throw Error("--dump: this model has no intermediate '" + name +
+                    "' (blk.N.attn_out, blk.N.moe.router_logits, blk.N.moe.experts, "
+                    "blk.N.ffn_out, norm_out)");
+    write_safetensors(c.dump_out, dump.tensors,
+                      {{"format", "pt"}, {"tokens", std::to_string(ids.size())}});
+    return logits;
+  }
   for (size_t i = 0; i < ids.size(); ++i)
     m.model->forward(std::span(ids).subspan(i, 1), cache, logits);
   return logits;

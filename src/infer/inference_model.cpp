@@ -277,6 +277,7 @@ void InferenceModel::moe_ffn(const Block& b, const float* x, const float* r, int
   const int64_t D = config_.hidden_size, E = m.num_experts;
   RoutingPlan& plan = last_routes_[static_cast<size_t>(b.moe_index)];
   route(b, r, rows, plan);
+  if (dump_) dump_routes(b, plan);
   if (cache_ && options_.prefetch) {
     // Pre-gating: the next MoE layer's router on this layer's input guesses its experts;
     // their reads overlap this layer's expert compute and the next attention.
@@ -313,6 +314,14 @@ void InferenceModel::moe_ffn(const Block& b, const float* x, const float* r, int
   if (b.shared_gate) bytes_read_ += D * static_cast<int64_t>(sizeof(float));
 }
 
+void InferenceModel::dump_routes(const Block& b, const RoutingPlan& plan) {
+  const std::string blk = "blk." + std::to_string(&b - blocks_.data()) + ".moe.";
+  dump_->keep(blk + "router_logits", router_logits_.data(), plan.tokens, plan.experts);
+  if (!plan.token_choice) return;  // expert choice: no fixed number of experts per token
+  std::vector<float> experts(plan.expert.begin(), plan.expert.end());
+  dump_->keep(blk + "experts", experts.data(), plan.tokens, plan.top_k);
+}
+
 const float* InferenceModel::router_input(const Block& b, const float* n, int64_t rows,
                                           KvCache& cache) {
   const MoeConfig& m = *config_.moe;
@@ -330,6 +339,14 @@ const float* InferenceModel::router_input(const Block& b, const float* n, int64_
     for (int64_t d = 0; d < D; ++d) route_in_[t * D + d] = sum[d] / count;
   }
   return route_in_.data();
+}
+
+void IntermediateDump::keep(const std::string& name, const float* data, int64_t rows,
+                            int64_t cols) {
+  if (!wants(name)) return;
+  Tensor t({rows, cols});
+  std::copy(data, data + rows * cols, t.data());
+  tensors.insert_or_assign(name, std::move(t));
 }
 
 void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
@@ -357,7 +374,7 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
   for (int64_t t = 0; t < T; ++t)
     for (int64_t d = 0; d < D; ++d) x_[t * D + d] = widen(embed_, int64_t{tokens[t]} * D + d);
   bytes_read_ += T * D * static_cast<int64_t>(dtype_bytes(embed_.dtype));
-  if (T == 1) return decode_step(cache, logits);
+  if (T == 1 && !dump_) return decode_step(cache, logits);
 
   const auto rows = [](Tensor& t, int64_t n, int64_t width) {
     return t.span().subspan(0, static_cast<size_t>(n * width));
@@ -379,6 +396,8 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
                        ctx_.span().subspan(size_t(t * H * hd), size_t(H * hd)));
     }
     linear(b.o, ctx_.data(), T, H * hd, out_.data(), D);
+    const std::string blk = "blk." + std::to_string(l) + ".";
+    if (dump_) dump_->keep(blk + "attn_out", out_.data(), T, D);
     for (int64_t i = 0; i < T * D; ++i) x_[i] += out_[i];
 
     rmsnorm_forward(T, D, config_.rms_norm_eps, rows(x_, T, D), {b.ffn_norm, size_t(D)},
@@ -387,9 +406,16 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
       moe_ffn(b, n_.data(), router_input(b, n_.data(), T, cache), T, out_.data());
     else
       swiglu(b.dense, n_.data(), T, out_.data());
+    if (dump_) dump_->keep(blk + "ffn_out", out_.data(), T, D);
     for (int64_t i = 0; i < T * D; ++i) x_[i] += out_[i];
   }
   cache.length += T;
+  if (dump_ && dump_->wants("norm_out")) {
+    Tensor normed({T, D}), rstd({T, 1});
+    rmsnorm_forward(T, D, config_.rms_norm_eps, rows(x_, T, D), {final_norm_, size_t(D)},
+                    normed.span(), rstd.span());
+    dump_->keep("norm_out", normed.data(), T, D);
+  }
 
   // Only the last position's logits are wanted: one row through the final norm and head.
   ensure(last_, 1, D);

@@ -21,7 +21,9 @@
 // sigmoid(x w_g) where the model has that gate). Optional per model, found by name: q/k/v
 // biases, q/k RMSNorm over the whole projection.
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -51,6 +53,23 @@ struct InferenceOptions {
   // Run the next MoE layer's router on the current layer's input and start reading the
   // experts it picks while this layer computes (pre-gated MoE).
   bool prefetch = false;
+};
+
+// Intermediates of a forward kept by name, as ggml names its tensors, for comparison with
+// another implementation's hooks (`moe logits --dump`). Per block l:
+//   blk.l.attn_out          [T, D]  attention's output projection, before the residual add
+//   blk.l.moe.router_logits [T, E]  the router's logits (MoE blocks)
+//   blk.l.moe.experts       [T, k]  the experts each token chose, highest score first, as
+//                                   floats (token choice; expert choice has no fixed k)
+//   blk.l.ffn_out           [T, D]  the FFN's output (dense, or routed plus shared experts)
+//   norm_out                [T, D]  the final RMSNorm's output
+// A forward with a dump runs every token through the batched path, one token too.
+struct IntermediateDump {
+  std::set<std::string> wanted;  // names to keep; empty = every one
+  std::map<std::string, Tensor> tensors;
+  bool wants(const std::string& name) const { return wanted.empty() || wanted.contains(name); }
+  // Keeps [rows, cols] of `data` under `name` when wanted.
+  void keep(const std::string& name, const float* data, int64_t rows, int64_t cols);
 };
 
 // What a sequence carries from one forward to the next.
@@ -85,6 +104,8 @@ class InferenceModel {
   // each token's experts in ascending order, as many as reach their thresholds.
   const RoutingPlan& last_routes(int64_t moe_layer) const;
   const ModelConfig& config() const { return config_; }
+  // Intermediates of the following forwards go to `dump` (nullptr: none); it must outlive them.
+  void set_dump(IntermediateDump* dump) { dump_ = dump; }
   // Hits, misses and bytes read from storage; nullptr without an expert cache.
   const ExpertCache* expert_cache() const { return cache_.get(); }
 
@@ -139,6 +160,8 @@ class InferenceModel {
   void moe_ffn(const Block& b, const float* x, const float* r, int64_t rows, float* out);
   // The routes of MoE block b for router inputs r[rows, D] into `plan`.
   void route(const Block& b, const float* r, int64_t rows, RoutingPlan& plan);
+  // The routes of `plan` (from route(), its logits still in router_logits_) into dump_.
+  void dump_routes(const Block& b, const RoutingPlan& plan);
   ExpertWeights expert_weights(const Block& b, int64_t e);
   // Binding the weights: each tensor's name, shape and dtype checked as it is found.
   void bind_attention(Block& b, const std::string& layer_prefix);
@@ -168,6 +191,7 @@ class InferenceModel {
   // Scratch, grown to the largest forward (scores_: one row of positions per thread).
   Tensor x_, n_, qkv_, ctx_, out_, rstd_, scores_, gate_act_, up_, rows_in_, rows_out_,
       router_logits_, last_, route_in_;
+  IntermediateDump* dump_ = nullptr;
   Tensor step_route_n_;  // [MoE layers, D] decode step: each layer's input, for sequence sums
   // The decode step's routing: one per thread, and the pre-gating guess.
   std::vector<TokenRoute> routes_;

@@ -31,6 +31,35 @@ def one_line_error(args, *expected):
     print(f"ok: refused: {lines[0]}")
 
 
+def check_dumps(work):
+    """`moe logits --dump all` against the PyTorch reference's intermediates under the same
+    names, for the fp32 folder of each architecture: every tensor within 1e-4 + 1e-4 |ref|, the
+    experts each token chose exactly."""
+    import torch
+    for case in ("mixtral_f32", "qwen2_moe_f32", "olmoe_f32"):
+        folder = os.path.join(CASES, case)
+        tokens = hf_reference.PROMPT
+        with torch.no_grad():
+            hf_reference.INTERMEDIATES.clear()
+            hf_reference.forward(folder, tokens)
+        want = dict(hf_reference.INTERMEDIATES)
+        dump = os.path.join(work, case + ".dump.safetensors")
+        r = run("logits", "-m", folder, "--ids", ",".join(map(str, tokens)), "--dump", "all",
+                "--dump-out", dump, "-o", os.path.join(work, case + ".dump.bin"))
+        assert r.returncode == 0, f"{case}: {r.stderr}"
+        got = hf_reference.read_safetensors(dump)
+        assert set(got) == set(want), f"{case}: names {sorted(set(got) ^ set(want))} differ"
+        for name, ref in want.items():
+            mine = got[name]
+            assert list(mine.shape) == list(ref.shape), f"{case} {name}: {mine.shape} vs {ref.shape}"
+            if name.endswith(".experts"):
+                assert torch.equal(mine, ref), f"{case} {name}: {mine.tolist()} vs {ref.tolist()}"
+                continue
+            worst = ((mine - ref).abs() - 1e-4 * ref.abs()).max().item()
+            assert worst <= 1e-4, f"{case} {name}: differs by {worst}"
+        print(f"ok: moe logits --dump all on {case}: {len(want)} intermediates match the reference")
+
+
 def main():
     work = tempfile.mkdtemp()
     try:
@@ -48,7 +77,12 @@ def main():
             assert worst <= 1e-4, f"{case}: logits differ by {worst}"
             print(f"ok: moe logits {case} matches the reference")
 
+        check_dumps(work)
+
         folder = os.path.join(CASES, "olmoe_f32")
+        one_line_error(["logits", "--model", folder, "--dump", "blk.0.nothing", "--dump-out",
+                        os.path.join(work, "d"), "--ids", "3", "--out", os.path.join(work, "x")],
+                       "no intermediate 'blk.0.nothing'")
         one_line_error(["logits", "--model", folder, "--ids", "3,97", "--out", os.path.join(work, "x")],
                        "id 97 (position 1) is outside the vocabulary [0, 97)")
         one_line_error(["logits", "--model", folder, "--ids", "-1", "--out", os.path.join(work, "x")],

@@ -185,6 +185,10 @@ def swiglu_mlp(w, prefix, x, width, names=("gate_proj", "up_proj", "down_proj"))
 # The smallest gap between the k-th and the (k+1)-th router probability seen since the last
 # reset: a near tie would make the choice of experts depend on rounding.
 ROUTER_GAP = [float("inf")]
+# With --dump: the forward's intermediates under moe's names (`moe logits --dump`), and the
+# block being run, which routed_experts names its router logits and picks after.
+INTERMEDIATES = {}
+CURRENT_BLOCK = [0]
 
 
 def routed_experts(w, prefix, x, num_experts, top_k, renormalise, width, names):
@@ -195,6 +199,8 @@ def routed_experts(w, prefix, x, num_experts, top_k, renormalise, width, names):
         ranked = torch.sort(probs, dim=-1, descending=True).values
         ROUTER_GAP[0] = min(ROUTER_GAP[0], (ranked[:, top_k - 1] - ranked[:, top_k]).min().item())
     gates, picks = torch.topk(probs, top_k, dim=-1)
+    INTERMEDIATES[f"blk.{CURRENT_BLOCK[0]}.moe.router_logits"] = logits
+    INTERMEDIATES[f"blk.{CURRENT_BLOCK[0]}.moe.experts"] = picks.to(torch.float32)
     if renormalise:
         gates = gates / gates.sum(dim=-1, keepdim=True)
     out = torch.zeros_like(x)
@@ -277,12 +283,18 @@ def forward(folder, tokens):
     x = embed[torch.tensor(tokens, dtype=torch.int64)]
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
+        CURRENT_BLOCK[0] = layer
         normed = rms_norm(x, w.take(p + "input_layernorm.weight", [D]), eps)
-        x = x + self_attention(cfg, w, p + "self_attn.", normed, qkv_bias, qk_norm=kind == "olmoe")
+        attn = self_attention(cfg, w, p + "self_attn.", normed, qkv_bias, qk_norm=kind == "olmoe")
+        INTERMEDIATES[f"blk.{layer}.attn_out"] = attn
+        x = x + attn
         normed = rms_norm(x, w.take(p + "post_attention_layernorm.weight", [D]), eps)
         ffn = {"mixtral": mixtral_ffn, "qwen2_moe": qwen2_moe_ffn, "olmoe": olmoe_ffn}[kind]
-        x = x + ffn(cfg, w, layer, normed)
+        ffn_out = ffn(cfg, w, layer, normed)
+        INTERMEDIATES[f"blk.{layer}.ffn_out"] = ffn_out
+        x = x + ffn_out
     x = rms_norm(x, w.take("model.norm.weight", [D]), eps)
+    INTERMEDIATES["norm_out"] = x
     head = embed if cfg.get("tie_word_embeddings") else w.take("lm_head.weight", [V, D])
     logits = x @ head.T
     if w.leftovers():
@@ -470,6 +482,8 @@ def main():
     parser.add_argument("--make", metavar="DIR", help="build the tiny test checkpoints here")
     parser.add_argument("--tokens", help="comma-separated token ids")
     parser.add_argument("--job", nargs=2, action="append", metavar=("FOLDER", "OUT"))
+    parser.add_argument("--dump", action="store_true",
+                        help="also write the intermediates under moe's --dump names")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.make:
@@ -488,7 +502,11 @@ def main():
             print(f"hf_reference: {folder}: {e}", file=sys.stderr)
             failed = True
             continue
-        write_safetensors(out, {"logits": logits})
+        tensors = {"logits": logits}
+        if args.dump:
+            tensors.update({k: v.contiguous() for k, v in INTERMEDIATES.items()})
+        INTERMEDIATES.clear()
+        write_safetensors(out, tensors)
         top = torch.topk(logits[-1], min(5, logits.shape[-1]))
         pairs = ", ".join(f"{i}:{v:.4f}" for v, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"{folder} ({kind}): last-position top logits {pairs}")
