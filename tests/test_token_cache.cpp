@@ -124,6 +124,35 @@ TEST(MemoryEstimate, CountsTheStateAndScalesWithTheBatch) {
   EXPECT_EQ(half.logits, at32.logits);
 }
 
+TEST(MemoryEstimate, InferenceCountsTheKvCacheAndEvaluationNoTrainingState) {
+  const ModelConfig config = default_model_config();
+  InferenceShape shape;
+  shape.positions = 200;
+  shape.prompt = 50;
+  const MemoryEstimate e = estimate_inference_memory(config, shape);
+  // Keys and values of every block, fp32: layers x positions x 2 x KV heads x head_dim x 4.
+  const uint64_t kv = uint64_t(config.num_hidden_layers) * 200 * 2 *
+                      uint64_t(config.num_key_value_heads * config.resolved_head_dim()) * 4;
+  EXPECT_EQ(e.kv_cache, kv);
+  EXPECT_EQ(e.logits, uint64_t(config.vocab_size) * 4);
+  EXPECT_EQ(e.parameters, 0u);  // the weights are mapped, not held
+  EXPECT_TRUE(contains(describe_memory_estimate(e), "KV cache"));
+  shape.positions = 400;
+  EXPECT_EQ(estimate_inference_memory(config, shape).kv_cache, 2 * kv);
+  // An expert cache holds N experts of each MoE layer (counted as fp32).
+  shape.cached_experts = 2;
+  const uint64_t expert = 3 * uint64_t(config.hidden_size * config.moe->moe_intermediate_size) * 4;
+  EXPECT_EQ(estimate_inference_memory(config, shape).parameters,
+            2 * uint64_t(config.num_moe_layers()) * expert);
+  // Evaluation holds the fp32 model and a forward's activations; no gradients or moments.
+  const MemoryEstimate eval = estimate_evaluation_memory(config, {32, 128, 2, 1});
+  const MemoryEstimate train = estimate_training_memory(config, {32, 128, 2, 1});
+  EXPECT_EQ(eval.parameters, train.parameters);
+  EXPECT_EQ(eval.activations, train.activations);
+  EXPECT_EQ(eval.gradients + eval.optimizer_state + eval.checkpoint, 0u);
+  EXPECT_LT(eval.total(), train.total());
+}
+
 TEST(MemoryEstimate, SaturatesInsteadOfWrapping) {
   ModelConfig config = default_model_config();
   config.vocab_size = int64_t{1} << 24;

@@ -12,9 +12,11 @@
 
 #include "analysis/routing_metrics.h"
 #include "model/checkpoint.h"
+#include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "tensor/error.h"
 #include "tensor/sha256.h"
+#include "tensor/threads.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/run_folder.h"
@@ -356,6 +358,28 @@ std::string display_piece(const std::string& piece) {
 
 }  // namespace
 
+namespace {
+
+// The fp32 model and one forward at the windows the run trained with, checked against the
+// memory this process may use before the model is loaded.
+void require_evaluation_memory(const std::string& dir) {
+  const ModelConfig config = load_model_config(dir + "/config.json");
+  TrainOptions trained;
+  if (fs::exists(dir + "/trainer_state.json"))
+    trained = train_options_from_json(
+        read_json_file(dir + "/trainer_state.json", "trainer state").at("options"));
+  TrainingShape shape;
+  shape.batch = trained.batch_size;
+  shape.seq = std::min(trained.seq_len, config.max_position_embeddings);
+  shape.threads = thread_count();
+  require_memory(estimate_evaluation_memory(config, shape),
+                 "evaluating '" + dir + "' in batches of " + std::to_string(shape.batch) + " x " +
+                     std::to_string(shape.seq),
+                 available_memory(), "fewer --threads, or a machine with more memory");
+}
+
+}  // namespace
+
 EvalResult evaluate_run(const EvalOptions& o) {
   const std::string& dir = o.model;
   require_run_folder(dir);
@@ -376,6 +400,7 @@ EvalResult evaluate_run(const EvalOptions& o) {
 
   recover_for_reading(dir);
   if (!fs::exists(dir + "/model.safetensors")) throw no_checkpoint("model.safetensors");
+  require_evaluation_memory(dir);
   LoadedModel m = load_model(dir);
   Transformer& model = *m.model;
   if (tokenizer.vocab_size() != m.config.vocab_size)

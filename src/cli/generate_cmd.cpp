@@ -102,6 +102,11 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
     throw Error("the prompt has " + std::to_string(ids.size()) +
                 " tokens, more than the model's context of " +
                 std::to_string(config.max_position_embeddings));
+  const int64_t positions =
+      std::min(static_cast<int64_t>(ids.size()) + max_tokens, config.max_position_embeddings);
+  require_inference_memory(config, positions, static_cast<int64_t>(ids.size()),
+                           decoder_options.expert_cache,
+                           "generating " + std::to_string(positions) + " positions");
   // The stop text is looked for in what follows the prompt only.
   const size_t prompt_chars = tokenizer.decode(ids).size();
   std::string printed;

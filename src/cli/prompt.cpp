@@ -10,7 +10,9 @@
 
 #include "model/config.h"
 #include "model/hf_checkpoint.h"
+#include "model/memory_estimate.h"
 #include "tensor/error.h"
+#include "tensor/threads.h"
 #include "train/data.h"
 
 namespace moe::cli {
@@ -78,6 +80,17 @@ std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer
   if (prompt_starts_with_bos(dir, tokenizer)) ids.insert(ids.begin(), tokenizer.bos_id());
   if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
   return ids;
+}
+
+void require_inference_memory(const ModelConfig& config, int64_t positions, int64_t prompt,
+                              int64_t cached_experts, const std::string& what) {
+  InferenceShape shape;
+  shape.positions = positions;
+  shape.prompt = prompt;
+  shape.threads = thread_count();
+  shape.cached_experts = cached_experts;
+  require_memory(estimate_inference_memory(config, shape), what, available_memory(),
+                 "a shorter prompt, fewer tokens (-n) or a smaller --expert-cache");
 }
 
 }  // namespace moe::cli

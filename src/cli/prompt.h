@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "model/config.h"
 #include "train/folder_tokenizer.h"
 
 namespace moe::cli {
@@ -33,5 +34,11 @@ std::string read_prompt(const PromptOptions& prompt);
 // prompt is end-of-text alone (token 0 for a tokenizer that names none).
 std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer& tokenizer,
                                    std::string_view text);
+
+// Refuses in one line (OutOfMemory, exit 2) an inference run of `config` whose KV cache of
+// `positions`, prefill of `prompt` tokens and `cached_experts` per MoE layer cannot fit in the
+// memory this process may use (model/memory_estimate.h).
+void require_inference_memory(const ModelConfig& config, int64_t positions, int64_t prompt,
+                              int64_t cached_experts, const std::string& what);
 
 }  // namespace moe::cli

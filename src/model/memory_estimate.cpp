@@ -116,10 +116,16 @@ uint64_t MemoryEstimate::total() const {
 }
 
 std::vector<std::pair<std::string, uint64_t>> MemoryEstimate::parts() const {
-  std::vector<std::pair<std::string, uint64_t>> all = {
-      {"parameters", parameters},        {"gradients", gradients}, {"AdamW state", optimizer_state},
-      {"activations", activations},      {"logits", logits},       {"scratch", scratch},
-      {"checkpoint copies", checkpoint}, {"runtime", runtime},     {"headroom", headroom}};
+  std::vector<std::pair<std::string, uint64_t>> all = {{"parameters", parameters},
+                                                       {"gradients", gradients},
+                                                       {"AdamW state", optimizer_state},
+                                                       {"activations", activations},
+                                                       {"KV cache", kv_cache},
+                                                       {"logits", logits},
+                                                       {"scratch", scratch},
+                                                       {"checkpoint copies", checkpoint},
+                                                       {"runtime", runtime},
+                                                       {"headroom", headroom}};
   std::erase_if(all, [](const auto& part) { return part.second == 0; });
   return all;
 }
@@ -154,6 +160,47 @@ MemoryEstimate estimate_training_memory(const ModelConfig& c, const TrainingShap
   for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
   e.headroom = saturate(kHeadroom * counted);
   e.address_space = saturate(kAddressSpacePerExtraThread * (threads - 1));
+  return e;
+}
+
+MemoryEstimate estimate_evaluation_memory(const ModelConfig& c, const TrainingShape& s) {
+  MemoryEstimate e = estimate_training_memory(c, s);
+  e.gradients = e.optimizer_state = e.checkpoint = 0;
+  e.headroom = 0;
+  double counted = 0;
+  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
+  e.headroom = saturate(kHeadroom * counted);
+  return e;
+}
+
+MemoryEstimate estimate_inference_memory(const ModelConfig& c, const InferenceShape& s) {
+  const double D = double(c.hidden_size), hd = double(c.resolved_head_dim());
+  const double H = double(c.num_attention_heads), KV = double(c.num_key_value_heads);
+  const double W = (H + 2 * KV) * hd, T = double(std::max<int64_t>(s.prompt, 1));
+  double rows_per_token = 0, hidden = double(c.intermediate_size), router = 0, expert = 0;
+  if (c.moe) {
+    const MoeConfig& m = *c.moe;
+    rows_per_token = expert_rows_per_token(m);
+    hidden = std::max({hidden, double(m.moe_intermediate_size),
+                       double(m.n_shared_experts * m.shared_expert_intermediate_size)});
+    router = double(m.num_experts);
+    expert = 3.0 * D * double(m.moe_intermediate_size) * kFloat;
+  }
+  MemoryEstimate e;
+  e.kv_cache = saturate(double(c.num_hidden_layers) * double(s.positions) * 2 * KV * hd * kFloat);
+  // Prefill scratch: the stream, its norm and the block output; q/k/v and the attention
+  // context; router logits; the experts' gathered rows in and out and their SwiGLU hidden.
+  const double per_token = 3 * D + W + H * hd + router +
+                           std::max(1.0, rows_per_token) * (2 * D + 2 * hidden) + 2 * hidden;
+  e.activations = saturate(T * per_token * kFloat + double(s.positions) * kFloat);
+  e.logits = saturate(double(c.vocab_size) * kFloat);
+  e.parameters = saturate(double(s.cached_experts) * double(c.num_moe_layers()) * expert);
+  e.runtime = runtime_memory(std::max(s.threads, 1));
+  double counted = 0;
+  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
+  e.headroom = saturate(kHeadroom * counted);
+  e.mapped = s.mapped;
+  e.address_space = saturate(kAddressSpacePerExtraThread * (std::max(s.threads, 1) - 1));
   return e;
 }
 

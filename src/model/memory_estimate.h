@@ -29,7 +29,8 @@ namespace moe {
 
 struct MemoryEstimate {
   uint64_t parameters = 0, gradients = 0, optimizer_state = 0;
-  uint64_t activations = 0, logits = 0, scratch = 0, checkpoint = 0, runtime = 0, headroom = 0;
+  uint64_t activations = 0, kv_cache = 0, logits = 0, scratch = 0, checkpoint = 0, runtime = 0,
+           headroom = 0;
   uint64_t mapped = 0;         // read-only mapped files, not in total()
   uint64_t address_space = 0;  // reserved, never touched: counts only under ulimit -v / -d
 
@@ -49,6 +50,24 @@ struct TrainingShape {
 // Peak memory of one training process (the root, under expert parallelism) of `config` at
 // `shape`. Saturates at UINT64_MAX rather than wrapping.
 MemoryEstimate estimate_training_memory(const ModelConfig& config, const TrainingShape& shape);
+
+// Peak memory of `moe eval` on `config`: the fp32 model, and one evaluation forward at
+// shape.batch x shape.seq (what it keeps per token is what a training forward saves); no
+// gradients, no optimizer state.
+MemoryEstimate estimate_evaluation_memory(const ModelConfig& config, const TrainingShape& shape);
+
+struct InferenceShape {
+  int64_t positions = 0;  // the KV cache's length: prompt plus generated tokens
+  int64_t prompt = 0;     // tokens of the prefill, one batch
+  int threads = 1;
+  int64_t cached_experts = 0;  // --expert-cache: experts per MoE layer held in RAM (0: none)
+  uint64_t mapped = 0;         // bytes of the weight files mapped read-only
+};
+
+// Peak memory of the inference engine (generate, logits, bench decode) beyond its mapped
+// weights: the KV cache, the prefill's activations, the logits, the expert cache's experts
+// (counted as fp32, an upper bound) and the runtime; the mapped files are counted apart.
+MemoryEstimate estimate_inference_memory(const ModelConfig& config, const InferenceShape& shape);
 
 // The program's own memory before any model (binary, libraries, thread pools): part of
 // every estimate.
