@@ -2,6 +2,7 @@
 // the capacity formula.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -140,6 +141,37 @@ TEST(MoeConfig, CapacityIsExactForDecimalFactors) {
     const MoeConfig parsed = moe_config_from_json(moe_config_to_json(c));
     EXPECT_EQ(parsed.capacity(s.tokens, false), s.expected) << "eval cf " << s.cf << " via JSON";
   }
+}
+
+// Capacity is ceil(cf T k / E) on the factor as written in decimal (docs/FORMULAS.md), checked
+// here against integer arithmetic: cf = m / 10^d gives ceil(m T k / (10^d E)), capped at T. The
+// factors are every one of one or two decimals up to 3, at T up to 128: among these, the
+// product evaluated in double lands above an integer that the decimal product reaches (or a
+// few ulps off otherwise) in dozens of cases, counted so that the test keeps covering them.
+TEST(MoeConfig, CapacityIsTheDecimalCeilingWhereTheDoubleProductIsInexact) {
+  int64_t inexact_in_double = 0;
+  for (const int64_t scale : {10, 100})
+    for (int64_t m = 1; m <= 3 * scale; ++m) {
+      MoeConfig c;
+      c.capacity_factor = double(m) / double(scale);  // the double nearest the decimal m / 10^d
+      c.eval_capacity_factor = c.capacity_factor;
+      for (const int64_t experts : {2, 4, 8, 16, 64})
+        for (const int64_t k : {1, 2, 3}) {
+          c.num_experts = experts;
+          c.top_k = k;
+          for (int64_t tokens = 1; tokens <= 128; ++tokens) {
+            const int64_t numerator = m * tokens * k, denominator = scale * experts;
+            const int64_t expected = std::min((numerator + denominator - 1) / denominator, tokens);
+            const double in_double =
+                std::ceil(c.capacity_factor * double(tokens) * double(k) / double(experts));
+            inexact_in_double += std::min(static_cast<int64_t>(in_double), tokens) != expected;
+            ASSERT_EQ(c.capacity(tokens, true), expected)
+                << "cf " << m << "/" << scale << " T " << tokens << " k " << k << " E " << experts;
+            ASSERT_EQ(c.capacity(tokens, false), expected) << "eval cf " << m << "/" << scale;
+          }
+        }
+    }
+  EXPECT_GE(inexact_in_double, 20);
 }
 
 TEST(MoeConfig, CapacityNeverExceedsTheTokens) {

@@ -6,8 +6,9 @@
 // sigmoid scores with a learned bias, group limits and scaling, expert choice by thresholds,
 // sequence routing with noisy top-k and jitter, an explicit evaluation capacity, and every
 // config field the engine reads at a non-default value):
-//   - fp32 weights: prefill of the whole prompt, token-by-token decode, and a prefill then a
-//     decode all give the Transformer's last-position logits within 1e-4 + 1e-4 |b| (an
+//   - fp32 weights: prefill of the whole prompt, token-by-token decode, a prefill then a
+//     decode, and a prefill then a second prefill onto the filled cache all give the
+//     Transformer's last-position logits within 1e-4 + 1e-4 |b| (an
 //     explicit eval capacity drops over a forward's tokens: prefill only, the documented
 //     exception to causality);
 //   - bf16 weights: token-by-token decode multiplies the bf16 weights exactly, so against
@@ -23,9 +24,11 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine_util.h"
+#include "infer/expert_cache.h"
 #include "infer/inference_model.h"
 #include "infer/open_model.h"
 #include "model/checkpoint.h"
@@ -199,6 +202,19 @@ std::vector<float> decoder_last_logits(InferenceModel& decoder, const std::vecto
   return logits;
 }
 
+// Prefills tokens [0, split), then prefills the rest onto the filled cache (a second turn):
+// the logits after each.
+std::pair<std::vector<float>, std::vector<float>> decoder_two_prefills(
+    InferenceModel& decoder, const std::vector<int32_t>& tokens, int64_t split) {
+  KvCache cache = decoder.make_cache(64);
+  std::vector<float> first(kVocab), second(kVocab);
+  const std::span<const int32_t> all(tokens);
+  decoder.forward(all.subspan(0, static_cast<size_t>(split)), cache, first);
+  decoder.forward(all.subspan(static_cast<size_t>(split)), cache, second);
+  EXPECT_EQ(cache.length, static_cast<int64_t>(tokens.size()));
+  return {first, second};
+}
+
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double abs_tol,
                   double rel_tol, const std::string& what) {
   for (size_t i = 0; i < want.size(); ++i)
@@ -226,6 +242,11 @@ TEST(InferenceModel, Fp32EqualsTheTransformerInEveryLayout) {
     if (!layout.causal) continue;
     expect_close(decoder_last_logits(decoder, tokens, 0), want, 1e-4, 1e-4, "decode");
     expect_close(decoder_last_logits(decoder, tokens, 9), want, 1e-4, 1e-4, "prefill+decode");
+    // A prefill onto a cache that holds positions: 9 tokens, then the other 12 at once.
+    const auto [first, second] = decoder_two_prefills(decoder, tokens, 9);
+    const std::vector<int32_t> head(tokens.begin(), tokens.begin() + 9);
+    expect_close(first, transformer_last_logits(*m.transformer, head), 1e-4, 1e-4, "prefill of 9");
+    expect_close(second, want, 1e-4, 1e-4, "prefill of 9, then of 12 onto the cache");
   }
 }
 
@@ -353,6 +374,58 @@ TEST(InferenceModel, ExpertCacheGivesTheSameLogitsAndCountsItsReads) {
               }).find("is not in a file"),
               std::string::npos);
   }
+}
+
+// Which reads hit, per policy (expert_cache.h): LRU evicts the expert used longest ago, LFU
+// the one used least often so far, ties to the least recent. One layer of 4 experts, 2 slots,
+// each expert's matrices filled with its own number, so a view shows which expert it holds.
+TEST(ExpertCache, HitsAndMissesOfAFixedSequenceFollowEachPolicy) {
+  const int64_t E = 4, values = 6;  // each matrix [2, 3]
+  const std::string path = test::temp_dir("policy") + "/experts.bin";
+  std::vector<std::vector<ExpertLocation>> experts(1);
+  {
+    std::ofstream out(path, std::ios::binary);
+    uint64_t offset = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const std::vector<float> matrix(values, static_cast<float>(e));
+      TensorLocation where{path, 0, values * sizeof(float), TensorDtype::F32, {2, 3}};
+      ExpertLocation expert{where, where, where};
+      for (TensorLocation* t : {&expert.gate, &expert.up, &expert.down}) {
+        out.write(reinterpret_cast<const char*>(matrix.data()),
+                  static_cast<std::streamsize>(t->bytes));
+        t->offset = offset;
+        offset += t->bytes;
+      }
+      experts[0].push_back(expert);
+    }
+  }
+  const auto run = [&](CachePolicy policy, const std::vector<int64_t>& sequence) {
+    ExpertCache cache(experts, 2, policy);
+    for (const int64_t e : sequence) {
+      const ExpertWeights w = cache.get(0, e);
+      for (const WeightView* v : {&w.gate, &w.up, &w.down})
+        EXPECT_EQ(v->f32()[values - 1], static_cast<float>(e)) << "expert " << e;
+    }
+    const ExpertCacheStats stats = cache.stats();
+    EXPECT_EQ(stats.bytes_read, stats.misses * 3 * values * int64_t{sizeof(float)});
+    return std::make_pair(stats.hits, stats.misses);
+  };
+  // 0 used three times, then 1, then 2 needs a slot: LRU drops 0 (used longest ago), LFU
+  // drops 1 (used once). So 0 misses again under LRU only; 1 misses again under both.
+  const std::vector<int64_t> frequent_then_new = {0, 0, 0, 1, 2, 0, 1};
+  EXPECT_EQ(run(CachePolicy::Lru, frequent_then_new), std::make_pair(int64_t{2}, int64_t{5}));
+  EXPECT_EQ(run(CachePolicy::Lfu, frequent_then_new), std::make_pair(int64_t{3}, int64_t{4}));
+  // 0 and 1 used once each when 2 comes: both policies drop 0 (LFU by the tie rule), so 1 hits.
+  const std::vector<int64_t> tie = {0, 1, 2, 1, 0};
+  EXPECT_EQ(run(CachePolicy::Lru, tie), std::make_pair(int64_t{1}, int64_t{4}));
+  EXPECT_EQ(run(CachePolicy::Lfu, tie), std::make_pair(int64_t{1}, int64_t{4}));
+  // A hit is a use: 0 read again before 2 comes, so both drop 1 and 0 hits once more.
+  const std::vector<int64_t> reused = {0, 1, 0, 2, 0};
+  EXPECT_EQ(run(CachePolicy::Lru, reused), std::make_pair(int64_t{2}, int64_t{3}));
+  EXPECT_EQ(run(CachePolicy::Lfu, reused), std::make_pair(int64_t{2}, int64_t{3}));
+  // A cycle over 3 experts in 2 slots: LRU always drops the next one needed.
+  const std::vector<int64_t> cycle = {0, 1, 2, 0, 1, 2, 0, 1, 2};
+  EXPECT_EQ(run(CachePolicy::Lru, cycle), std::make_pair(int64_t{0}, int64_t{9}));
 }
 
 TEST(InferenceModel, NamesTheTensorOrTokenThatIsWrong) {

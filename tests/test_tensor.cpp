@@ -6,7 +6,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <string>
 
+#include "tensor/atomic_file.h"
 #include "tensor/bf16.h"
 #include "tensor/cpu.h"
 #include "tensor/error.h"
@@ -265,6 +268,37 @@ TEST(Safetensors, RoundTripAtomicWrite) {
   EXPECT_THROW(f.at("c"), Error);
 }
 
+// A process killed while writing leaves "<path>.tmp" behind, possibly longer than the next
+// file. The next write must give exactly its own bytes (not them followed by the stale tail),
+// over a longer old file too, and leave no temporary; dropped uncommitted, the old file stays.
+TEST(AtomicFile, AWriteOverALongerStaleTemporaryGivesExactlyTheNewBytes) {
+  const std::string path = test::temp_dir("stale") + "/state.json";
+  const auto contents = [&] {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  std::ofstream(path + ".tmp", std::ios::binary) << std::string(5000, 'x');
+  write_file_atomic(path, "{\"step\": 12}");
+  EXPECT_EQ(contents(), "{\"step\": 12}");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+
+  std::ofstream(path + ".tmp", std::ios::binary) << std::string(5000, 'y');
+  {
+    AtomicFile f(path);
+    f.write("ab", 2);
+    f.write("c", 1);
+    f.commit();
+  }
+  EXPECT_EQ(contents(), "abc");  // shorter than both the old file and the stale temporary
+
+  {
+    AtomicFile dropped(path);
+    dropped.write("never", 5);
+  }
+  EXPECT_EQ(contents(), "abc");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+}
+
 TEST(Safetensors, ReadsHalfAndBfloat16) {
   // 1.0 in F16 is 0x3C00, -2.0 in BF16 is 0xC000.
   auto bytes = make_file(
@@ -327,6 +361,24 @@ TEST(MappedSafetensors, ViewsTheFileAsWritten) {
   if (header.size() % 2 == 0) header += ' ';
   const auto odd = make_file(header, 2);
   EXPECT_NE(write(odd, odd.size()).find("not aligned"), std::string::npos);
+  // Mixed dtypes: the data section starts aligned, and a 2-byte bf16 tensor puts the f32
+  // tensor after it at byte 2 of the data: that one, not the first, is refused by name. Four
+  // bytes of bf16 put it at byte 4, which maps.
+  const auto mixed = [&](int bf16_elements) {
+    const std::string b_begin = std::to_string(2 * bf16_elements);
+    std::string h = R"({"a":{"dtype":"BF16","shape":[)" + std::to_string(bf16_elements) +
+                    R"(],"data_offsets":[0,)" + b_begin + R"(]},"b":{"dtype":"F32","shape":[1],)" +
+                    R"("data_offsets":[)" + b_begin + "," + std::to_string(2 * bf16_elements + 4) +
+                    "]}}";
+    while ((8 + h.size()) % 8 != 0) h += ' ';
+    return make_file(h, static_cast<size_t>(2 * bf16_elements + 4));
+  };
+  const auto second_misaligned = mixed(1);
+  const std::string refused = write(second_misaligned, second_misaligned.size());
+  EXPECT_NE(refused.find("tensor 'b'"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("not aligned"), std::string::npos) << refused;
+  const auto second_aligned = mixed(2);
+  EXPECT_EQ(write(second_aligned, second_aligned.size()), "");
   const auto full = make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
   EXPECT_NE(write(full, full.size() - 3).find("out of range"), std::string::npos);
   EXPECT_NE(write(full, 5).find("too short"), std::string::npos);
