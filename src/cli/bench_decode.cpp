@@ -9,9 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "cli/prompt.h"
 #include "infer/inference_model.h"
 #include "infer/open_model.h"
 #include "model/hf_checkpoint.h"
+#include "model/param_count.h"
 #include "tensor/bandwidth.h"
 #include "tensor/bf16.h"
 #include "tensor/blas_info.h"
@@ -177,6 +179,11 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Weights a model made in memory holds, per byte of each value.
+uint64_t total_parameters(const ModelConfig& c) {
+  return static_cast<uint64_t>(count_params(arch_from_model_config(c, "bench")).total);
+}
+
 }  // namespace
 
 CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
@@ -234,6 +241,10 @@ int run_bench_decode(const BenchDecodeCommand& c) {
       return probe.weights->at("model.layers.0.self_attn.q_proj.weight").dtype == TensorDtype::F32;
     }();
     opened = open_model(c.model, rounds ? InferenceOptions{} : options);
+    const bool rounds_in_memory = rounds && c.expert_cache == 0;
+    require_inference_memory(opened.config, c.prompt + c.tokens, c.prompt, c.expert_cache,
+                             "bench decode of " + c.model,
+                             rounds_in_memory ? 2 * total_parameters(opened.config) : 0);
     if (rounds) {
       if (c.expert_cache > 0) {
         const std::string file = bf16_checkpoint(*opened.weights, c.scratch);
@@ -252,6 +263,9 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   } else {
     const ModelConfig random = random_model_config(c.random);
     const bool as_bf16 = dtype == "bf16";
+    require_inference_memory(random, c.prompt + c.tokens, c.prompt, c.expert_cache,
+                             "bench decode --random " + c.random,
+                             c.expert_cache > 0 ? 0 : (as_bf16 ? 2 : 4) * total_parameters(random));
     if (c.expert_cache > 0) {
       const std::string file = random_checkpoint(random, as_bf16, c.scratch, c.random);
       source = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});

@@ -83,14 +83,18 @@ std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer
 }
 
 void require_inference_memory(const ModelConfig& config, int64_t positions, int64_t prompt,
-                              int64_t cached_experts, const std::string& what) {
+                              int64_t cached_experts, const std::string& what,
+                              uint64_t resident_weights) {
   InferenceShape shape;
   shape.positions = positions;
   shape.prompt = prompt;
   shape.threads = thread_count();
   shape.cached_experts = cached_experts;
+  shape.resident_weights = resident_weights;
   require_memory(estimate_inference_memory(config, shape), what, available_memory(),
-                 "a shorter prompt, fewer tokens (-n) or a smaller --expert-cache");
+                 resident_weights > 0
+                     ? "--expert-cache N keeps the experts in a file and N per layer in memory"
+                     : "a shorter prompt, fewer tokens or a smaller --expert-cache");
 }
 
 }  // namespace moe::cli

@@ -36,9 +36,10 @@ std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer
                                    std::string_view text);
 
 // Refuses in one line (OutOfMemory, exit 2) an inference run of `config` whose KV cache of
-// `positions`, prefill of `prompt` tokens and `cached_experts` per MoE layer cannot fit in the
-// memory this process may use (model/memory_estimate.h).
+// `positions`, prefill of `prompt` tokens, `cached_experts` per MoE layer and weights made in
+// memory cannot fit in the memory this process may use (model/memory_estimate.h).
 void require_inference_memory(const ModelConfig& config, int64_t positions, int64_t prompt,
-                              int64_t cached_experts, const std::string& what);
+                              int64_t cached_experts, const std::string& what,
+                              uint64_t resident_weights = 0);
 
 }  // namespace moe::cli

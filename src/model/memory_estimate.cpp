@@ -194,7 +194,8 @@ MemoryEstimate estimate_inference_memory(const ModelConfig& c, const InferenceSh
                            std::max(1.0, rows_per_token) * (2 * D + 2 * hidden) + 2 * hidden;
   e.activations = saturate(T * per_token * kFloat + double(s.positions) * kFloat);
   e.logits = saturate(double(c.vocab_size) * kFloat);
-  e.parameters = saturate(double(s.cached_experts) * double(c.num_moe_layers()) * expert);
+  e.parameters = saturate(double(s.cached_experts) * double(c.num_moe_layers()) * expert +
+                          double(s.resident_weights));
   e.runtime = runtime_memory(std::max(s.threads, 1));
   double counted = 0;
   for (const auto& [name, bytes] : e.parts()) counted += double(bytes);

@@ -60,8 +60,9 @@ struct InferenceShape {
   int64_t positions = 0;  // the KV cache's length: prompt plus generated tokens
   int64_t prompt = 0;     // tokens of the prefill, one batch
   int threads = 1;
-  int64_t cached_experts = 0;  // --expert-cache: experts per MoE layer held in RAM (0: none)
-  uint64_t mapped = 0;         // bytes of the weight files mapped read-only
+  int64_t cached_experts = 0;     // --expert-cache: experts per MoE layer held in RAM (0: none)
+  uint64_t mapped = 0;            // bytes of the weight files mapped read-only
+  uint64_t resident_weights = 0;  // weights made in memory (a random model, a bf16 rounding)
 };
 
 // Peak memory of the inference engine (generate, logits, bench decode) beyond its mapped

@@ -86,6 +86,15 @@ def main():
                        capture_output=True, text=True, preexec_fn=limit_memory, check=True)
     memory = json.loads(r.stdout)["training_memory"]
     assert memory["fits"] is False and memory["limited_by"] == "ulimit -v", memory
+
+    # 4. Inference: the random Mixtral-shaped model made in memory in fp32 (2.5 GiB of
+    #    weights) is refused before it is made; with its experts in a file it would run.
+    rc, err, _, seconds = run_limited([moe, "--threads", "1", "bench", "decode", "--random",
+                                       "mixtral-d1024", "--dtype", "f32", "--n-prompt", "2",
+                                       "--n-gen", "2"])
+    assert rc == 2 and err.startswith("moe: error: out of memory: bench decode --random"), err
+    assert "--expert-cache N" in err and seconds < 10, (err, seconds)
+    print(f"bench decode refused in {seconds:.2f} s: {err.strip()}")
     print("ok")
 
 

@@ -64,6 +64,16 @@ rm -rf "$cache"
 grep -q "rebuilding it from corpus" "$work/err" || fail "resume: $(cat "$work/err")"
 cmp -s "$entry/train.tokens" "$work/train.tokens.good" || fail "resume rebuilt other tokens"
 echo "resume: the missing entry was rebuilt from the corpus"
+# A run whose data/ folder is gone (neither token files nor the cache's name for them): the
+# error names the files it looked for.
+rm -rf "$work/resumed/data"
+if "$moe" --threads 1 train --resume "$work/resumed" --steps 3 --quiet --no-sample \
+     2> "$work/err" > /dev/null; then
+  fail "resume without data/ succeeded"
+fi
+tail -n 1 "$work/err" | grep -q "^moe: error: .*data/train.tokens' nor '.*data/source.json'" ||
+  fail "resume without data/: $(cat "$work/err")"
+echo "resume without data/: $(tail -n 1 "$work/err")"
 
 # 4. --copy-data, and the default cache folder.
 train --out "$work/copied" --cache-dir "$cache" --copy-data "${common[@]}"
