@@ -360,6 +360,160 @@ std::string display_piece(const std::string& piece) {
 
 namespace {
 
+// The windows a routing comparison runs: the token stream, the windows' starts, their shape
+// and the MoE layers whose routes it records.
+struct WindowSet {
+  const std::vector<int32_t>& ids;
+  const std::vector<int64_t>& windows;
+  int64_t seq, batch;
+  const std::vector<int64_t>& moe_layers;
+};
+
+// The starts of the windows of `seq` tokens evaluated in a stream of N: as many as
+// max_tokens allows (one at least), spread evenly over the stream as validation spreads them.
+std::vector<int64_t> evaluation_windows(int64_t N, int64_t seq, int64_t max_tokens) {
+  const int64_t available = (N - 1) / seq;
+  const int64_t count = std::clamp<int64_t>(max_tokens / seq, 1, available);
+  std::vector<int64_t> windows(count);
+  for (int64_t i = 0; i < count; ++i) windows[i] = eval_window_start(i, count, available, seq);
+  return windows;
+}
+
+void check_eval_options(const EvalOptions& o) {
+  if (o.max_tokens < 1 || o.consistency_tokens < 1 || o.min_count < 1 || o.passage_tokens < 1)
+    throw Error("eval: token limits and the minimum count must be positive");
+  if (o.capacity_factor && !(*o.capacity_factor >= 0 && *o.capacity_factor <= 1000))
+    throw Error("--capacity-factor must lie in [0, 1000] (0 = dropless)");
+}
+
+// What was evaluated: the run, its checkpoint, the source and windows, and the model's
+// parameters and FLOPs at the window length.
+EvalResult describe_evaluation(const std::string& dir, int64_t run_step, const std::string& source,
+                               const ModelConfig& config, int64_t seq, int64_t batch) {
+  EvalResult res;
+  res.model = dir;
+  res.step = run_step == std::numeric_limits<int64_t>::max() ? -1 : run_step;
+  res.model_sha256 = sha256_file(dir + "/model.safetensors");
+  res.source = source;
+  res.seq_len = seq;
+  res.batch_size = batch;
+  ArchSpec arch = arch_from_model_config(config, dir);
+  arch.context = seq;
+  const ParamCount pc = count_params(arch);
+  res.active_params = pc.active;
+  res.total_params = pc.total;
+  res.active_flops_per_token = pc.forward_flops_per_token;
+  return res;
+}
+
+// Each id's piece as the report shows it, and its token class.
+void vocabulary_pieces(const Tokenizer& tokenizer, int64_t vocab, std::vector<std::string>& pieces,
+                       std::vector<int>& piece_class) {
+  pieces.resize(static_cast<size_t>(vocab));
+  piece_class.resize(static_cast<size_t>(vocab));
+  for (int32_t v = 0; v < vocab; ++v) {
+    pieces[v] = display_piece(tokenizer.piece(v));
+    piece_class[v] = static_cast<int>(classify_piece(tokenizer.piece(v)));
+  }
+}
+
+// Noisy or jittered routers: how often two routings of `subset` in training mode agree (top-1,
+// and the whole top-k set), per MoE layer.
+void add_noise_agreement(Transformer& model, const WindowSet& subset,
+                         std::vector<LayerEval>& layers) {
+  const auto& [ids, few, seq, batch, moe_layers] = subset;
+  std::vector<LayerRoutes> first, second;
+  route_windows(model, ids, few, seq, batch, true, 0, moe_layers, first);
+  route_windows(model, ids, few, seq, batch, true, 0, moe_layers, second);
+  for (size_t i = 0; i < moe_layers.size(); ++i)
+    layers[i].noise_agreement = {1.0 - changed_share(first[i].top1, second[i].top1),
+                                 same_set_share(first[i], second[i])};
+}
+
+// The routing figures of the result that come from the config (router, capacity factors, a
+// warning for batch-dependent validation); returns the capacity factor drops are counted at.
+double describe_routing(const MoeConfig& mc, const EvalOptions& o, EvalResult& res) {
+  res.router_type = to_string(mc.router_type);
+  res.train_capacity_factor = mc.capacity_factor;
+  res.eval_capacity_factor = mc.eval_capacity_factor;
+  const double drop_cf = o.capacity_factor.value_or(mc.capacity_factor);
+  if (drop_cf > 0 && mc.router_type != RouterType::ExpertChoice) res.capacity_factor = drop_cf;
+  if (mc.eval_capacity_factor && *mc.eval_capacity_factor != mc.capacity_factor) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "the run evaluates with eval_capacity_factor %g but trained with "
+                  "capacity_factor %g: its validation loss drops assignments by batch",
+                  *mc.eval_capacity_factor, mc.capacity_factor);
+    res.warnings.push_back(buf);
+  }
+  return drop_cf;
+}
+
+// Routing saturation over the run's kept checkpoints (and its own, last), on `subset`;
+// nullopt when the run kept none.
+std::optional<Saturation> routing_saturation(const std::string& dir, int64_t run_step,
+                                             Transformer& model, const WindowSet& subset) {
+  const auto kept = kept_up_to(dir, run_step);
+  if (kept.empty()) return std::nullopt;
+  const auto& [ids, few, seq, batch, moe_layers] = subset;
+  Saturation sat;
+  sat.tokens = static_cast<int64_t>(few.size()) * seq;
+  std::vector<std::vector<LayerRoutes>> at;  // [checkpoint][layer]
+  for (const auto& [step, path] : kept) {
+    // The run's config with the kept weights: routes are compared under the same options
+    // (a later edit of config.json, such as eval_capacity_factor, applies to all).
+    LoadedModel k = load_model(dir, path + "/model.safetensors");
+    at.emplace_back();
+    route_windows(*k.model, ids, few, seq, batch, false, 0, moe_layers, at.back());
+    sat.steps.push_back(step);
+  }
+  if (sat.steps.back() != run_step && run_step != std::numeric_limits<int64_t>::max()) {
+    at.emplace_back();  // the run's own checkpoint is the final one
+    route_windows(model, ids, few, seq, batch, false, 0, moe_layers, at.back());
+    sat.steps.push_back(run_step);
+  }
+  for (size_t i = 0; i < moe_layers.size(); ++i) {
+    SaturationLayer sl;
+    sl.layer = moe_layers[i];
+    for (size_t c = 0; c < at.size(); ++c) {
+      if (c > 0)
+        sl.changed_from_previous.push_back(changed_share(at[c - 1][i].top1, at[c][i].top1));
+      sl.same_as_final.push_back(same_set_share(at[c][i], at.back()[i]));
+    }
+    sat.layers.push_back(std::move(sl));
+  }
+  return sat;
+}
+
+// One passage per domain: from the first evaluated position of the domain, the following
+// positions of the same document that follow it in the source (across windows that abut).
+// pos[n]: where evaluated position n lies in the source; routes: per MoE layer.
+std::vector<Passage> domain_passages(const Source& src, const std::vector<int64_t>& pos,
+                                     const std::vector<std::string>& pieces,
+                                     const std::vector<LayerRoutes>& routes,
+                                     int64_t passage_tokens) {
+  std::vector<Passage> passages;
+  const auto tokens = static_cast<int64_t>(pos.size());
+  std::vector<bool> done(src.domains.size(), false);
+  for (int64_t n = 0; n < tokens; ++n) {
+    const int32_t doc = src.doc[pos[n]];
+    const int32_t d = doc < 0 ? -1 : src.doc_domain[doc];
+    if (d < 0 || done[d]) continue;
+    done[d] = true;
+    Passage p;
+    p.domain = src.domains[d];
+    p.top1.resize(routes.size());
+    for (int64_t j = n; j < tokens && j - n < passage_tokens && src.doc[pos[j]] == doc &&
+                        (j == n || pos[j] == pos[j - 1] + 1);
+         ++j) {
+      p.tokens.push_back(pieces[src.ids[pos[j]]]);
+      for (size_t i = 0; i < routes.size(); ++i) p.top1[i].push_back(routes[i].top1[j]);
+    }
+    passages.push_back(std::move(p));
+  }
+  return passages;
+}
+
 // The fp32 model and one forward at the windows the run trained with, checked against the
 // memory this process may use before the model is loaded.
 void require_evaluation_memory(const std::string& dir) {
@@ -383,10 +537,7 @@ void require_evaluation_memory(const std::string& dir) {
 EvalResult evaluate_run(const EvalOptions& o) {
   const std::string& dir = o.model;
   require_run_folder(dir);
-  if (o.max_tokens < 1 || o.consistency_tokens < 1 || o.min_count < 1 || o.passage_tokens < 1)
-    throw Error("eval: token limits and the minimum count must be positive");
-  if (o.capacity_factor && !(*o.capacity_factor >= 0 && *o.capacity_factor <= 1000))
-    throw Error("--capacity-factor must lie in [0, 1000] (0 = dropless)");
+  check_eval_options(o);
   auto no_checkpoint = [&](const char* file) {
     return Error("'" + dir + "' holds no checkpoint (no " + file +
                  "); train one with moe train --out " + dir);
@@ -422,43 +573,14 @@ EvalResult evaluate_run(const EvalOptions& o) {
                 " token(s); evaluation needs at least 2 (an input and its next token)");
   const int64_t seq = std::min({trained.seq_len, m.config.max_position_embeddings, N - 1});
   const int64_t batch = trained.batch_size;
-  const int64_t available = (N - 1) / seq;
-  const int64_t count = std::clamp<int64_t>(o.max_tokens / seq, 1, available);
-  std::vector<int64_t> windows(count);
-  for (int64_t i = 0; i < count; ++i) windows[i] = eval_window_start(i, count, available, seq);
+  const std::vector<int64_t> windows = evaluation_windows(N, seq, o.max_tokens);
+  const auto count = static_cast<int64_t>(windows.size());
 
-  EvalResult res;
-  res.model = dir;
-  res.step = run_step == std::numeric_limits<int64_t>::max() ? -1 : run_step;
-  res.model_sha256 = sha256_file(dir + "/model.safetensors");
-  res.source = src.name;
-  res.seq_len = seq;
-  res.batch_size = batch;
-  ArchSpec arch = arch_from_model_config(m.config, dir);
-  arch.context = seq;
-  const ParamCount pc = count_params(arch);
-  res.active_params = pc.active;
-  res.total_params = pc.total;
-  res.active_flops_per_token = pc.forward_flops_per_token;
+  EvalResult res = describe_evaluation(dir, run_step, src.name, m.config, seq, batch);
 
   const std::vector<int64_t> moe_layers = moe_layer_indices(model);
   const MoeConfig* mc = m.config.moe ? &*m.config.moe : nullptr;
-  double drop_cf = 0;
-  if (mc) {
-    res.router_type = to_string(mc->router_type);
-    res.train_capacity_factor = mc->capacity_factor;
-    res.eval_capacity_factor = mc->eval_capacity_factor;
-    drop_cf = o.capacity_factor.value_or(mc->capacity_factor);
-    if (drop_cf > 0 && mc->router_type != RouterType::ExpertChoice) res.capacity_factor = drop_cf;
-    if (mc->eval_capacity_factor && *mc->eval_capacity_factor != mc->capacity_factor) {
-      char buf[256];
-      std::snprintf(buf, sizeof buf,
-                    "the run evaluates with eval_capacity_factor %g but trained with "
-                    "capacity_factor %g: its validation loss drops assignments by batch",
-                    *mc->eval_capacity_factor, mc->capacity_factor);
-      res.warnings.push_back(buf);
-    }
-  }
+  const double drop_cf = mc ? describe_routing(*mc, o, res) : 0;
 
   std::vector<LayerRoutes> routes;
   const double loss_sum =
@@ -475,12 +597,9 @@ EvalResult evaluate_run(const EvalOptions& o) {
       pos[n] = p;
       segment[n] = w * (static_cast<int64_t>(src.doc_domain.size()) + 1) + src.doc[p] + 1;
     }
-  std::vector<std::string> pieces(m.config.vocab_size);
-  std::vector<int> piece_class(m.config.vocab_size);
-  for (int32_t v = 0; v < m.config.vocab_size; ++v) {
-    pieces[v] = display_piece(tokenizer.piece(v));
-    piece_class[v] = static_cast<int>(classify_piece(tokenizer.piece(v)));
-  }
+  std::vector<std::string> pieces;
+  std::vector<int> piece_class;
+  vocabulary_pieces(tokenizer, m.config.vocab_size, pieces, piece_class);
 
   for (size_t i = 0; i < moe_layers.size(); ++i) {
     LayerEval le;
@@ -495,68 +614,11 @@ EvalResult evaluate_run(const EvalOptions& o) {
   const int64_t consistency_count = std::clamp<int64_t>(o.consistency_tokens / seq, 1, count);
   std::vector<int64_t> few(consistency_count);  // spread over the evaluated windows
   for (int64_t i = 0; i < consistency_count; ++i) few[i] = windows[i * count / consistency_count];
-  if (mc && mc->router_type != RouterType::ExpertChoice &&
-      (mc->uses_noise() || mc->jitter_eps > 0)) {
-    std::vector<LayerRoutes> first, second;
-    route_windows(model, src.ids, few, seq, batch, true, 0, moe_layers, first);
-    route_windows(model, src.ids, few, seq, batch, true, 0, moe_layers, second);
-    for (size_t i = 0; i < moe_layers.size(); ++i)
-      res.layers[i].noise_agreement = {1.0 - changed_share(first[i].top1, second[i].top1),
-                                       same_set_share(first[i], second[i])};
-  }
-
-  if (mc) {
-    const auto kept = kept_up_to(dir, run_step);
-    if (!kept.empty()) {
-      Saturation sat;
-      sat.tokens = consistency_count * seq;
-      std::vector<std::vector<LayerRoutes>> at;  // [checkpoint][layer]
-      for (const auto& [step, path] : kept) {
-        // The run's config with the kept weights: routes are compared under the same options
-        // (a later edit of config.json, such as eval_capacity_factor, applies to all).
-        LoadedModel k = load_model(dir, path + "/model.safetensors");
-        at.emplace_back();
-        route_windows(*k.model, src.ids, few, seq, batch, false, 0, moe_layers, at.back());
-        sat.steps.push_back(step);
-      }
-      if (sat.steps.back() != run_step && run_step != std::numeric_limits<int64_t>::max()) {
-        at.emplace_back();  // the run's own checkpoint is the final one
-        route_windows(model, src.ids, few, seq, batch, false, 0, moe_layers, at.back());
-        sat.steps.push_back(run_step);
-      }
-      for (size_t i = 0; i < moe_layers.size(); ++i) {
-        SaturationLayer sl;
-        sl.layer = moe_layers[i];
-        for (size_t c = 0; c < at.size(); ++c) {
-          if (c > 0)
-            sl.changed_from_previous.push_back(changed_share(at[c - 1][i].top1, at[c][i].top1));
-          sl.same_as_final.push_back(same_set_share(at[c][i], at.back()[i]));
-        }
-        sat.layers.push_back(std::move(sl));
-      }
-      res.saturation = std::move(sat);
-    }
-  }
-
-  // One passage per domain: from the first evaluated position of the domain, the following
-  // positions of the same document that follow it in the source (across windows that abut).
-  std::vector<bool> done(src.domains.size(), false);
-  for (int64_t n = 0; n < res.tokens; ++n) {
-    const int32_t doc = src.doc[pos[n]];
-    const int32_t d = doc < 0 ? -1 : src.doc_domain[doc];
-    if (d < 0 || done[d]) continue;
-    done[d] = true;
-    Passage p;
-    p.domain = src.domains[d];
-    p.top1.resize(moe_layers.size());
-    for (int64_t j = n; j < res.tokens && j - n < o.passage_tokens && src.doc[pos[j]] == doc &&
-                        (j == n || pos[j] == pos[j - 1] + 1);
-         ++j) {
-      p.tokens.push_back(pieces[src.ids[pos[j]]]);
-      for (size_t i = 0; i < moe_layers.size(); ++i) p.top1[i].push_back(routes[i].top1[j]);
-    }
-    res.passages.push_back(std::move(p));
-  }
+  const WindowSet subset{src.ids, few, seq, batch, moe_layers};
+  if (mc && mc->router_type != RouterType::ExpertChoice && (mc->uses_noise() || mc->jitter_eps > 0))
+    add_noise_agreement(model, subset, res.layers);
+  if (mc) res.saturation = routing_saturation(dir, run_step, model, subset);
+  res.passages = domain_passages(src, pos, pieces, routes, o.passage_tokens);
   return res;
 }
 
