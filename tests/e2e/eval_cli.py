@@ -151,6 +151,12 @@ def main():
         table = run("eval", "--model", a).stdout
         assert "perplexity" in table and "\n    1  |" in table, table
         assert "routing saturation" in table, table
+        # FLOPs per token depend on the context: eval counts at the run's, says which, and
+        # `moe params` at that context gives the same figure.
+        assert f"forward FLOPs per token (at context {j['seq_len']})" in table, table
+        params = json.loads(run("params", "--config", os.path.join(a, "config.json"), "--context",
+                                str(j["seq_len"]), "--json").stdout)
+        assert params["forward_flops_per_token"] == j["active_flops_per_token"], (params, j)
 
         dropless = json.loads(run("eval", "-m", a, "--json", "--capacity-factor", "0").stdout)
         assert dropless["capacity_factor"] is None
