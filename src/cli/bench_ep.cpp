@@ -6,6 +6,7 @@
 
 #include "model/config.h"
 #include "model/hf_checkpoint.h"
+#include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "moe/moe_layer.h"
 #include "tensor/error.h"
@@ -63,6 +64,11 @@ int run_bench_ep(const BenchEpOptions& o, MpiWorld* world) {
     throw SharedError("bench ep: " + std::to_string(P) + " ranks do not divide num_experts " +
                       std::to_string(cfg.num_experts));
   const int64_t T = o.tokens, D = cfg.hidden_size, k = cfg.top_k;
+  // The sharded layer and the whole one it is checked against (two whole layers: an upper
+  // bound). Each rank checks its own machine: one refused ends the job.
+  require_memory(estimate_moe_layer_memory(cfg, T, thread_count(), 1, 2),
+                 "bench ep at " + std::to_string(T) + " tokens per rank", available_memory(),
+                 "fewer --tokens");
 
   Rng rng(100 + static_cast<uint64_t>(world->rank()));
   Tensor x({T, D}), y({T, D}), dy({T, D}), dx({T, D});

@@ -6,6 +6,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "model/memory_estimate.h"
 #include "moe/moe_layer.h"
 #include "nn/swiglu.h"
 #include "tensor/blas_info.h"
@@ -113,6 +114,12 @@ Bandwidth memory_bandwidth(double min_seconds) {
 }  // namespace
 
 int run_bench_layer(const BenchLayerOptions& options) {
+  // Every row is checked before the first is measured: a refusal comes at once.
+  for (const std::string& name : options.cases)
+    for (int64_t T : options.tokens)
+      require_memory(estimate_moe_layer_memory(make_case(name).config, T, thread_count()),
+                     "bench layer --case " + name + " at " + std::to_string(T) + " tokens",
+                     available_memory(), "fewer --tokens");
   warn_about_blas_kernel();
   const double peak = sgemm_gflops(options.min_seconds);
   const Bandwidth bandwidth = memory_bandwidth(options.min_seconds);

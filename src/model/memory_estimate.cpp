@@ -163,6 +163,26 @@ MemoryEstimate estimate_training_memory(const ModelConfig& c, const TrainingShap
   return e;
 }
 
+MemoryEstimate estimate_moe_layer_memory(const MoeConfig& m, int64_t tokens, int threads,
+                                         int processes, int copies) {
+  const int P = std::max(processes, 1);
+  const double D = double(m.hidden_size), E = double(m.num_experts) / P;
+  const double params =
+      E * 3 * D * double(m.moe_intermediate_size) + double(m.num_experts) * D +
+      double(m.n_shared_experts) * 3 * D * double(m.shared_expert_intermediate_size);
+  const MoeFloats f = moe_layer_floats(m, std::max(threads, 1), P);
+  MemoryEstimate e;
+  e.parameters = e.gradients = saturate(copies * params * kFloat);
+  e.activations = saturate(copies * double(tokens) * (f.saved + 4 * D) * kFloat);
+  e.scratch = saturate(copies * double(tokens) * f.scratch * kFloat);
+  e.runtime = runtime_memory(std::max(threads, 1));
+  double counted = 0;
+  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
+  e.headroom = saturate(kHeadroom * counted);
+  e.address_space = saturate(kAddressSpacePerExtraThread * (std::max(threads, 1) - 1));
+  return e;
+}
+
 MemoryEstimate estimate_evaluation_memory(const ModelConfig& c, const TrainingShape& s) {
   MemoryEstimate e = estimate_training_memory(c, s);
   e.gradients = e.optimizer_state = e.checkpoint = 0;

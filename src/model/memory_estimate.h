@@ -70,6 +70,12 @@ struct InferenceShape {
 // (counted as fp32, an upper bound) and the runtime; the mapped files are counted apart.
 MemoryEstimate estimate_inference_memory(const ModelConfig& config, const InferenceShape& shape);
 
+// Peak memory of `moe bench layer` / `bench ep`: `copies` MoE layers of `config` (their
+// weights and gradients; a process holds E/processes experts of each) run forward and backward
+// over `tokens` rows, with the benchmark's input, output and gradient tensors.
+MemoryEstimate estimate_moe_layer_memory(const MoeConfig& config, int64_t tokens, int threads,
+                                         int processes = 1, int copies = 1);
+
 // The program's own memory before any model (binary, libraries, thread pools): part of
 // every estimate.
 uint64_t runtime_memory(int threads);

@@ -95,6 +95,16 @@ def main():
     assert rc == 2 and err.startswith("moe: error: out of memory: bench decode --random"), err
     assert "--expert-cache N" in err and seconds < 10, (err, seconds)
     print(f"bench decode refused in {seconds:.2f} s: {err.strip()}")
+
+    # 5. bench layer: a row too large is refused before any row is measured; a small one runs.
+    rc, err, _, seconds = run_limited([moe, "--threads", "1", "bench", "layer", "--tokens", "64",
+                                       "1048576"])
+    assert rc == 2 and "out of memory: bench layer --case mixtral at 1048576 tokens" in err, err
+    assert seconds < 10, seconds
+    rc, err, _, _ = run_limited([moe, "--threads", "1", "bench", "layer", "--case", "mixtral",
+                                 "--tokens", "64", "--min-seconds", "0.01"])
+    assert rc == 0, err
+    print(f"bench layer refused in {seconds:.2f} s, and a small row ran under the limit")
     print("ok")
 
 
