@@ -26,15 +26,7 @@ MOE_AVX2 float dot_blocks32(const uint8_t* w, const uint8_t* a, int64_t blocks) 
     const __m256 scales = block_scales(half_table, w + b * w_bytes, w_bytes, a + b * q8_0::kBytes);
     acc = _mm256_add_ps(acc, _mm256_mul_ps(scales, _mm256_cvtepi32_ps(lane_sums(sums))));
   }
-  float lane[kLanes];
-  _mm256_storeu_ps(lane, acc);
-  for (; b < blocks; ++b) {
-    const uint8_t* wb = w + b * w_bytes;
-    const uint8_t* ab = a + b * q8_0::kBytes;
-    const int32_t sum = sum_lanes(block32_products<kType>(wb, ab));
-    lane[b % kLanes] += (load_half(wb) * load_half(ab)) * static_cast<float>(sum);
-  }
-  return lanes_total(lane);
+  return blocks32_total<kType>(acc, w, a, b, blocks);
 }
 
 // Q4_K (kFifthBit false) and Q5_K: per 64-value chunk, the two sub-blocks' unsigned values

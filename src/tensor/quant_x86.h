@@ -79,6 +79,25 @@ MOE_AVX2 inline __m256i block32_products(const uint8_t* w, const uint8_t* a) {
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
+// The end of a Q8_0 / Q4_0 dot whose full steps of kLanes blocks are in `acc` (lane j: blocks
+// j, j + 8, ...): blocks `done`.. `blocks` added one by one into lane b % 8, then the lanes
+// summed in the generic kernel's order.
+template <QuantType kType>
+MOE_AVX2 inline float blocks32_total(__m256 acc, const uint8_t* w, const uint8_t* a, int64_t done,
+                                     int64_t blocks) {
+  using namespace quant_blocks;
+  constexpr int64_t w_bytes = kType == QuantType::Q8_0 ? q8_0::kBytes : q4_0::kBytes;
+  float lane[kLanes];
+  _mm256_storeu_ps(lane, acc);
+  for (int64_t b = done; b < blocks; ++b) {
+    const uint8_t* wb = w + b * w_bytes;
+    const uint8_t* ab = a + b * q8_0::kBytes;
+    const int32_t sum = sum_lanes(block32_products<kType>(wb, ab));
+    lane[b % kLanes] += (load_half(wb) * load_half(ab)) * static_cast<float>(sum);
+  }
+  return lanes_total(lane);
+}
+
 // The low and high nibbles of 32 bytes (sub-blocks 2c and 2c + 1 of a Q4_K / Q5_K chunk).
 MOE_AVX2 inline void split_nibbles(__m256i packed, __m256i& low, __m256i& high) {
   const __m256i mask = _mm256_set1_epi8(0xF);
