@@ -106,6 +106,14 @@ double local_parameters(const ModelConfig& c, int processes) {
   return total - double(c.num_moe_layers()) * elsewhere * per_expert;
 }
 
+// Sets the headroom to kHeadroom of every other part.
+void add_headroom(MemoryEstimate& e) {
+  e.headroom = 0;
+  double counted = 0;
+  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
+  e.headroom = saturate(kHeadroom * counted);
+}
+
 }  // namespace
 
 uint64_t MemoryEstimate::total() const {
@@ -156,9 +164,7 @@ MemoryEstimate estimate_training_memory(const ModelConfig& c, const TrainingShap
   if (P > 1) copies += 4 * local_parameters(c, 1) * kFloat;
   e.checkpoint = saturate(copies);
   e.runtime = runtime_memory(threads);
-  double counted = 0;
-  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
-  e.headroom = saturate(kHeadroom * counted);
+  add_headroom(e);
   e.address_space = saturate(kAddressSpacePerExtraThread * (threads - 1));
   return e;
 }
@@ -176,9 +182,7 @@ MemoryEstimate estimate_moe_layer_memory(const MoeConfig& m, int64_t tokens, int
   e.activations = saturate(copies * double(tokens) * (f.saved + 4 * D) * kFloat);
   e.scratch = saturate(copies * double(tokens) * f.scratch * kFloat);
   e.runtime = runtime_memory(std::max(threads, 1));
-  double counted = 0;
-  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
-  e.headroom = saturate(kHeadroom * counted);
+  add_headroom(e);
   e.address_space = saturate(kAddressSpacePerExtraThread * (std::max(threads, 1) - 1));
   return e;
 }
@@ -186,10 +190,7 @@ MemoryEstimate estimate_moe_layer_memory(const MoeConfig& m, int64_t tokens, int
 MemoryEstimate estimate_evaluation_memory(const ModelConfig& c, const TrainingShape& s) {
   MemoryEstimate e = estimate_training_memory(c, s);
   e.gradients = e.optimizer_state = e.checkpoint = 0;
-  e.headroom = 0;
-  double counted = 0;
-  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
-  e.headroom = saturate(kHeadroom * counted);
+  add_headroom(e);
   return e;
 }
 
@@ -217,9 +218,7 @@ MemoryEstimate estimate_inference_memory(const ModelConfig& c, const InferenceSh
   e.parameters = saturate(double(s.cached_experts) * double(c.num_moe_layers()) * expert +
                           double(s.resident_weights));
   e.runtime = runtime_memory(std::max(s.threads, 1));
-  double counted = 0;
-  for (const auto& [name, bytes] : e.parts()) counted += double(bytes);
-  e.headroom = saturate(kHeadroom * counted);
+  add_headroom(e);
   e.mapped = s.mapped;
   e.address_space = saturate(kAddressSpacePerExtraThread * (std::max(s.threads, 1) - 1));
   return e;
