@@ -96,7 +96,8 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
   if (tokenizer.vocab_size() > config.vocab_size)
     throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces, more than the model's vocab_size " + std::to_string(config.vocab_size));
-  std::vector<int32_t> ids = encode_prompt(run, tokenizer, prompt);
+  std::vector<int32_t> ids =
+      encode_prompt(run, opened.kind == ModelKind::HuggingFace, tokenizer, prompt);
   // Refused before the prompt is echoed: on failure nothing goes to stdout.
   if (static_cast<int64_t>(ids.size()) > config.max_position_embeddings)
     throw Error("the prompt has " + std::to_string(ids.size()) +

@@ -40,12 +40,14 @@ CLI::App* add_logits_command(CLI::App& app, LogitsCommand& c) {
 namespace {
 
 // The prompt's ids, checked against the model: within its context, every id in its vocabulary.
-std::vector<int32_t> prompt_ids(const LogitsCommand& c, const ModelConfig& config) {
+std::vector<int32_t> prompt_ids(const LogitsCommand& c, const OpenedModel& model) {
+  const ModelConfig& config = model.config;
   std::vector<int64_t> given = c.ids;
   if (given.empty()) {
     const std::string text = read_prompt(c.prompt);
     const FolderTokenizer tokenizer = FolderTokenizer::open(c.model);
-    const std::vector<int32_t> encoded = encode_prompt(c.model, tokenizer, text);
+    const std::vector<int32_t> encoded =
+        encode_prompt(c.model, model.kind == ModelKind::HuggingFace, tokenizer, text);
     given.assign(encoded.begin(), encoded.end());
   }
   const int64_t V = config.vocab_size, S = static_cast<int64_t>(given.size());
@@ -74,7 +76,7 @@ std::vector<float> last_logits(const LogitsCommand& c, size_t& prompt_tokens) {
     throw Error("--dump and --dump-out go together: the names, and the file they go to");
   if (!is_hf_checkpoint(dir)) recover_for_reading(dir);  // a run's interrupted save, as generate
   const OpenedModel m = open_model(dir);
-  const std::vector<int32_t> ids = prompt_ids(c, m.config);
+  const std::vector<int32_t> ids = prompt_ids(c, m);
   prompt_tokens = ids.size();
   const auto T = static_cast<int64_t>(ids.size());
   require_inference_memory(m.config, T, c.dump.empty() ? 1 : T, 0,

@@ -60,8 +60,8 @@ namespace {
 
 // Whether prompts start with BOS: a Hugging Face folder's sentencepiece tokenizer adds it unless
 // tokenizer_config.json says add_bos_token false (as `moe export` writes); our runs never do.
-bool prompt_starts_with_bos(const std::string& dir, const FolderTokenizer& t) {
-  if (!is_hf_checkpoint(dir) || t.bos_id() < 0) return false;
+bool prompt_starts_with_bos(const std::string& dir, bool hugging_face, const FolderTokenizer& t) {
+  if (!hugging_face || t.bos_id() < 0) return false;
   const std::string path = dir + "/tokenizer_config.json";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return true;
@@ -74,10 +74,11 @@ bool prompt_starts_with_bos(const std::string& dir, const FolderTokenizer& t) {
 
 }  // namespace
 
-std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer& tokenizer,
-                                   std::string_view text) {
+std::vector<int32_t> encode_prompt(const std::string& dir, bool hugging_face,
+                                   const FolderTokenizer& tokenizer, std::string_view text) {
   std::vector<int32_t> ids = tokenizer.encode(text);
-  if (prompt_starts_with_bos(dir, tokenizer)) ids.insert(ids.begin(), tokenizer.bos_id());
+  if (prompt_starts_with_bos(dir, hugging_face, tokenizer))
+    ids.insert(ids.begin(), tokenizer.bos_id());
   if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
   return ids;
 }

@@ -30,10 +30,10 @@ bool prompt_given(const PromptOptions& prompt);
 // the text is not UTF-8 (naming the byte).
 std::string read_prompt(const PromptOptions& prompt);
 
-// `text` as model folder `dir`'s ids: BOS first where the folder's tokenizer adds it; an empty
-// prompt is end-of-text alone (token 0 for a tokenizer that names none).
-std::vector<int32_t> encode_prompt(const std::string& dir, const FolderTokenizer& tokenizer,
-                                   std::string_view text);
+// `text` as model folder `dir`'s ids: BOS first where a Hugging Face folder's tokenizer adds
+// it; an empty prompt is end-of-text alone (token 0 for a tokenizer that names none).
+std::vector<int32_t> encode_prompt(const std::string& dir, bool hugging_face,
+                                   const FolderTokenizer& tokenizer, std::string_view text);
 
 // Refuses in one line (OutOfMemory, exit 2) an inference run of `config` whose KV cache of
 // `positions`, prefill of `prompt` tokens, `cached_experts` per MoE layer and weights made in

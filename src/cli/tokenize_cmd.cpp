@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "model/hf_checkpoint.h"
 #include "tensor/error.h"
 #include "train/folder_tokenizer.h"
 
@@ -25,7 +26,8 @@ int run_tokenize(const TokenizeCommand& c) {
   if (c.ids_only && c.json) throw Error("--ids-only and --json do not go together");
   const std::string text = read_prompt(c.prompt);
   const FolderTokenizer tokenizer = FolderTokenizer::open(c.model);
-  const std::vector<int32_t> ids = encode_prompt(c.model, tokenizer, text);
+  const std::vector<int32_t> ids =
+      encode_prompt(c.model, is_hf_checkpoint(c.model), tokenizer, text);
   // A piece may be part of a UTF-8 character (byte-level BPE): shown with U+FFFD in its place.
   const auto quoted = [](const std::string& piece) {
     return nlohmann::json(piece).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
