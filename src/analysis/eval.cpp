@@ -516,12 +516,8 @@ std::vector<Passage> domain_passages(const Source& src, const std::vector<int64_
 
 // The fp32 model and one forward at the windows the run trained with, checked against the
 // memory this process may use before the model is loaded.
-void require_evaluation_memory(const std::string& dir) {
+void require_evaluation_memory(const std::string& dir, const TrainOptions& trained) {
   const ModelConfig config = load_model_config(dir + "/config.json");
-  TrainOptions trained;
-  if (fs::exists(dir + "/trainer_state.json"))
-    trained = train_options_from_json(
-        read_json_file(dir + "/trainer_state.json", "trainer state").at("options"));
   TrainingShape shape;
   shape.batch = trained.batch_size;
   shape.seq = std::min(trained.seq_len, config.max_position_embeddings);
@@ -551,13 +547,6 @@ EvalResult evaluate_run(const EvalOptions& o) {
 
   recover_for_reading(dir);
   if (!fs::exists(dir + "/model.safetensors")) throw no_checkpoint("model.safetensors");
-  require_evaluation_memory(dir);
-  LoadedModel m = load_model(dir);
-  Transformer& model = *m.model;
-  if (tokenizer.vocab_size() != m.config.vocab_size)
-    throw Error("'" + dir + "/tokenizer.model' has " + std::to_string(tokenizer.vocab_size()) +
-                " pieces but config.json's vocab_size is " + std::to_string(m.config.vocab_size));
-
   // Windows as the run trained: its sequence length and batch size.
   TrainOptions trained;
   int64_t run_step = std::numeric_limits<int64_t>::max();
@@ -566,6 +555,13 @@ EvalResult evaluate_run(const EvalOptions& o) {
     trained = train_options_from_json(state.at("options"));
     if (state.contains("step") && state["step"].is_number_integer()) run_step = state["step"];
   }
+  require_evaluation_memory(dir, trained);
+  LoadedModel m = load_model(dir);
+  Transformer& model = *m.model;
+  if (tokenizer.vocab_size() != m.config.vocab_size)
+    throw Error("'" + dir + "/tokenizer.model' has " + std::to_string(tokenizer.vocab_size()) +
+                " pieces but config.json's vocab_size is " + std::to_string(m.config.vocab_size));
+
   const Source src = text ? std::move(*text) : validation_source(dir, m.config.vocab_size);
   const auto N = static_cast<int64_t>(src.ids.size());
   if (N < 2)
