@@ -425,6 +425,33 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
   linear(head_, last_.data(), 1, D, logits.data(), V);
 }
 
+void InferenceModel::decode_batch(std::span<const int32_t> tokens, std::span<KvCache* const> caches,
+                                  std::span<float> logits) {
+  const int64_t B = static_cast<int64_t>(tokens.size()), V = config_.vocab_size;
+  require(static_cast<int64_t>(caches.size()) == B, "decode_batch: one cache per token");
+  require(static_cast<int64_t>(logits.size()) == B * V, "decode_batch: logits must be [B, V]");
+  std::vector<RoutingPlan> routes(last_routes_.size());
+  int64_t bytes = 0;
+  for (int64_t i = 0; i < B; ++i) {
+    forward(tokens.subspan(size_t(i), 1), *caches[size_t(i)],
+            logits.subspan(size_t(i * V), size_t(V)));
+    bytes += bytes_read_;
+    for (size_t m = 0; m < routes.size(); ++m) {
+      const RoutingPlan& one = last_routes_[m];
+      RoutingPlan& all = routes[m];
+      all.tokens = B;
+      all.experts = one.experts;
+      all.top_k = one.top_k;
+      all.token_choice = one.token_choice;
+      all.token.insert(all.token.end(), one.token.size(), static_cast<int32_t>(i));
+      all.expert.insert(all.expert.end(), one.expert.begin(), one.expert.end());
+      all.gate.insert(all.gate.end(), one.gate.begin(), one.gate.end());
+    }
+  }
+  last_routes_ = std::move(routes);
+  bytes_read_ = bytes;
+}
+
 void InferenceModel::route_token(const Block& b, const float* r, TokenRoute& route,
                                  const float* logits) const {
   const MoeConfig& m = *config_.moe;

@@ -96,6 +96,13 @@ class InferenceModel {
   // and a cache without room are Errors.
   void forward(std::span<const int32_t> tokens, KvCache& cache, std::span<float> logits);
 
+  // One decode step for several sequences at once (a server's concurrent requests): tokens[i]
+  // is fed to *caches[i], each its own sequence at its own position, and row i of logits
+  // ([B, V]) is its next-token logits. Each sequence's result is the same as forward() alone.
+  // Afterwards last_routes() lists the step's rows as tokens 0..B-1.
+  void decode_batch(std::span<const int32_t> tokens, std::span<KvCache* const> caches,
+                    std::span<float> logits);
+
   // Bytes of weights the last forward read, each tensor counted once however many tokens used
   // it (for one token: what the step had to stream from memory).
   int64_t weight_bytes_read() const { return bytes_read_; }
