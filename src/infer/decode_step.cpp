@@ -11,14 +11,19 @@
 #include "nn/rmsnorm.h"
 #include "nn/swiglu.h"
 #include "tensor/gemm.h"
+#include "tensor/quant.h"
 
 namespace moe {
 namespace {
 
-// y[j0:j1] = w[j0:j1, :] · x for one token, on the calling thread.
-void weight_rows(const WeightView& w, const float* x, int64_t j0, int64_t j1, float* y) {
+// y[j0:j1] = w[j0:j1, :] · x for one token, on the calling thread; xq: x quantized for w's
+// blocks when w is quantized (DecodeStep::quantized).
+void weight_rows(const WeightView& w, const float* x, std::span<const uint8_t> xq, int64_t j0,
+                 int64_t j1, float* y) {
   const int64_t K = w.shape[1];
-  if (w.dtype == TensorDtype::F32)
+  if (w.quant)
+    quantized_rows(*w.quant, w.blocks(), K, xq, j0, j1, y);
+  else if (w.dtype == TensorDtype::F32)
     gemm_few_rows(1, j0, j1, K, x, K, w.f32().data(), K, y, w.shape[0]);
   else
     gemm_few_rows(1, j0, j1, K, x, K, w.bf16().data(), K, y, w.shape[0]);
@@ -31,7 +36,7 @@ void weight_rows(const WeightView& w, const float* x, int64_t j0, int64_t j1, fl
 constexpr int64_t kShareBytes = 16 * 1024;
 
 int64_t share_rows(const WeightView& w) {
-  const int64_t row_bytes = w.shape[1] * static_cast<int64_t>(dtype_bytes(w.dtype));
+  const int64_t row_bytes = w.bytes() / std::max<int64_t>(w.shape[0], 1);
   return std::max<int64_t>(1, kShareBytes / std::max<int64_t>(row_bytes, 1));
 }
 
@@ -80,7 +85,9 @@ class InferenceModel::DecodeStep {
         qkv_(m.qkv_.data()),
         ctx_(m.ctx_.data()),
         ffn_(m.out_.data()),
-        y_(m.rows_out_.data()) {}
+        y_(m.rows_out_.data()),
+        slots_(2 + m.most_routed_),
+        hq_(static_cast<size_t>(omp_get_max_threads() * slots_)) {}
 
   void run() {
 #pragma omp parallel
@@ -124,15 +131,30 @@ class InferenceModel::DecodeStep {
   template <typename Epilogue>
   void rows_of(const WeightView& w, const float* v, float* out, Epilogue&& epilogue) {
     const int64_t N = w.shape[0], step = share_rows(w), shares = (N + step - 1) / step;
+    const std::span<const uint8_t> vq = quantized(w, v, 0);
 #pragma omp for schedule(guided) nowait
     for (int64_t i = 0; i < shares; ++i) {
       const int64_t j0 = i * step, j1 = std::min(N, j0 + step);
-      weight_rows(w, v, j0, j1, out);
+      weight_rows(w, v, vq, j0, j1, out);
       epilogue(j0, j1);
     }
   }
   void rows_of(const WeightView& w, const float* v, float* out) {
     rows_of(w, v, out, [](int64_t, int64_t) {});
+  }
+
+  // v: [w's columns] quantized for products with w's blocks, into this thread's buffer `slot`
+  // (each thread quantizes for itself: the same bits on each, no barrier); empty when w is not
+  // quantized. Slots: 0 a product's input, 1 the up projection's when its type differs from
+  // the gate's, 2 + e the e-th expert's down input.
+  std::span<const uint8_t> quantized(const WeightView& w, const float* v, int64_t slot) {
+    if (!w.quant) return {};
+    std::vector<uint8_t>& buffer =
+        m_.quantized_inputs_[size_t(omp_get_thread_num() * slots_ + slot)];
+    const int64_t K = w.shape[1];
+    buffer.resize(static_cast<size_t>(quant_row_bytes(activation_type(*w.quant), K)));
+    quantize_activations(*w.quant, {v, size_t(K)}, buffer);
+    return buffer;
   }
 
   // to: [D] = RMSNorm(x) with `weight`, on each thread alike.
@@ -192,23 +214,32 @@ class InferenceModel::DecodeStep {
     }
     const int64_t widest = m_.widest_ffn_, F = experts[0]->gate.shape[0],
                   step = share_rows(experts[0]->gate), shares = (F + step - 1) / step;
+    // The experts of one call share each matrix's type (checked when they are bound).
+    const WeightView &gate0 = experts[0]->gate, &up0 = experts[0]->up;
+    const std::span<const uint8_t> nq_gate = quantized(gate0, n, 0),
+                                   nq_up =
+                                       up0.quant == gate0.quant ? nq_gate : quantized(up0, n, 1);
 #pragma omp for schedule(guided)
     for (int64_t i = 0; i < count * shares; ++i) {
       const ExpertWeights& e = *experts[i / shares];
       const int64_t j0 = i % shares * step, j1 = std::min(F, j0 + step);
       float *h = m_.gate_act_.data() + i / shares * widest,
             *u = m_.up_.data() + i / shares * widest;
-      weight_rows(e.gate, n, j0, j1, h);
-      weight_rows(e.up, n, j0, j1, u);
+      weight_rows(e.gate, n, nq_gate, j0, j1, h);
+      weight_rows(e.up, n, nq_up, j0, j1, u);
       silu_gate(h + j0, h + j0, u + j0, j1 - j0);
     }
     const int64_t down_step = share_rows(experts[0]->down),
                   down_shares = (D_ + down_step - 1) / down_step;
+    for (int64_t e = 0; e < count; ++e)
+      hq_[size_t(omp_get_thread_num() * slots_ + e)] =
+          quantized(experts[e]->down, m_.gate_act_.data() + e * widest, 2 + e);
 #pragma omp for schedule(guided)
     for (int64_t i = 0; i < down_shares; ++i) {
       const int64_t j0 = i * down_step, j1 = std::min(D_, j0 + down_step);
       for (int64_t e = 0; e < count; ++e) {
-        weight_rows(experts[e]->down, m_.gate_act_.data() + e * widest, j0, j1, y_);
+        weight_rows(experts[e]->down, m_.gate_act_.data() + e * widest,
+                    hq_[size_t(omp_get_thread_num() * slots_ + e)], j0, j1, y_);
         for (int64_t j = j0; j < j1; ++j) ffn_[j] += scale[e] * y_[j];
       }
       if (last)
@@ -303,6 +334,9 @@ class InferenceModel::DecodeStep {
   std::span<float> logits_;
   const int64_t D_, pos_;
   float *x_, *qkv_, *ctx_, *ffn_, *y_;  // [D], [(H+2KV) hd], [H hd], [D], [D]
+  // Quantized inputs (quantized()): buffer slots per thread, and the down inputs' views.
+  const int64_t slots_;
+  std::vector<std::span<const uint8_t>> hq_;
   std::exception_ptr error_;
   std::atomic<bool> failed_{false};
   ExpertWeights fetched_;  // an expert from the expert cache
@@ -319,6 +353,8 @@ void InferenceModel::decode_step(KvCache& cache, std::span<float> logits) {
   ensure(rows_out_, 1, D);
   ensure(scores_, threads, cache.capacity);
   if (static_cast<int64_t>(routes_.size()) < threads) routes_.resize(static_cast<size_t>(threads));
+  const auto input_slots = static_cast<size_t>(threads * (2 + most_routed_));
+  if (quantized_inputs_.size() < input_slots) quantized_inputs_.resize(input_slots);
   DecodeStep(*this, cache, logits).run();
   const MoeConfig* m = config_.moe ? &*config_.moe : nullptr;
   if (m && m->routing_level == RoutingLevel::Sequence && cache.length < m->route_prefix)

@@ -14,6 +14,7 @@
 #include "tensor/bf16.h"
 #include "tensor/error.h"
 #include "tensor/gemm.h"
+#include "tensor/quant.h"
 
 namespace moe {
 namespace {
@@ -29,10 +30,19 @@ void require_shape(const std::string& name, const WeightView& v, const Shape& wa
           "tensor '" + name + "': shape " + shape_text(v.shape) + ", expected " + shape_text(want));
 }
 
-float widen(const WeightView& v, int64_t i) {
-  const auto at = static_cast<size_t>(i);
-  if (v.dtype == TensorDtype::F32) return v.f32()[at];
-  return v.dtype == TensorDtype::BF16 ? bf16_to_float(v.bf16()[at]) : half_to_float(v.f16()[at]);
+// out: [n] = row r of v ([rows, n]) in fp32, whatever v holds.
+void widen_row(const WeightView& v, int64_t r, std::span<float> out) {
+  const int64_t n = std::ssize(out);
+  if (v.quant) {
+    const int64_t row_bytes = quant_row_bytes(*v.quant, n);
+    return dequantize_row(*v.quant, v.blocks().subspan(size_t(r * row_bytes), size_t(row_bytes)),
+                          out);
+  }
+  const auto at = static_cast<size_t>(r * n);
+  for (size_t i = 0; i < out.size(); ++i)
+    out[i] = v.dtype == TensorDtype::F32    ? v.f32()[at + i]
+             : v.dtype == TensorDtype::BF16 ? bf16_to_float(v.bf16()[at + i])
+                                            : half_to_float(v.f16()[at + i]);
 }
 
 }  // namespace
@@ -41,19 +51,22 @@ const float* InferenceModel::as_f32(const std::string& name, const Shape& shape)
   const WeightView v = weights_.at(name);
   require_shape(name, v, shape);
   Tensor t(shape, name);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = widen(v, i);
+  const int64_t cols = shape.empty() ? 1 : shape.back();
+  for (int64_t r = 0; r < t.numel() / cols; ++r)
+    widen_row(v, r, t.span().subspan(size_t(r * cols), size_t(cols)));
   converted_.push_back(std::move(t));
   return converted_.back().data();
 }
 
-// Big matrices stay where they are (fp32 or bf16); fp16 ones, which no kernel here reads,
-// are widened to an fp32 copy once.
+// Big matrices stay where they are (fp32, bf16 or ggml's blocks); fp16 ones, which no kernel
+// here reads, are widened to an fp32 copy once.
 WeightView InferenceModel::matrix(const std::string& name, const Shape& shape) {
   const WeightView v = weights_.at(name);
   require_shape(name, v, shape);
-  if (v.dtype != TensorDtype::F16) return v;
+  if (v.quant || v.dtype != TensorDtype::F16) return v;
   const float* data = as_f32(name, shape);
-  return WeightView{TensorDtype::F32, shape, reinterpret_cast<const std::byte*>(data)};
+  return WeightView{TensorDtype::F32, shape, reinterpret_cast<const std::byte*>(data),
+                    std::nullopt};
 }
 
 InferenceModel::InferenceModel(const ModelConfig& config, MoeNaming naming,
@@ -174,6 +187,14 @@ void InferenceModel::bind_moe(Block& b, const std::string& moe, MoeNaming naming
       b.experts.push_back(
           ExpertWeights{matrix(gate, {F, D}), matrix(up, {F, D}), matrix(down, {D, F})});
   }
+  // The decode step quantizes a token's input once for all of a layer's experts.
+  for (const ExpertWeights& e : b.experts) {
+    const ExpertWeights& first = b.experts.front();
+    require(e.gate.type_name() == first.gate.type_name() &&
+                e.up.type_name() == first.up.type_name() &&
+                e.down.type_name() == first.down.type_name(),
+            moe + "experts: the experts of one layer must share each matrix's type");
+  }
   const int64_t shared_width = m.n_shared_experts * m.shared_expert_intermediate_size;
   if (shared_width == 0) return;
   b.has_shared = true;
@@ -223,7 +244,9 @@ const RoutingPlan& InferenceModel::last_routes(int64_t moe_layer) const {
 void InferenceModel::linear(const WeightView& w, const float* x, int64_t rows, int64_t ldx,
                             float* y, int64_t ldy) {
   const int64_t N = w.shape[0], K = w.shape[1];
-  if (w.dtype == TensorDtype::F32)
+  if (w.quant)
+    quantized_matmul(*w.quant, w.blocks(), N, K, x, rows, ldx, y, ldy);
+  else if (w.dtype == TensorDtype::F32)
     gemm(Trans::No, Trans::Yes, rows, N, K, 1.0f, x, ldx, w.f32().data(), K, 0.0f, y, ldy);
   else
     gemm_bf16_weight(rows, N, K, x, ldx, w.bf16().data(), K, y, ldy);
@@ -372,8 +395,8 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
   ensure(scores_, cache.capacity, 1);
 
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < D; ++d) x_[t * D + d] = widen(embed_, int64_t{tokens[t]} * D + d);
-  bytes_read_ += T * D * static_cast<int64_t>(dtype_bytes(embed_.dtype));
+    widen_row(embed_, tokens[size_t(t)], x_.span().subspan(size_t(t * D), size_t(D)));
+  bytes_read_ += T * (embed_.bytes() / V);
   if (T == 1 && !dump_) return decode_step(cache, logits);
 
   const auto rows = [](Tensor& t, int64_t n, int64_t width) {

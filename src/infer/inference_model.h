@@ -203,6 +203,8 @@ class InferenceModel {
   // The decode step's routing: one per thread, and the pre-gating guess.
   std::vector<TokenRoute> routes_;
   TokenRoute guess_;
+  // The decode step's inputs quantized for quantized weights: per thread, a few slots.
+  std::vector<std::vector<uint8_t>> quantized_inputs_;
   int64_t widest_ffn_ = 0;   // the largest F of any expert, dense MLP or shared expert
   int64_t most_routed_ = 0;  // the most experts one token can use: k, or E for expert choice
 };

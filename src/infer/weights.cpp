@@ -53,13 +53,28 @@ void OwnedWeights::add_bf16(const std::string& name, Shape shape, std::vector<ui
   bf16_.insert_or_assign(name, std::make_pair(std::move(shape), std::move(bits)));
 }
 
+void OwnedWeights::add_quantized(const std::string& name, const Tensor& values, QuantType type) {
+  require(values.shape().size() == 2, "quantized tensor '" + name + "': a matrix is expected");
+  const int64_t rows = values.shape()[0], cols = values.shape()[1];
+  const int64_t row_bytes = quant_row_bytes(type, cols);
+  Quantized q{values.shape(), type, std::vector<uint8_t>(static_cast<size_t>(rows * row_bytes))};
+  for (int64_t r = 0; r < rows; ++r)
+    quantize_row(type, values.span().subspan(size_t(r * cols), size_t(cols)),
+                 std::span(q.blocks).subspan(size_t(r * row_bytes), size_t(row_bytes)));
+  quantized_.insert_or_assign(name, std::move(q));
+}
+
 std::optional<WeightView> OwnedWeights::find(const std::string& name) const {
   if (const auto it = f32_.find(name); it != f32_.end())
     return WeightView{TensorDtype::F32, it->second.shape(),
-                      reinterpret_cast<const std::byte*>(it->second.data())};
+                      reinterpret_cast<const std::byte*>(it->second.data()), std::nullopt};
   if (const auto it = bf16_.find(name); it != bf16_.end())
     return WeightView{TensorDtype::BF16, it->second.first,
-                      reinterpret_cast<const std::byte*>(it->second.second.data())};
+                      reinterpret_cast<const std::byte*>(it->second.second.data()), std::nullopt};
+  if (const auto it = quantized_.find(name); it != quantized_.end())
+    return WeightView{TensorDtype::F32, it->second.shape,
+                      reinterpret_cast<const std::byte*>(it->second.blocks.data()),
+                      it->second.type};
   return std::nullopt;
 }
 

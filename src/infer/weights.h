@@ -42,17 +42,25 @@ class MappedCheckpoint : public WeightSource {
   std::map<std::string, size_t> file_of_;  // tensor name -> index into files_
 };
 
-// Tensors owned in memory, fp32 or bf16 (bf16 held as raw 16-bit words).
+// Tensors owned in memory: fp32, bf16 (held as raw 16-bit words) or ggml's quantized blocks.
 class OwnedWeights : public WeightSource {
  public:
   void add_f32(const std::string& name, Tensor values);
   void add_bf16(const std::string& name, Shape shape, std::vector<uint16_t> bits);
+  // values: [rows, cols] -> each row quantized to `type` (quantize_row).
+  void add_quantized(const std::string& name, const Tensor& values, QuantType type);
   std::optional<WeightView> find(const std::string& name) const override;
   std::string describe() const override { return "weights in memory"; }
 
  private:
   std::map<std::string, Tensor> f32_;
   std::map<std::string, std::pair<Shape, std::vector<uint16_t>>> bf16_;
+  struct Quantized {
+    Shape shape;
+    QuantType type;
+    std::vector<uint8_t> blocks;
+  };
+  std::map<std::string, Quantized> quantized_;
 };
 
 }  // namespace moe

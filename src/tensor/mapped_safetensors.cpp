@@ -25,12 +25,27 @@ struct FileDescriptor {
 
 template <typename T>
 std::span<const T> typed(const WeightView& v, TensorDtype want) {
-  require(v.dtype == want,
-          std::string("tensor holds ") + to_string(v.dtype) + ", not " + to_string(want));
+  require(!v.quant && v.dtype == want,
+          "tensor holds " + v.type_name() + ", not " + std::string(to_string(want)));
   return {reinterpret_cast<const T*>(v.data), static_cast<size_t>(v.numel())};
 }
 
 }  // namespace
+
+int64_t WeightView::bytes() const {
+  if (!quant) return numel() * static_cast<int64_t>(dtype_bytes(dtype));
+  require(!shape.empty() && shape.back() > 0, "a quantized tensor has rows");
+  return numel() / shape.back() * quant_row_bytes(*quant, shape.back());
+}
+
+std::string WeightView::type_name() const {
+  return quant ? std::string(quant_layout(*quant).name) : std::string(to_string(dtype));
+}
+
+std::span<const uint8_t> WeightView::blocks() const {
+  require(quant.has_value(), "tensor holds " + type_name() + ", not quantized blocks");
+  return {reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(bytes())};
+}
 
 std::span<const float> WeightView::f32() const {
   return typed<float>(*this, TensorDtype::F32);
@@ -93,7 +108,7 @@ WeightView MappedSafetensors::view(const std::string& name) const {
   const auto it = header_.tensors.find(name);
   require(it != header_.tensors.end(), path_ + ": missing tensor '" + name + "'");
   const SafetensorsEntry& e = it->second;
-  return WeightView{e.dtype, e.shape, base_ + header_.data_start + e.begin};
+  return WeightView{e.dtype, e.shape, base_ + header_.data_start + e.begin, std::nullopt};
 }
 
 }  // namespace moe

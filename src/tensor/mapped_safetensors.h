@@ -5,9 +5,11 @@
 // its element size (safetensors writers pad the header to 8 bytes, so real files are).
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 
+#include "tensor/quant.h"
 #include "tensor/safetensors.h"
 
 namespace moe {
@@ -17,12 +19,17 @@ struct WeightView {
   TensorDtype dtype = TensorDtype::F32;
   Shape shape;
   const std::byte* data = nullptr;
+  // Set for ggml's block-quantized rows (a GGUF tensor): each row of shape.back() values is
+  // quant_row_bytes(*quant, shape.back()) bytes, and dtype is not used.
+  std::optional<QuantType> quant;
 
   int64_t numel() const { return shape_numel(shape); }
-  int64_t bytes() const { return numel() * static_cast<int64_t>(dtype_bytes(dtype)); }
-  std::span<const float> f32() const;      // throws unless dtype is F32
-  std::span<const uint16_t> bf16() const;  // throws unless dtype is BF16
-  std::span<const uint16_t> f16() const;   // throws unless dtype is F16
+  int64_t bytes() const;
+  std::string type_name() const;            // "F32", "BF16", "F16", or ggml's "q4_K", ...
+  std::span<const float> f32() const;       // throws unless dtype is F32
+  std::span<const uint16_t> bf16() const;   // throws unless dtype is BF16
+  std::span<const uint16_t> f16() const;    // throws unless dtype is F16
+  std::span<const uint8_t> blocks() const;  // throws unless quantized: every row's blocks
 };
 
 class MappedSafetensors {

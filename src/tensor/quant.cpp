@@ -289,8 +289,16 @@ void quantize_row(QuantType type, std::span<const float> values, std::span<uint8
 
 std::vector<uint8_t> quantize_activations(QuantType weight_type, std::span<const float> x) {
   const QuantType type = activation_type(weight_type);
-  const QuantLayout& layout = quant_layout(type);
   std::vector<uint8_t> bytes(static_cast<size_t>(quant_row_bytes(type, std::ssize(x))));
+  quantize_activations(weight_type, x, bytes);
+  return bytes;
+}
+
+void quantize_activations(QuantType weight_type, std::span<const float> x,
+                          std::span<uint8_t> bytes) {
+  const QuantType type = activation_type(weight_type);
+  const QuantLayout& layout = quant_layout(type);
+  check_sizes(type, x.size(), bytes.size(), "quantize_activations");
   const int64_t blocks = std::ssize(x) / layout.block_values;
   for (int64_t b = 0; b < blocks; ++b) {
     const float* values = x.data() + b * layout.block_values;
@@ -308,7 +316,6 @@ std::vector<uint8_t> quantize_activations(QuantType weight_type, std::span<const
       }
     }
   }
-  return bytes;
 }
 
 }  // namespace moe

@@ -49,6 +49,11 @@ void quantize_row(QuantType type, std::span<const float> values, std::span<uint8
 // non-finite x makes every product with it NaN (no Error: the engine checks its outputs).
 std::vector<uint8_t> quantize_activations(QuantType weight_type, std::span<const float> x);
 
+// The same into `bytes` (quant_row_bytes(activation_type(weight_type), x.size()) of them), with
+// no allocation: for loops that quantize an input per product.
+void quantize_activations(QuantType weight_type, std::span<const float> x,
+                          std::span<uint8_t> bytes);
+
 // The dot product of one row of n weights with n activations (quantize_activations' bytes).
 float vec_dot(QuantType weight_type, std::span<const uint8_t> weights,
               std::span<const uint8_t> activations, int64_t n);
@@ -57,6 +62,18 @@ float vec_dot(QuantType weight_type, std::span<const uint8_t> weights,
 // (quant_row_bytes(type, cols) bytes each). x is quantized once; threads split the rows (on
 // the calling thread alone inside a parallel region). Each weight is read once.
 // weights: [rows, cols] quantized  x: [cols]  y: [rows]
+// y[j] = w[j, :] . x for the rows j0 <= j < j1 of w (`cols` values each), x already quantized
+// (quantize_activations), on the calling thread: a share of a product inside a parallel region.
+void quantized_rows(QuantType type, std::span<const uint8_t> weights, int64_t cols,
+                    std::span<const uint8_t> activations, int64_t j0, int64_t j1, float* y);
+
+// y[t, j] = sum_c x[t, c] * w[j, c] for `tokens` rows of x (row stride ldx) and the `rows` rows
+// of w (row stride of y: ldy): each x row quantized once, then the threads share w's rows and
+// take each row through every token while it is in cache, so each weight is read once.
+// weights: [rows, cols] quantized  x: [tokens, cols]  y: [tokens, rows]
+void quantized_matmul(QuantType type, std::span<const uint8_t> weights, int64_t rows, int64_t cols,
+                      const float* x, int64_t tokens, int64_t ldx, float* y, int64_t ldy);
+
 void quantized_matvec(QuantType type, std::span<const uint8_t> weights, int64_t rows, int64_t cols,
                       std::span<const float> x, std::span<float> y);
 

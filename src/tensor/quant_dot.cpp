@@ -2,9 +2,11 @@
 // kernels, the choice of kernel set, vec_dot and the matrix-vector product of decode.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "tensor/cpu.h"
 #include "tensor/error.h"
@@ -169,6 +171,46 @@ float vec_dot(QuantType weight_type, std::span<const uint8_t> weights,
   require(std::ssize(activations) == quant_row_bytes(activation_type(weight_type), n),
           "vec_dot: the activations are not n values quantized for these weights");
   return dot(weights.data(), activations.data(), n / quant_layout(weight_type).block_values);
+}
+
+void quantized_rows(QuantType type, std::span<const uint8_t> weights, int64_t cols,
+                    std::span<const uint8_t> activations, int64_t j0, int64_t j1, float* y) {
+  const quant_kernels::DotKernel dot = quant_kernels::dot_kernel(type);
+  const int64_t row_bytes = quant_row_bytes(type, cols);
+  require(j0 >= 0 && j0 <= j1 && j1 <= std::ssize(weights) / row_bytes,
+          "quantized_rows: rows outside the weights");
+  require(std::ssize(activations) == quant_row_bytes(activation_type(type), cols),
+          "quantized_rows: the activations are not cols values quantized for these weights");
+  const int64_t blocks = cols / quant_layout(type).block_values;
+  for (int64_t j = j0; j < j1; ++j)
+    y[j] = dot(weights.data() + j * row_bytes, activations.data(), blocks);
+}
+
+void quantized_matmul(QuantType type, std::span<const uint8_t> weights, int64_t rows, int64_t cols,
+                      const float* x, int64_t tokens, int64_t ldx, float* y, int64_t ldy) {
+  const quant_kernels::DotKernel dot = quant_kernels::dot_kernel(type);
+  const int64_t row_bytes = quant_row_bytes(type, cols);
+  require(rows >= 0 && (rows == 0 || row_bytes <= std::numeric_limits<int64_t>::max() / rows) &&
+              std::ssize(weights) == rows * row_bytes,
+          "quantized_matmul: the weights are not rows x cols values");
+  require(tokens >= 0 && ldx >= cols && ldy >= rows, "quantized_matmul: bad row strides");
+  const QuantType act_type = activation_type(type);
+  const int64_t act_bytes = quant_row_bytes(act_type, cols);
+  std::vector<uint8_t> activations(static_cast<size_t>(tokens * act_bytes));
+#pragma omp parallel for schedule(static) if (tokens >= 4)
+  for (int64_t t = 0; t < tokens; ++t)
+    quantize_activations(type, {x + t * ldx, size_t(cols)},
+                         {activations.data() + t * act_bytes, size_t(act_bytes)});
+  const int64_t blocks = cols / quant_layout(type).block_values;
+  // Tiles of a few weight rows: each row stays in L1 while every token's activations pass it.
+  constexpr int64_t kTileRows = 4;
+  const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
+#pragma omp parallel for schedule(dynamic, 4) if (rows * tokens >= 64)
+  for (int64_t tile = 0; tile < tiles; ++tile)
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t j = tile * kTileRows; j < std::min(rows, (tile + 1) * kTileRows); ++j)
+        y[t * ldy + j] =
+            dot(weights.data() + j * row_bytes, activations.data() + t * act_bytes, blocks);
 }
 
 void quantized_matvec(QuantType type, std::span<const uint8_t> weights, int64_t rows, int64_t cols,
