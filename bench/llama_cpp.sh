@@ -41,17 +41,7 @@ py=/usr/bin/python3
 
 # 2. llama-bench, and llama-debug for the logits check. The bundle's history is squashed into
 #    one commit, so the version is that commit and the tag node-llama-cpp gives it.
-if [ ! -f "$out/cmake/CMakeCache.txt" ]; then
-  # LLAMA_OPENSSL=OFF: no HTTPS model downloads (this version's LLAMA_CURL).
-  cmake -S "$out/src" -B "$out/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-    > "$out/cmake.log"
-fi
-if [ ! -x "$out/cmake/bin/llama-bench" ] || [ ! -x "$out/cmake/bin/llama-debug" ]; then
-  start=$SECONDS
-  nice -n 10 cmake --build "$out/cmake" -j2 --target llama-bench llama-debug > "$out/build.log"
-  echo "llama.cpp built in $((SECONDS - start)) s"
-fi
+bash scripts/llama_cpp_tools.sh > /dev/null
 llama_version="$(sed -n 's/.*"tag": *"\([^"]*\)".*/\1/p' "${bundle%/*}/llama.cpp.info.json"), commit $(git -C "$out/src" log -1 --format='%h of %cs')"
 
 # 3. The model: moe writes its random checkpoint once (a --scratch file, with the expert

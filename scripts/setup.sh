@@ -8,6 +8,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev zlib1g-dev   # tokenizer; reading the gzip corpus
   libpcre2-dev libicu-dev          # tokenizer.json BPE: regexes with \p{L}/\p{N}; NFC normalizer
+  libcpp-httplib-dev               # moe serve: the HTTP server
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin        # expert parallelism across processes (moe train under mpirun)
   clang-format

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/llama_cpp_source.sh > /dev/null  # gguf-py, for the GGUF reader's reference files
+bash scripts/llama_cpp_tools.sh > /dev/null   # llama-quantize and llama-debug: the GGUF models' reference
 bash scripts/build.sh "$@"
 dir=build
 [ "${1:-}" = "--sanitize" ] && dir=build-asan

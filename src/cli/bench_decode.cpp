@@ -137,7 +137,7 @@ bool stays_f32(const std::string& name, const WeightView& v) {
 }
 
 // An fp32 folder's weights with the matrices rounded to bf16, in memory.
-std::unique_ptr<OwnedWeights> bf16_in_memory(const MappedCheckpoint& mapped) {
+std::unique_ptr<OwnedWeights> bf16_in_memory(const WeightSource& mapped) {
   auto out = std::make_unique<OwnedWeights>();
   for (const std::string& name : mapped.names()) {
     const WeightView v = mapped.at(name);
@@ -158,7 +158,7 @@ std::unique_ptr<OwnedWeights> bf16_in_memory(const MappedCheckpoint& mapped) {
 
 // The same as a bf16 checkpoint file in `folder` (every tensor bf16, as `moe export --dtype
 // bf16` writes them), for the expert cache to read from.
-std::string bf16_checkpoint(const MappedCheckpoint& mapped, const std::string& folder) {
+std::string bf16_checkpoint(const WeightSource& mapped, const std::string& folder) {
   std::map<std::string, Tensor> tensors;
   for (const std::string& name : mapped.names()) {
     const WeightView v = mapped.at(name);

@@ -17,9 +17,10 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommand& c) {
   CLI::App* generate = app.add_subcommand("generate", "Generate text from a trained run");
   generate
       ->add_option("-m,--model", c.model,
-                   "Run folder or Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe)")
+                   "Run folder, Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe) or "
+                   "GGUF file (llama, qwen2moe, olmoe)")
       ->required()
-      ->check(CLI::ExistingDirectory);
+      ->check(CLI::ExistingPath);
   add_prompt_options(*generate, c.prompt);
   generate->add_option("-n,--max-tokens", c.max_tokens, "Tokens to generate")
       ->capture_default_str()
@@ -89,10 +90,10 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
   // Any model runs mapped as it lies through the one inference engine (bf16 stays bf16, experts
   // may stay on storage). A run folder's save that a kill interrupted is finished or undone
   // first, as --resume does.
-  if (!is_hf_checkpoint(run)) recover_for_reading(run);
+  prepare_for_reading(run);
   const OpenedModel opened = open_model(run, decoder_options);
   const ModelConfig& config = opened.config;
-  const FolderTokenizer tokenizer = FolderTokenizer::open(run);
+  const FolderTokenizer tokenizer = model_tokenizer(run);
   if (tokenizer.vocab_size() > config.vocab_size)
     throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                 " pieces, more than the model's vocab_size " + std::to_string(config.vocab_size));

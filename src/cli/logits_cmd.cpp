@@ -17,9 +17,9 @@ namespace moe::cli {
 CLI::App* add_logits_command(CLI::App& app, LogitsCommand& c) {
   CLI::App* cmd = app.add_subcommand(
       "logits", "Write the last position's next-token logits as raw little-endian float32");
-  cmd->add_option("-m,--model", c.model, "Run folder or Hugging Face checkpoint folder")
+  cmd->add_option("-m,--model", c.model, "Run folder, Hugging Face checkpoint folder or GGUF file")
       ->required()
-      ->check(CLI::ExistingDirectory);
+      ->check(CLI::ExistingPath);
   CLI::Option* ids =
       cmd->add_option("--ids", c.ids, "Token ids, comma-separated: 1,2,3 (instead of a prompt)")
           ->delimiter(',');
@@ -45,7 +45,7 @@ std::vector<int32_t> prompt_ids(const LogitsCommand& c, const OpenedModel& model
   std::vector<int64_t> given = c.ids;
   if (given.empty()) {
     const std::string text = read_prompt(c.prompt);
-    const FolderTokenizer tokenizer = FolderTokenizer::open(c.model);
+    const FolderTokenizer tokenizer = model_tokenizer(c.model);
     const std::vector<int32_t> encoded =
         encode_prompt(c.model, model.kind == ModelKind::HuggingFace, tokenizer, text);
     given.assign(encoded.begin(), encoded.end());
@@ -74,7 +74,7 @@ std::vector<float> last_logits(const LogitsCommand& c, size_t& prompt_tokens) {
     throw Error("give the prompt: --ids 1,2,3, -p TEXT or -f FILE");
   if (c.dump.empty() != c.dump_out.empty())
     throw Error("--dump and --dump-out go together: the names, and the file they go to");
-  if (!is_hf_checkpoint(dir)) recover_for_reading(dir);  // a run's interrupted save, as generate
+  prepare_for_reading(dir);
   const OpenedModel m = open_model(dir);
   const std::vector<int32_t> ids = prompt_ids(c, m);
   prompt_tokens = ids.size();

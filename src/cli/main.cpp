@@ -26,6 +26,7 @@
 #include "cli/logits_cmd.h"
 #include "cli/params.h"
 #include "cli/report_cmd.h"
+#include "cli/serve_cmd.h"
 #include "cli/tokenize_cmd.h"
 #include "cli/train_cmd.h"
 #include "dist/mpi_world.h"
@@ -209,6 +210,9 @@ void add_help_footers(CLI::App& app) {
       {"moe generate",
        "moe generate -m runs/default -p \"NAME\" -n 100 --temperature 0.7\n"
        "  moe generate -m hf/mixtral -f prompt.txt --expert-cache 4 --prefetch"},
+      {"moe serve",
+       "moe serve -m runs/default --port 8080 --parallel 4\n"
+       "  moe serve -m hf/Mixtral-8x7B-Instruct --api-key KEY --expert-cache 4"},
       {"moe export", "moe export -m runs/default --out hf/default --dtype bf16"},
       {"moe report", "moe report -m runs/default --compare runs/dense --out report.html"},
       {"moe eval",
@@ -360,6 +364,8 @@ int main(int argc, char** argv) {
   CLI::App* logits = moe::cli::add_logits_command(app, logits_cmd);
   moe::cli::TokenizeCommand tokenize_cmd;
   CLI::App* tokenize = moe::cli::add_tokenize_command(app, tokenize_cmd);
+  moe::cli::ServeCommand serve_cmd;
+  CLI::App* serve = moe::cli::add_serve_command(app, serve_cmd);
   add_help_footers(app);
 
   try {
@@ -401,6 +407,7 @@ int main(int argc, char** argv) {
     if (*eval) return moe::cli::run_eval(eval_cmd);
     if (*logits) return moe::cli::run_logits(logits_cmd);
     if (*tokenize) return moe::cli::run_tokenize(tokenize_cmd);
+    if (*serve) return moe::cli::run_serve(serve_cmd);
   } catch (const moe::SharedError& e) {
     if (reporter) std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;

@@ -8,11 +8,14 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "infer/open_model.h"
 #include "model/config.h"
 #include "model/hf_checkpoint.h"
 #include "model/memory_estimate.h"
 #include "tensor/error.h"
+#include "tensor/gguf.h"
 #include "tensor/threads.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 
 namespace moe::cli {
@@ -76,11 +79,26 @@ bool prompt_starts_with_bos(const std::string& dir, bool hugging_face, const Fol
 
 std::vector<int32_t> encode_prompt(const std::string& dir, bool hugging_face,
                                    const FolderTokenizer& tokenizer, std::string_view text) {
+  if (const GgufTokenizer* gguf = tokenizer.gguf()) {  // BOS as the file says, as llama.cpp does
+    std::vector<int32_t> ids = gguf->encode_prompt(text);
+    if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
+    return ids;
+  }
   std::vector<int32_t> ids = tokenizer.encode(text);
   if (prompt_starts_with_bos(dir, hugging_face, tokenizer))
     ids.insert(ids.begin(), tokenizer.bos_id());
   if (ids.empty()) ids.push_back(std::max(tokenizer.eos_id(), 0));
   return ids;
+}
+
+FolderTokenizer model_tokenizer(const std::string& path) {
+  if (!is_gguf_file(path)) return FolderTokenizer::open(path);
+  const GgufFile file(path);
+  return FolderTokenizer::from_gguf(file.header());
+}
+
+void prepare_for_reading(const std::string& path) {
+  if (!is_gguf_file(path) && !is_hf_checkpoint(path)) recover_for_reading(path);
 }
 
 void require_inference_memory(const ModelConfig& config, int64_t positions, int64_t prompt,

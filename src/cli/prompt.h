@@ -35,6 +35,13 @@ std::string read_prompt(const PromptOptions& prompt);
 std::vector<int32_t> encode_prompt(const std::string& dir, bool hugging_face,
                                    const FolderTokenizer& tokenizer, std::string_view text);
 
+// The tokenizer of any model path: a GGUF file's from its metadata, a folder's from its files.
+FolderTokenizer model_tokenizer(const std::string& path);
+
+// A run folder's interrupted save finished before it is read (as training would on resume);
+// nothing for a Hugging Face folder or a GGUF file, which training never writes.
+void prepare_for_reading(const std::string& path);
+
 // Refuses in one line (OutOfMemory, exit 2) an inference run of `config` whose KV cache of
 // `positions`, prefill of `prompt` tokens, `cached_experts` per MoE layer and weights made in
 // memory cannot fit in the memory this process may use (model/memory_estimate.h).

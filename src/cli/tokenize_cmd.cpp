@@ -12,9 +12,9 @@ namespace moe::cli {
 CLI::App* add_tokenize_command(CLI::App& app, TokenizeCommand& c) {
   CLI::App* cmd = app.add_subcommand(
       "tokenize", "Show how a model folder's tokenizer splits a prompt: ids and pieces");
-  cmd->add_option("-m,--model", c.model, "Run folder or Hugging Face checkpoint folder")
+  cmd->add_option("-m,--model", c.model, "Run folder, Hugging Face checkpoint folder or GGUF file")
       ->required()
-      ->check(CLI::ExistingDirectory);
+      ->check(CLI::ExistingPath);
   add_prompt_options(*cmd, c.prompt);
   cmd->add_flag("--ids-only", c.ids_only, "One line of comma-separated ids (for logits --ids)");
   cmd->add_flag("--json", c.json, "Print {\"ids\": [...], \"pieces\": [...]}");
@@ -25,7 +25,7 @@ int run_tokenize(const TokenizeCommand& c) {
   if (!prompt_given(c.prompt)) throw Error("give the text: -p TEXT, -p - or -f FILE");
   if (c.ids_only && c.json) throw Error("--ids-only and --json do not go together");
   const std::string text = read_prompt(c.prompt);
-  const FolderTokenizer tokenizer = FolderTokenizer::open(c.model);
+  const FolderTokenizer tokenizer = model_tokenizer(c.model);
   const std::vector<int32_t> ids =
       encode_prompt(c.model, is_hf_checkpoint(c.model), tokenizer, text);
   // A piece may be part of a UTF-8 character (byte-level BPE): shown with U+FFFD in its place.

@@ -1,15 +1,48 @@
 #include "infer/open_model.h"
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "infer/gguf_weights.h"
+#include "model/gguf_config.h"
 #include "model/hf_checkpoint.h"
 #include "tensor/error.h"
 
 namespace moe {
 
+bool is_gguf_file(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::string_view(magic, 4) == "GGUF";
+}
+
+namespace {
+
+OpenedModel open_gguf(const std::string& path, const InferenceOptions& options) {
+  require(options.expert_cache == 0,
+          path + ": the expert cache reads safetensors folders; a GGUF file runs mapped whole");
+  OpenedModel m;
+  m.kind = ModelKind::Gguf;
+  auto file = std::make_unique<GgufFile>(path);
+  const GgufModelConfig gguf = gguf_model_config(file->header());
+  m.config = gguf.config;
+  m.model_type = gguf.architecture;
+  auto weights = std::make_unique<GgufWeights>(std::move(file), gguf);
+  m.gguf = &weights->file();
+  m.weights = std::move(weights);
+  const MoeNaming naming = gguf.arch == HfArch::Mixtral ? MoeNaming::Mixtral : MoeNaming::Qwen2;
+  m.model = std::make_unique<InferenceModel>(m.config, naming, *m.weights, options);
+  return m;
+}
+
+}  // namespace
+
 OpenedModel open_model(const std::string& dir, const InferenceOptions& options) {
+  if (is_gguf_file(dir)) return open_gguf(dir, options);
   OpenedModel m;
   std::vector<std::string> files;
   MoeNaming naming = MoeNaming::Mixtral;
@@ -27,8 +60,8 @@ OpenedModel open_model(const std::string& dir, const InferenceOptions& options) 
     std::error_code ec;
     require(std::filesystem::is_regular_file(dir + "/config.json", ec),
             "'" + dir +
-                "' is not a model folder (no config.json): give a folder that moe train wrote "
-                "or a Hugging Face checkpoint folder");
+                "' is not a model folder (no config.json): give a folder that moe train wrote, "
+                "a Hugging Face checkpoint folder or a GGUF file");
     m.kind = ModelKind::Run;
     m.config = load_model_config(dir + "/config.json");
     files.push_back(dir + "/model.safetensors");

@@ -1,5 +1,7 @@
 #include "infer/weights.h"
 
+#include <algorithm>
+
 #include "tensor/error.h"
 
 namespace moe {
@@ -76,6 +78,15 @@ std::optional<WeightView> OwnedWeights::find(const std::string& name) const {
                       reinterpret_cast<const std::byte*>(it->second.blocks.data()),
                       it->second.type};
   return std::nullopt;
+}
+
+std::vector<std::string> OwnedWeights::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, t] : f32_) out.push_back(name);
+  for (const auto& [name, t] : bf16_) out.push_back(name);
+  for (const auto& [name, t] : quantized_) out.push_back(name);
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace moe

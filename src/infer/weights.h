@@ -21,6 +21,7 @@ class WeightSource {
   // Throws Error naming the tensor and where it was looked for.
   WeightView at(const std::string& name) const;
   virtual std::string describe() const = 0;  // for errors: the folder or "random weights"
+  virtual std::vector<std::string> names() const = 0;  // every tensor's name, sorted
   // Where a tensor lies in a file, for reading it without the mapping (the expert cache);
   // nullopt for tensors that are not in a file.
   virtual std::optional<TensorLocation> locate(const std::string&) const { return std::nullopt; }
@@ -34,7 +35,7 @@ class MappedCheckpoint : public WeightSource {
   std::optional<WeightView> find(const std::string& name) const override;
   std::string describe() const override { return folder_; }
   std::optional<TensorLocation> locate(const std::string& name) const override;
-  std::vector<std::string> names() const;  // every tensor of every file, sorted
+  std::vector<std::string> names() const override;
 
  private:
   std::string folder_;
@@ -51,6 +52,7 @@ class OwnedWeights : public WeightSource {
   void add_quantized(const std::string& name, const Tensor& values, QuantType type);
   std::optional<WeightView> find(const std::string& name) const override;
   std::string describe() const override { return "weights in memory"; }
+  std::vector<std::string> names() const override;
 
  private:
   std::map<std::string, Tensor> f32_;

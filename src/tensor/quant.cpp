@@ -127,6 +127,19 @@ void quantize_q8_0(const float* x, uint8_t* block) {
   for (int i = 0; i < kValues32; ++i) q[i] = static_cast<int8_t>(std::roundf(x[i] * inverse));
 }
 
+// Activations in Q8_0 as ggml's x86 CPU backend quantizes them (its AVX code, which llama.cpp
+// runs here): q = nearest-even(x * (127 / max|x|)). Its reference quantizer above (weights)
+// multiplies by 1 / (max|x| / 127) and rounds halves away: a quant differs by one now and then,
+// enough to move a model's logits by a visible amount after a few layers.
+void quantize_q8_0_activations(const float* x, uint8_t* block) {
+  float amax = 0;
+  for (int i = 0; i < kValues32; ++i) amax = std::max(amax, std::fabs(x[i]));
+  store_half(block + q8_0::kD, amax / 127);
+  const float inverse = amax != 0 ? 127.0f / amax : 0.0f;
+  auto* q = reinterpret_cast<int8_t*>(block + q8_0::kQ);
+  for (int i = 0; i < kValues32; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * inverse));
+}
+
 // The value of largest magnitude (the first such), with its sign.
 float signed_absmax(const float* x, int n) {
   float amax = 0, max = 0;
@@ -305,7 +318,10 @@ void quantize_activations(QuantType weight_type, std::span<const float> x,
     uint8_t* block = bytes.data() + b * layout.block_bytes;
     if (std::all_of(values, values + layout.block_values,
                     [](float v) { return std::isfinite(v); })) {
-      quantize_block(type, values, block);
+      if (type == QuantType::Q8_0)
+        quantize_q8_0_activations(values, block);
+      else
+        quantize_block(type, values, block);
     } else {  // a NaN scale and zero quants: the block's products are NaN
       std::fill(block, block + layout.block_bytes, 0);
       if (type == QuantType::Q8_0) {

@@ -1,0 +1,11 @@
+#pragma once
+// `moe serve`'s page at GET /: one self-contained HTML file (no outside resources) with a chat
+// box that streams the answer, each token coloured by the expert it used in a chosen MoE layer,
+// and a per-expert load bar fed by /metrics.
+#include <string_view>
+
+namespace moe::cli {
+
+std::string_view serve_page_html();
+
+}  // namespace moe::cli
