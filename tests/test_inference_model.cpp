@@ -427,6 +427,93 @@ TEST(InferenceModel, CountsAQuantizedDecodeStepAtItsBlocksBytes) {
   EXPECT_EQ(engine.weight_bytes_read(), L * per_layer + bytes(V, D) + bytes(1, D));
 }
 
+// decode_batch, the server's step over several sequences: each row's logits are the bits
+// forward() gives its sequence alone, for every layout and router (sequence routing with each
+// row's own prefix sums, expert choice's varying number of experts), for fp32, bf16 and
+// quantized weights, with the sequences at different positions; the step reads each weight
+// once (a tied or dense weight once, not once per row) and lists its rows' routes.
+TEST(InferenceModel, DecodeBatchEqualsEachSequenceAlone) {
+  const auto check = [](const ModelConfig& config, const WeightSource& weights) {
+    InferenceModel alone(config, MoeNaming::Mixtral, weights),
+        batched(config, MoeNaming::Mixtral, weights);
+    const std::vector<int32_t> all = prompt();
+    constexpr int64_t B = 5;
+    std::vector<KvCache> solo, together;
+    std::vector<float> want(B * kVocab), got(B * kVocab), scratch(kVocab);
+    for (int64_t r = 0; r < B; ++r) {  // sequence r: a prompt of 2 + 3 r tokens
+      const std::span<const int32_t> head(all.data() + r, size_t(2 + 3 * r));
+      solo.push_back(alone.make_cache(32));
+      together.push_back(batched.make_cache(32));
+      alone.forward(head, solo.back(), scratch);
+      batched.forward(head, together.back(), scratch);
+    }
+    std::vector<KvCache*> caches;
+    for (KvCache& c : together) caches.push_back(&c);
+    for (int step = 0; step < 3; ++step) {
+      std::vector<int32_t> next(B);
+      for (int64_t r = 0; r < B; ++r) {
+        next[size_t(r)] = static_cast<int32_t>((7 * r + 11 * step) % kVocab);
+        alone.forward({&next[size_t(r)], 1}, solo[size_t(r)],
+                      std::span(want).subspan(size_t(r * kVocab), kVocab));
+      }
+      batched.decode_batch(next, caches, got);
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_EQ(got[i], want[i]) << "step " << step << ", row " << i / kVocab;
+      for (int64_t layer = 0; layer < config.num_moe_layers(); ++layer)
+        EXPECT_EQ(batched.last_routes(layer).tokens, B);
+    }
+    for (int64_t r = 0; r < B; ++r) EXPECT_EQ(together[size_t(r)].length, 2 + 3 * r + 3);
+  };
+  for (const Layout& layout : layouts()) {
+    if (!layout.causal) continue;
+    SCOPED_TRACE(layout.name);
+    const ModelConfig config = config_for(layout);
+    for (const bool bf16 : {false, true}) {
+      Model m;
+      make_model(config, m, bf16);
+      check(config, weights_of(m, bf16));
+    }
+  }
+  for (const QuantType type : {QuantType::Q8_0, QuantType::Q4_K}) {
+    SCOPED_TRACE(quant_layout(type).name);
+    const ModelConfig config = quantizable_config("mixtral");
+    Model m;
+    make_model(config, m, false);
+    check(config, quantized_weights(*m.transformer, m.store, type).first);
+  }
+}
+
+// A batched step reads the dense weights once for all its rows, and each expert once for the
+// rows that chose it: fewer bytes than the rows' single steps together, and no fewer than one.
+TEST(InferenceModel, DecodeBatchReadsEachWeightOnce) {
+  const ModelConfig config = config_for(layouts()[0]);
+  Model m;
+  make_model(config, m, false);
+  const OwnedWeights weights = weights_of(m, true);
+  InferenceModel engine(config, MoeNaming::Mixtral, weights);
+  constexpr int64_t B = 4;
+  std::vector<KvCache> caches;
+  std::vector<KvCache*> pointers;
+  for (int64_t r = 0; r < B; ++r) caches.push_back(engine.make_cache(8));
+  for (KvCache& c : caches) pointers.push_back(&c);
+  const std::vector<int32_t> tokens = {3, 17, 40, 77};
+  std::vector<float> logits(B * kVocab);
+  engine.decode_batch(tokens, pointers, logits);
+  const int64_t batched = engine.weight_bytes_read();
+  int64_t alone = 0, largest = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    KvCache c = engine.make_cache(8);
+    engine.forward({&tokens[size_t(r)], 1}, c, std::span(logits).subspan(0, kVocab));
+    alone += engine.weight_bytes_read();
+    largest = std::max(largest, engine.weight_bytes_read());
+  }
+  // Every row's distinct experts: the dense bytes once plus at most E experts per layer.
+  const int64_t D = 48, F = 32, E = 6, L = 3;
+  EXPECT_LT(batched, alone);
+  EXPECT_GE(batched, largest);
+  EXPECT_LE(batched, largest + L * (E - 2) * 2 * 3 * F * D + (B - 1) * 2 * D);
+}
+
 // Experts in slower memory: with 1, 2 or all 6 experts per layer in RAM, either policy, with
 // and without prefetch, the logits are exactly those of the mapped model (the same weights
 // through the same kernels), every lookup is a hit or a miss, and storage bytes are the

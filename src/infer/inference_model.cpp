@@ -30,21 +30,6 @@ void require_shape(const std::string& name, const WeightView& v, const Shape& wa
           "tensor '" + name + "': shape " + shape_text(v.shape) + ", expected " + shape_text(want));
 }
 
-// out: [n] = row r of v ([rows, n]) in fp32, whatever v holds.
-void widen_row(const WeightView& v, int64_t r, std::span<float> out) {
-  const int64_t n = std::ssize(out);
-  if (v.quant) {
-    const int64_t row_bytes = quant_row_bytes(*v.quant, n);
-    return dequantize_row(*v.quant, v.blocks().subspan(size_t(r * row_bytes), size_t(row_bytes)),
-                          out);
-  }
-  const auto at = static_cast<size_t>(r * n);
-  for (size_t i = 0; i < out.size(); ++i)
-    out[i] = v.dtype == TensorDtype::F32    ? v.f32()[at + i]
-             : v.dtype == TensorDtype::BF16 ? bf16_to_float(v.bf16()[at + i])
-                                            : half_to_float(v.f16()[at + i]);
-}
-
 }  // namespace
 
 const float* InferenceModel::as_f32(const std::string& name, const Shape& shape) {
@@ -448,11 +433,10 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
   linear(head_, last_.data(), 1, D, logits.data(), V);
 }
 
-void InferenceModel::decode_batch(std::span<const int32_t> tokens, std::span<KvCache* const> caches,
-                                  std::span<float> logits) {
+void InferenceModel::decode_rows_in_turn(std::span<const int32_t> tokens,
+                                         std::span<KvCache* const> caches,
+                                         std::span<float> logits) {
   const int64_t B = static_cast<int64_t>(tokens.size()), V = config_.vocab_size;
-  require(static_cast<int64_t>(caches.size()) == B, "decode_batch: one cache per token");
-  require(static_cast<int64_t>(logits.size()) == B * V, "decode_batch: logits must be [B, V]");
   std::vector<RoutingPlan> routes(last_routes_.size());
   int64_t bytes = 0;
   for (int64_t i = 0; i < B; ++i) {

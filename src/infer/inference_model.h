@@ -98,8 +98,9 @@ class InferenceModel {
 
   // One decode step for several sequences at once (a server's concurrent requests): tokens[i]
   // is fed to *caches[i], each its own sequence at its own position, and row i of logits
-  // ([B, V]) is its next-token logits. Each sequence's result is the same as forward() alone.
-  // Afterwards last_routes() lists the step's rows as tokens 0..B-1.
+  // ([B, V]) is its next-token logits, the bits forward() gives that sequence alone. Each
+  // weight a row uses is read once for all the rows that use it (batch_step.cpp). Afterwards
+  // last_routes() lists the step's rows as tokens 0..B-1.
   void decode_batch(std::span<const int32_t> tokens, std::span<KvCache* const> caches,
                     std::span<float> logits);
 
@@ -138,6 +139,15 @@ class InferenceModel {
   // (decode_step.cpp).
   class DecodeStep;
   void decode_step(KvCache& cache, std::span<float> logits);
+  // decode_batch's pieces (batch_step.cpp): y[r] = w x[r] for each row with the one-row
+  // kernels; a SwiGLU MLP over rows; the MoE FFN of block b added to out_ for every row.
+  void batch_rows(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
+                  int64_t ldy);
+  void batch_swiglu(const ExpertWeights& e, const float* x, int64_t rows, float* out);
+  void batch_moe(const Block& b, const float* n, std::span<KvCache* const> caches);
+  // decode_batch as one forward() per sequence (the expert cache, a dump).
+  void decode_rows_in_turn(std::span<const int32_t> tokens, std::span<KvCache* const> caches,
+                           std::span<float> logits);
   // t grown to at least [rows, cols] (scratch keeps its largest size).
   static void ensure(Tensor& t, int64_t rows, int64_t cols) {
     if (t.numel() < rows * cols) t = Tensor({rows, cols});
@@ -205,6 +215,9 @@ class InferenceModel {
   TokenRoute guess_;
   // The decode step's inputs quantized for quantized weights: per thread, a few slots.
   std::vector<std::vector<uint8_t>> quantized_inputs_;
+  // decode_batch: each row's route, and a product's input rows quantized.
+  std::vector<TokenRoute> batch_routes_;
+  std::vector<uint8_t> batch_inputs_;
   int64_t widest_ffn_ = 0;   // the largest F of any expert, dense MLP or shared expert
   int64_t most_routed_ = 0;  // the most experts one token can use: k, or E for expert choice
 };

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 
+#include "tensor/bf16.h"
 #include "tensor/error.h"
+#include "tensor/quant.h"
 
 namespace moe {
 
@@ -87,6 +89,20 @@ std::vector<std::string> OwnedWeights::names() const {
   for (const auto& [name, t] : quantized_) out.push_back(name);
   std::sort(out.begin(), out.end());
   return out;
+}
+
+void widen_row(const WeightView& v, int64_t r, std::span<float> out) {
+  const int64_t n = std::ssize(out);
+  if (v.quant) {
+    const int64_t row_bytes = quant_row_bytes(*v.quant, n);
+    return dequantize_row(*v.quant, v.blocks().subspan(size_t(r * row_bytes), size_t(row_bytes)),
+                          out);
+  }
+  const auto at = static_cast<size_t>(r * n);
+  for (size_t i = 0; i < out.size(); ++i)
+    out[i] = v.dtype == TensorDtype::F32    ? v.f32()[at + i]
+             : v.dtype == TensorDtype::BF16 ? bf16_to_float(v.bf16()[at + i])
+                                            : half_to_float(v.f16()[at + i]);
 }
 
 }  // namespace moe

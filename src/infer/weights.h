@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -14,13 +15,16 @@
 
 namespace moe {
 
+// out: [n] = row r of v ([rows, n]) in fp32, whatever v holds (fp32, bf16, fp16 or blocks).
+void widen_row(const WeightView& v, int64_t r, std::span<float> out);
+
 class WeightSource {
  public:
   virtual ~WeightSource() = default;
   virtual std::optional<WeightView> find(const std::string& name) const = 0;
   // Throws Error naming the tensor and where it was looked for.
   WeightView at(const std::string& name) const;
-  virtual std::string describe() const = 0;  // for errors: the folder or "random weights"
+  virtual std::string describe() const = 0;            // for errors: the folder or "random weights"
   virtual std::vector<std::string> names() const = 0;  // every tensor's name, sorted
   // Where a tensor lies in a file, for reading it without the mapping (the expert cache);
   // nullopt for tensors that are not in a file.

@@ -377,7 +377,9 @@ def load_test(server):
                     str(len(data)).encode() + b"\r\n\r\n" + data)
     start = time.time()
     status, _, answer = server.post("/v1/completions", {"prompt": "NAME", "max_tokens": 3})
-    assert status == 200 and answer["usage"]["completion_tokens"] == 3, answer
+    # Served whole: three tokens, or fewer when the sampler (no seed given) drew the end first.
+    assert status == 200 and answer["choices"][0]["finish_reason"] in ("stop", "length") and \
+        0 <= answer["usage"]["completion_tokens"] <= 3, answer
     wait_for(lambda: server.metrics()["moe_slots_busy"] == 0, 5,
              "a reader that never reads held its slots")
     sleeper.close()
