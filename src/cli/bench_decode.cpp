@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <vector>
 
 #include "cli/prompt.h"
@@ -19,6 +20,7 @@
 #include "tensor/blas_info.h"
 #include "tensor/error.h"
 #include "tensor/gemm.h"
+#include "tensor/quant.h"
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
 #include "tensor/system_info.h"
@@ -93,9 +95,17 @@ void random_tensors(const ModelConfig& c, Add&& add) {
   }
 }
 
-OwnedWeights random_weights(const ModelConfig& c, bool bf16) {
+// The random model's matrices stored as `dtype` says: f32, bf16, or ggml's q8_0, q4_0 or q4_K
+// blocks (quantized here as llama.cpp's reference quantizer does); routers and norms fp32.
+OwnedWeights random_weights(const ModelConfig& c, const std::string& dtype) {
   OwnedWeights w;
+  const bool bf16 = dtype == "bf16";
+  const std::optional<QuantType> quant = dtype == "q8_0"   ? std::optional(QuantType::Q8_0)
+                                         : dtype == "q4_0" ? std::optional(QuantType::Q4_0)
+                                         : dtype == "q4_k" ? std::optional(QuantType::Q4_K)
+                                                           : std::nullopt;
   random_tensors(c, [&](const std::string& name, Tensor t, bool is_matrix) {
+    if (quant && is_matrix) return w.add_quantized(name, t, *quant);
     if (!bf16 || !is_matrix) return w.add_f32(name, std::move(t));
     std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
     for (int64_t i = 0; i < t.numel(); ++i) bits[static_cast<size_t>(i)] = float_to_bf16(t[i]);
@@ -190,16 +200,17 @@ CLI::App* add_bench_decode_command(CLI::App& bench, BenchDecodeCommand& c) {
   CLI::App* cmd = bench.add_subcommand(
       "decode", "Prefill and decode tokens/s, and decode's share of the read bandwidth");
   cmd->add_option("-m,--model", c.model,
-                  "A run folder or a Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe), "
-                  "mapped as it lies")
-      ->check(CLI::ExistingDirectory);
+                  "A run folder, a Hugging Face checkpoint folder (mixtral, qwen2_moe, olmoe) or a "
+                  "GGUF file (llama, qwen2moe, olmoe), mapped as it lies")
+      ->check(CLI::ExistingPath);
   cmd->add_option("--random", c.random, "Model built in memory: mixtral-d1024 or mixtral-d512")
       ->capture_default_str()
       ->check(CLI::IsMember({"mixtral-d1024", "mixtral-d512"}));
   cmd->add_option("--dtype", c.dtype,
-                  "Matrices: f32 or bf16 (default: bf16 for --random, as stored for --model; "
-                  "an fp32 model asked for bf16 is rounded first)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+                  "Matrices: f32, bf16, or for --random also ggml's q8_0, q4_0 or q4_k blocks "
+                  "(default: bf16 for --random, as stored for --model; an fp32 model asked for "
+                  "bf16 is rounded first)")
+      ->check(CLI::IsMember({"f32", "bf16", "q8_0", "q4_0", "q4_k"}));
   cmd->add_option("--n-prompt", c.prompt, "Prompt tokens prefilled (llama-bench's -p)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{2048}));
@@ -234,11 +245,14 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   std::unique_ptr<InferenceModel> made;  // the engine over them
   std::string model_name = c.random, dtype = c.dtype.empty() ? "bf16" : c.dtype;
   if (!c.model.empty()) {
-    if (!is_hf_checkpoint(c.model)) recover_for_reading(c.model);
+    prepare_for_reading(c.model);
+    require(c.dtype.empty() || c.dtype == "f32" || c.dtype == "bf16",
+            "--dtype " + c.dtype + " quantizes --random models; a model is run as stored");
     model_name = c.model;
     const bool rounds = c.dtype == "bf16" && [&] {
       const OpenedModel probe = open_model(c.model);
-      return probe.weights->at("model.layers.0.self_attn.q_proj.weight").dtype == TensorDtype::F32;
+      const WeightView q = probe.weights->at("model.layers.0.self_attn.q_proj.weight");
+      return !q.quant && q.dtype == TensorDtype::F32;
     }();
     opened = open_model(c.model, rounds ? InferenceOptions{} : options);
     const bool rounds_in_memory = rounds && c.expert_cache == 0;
@@ -252,25 +266,28 @@ int run_bench_decode(const BenchDecodeCommand& c) {
       } else {
         source = bf16_in_memory(*opened.weights);
       }
-      const MoeNaming naming = opened.model_type.empty() || opened.model_type == "mixtral"
-                                   ? MoeNaming::Mixtral
-                                   : MoeNaming::Qwen2;
-      made = std::make_unique<InferenceModel>(opened.config, naming, *source, options);
+      made = std::make_unique<InferenceModel>(opened.config, opened.naming, *source, options);
     }
     const WeightView q = (source ? *source : static_cast<const WeightSource&>(*opened.weights))
                              .at("model.layers.0.self_attn.q_proj.weight");
-    dtype = q.dtype == TensorDtype::BF16 ? "bf16" : "f32";  // fp16 matrices are widened to fp32
+    // fp16 matrices are widened to fp32
+    dtype = q.quant ? q.type_name() : q.dtype == TensorDtype::BF16 ? "bf16" : "f32";
   } else {
     const ModelConfig random = random_model_config(c.random);
-    const bool as_bf16 = dtype == "bf16";
+    const bool as_bf16 = dtype == "bf16", quantized = dtype != "bf16" && dtype != "f32";
+    require(!quantized || c.expert_cache == 0,
+            "--expert-cache reads an f32 or bf16 checkpoint file; --dtype " + dtype +
+                " keeps the model in memory");
     require_inference_memory(random, c.prompt + c.tokens, c.prompt, c.expert_cache,
                              "bench decode --random " + c.random,
-                             c.expert_cache > 0 ? 0 : (as_bf16 ? 2 : 4) * total_parameters(random));
+                             c.expert_cache > 0 ? 0
+                             : quantized        ? total_parameters(random)
+                                                : (as_bf16 ? 2 : 4) * total_parameters(random));
     if (c.expert_cache > 0) {
       const std::string file = random_checkpoint(random, as_bf16, c.scratch, c.random);
       source = std::make_unique<MappedCheckpoint>(c.scratch, std::vector<std::string>{file});
     } else {
-      source = std::make_unique<OwnedWeights>(random_weights(random, as_bf16));
+      source = std::make_unique<OwnedWeights>(random_weights(random, dtype));
     }
     made = std::make_unique<InferenceModel>(random, MoeNaming::Mixtral, *source, options);
   }

@@ -3,8 +3,10 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "infer/open_model.h"
 #include "model/config.h"
 #include "tensor/error.h"
+#include "tensor/gguf.h"
 
 namespace moe::cli {
 
@@ -29,7 +31,29 @@ const char* chat_template_name(ChatTemplate t) {
   return "none";
 }
 
+namespace {
+
+// Each family's template has a marker the others lack: ChatML's turn token, Mixtral's
+// instruction brackets, OLMoE-Instruct's (Tulu's) role tags. `source` names where it was read.
+ChatTemplate template_of_text(const std::string& text, const std::string& source) {
+  if (text.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatMl;
+  if (text.find("[INST]") != std::string::npos) return ChatTemplate::Mixtral;
+  if (text.find("<|user|>") != std::string::npos && text.find("<|assistant|>") != std::string::npos)
+    return ChatTemplate::Olmoe;
+  throw Error(source +
+              ": chat_template is none of the built-in ones (mixtral, chatml, olmoe); pick one "
+              "with --chat-template NAME");
+}
+
+}  // namespace
+
 ChatTemplate detect_chat_template(const std::string& dir) {
+  if (is_gguf_file(dir)) {  // the template llama.cpp's converter copied into the metadata
+    const GgufFile file(dir);
+    if (!file.header().has("tokenizer.chat_template")) return ChatTemplate::None;
+    return template_of_text(file.header().get<std::string>("tokenizer.chat_template"),
+                            dir + ": tokenizer.chat_template");
+  }
   const std::string path = dir + "/tokenizer_config.json";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return ChatTemplate::None;
@@ -46,15 +70,7 @@ ChatTemplate detect_chat_template(const std::string& dir) {
           named.at("template").is_string())
         text = named.at("template").get<std::string>();
   }
-  // Each family's template has a marker the others lack: ChatML's turn token, Mixtral's
-  // instruction brackets, OLMoE-Instruct's (Tulu's) role tags.
-  if (text.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatMl;
-  if (text.find("[INST]") != std::string::npos) return ChatTemplate::Mixtral;
-  if (text.find("<|user|>") != std::string::npos && text.find("<|assistant|>") != std::string::npos)
-    return ChatTemplate::Olmoe;
-  throw Error(path +
-              ": chat_template is none of the built-in ones (mixtral, chatml, olmoe); pick one "
-              "with --chat-template NAME");
+  return template_of_text(text, path);
 }
 
 namespace {

@@ -23,9 +23,9 @@ struct ChatMessage {
 ChatTemplate chat_template_named(const std::string& name);
 const char* chat_template_name(ChatTemplate t);
 
-// The template of model folder `dir`: None where tokenizer_config.json has no chat_template
-// (runs of `moe train`, base models); an Error naming the file where it has one that is none
-// of the built-in ones.
+// The template of model `dir`: a folder's tokenizer_config.json chat_template, or a GGUF
+// file's tokenizer.chat_template. None where there is none (runs of `moe train`, base models);
+// an Error naming the file where it is none of the built-in ones.
 ChatTemplate detect_chat_template(const std::string& dir);
 
 // The prompt ids of `messages` in template `t`, ending with the assistant's opening so the

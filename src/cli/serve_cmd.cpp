@@ -58,7 +58,8 @@ CLI::App* add_serve_command(CLI::App& app, ServeCommand& c) {
   serve->add_option("--api-key", c.api_key, "Require 'Authorization: Bearer KEY' on /v1/ requests");
   serve
       ->add_option("--chat-template", c.chat_template,
-                   "mixtral, chatml or olmoe (default: recognised from tokenizer_config.json)")
+                   "mixtral, chatml or olmoe (default: recognised from tokenizer_config.json, or "
+                   "a GGUF file's tokenizer.chat_template)")
       ->check(CLI::IsMember({"mixtral", "chatml", "olmoe"}));
   serve->add_option("--alias", c.alias, "The model's id in the API (default: the folder's name)");
   serve->add_option("--max-body", c.max_body, "Largest request body in bytes (larger: 413)")

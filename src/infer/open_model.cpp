@@ -34,8 +34,8 @@ OpenedModel open_gguf(const std::string& path, const InferenceOptions& options) 
   auto weights = std::make_unique<GgufWeights>(std::move(file), gguf);
   m.gguf = &weights->file();
   m.weights = std::move(weights);
-  const MoeNaming naming = gguf.arch == HfArch::Mixtral ? MoeNaming::Mixtral : MoeNaming::Qwen2;
-  m.model = std::make_unique<InferenceModel>(m.config, naming, *m.weights, options);
+  m.naming = gguf.arch == HfArch::Mixtral ? MoeNaming::Mixtral : MoeNaming::Qwen2;
+  m.model = std::make_unique<InferenceModel>(m.config, m.naming, *m.weights, options);
   return m;
 }
 
@@ -45,14 +45,13 @@ OpenedModel open_model(const std::string& dir, const InferenceOptions& options) 
   if (is_gguf_file(dir)) return open_gguf(dir, options);
   OpenedModel m;
   std::vector<std::string> files;
-  MoeNaming naming = MoeNaming::Mixtral;
   if (is_hf_checkpoint(dir)) {
     m.kind = ModelKind::HuggingFace;
     const HfCheckpointConfig hf = hf_checkpoint_config(
         read_json_file(dir + "/config.json", "model config"), dir + "/config.json");
     m.config = hf.config;
     m.model_type = hf.model_type;
-    if (hf.arch != HfArch::Mixtral) naming = MoeNaming::Qwen2;
+    if (hf.arch != HfArch::Mixtral) m.naming = MoeNaming::Qwen2;
     std::set<std::string> paths;
     for (const auto& [name, path] : open_hf_weights(dir).file_of) paths.insert(path);
     files.assign(paths.begin(), paths.end());
@@ -67,7 +66,7 @@ OpenedModel open_model(const std::string& dir, const InferenceOptions& options) 
     files.push_back(dir + "/model.safetensors");
   }
   m.weights = std::make_unique<MappedCheckpoint>(dir, files);
-  m.model = std::make_unique<InferenceModel>(m.config, naming, *m.weights, options);
+  m.model = std::make_unique<InferenceModel>(m.config, m.naming, *m.weights, options);
   return m;
 }
 

@@ -45,6 +45,20 @@ for case, dtype in [("mixtral_bf16_sharded", "bf16"), ("olmoe_f32", "f32")]:
     assert j["weight_bytes_per_token"] < cached["weight_bytes_per_token"] < \
         1.05 * j["weight_bytes_per_token"], (cached, j)
 
+# ggml's block formats: a random model's matrices as q8_0 are read at 34 bytes per 32 values
+# (fp32: 128), the routers staying fp32; a GGUF file as llama.cpp quantized it runs as stored.
+f32 = bench("--random", "mixtral-d512", "--dtype", "f32")
+q8 = bench("--random", "mixtral-d512", "--dtype", "q8_0")
+assert q8["dtype"] == "q8_0", q8
+assert 0.26 < q8["weight_bytes_per_token"] / f32["weight_bytes_per_token"] < 0.275, (q8, f32)
+gguf = bench("--model", f"{CASES}/../gguf_models/olmoe-q4_k_m.gguf")
+assert gguf["dtype"] == "q4_K" and gguf["decode_tokens_per_s"] > 0, gguf
+for args, says in [(["--random", "mixtral-d512", "--dtype", "q4_k"], "not a whole number of q4_K"),
+                   (["--model", f"{CASES}/mixtral_f32", "--dtype", "q8_0"], "quantizes --random")]:
+    r = subprocess.run([MOE, "bench", "decode", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        r.stderr
+
 r = subprocess.run([MOE, "bench", "decode", "--model", f"{CASES}/../bpe"], capture_output=True,
                    text=True)
 assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
