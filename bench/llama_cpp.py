@@ -146,7 +146,7 @@ def table(folder):
         return f"{statistics.median(ours) / statistics.median(theirs):.2f}"
 
     rows, llama_pp, moe_run = [], None, {}
-    for dtype in ("f32", "bf16"):
+    for dtype in ("f32", "bf16", "q8_0", "q4_0", "q4_k_m"):
         llama = [t for p in sorted(folder.glob(f"llama-{dtype}-*.json")) for t in json.loads(p.read_text())]
         ours = [json.loads(p.read_text()) for p in sorted(folder.glob(f"moe-{dtype}-*.json"))]
         if not llama or not ours:

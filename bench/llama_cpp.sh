@@ -8,6 +8,8 @@
 # default. The model is `moe bench decode`'s random Mixtral (mixtral-d1024: 8 layers, width
 # 1024, 8 experts top-2), kept once as a Hugging Face folder that moe maps and once as a GGUF
 # llama.cpp loads, in f32 and in bf16; the two programs' logits for one prompt are compared once.
+# The f32 GGUF quantized by llama.cpp's llama-quantize to q8_0, q4_0 and q4_K_M is run by both
+# programs as the same file.
 # Each of the N runs times llama-bench (pp P, tg T) and `moe bench decode` (P prompt tokens,
 # T decode steps) on each dtype, one program at a time; the table gives min/median/max.
 # Everything built or downloaded lives in build-llama/; a step whose output is there is skipped.
@@ -101,15 +103,27 @@ EOF
   echo "logits $dtype, llama.cpp against moe: $(cat "$check")"
 done
 
+# The quantized files: the f32 GGUF through llama.cpp's own llama-quantize. moe runs those
+# very files (the f32 and bf16 rows run the Hugging Face folders, the same weights).
+for dtype in q8_0 q4_0 q4_k_m; do
+  if [ ! -f "$out/$model-$dtype.gguf" ]; then
+    "$out/cmake/bin/llama-quantize" "$out/$model-f32.gguf" "$out/$model-$dtype.gguf.part" \
+      "${dtype^^}" > "$out/$model-$dtype.quantize.log" 2>&1
+    mv "$out/$model-$dtype.gguf.part" "$out/$model-$dtype.gguf"
+  fi
+done
+
 # 4. The runs, one program at a time.
 results=$out/results
 rm -rf "$results" && mkdir -p "$results"
 for run in $(seq "$repeat"); do
-  for dtype in f32 bf16; do
-    dir=$out/$model-$dtype
-    "$out/cmake/bin/llama-bench" -m "$dir.gguf" -p "$prompt" -n "$tokens" -t "$threads" -o json \
+  for dtype in f32 bf16 q8_0 q4_0 q4_k_m; do
+    gguf=$out/$model-$dtype.gguf
+    ours=$out/$model-$dtype
+    [ -d "$ours" ] || ours=$gguf
+    "$out/cmake/bin/llama-bench" -m "$gguf" -p "$prompt" -n "$tokens" -t "$threads" -o json \
       > "$results/llama-$dtype-$run.json" 2> "$results/llama-$dtype-$run.log"
-    ./build/moe --threads "$threads" bench decode --model "$dir" --n-prompt "$prompt" \
+    ./build/moe --threads "$threads" bench decode --model "$ours" --n-prompt "$prompt" \
       --n-gen "$tokens" --json > "$results/moe-$dtype-$run.json" 2> "$results/moe-$dtype-$run.log"
   done
 done

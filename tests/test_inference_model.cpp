@@ -578,7 +578,7 @@ TEST(ExpertCache, HitsAndMissesOfAFixedSequenceFollowEachPolicy) {
     uint64_t offset = 0;
     for (int64_t e = 0; e < E; ++e) {
       const std::vector<float> matrix(values, static_cast<float>(e));
-      TensorLocation where{path, 0, values * sizeof(float), TensorDtype::F32, {2, 3}};
+      TensorLocation where{path, 0, values * sizeof(float), TensorDtype::F32, {2, 3}, std::nullopt};
       ExpertLocation expert{where, where, where};
       for (TensorLocation* t : {&expert.gate, &expert.up, &expert.down}) {
         out.write(reinterpret_cast<const char*>(matrix.data()),

@@ -144,6 +144,42 @@ TEST(BatchScheduler, SameTokensAloneOrBesideOthers) {
   }
 }
 
+// The figures `moe bench serve` bounds a step by: alone, each decode step reads what one
+// token's forward reads and its cache so far; beside others, at least that and at most one
+// token's bytes per row (shared weights read once).
+TEST(BatchScheduler, DecodeStepsCountTheBytesTheyRead) {
+  const ModelConfig c = tiny_config();
+  std::vector<float> logits(static_cast<size_t>(kVocab));
+  KvCache cache = engine().make_cache(4);
+  const int32_t token = 1;
+  engine().forward({&token, 1}, cache, logits);
+  const int64_t one_token = engine().weight_bytes_read();
+  const int64_t kv_per_position = 2 * c.num_hidden_layers * c.num_key_value_heads *
+                                  c.resolved_head_dim() * int64_t(sizeof(float));
+  const int64_t prompt = 5, tokens = 7;
+  {
+    BatchScheduler s(engine(), {1, 0, 16, 8});
+    s.submit(request(prompt, 1, tokens, 0.0f, 0));
+    run_to_idle(s);
+    const SchedulerStats stats = s.stats();
+    ASSERT_EQ(stats.decode_steps, tokens - 1);  // the first token comes from the prefill
+    EXPECT_EQ(stats.decode_weight_bytes, stats.decode_steps * one_token);
+    int64_t positions = 0;  // each step's cache after it: prompt + 1, ..., prompt + tokens - 1
+    for (int64_t j = 1; j < tokens; ++j) positions += prompt + j;
+    EXPECT_EQ(stats.decode_kv_bytes, positions * kv_per_position);
+    EXPECT_GT(stats.decode_seconds, 0.0);
+  }
+  BatchScheduler s(engine(), {4, 0, 16, 8});
+  for (const BatchRequest& r : mixed_requests()) s.submit(r);
+  run_to_idle(s);
+  const SchedulerStats stats = s.stats();
+  EXPECT_GE(stats.decode_weight_bytes, stats.decode_steps * one_token);
+  EXPECT_LE(stats.decode_weight_bytes, stats.decode_rows * one_token);
+  EXPECT_LT(stats.decode_weight_bytes, stats.decode_rows * one_token) << "no weight was shared";
+  EXPECT_LE(stats.distinct_experts,
+            stats.decode_steps * int64_t(stats.moe_layers.size()) * c.moe->num_experts);
+}
+
 TEST(BatchScheduler, GreedyShortPromptGivesTheTokensOfGenerate) {
   const BatchRequest r = request(7, 21, 10, 0.0f, 0);
   const Generation g = generate(engine(), r.prompt, r.max_tokens, r.sampling, 0, -1);

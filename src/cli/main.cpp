@@ -19,6 +19,7 @@
 #include "cli/bench_decode.h"
 #include "cli/bench_ep.h"
 #include "cli/bench_layer.h"
+#include "cli/bench_serve.h"
 #include "cli/bench_train.h"
 #include "cli/eval_cmd.h"
 #include "cli/export_cmd.h"
@@ -199,6 +200,9 @@ void add_help_footers(CLI::App& app) {
       {"moe bench decode",
        "moe bench decode --random mixtral-d1024 --dtype bf16\n"
        "  moe bench decode -m runs/default --n-prompt 32 --n-gen 64 --json"},
+      {"moe bench serve",
+       "moe bench serve --random mixtral-d1024 --clients 1,2,4,8,16\n"
+       "  moe bench serve -m runs/default --n-prompt 32 --n-gen 64 --json"},
       {"moe bench ep", "mpirun -np 2 moe bench ep --tokens 1024"},
       {"moe params",
        "moe params --preset mixtral-8x7b\n"
@@ -320,6 +324,8 @@ int main(int argc, char** argv) {
   bench_train->add_flag("--json", train_bench_opts.json, "Print JSON");
   moe::cli::BenchDecodeCommand bench_decode_cmd;
   CLI::App* bench_decode = moe::cli::add_bench_decode_command(*bench, bench_decode_cmd);
+  moe::cli::BenchServeCommand bench_serve_cmd;
+  CLI::App* bench_serve = moe::cli::add_bench_serve_command(*bench, bench_serve_cmd);
 
   moe::cli::BenchEpOptions ep_opts;
   CLI::App* bench_ep = bench->add_subcommand(
@@ -398,6 +404,7 @@ int main(int argc, char** argv) {
     if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
     if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
     if (*bench_decode) return moe::cli::run_bench_decode(bench_decode_cmd);
+    if (*bench_serve) return moe::cli::run_bench_serve(bench_serve_cmd);
     if (*bench_ep) return moe::cli::run_bench_ep(ep_opts, mpi);
     if (*params) return moe::cli::run_params(params_opts);
     if (*train) return moe::cli::run_train(train_cmd);

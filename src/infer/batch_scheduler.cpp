@@ -8,6 +8,19 @@
 #include "tensor/rng.h"
 
 namespace moe {
+namespace {
+
+// Bytes of keys and values a decode step's attention reads for `cache`: every position
+// filled, in every block (the cache is fp32, [capacity, KV hd] per block for each).
+int64_t kv_bytes_read(const KvCache& cache) {
+  if (cache.capacity == 0) return 0;
+  int64_t values_per_position = 0;
+  for (size_t b = 0; b < cache.keys.size(); ++b)
+    values_per_position += (cache.keys[b].numel() + cache.values[b].numel()) / cache.capacity;
+  return values_per_position * cache.length * static_cast<int64_t>(sizeof(float));
+}
+
+}  // namespace
 
 const char* finish_reason_name(FinishReason reason) {
   switch (reason) {
@@ -270,7 +283,18 @@ void BatchScheduler::decode(std::vector<Slot*>& decoding) {
     caches[size_t(i)] = &decoding[size_t(i)]->cache;
   }
   logits_.resize(size_t(B * V));
+  const auto start = std::chrono::steady_clock::now();
   model_.decode_batch(tokens, caches, logits_);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  int64_t kv_bytes = 0;
+  for (const KvCache* cache : caches) kv_bytes += kv_bytes_read(*cache);
+  {
+    std::lock_guard lock(mutex_);
+    totals_.decode_weight_bytes += model_.weight_bytes_read();
+    totals_.decode_kv_bytes += kv_bytes;
+    totals_.decode_seconds += seconds;
+  }
   count_routes(B, true);
   for (int64_t i = 0; i < B; ++i)
     emit(*decoding[size_t(i)], std::span<const float>(logits_).subspan(size_t(i * V), size_t(V)),

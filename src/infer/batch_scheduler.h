@@ -108,6 +108,11 @@ struct SchedulerStats {
   std::vector<int64_t> moe_layers;                  // block index of each MoE layer
   // [MoE layer][expert]: assignments of every forward's tokens, prompts included.
   std::vector<std::vector<int64_t>> expert_load_total, expert_load_minute;
+  // What the decode steps read and took, summed over them (`moe bench serve` bounds a step
+  // by its bytes): weight bytes as the engine counts them (dense once, each distinct expert
+  // once), the keys and values each row's attention read, and the seconds in decode_batch.
+  int64_t decode_weight_bytes = 0, decode_kv_bytes = 0;
+  double decode_seconds = 0;
 };
 
 class BatchScheduler {

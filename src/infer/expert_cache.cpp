@@ -107,7 +107,7 @@ void ExpertCache::load(Layer& layer, Slot& slot, int64_t expert) {
   const auto place = [&](const TensorLocation& t) {
     const std::byte* data = read_tensor(t, at);
     at += aligned_span(t);
-    return WeightView{t.dtype, t.shape, data, std::nullopt};
+    return WeightView{t.dtype, t.shape, data, t.quant};
   };
   slot.views.gate = place(e.gate);
   slot.views.up = place(e.up);

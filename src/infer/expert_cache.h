@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <future>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@ struct TensorLocation {
   uint64_t offset = 0, bytes = 0;
   TensorDtype dtype = TensorDtype::F32;
   Shape shape;
+  std::optional<QuantType> quant;  // ggml's blocks (a GGUF file's tensor); dtype then unused
 };
 
 // The three matrices of one SwiGLU expert: gate [F, D], up [F, D], down [D, F].

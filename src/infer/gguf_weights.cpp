@@ -159,6 +159,8 @@ void GgufWeights::add_view(const std::string& name, const GgufTensorInfo& tensor
   WeightView view{storage->dtype, std::move(shape), data, storage->quant};
   require(views_.emplace(name, view).second,
           file_->path() + ": two tensors are named '" + name + "' in Hugging Face's layout");
+  offsets_[name] = file_->header().data_start() +
+                   static_cast<uint64_t>(data - file_->data(tensor).data()) + tensor.offset;
 }
 
 void GgufWeights::add_deinterleaved(const std::string& name, const GgufTensorInfo& tensor,
@@ -179,6 +181,15 @@ void GgufWeights::add_deinterleaved(const std::string& name, const GgufTensorInf
         std::memcpy(copy.data() + size_t(h * head_dim + j * half + i) * row_bytes,
                     view.data + size_t(h * head_dim + 2 * i + j) * row_bytes, row_bytes);
   view.data = copy.data();
+  offsets_.erase(name);  // no longer the file's bytes
+}
+
+std::optional<TensorLocation> GgufWeights::locate(const std::string& name) const {
+  const auto at = offsets_.find(name);
+  if (at == offsets_.end()) return std::nullopt;
+  const WeightView& v = views_.at(name);
+  return TensorLocation{file_->path(), at->second, static_cast<uint64_t>(v.bytes()),
+                        v.dtype,       v.shape,    v.quant};
 }
 
 }  // namespace moe

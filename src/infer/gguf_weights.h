@@ -25,6 +25,9 @@ class GgufWeights : public WeightSource {
   GgufWeights(std::unique_ptr<GgufFile> file, const GgufModelConfig& model);
 
   std::optional<WeightView> find(const std::string& name) const override;
+  // Where each tensor (each expert's slice of a merged one) lies in the file, for the expert
+  // cache; nullopt for the q and k matrices copied in memory.
+  std::optional<TensorLocation> locate(const std::string& name) const override;
   std::string describe() const override { return file_->path(); }
   std::vector<std::string> names() const override;
   const GgufFile& file() const { return *file_; }
@@ -38,6 +41,7 @@ class GgufWeights : public WeightSource {
 
   std::unique_ptr<GgufFile> file_;
   std::map<std::string, WeightView> views_;
+  std::map<std::string, uint64_t> offsets_;        // name -> its first byte in the file
   std::vector<std::vector<std::byte>> reordered_;  // the deinterleaved q and k matrices
 };
 

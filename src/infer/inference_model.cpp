@@ -196,8 +196,8 @@ TensorLocation InferenceModel::locate(const std::string& name, const Shape& shap
                                  "the checkpoint's files");
   require(where->shape == shape, "tensor '" + name + "': shape " + shape_text(where->shape) +
                                      ", expected " + shape_text(shape));
-  require(where->dtype != TensorDtype::F16,
-          "tensor '" + name + "': the expert cache reads fp32 or bf16 experts, not F16");
+  require(where->quant || where->dtype != TensorDtype::F16,
+          "tensor '" + name + "': the expert cache reads fp32, bf16 or quantized experts, not F16");
   return *where;
 }
 

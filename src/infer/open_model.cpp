@@ -23,8 +23,6 @@ bool is_gguf_file(const std::string& path) {
 namespace {
 
 OpenedModel open_gguf(const std::string& path, const InferenceOptions& options) {
-  require(options.expert_cache == 0,
-          path + ": the expert cache reads safetensors folders; a GGUF file runs mapped whole");
   OpenedModel m;
   m.kind = ModelKind::Gguf;
   auto file = std::make_unique<GgufFile>(path);

@@ -37,8 +37,9 @@ std::optional<TensorLocation> MappedCheckpoint::locate(const std::string& name) 
   if (it == file_of_.end()) return std::nullopt;
   const MappedSafetensors& file = files_[it->second];
   const SafetensorsEntry& e = file.header().tensors.at(name);
-  return TensorLocation{file.path(), file.header().data_start + e.begin, e.end - e.begin, e.dtype,
-                        e.shape};
+  return TensorLocation{file.path(),     file.header().data_start + e.begin,
+                        e.end - e.begin, e.dtype,
+                        e.shape,         std::nullopt};
 }
 
 std::vector<std::string> MappedCheckpoint::names() const {
