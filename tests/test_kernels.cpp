@@ -101,6 +101,43 @@ TEST(KernelSets, FewRowProductsGiveTheGenericBits) {
     }
 }
 
+// A batch of rows through gemm_rows_as_one: each row's outputs are the bits the one-row kernel
+// gives it alone, under every kernel set, fp32 and bf16, even and odd row counts, k around the
+// 32 weights of a step (tails of every length).
+TEST(KernelSets, RowsAsOneGiveEachRowsOwnBits) {
+  Rng rng(5);
+  const int64_t N = 29;
+  const KernelSet before = kernel_set();
+  for (KernelSet set : supported_sets()) {
+    set_kernel_set(set);
+    for (const int64_t M : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{8}})
+      for (const int64_t K : {int64_t{1}, int64_t{16}, int64_t{31}, int64_t{33}, int64_t{1000}}) {
+        SCOPED_TRACE(std::string(kernel_set_name(set)) + " M=" + std::to_string(M) +
+                     " K=" + std::to_string(K));
+        std::vector<float> a(M * K), wf(N * K);
+        rng.fill_normal(a, 0, 1);
+        rng.fill_normal(wf, 0, 1);
+        std::vector<uint16_t> w(wf.size());
+        for (size_t i = 0; i < w.size(); ++i) w[i] = float_to_bf16(wf[i]);
+        std::vector<float> batch(M * N), batch16(M * N), alone(N), alone16(N);
+        gemm_rows_as_one(M, 3, N, K, a.data(), K, wf.data(), K, batch.data(), N);
+        gemm_rows_as_one(M, 3, N, K, a.data(), K, w.data(), K, batch16.data(), N);
+        for (int64_t r = 0; r < M; ++r) {
+          gemm_few_rows(1, 3, N, K, a.data() + r * K, K, wf.data(), K, alone.data(), N);
+          gemm_few_rows(1, 3, N, K, a.data() + r * K, K, w.data(), K, alone16.data(), N);
+          for (int64_t j = 3; j < N; ++j) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(batch[r * N + j]), std::bit_cast<uint32_t>(alone[j]))
+                << "fp32 row " << r << " column " << j;
+            ASSERT_EQ(std::bit_cast<uint32_t>(batch16[r * N + j]),
+                      std::bit_cast<uint32_t>(alone16[j]))
+                << "bf16 row " << r << " column " << j;
+          }
+        }
+      }
+  }
+  set_kernel_set(before);
+}
+
 TEST(KernelSets, RowKernelsGiveTheGenericBits) {
   Rng rng(4);
   for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{16}, int64_t{100}, int64_t{4099}}) {

@@ -8,8 +8,9 @@
 // the rows chose, instead of B times a token's bytes.
 //
 // What it keeps: each row's logits are the bits forward() gives that sequence alone. Every
-// output of every product is the one-row kernel's sum of its row (gemm_few_rows with one row,
-// or one quantized row dot), each weight share read from cache for the rows after the first;
+// output of every product is the one-row kernel's sum of its row (gemm_rows_as_one, which
+// loads each weight once for a pair of rows, or one quantized row dot per row), each weight
+// share read from cache for the rows after the first;
 // the norms, attention, routing and the order in which a row's experts are added are the
 // decode step's (decode_step.cpp). A request's tokens therefore do not depend on its neighbours.
 #include <omp.h>
@@ -61,19 +62,20 @@ void InferenceModel::batch_rows(const WeightView& w, const float* x, int64_t row
       quantize_activations(*w.quant, {x + r * ldx, size_t(K)},
                            {quantized.data() + r * act_bytes, size_t(act_bytes)});
   }
+  const std::span<const uint8_t> blocks = w.quant ? w.blocks() : std::span<const uint8_t>{};
+  const float* f32 = !w.quant && w.dtype == TensorDtype::F32 ? w.f32().data() : nullptr;
+  const uint16_t* bf16 = !w.quant && w.dtype == TensorDtype::BF16 ? w.bf16().data() : nullptr;
 #pragma omp parallel for schedule(guided) if (shares > 1)
   for (int64_t i = 0; i < shares; ++i) {
     const int64_t j0 = i * step, j1 = std::min(N, j0 + step);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* out = y + r * ldy;
-      if (w.quant)
-        quantized_rows(*w.quant, w.blocks(), K,
-                       {quantized.data() + r * act_bytes, size_t(act_bytes)}, j0, j1, out);
-      else if (w.dtype == TensorDtype::F32)
-        gemm_few_rows(1, j0, j1, K, x + r * ldx, K, w.f32().data(), K, out, N);
-      else
-        gemm_few_rows(1, j0, j1, K, x + r * ldx, K, w.bf16().data(), K, out, N);
-    }
+    if (f32)
+      gemm_rows_as_one(rows, j0, j1, K, x, ldx, f32, K, y, ldy);
+    else if (bf16)
+      gemm_rows_as_one(rows, j0, j1, K, x, ldx, bf16, K, y, ldy);
+    else
+      for (int64_t r = 0; r < rows; ++r)
+        quantized_rows(*w.quant, blocks, K, {quantized.data() + r * act_bytes, size_t(act_bytes)},
+                       j0, j1, y + r * ldy);
   }
 }
 

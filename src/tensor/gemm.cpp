@@ -77,6 +77,65 @@ inline float dot_one_row(const float* a, const Weight* w, int64_t k) {
   return lane_total(acc[0]);
 }
 
+// sums[r] = a_rows[r] . w for R rows, each summed exactly as dot_one_row sums one row (32
+// weights a step into two sets of lanes, then the sets added): every output has the one-row
+// kernel's bits, while each weight is loaded and widened once for the R rows.
+template <int R, typename Weight>
+inline void dot_rows_as_one(const float* const (&a_rows)[R], const Weight* w, int64_t k,
+                            float* sums) {
+  Lanes16 acc[R][2], wv, av;
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    for (int64_t line = 0; line < 32 * int64_t{sizeof(Weight)}; line += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(w + i) + kPrefetchBytes + line);
+    for (int half = 0; half < 2; ++half) {
+      load16(wv, w + i + 16 * half);
+      for (int r = 0; r < R; ++r) {
+        load16(av, a_rows[r] + i + 16 * half);
+        add_products(acc[r][half], av, wv);
+      }
+    }
+  }
+  for (; i + 16 <= k; i += 16) {
+    load16(wv, w + i);
+    for (int r = 0; r < R; ++r) {
+      load16(av, a_rows[r] + i);
+      add_products(acc[r][0], av, wv);
+    }
+  }
+  if (i < k) {
+    load_tail(wv, w + i, k - i);
+    for (int r = 0; r < R; ++r) {
+      load_tail(av, a_rows[r] + i, k - i);
+      add_products(acc[r][0], av, wv);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    acc[r][0].lo += acc[r][1].lo;
+    acc[r][0].hi += acc[r][1].hi;
+    sums[r] = lane_total(acc[r][0]);
+  }
+}
+
+// C[m, j0:j1] = A[m, k] B[j0:j1, k]^T with each output the bits of the one-row kernel: rows of
+// A in pairs (two rows' two sets of lanes fill AVX2's registers), an odd last row alone.
+template <typename Weight>
+inline void rows_as_one_body(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a,
+                             int64_t lda, const Weight* b, int64_t ldb, float* c, int64_t ldc) {
+  int64_t r = 0;
+  for (; r + 2 <= m; r += 2) {
+    const float* const rows[2] = {a + r * lda, a + (r + 1) * lda};
+    for (int64_t j = j0; j < j1; ++j) {
+      float sums[2];
+      dot_rows_as_one<2>(rows, b + j * ldb, k, sums);
+      c[r * ldc + j] = sums[0];
+      c[(r + 1) * ldc + j] = sums[1];
+    }
+  }
+  if (r < m)
+    for (int64_t j = j0; j < j1; ++j) c[r * ldc + j] = dot_one_row(a + r * lda, b + j * ldb, k);
+}
+
 // sums[r] = a_rows[r] . w over k, for R rows of A at once: each 16 weights are loaded (and
 // widened) once and meet all R rows in registers. Sums in 16 lanes (tensor/lanes.h): the same
 // bits in every kernel set, and no add waits on the one before.
@@ -142,6 +201,16 @@ inline void skinny_rows_body(int64_t m, int64_t j0, int64_t j1, int64_t k, float
       return rows_times_weight<1>(j0, j1, k, alpha, ar, lda, b, ldb, beta, cr, ldc);
   }
 }
+
+#define MOE_AS_ONE_PARAMS(Weight)                                                              \
+  (int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, const Weight* b, \
+   int64_t ldb, float* c, int64_t ldc)
+#define MOE_AS_ONE_ARGS (m, j0, j1, k, a, lda, b, ldb, c, ldc)
+MOE_KERNEL(rows_as_one_f32, MOE_AS_ONE_PARAMS(float), MOE_AS_ONE_ARGS, rows_as_one_body<float>)
+MOE_KERNEL(rows_as_one_bf16, MOE_AS_ONE_PARAMS(uint16_t), MOE_AS_ONE_ARGS,
+           rows_as_one_body<uint16_t>)
+#undef MOE_AS_ONE_PARAMS
+#undef MOE_AS_ONE_ARGS
 
 #define MOE_SKINNY_PARAMS(Weight)                                                          \
   (int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a, int64_t lda, \
@@ -226,6 +295,21 @@ void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a,
   if (kernel_set() == KernelSet::Avx512 && k > 0)
     return gemm_avx512_stream_bf16_rows(m, j0, j1, k, a, lda, b, ldb, c, ldc);
   skinny_rows(m, j0, j1, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void gemm_rows_as_one(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc) {
+  rows_as_one_f32(m, j0, j1, k, a, lda, b, ldb, c, ldc);
+}
+
+void gemm_rows_as_one(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                      const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  if (kernel_set() == KernelSet::Avx512 && k > 0) {  // its one-row kernel is another: row by row
+    for (int64_t r = 0; r < m; ++r)
+      gemm_avx512_stream_bf16_rows(1, j0, j1, k, a + r * lda, lda, b, ldb, c + r * ldc, ldc);
+    return;
+  }
+  rows_as_one_bf16(m, j0, j1, k, a, lda, b, ldb, c, ldc);
 }
 
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha,

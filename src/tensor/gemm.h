@@ -32,6 +32,14 @@ void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a,
 void gemm_few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
                    const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
 
+// The same for any number of rows of A, each output the bits gemm_few_rows gives its row alone
+// (m = 1), each weight loaded once for a pair of rows: a batch of sequences' decode steps, each
+// row equal to its step alone.
+void gemm_rows_as_one(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc);
+void gemm_rows_as_one(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                      const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc);
