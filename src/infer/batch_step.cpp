@@ -29,13 +29,6 @@
 namespace moe {
 namespace {
 
-// Weight rows per share of a product among the threads: about 16 KiB of weight, which stays in
-// L1 while every row of the batch passes it.
-int64_t share_rows(const WeightView& w) {
-  const int64_t row_bytes = w.bytes() / std::max<int64_t>(w.shape[0], 1);
-  return std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(row_bytes, 1));
-}
-
 void norm_rows(int64_t rows, int64_t D, float eps, const float* x, const float* weight,
                float* out) {
   for (int64_t r = 0; r < rows; ++r) {

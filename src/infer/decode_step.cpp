@@ -29,22 +29,22 @@ void weight_rows(const WeightView& w, const float* x, std::span<const uint8_t> x
     gemm_few_rows(1, j0, j1, K, x, K, w.bf16().data(), K, y, w.shape[0]);
 }
 
-// The smallest share of a product's rows a thread takes at once (guided schedule: the first
-// grabs are large, the last ones this small), in bytes of weight: small enough that the
-// threads finish a product together, large enough that taking a share costs nothing beside
-// streaming it.
-constexpr int64_t kShareBytes = 16 * 1024;
-
-int64_t share_rows(const WeightView& w) {
-  const int64_t row_bytes = w.bytes() / std::max<int64_t>(w.shape[0], 1);
-  return std::max<int64_t>(1, kShareBytes / std::max<int64_t>(row_bytes, 1));
-}
-
 int64_t mlp_bytes(const ExpertWeights& e) {
   return e.gate.bytes() + e.up.bytes() + e.down.bytes();
 }
 
 }  // namespace
+
+// The smallest share of a product's rows a thread takes at once (guided schedule: the first
+// grabs are large, the last ones this small), in bytes of weight: small enough that the
+// threads finish a product together, large enough that taking a share costs nothing beside
+// streaming it; in a batched step, small enough to stay in L1 while every row passes it.
+constexpr int64_t kShareBytes = 16 * 1024;
+
+int64_t InferenceModel::share_rows(const WeightView& w) {
+  const int64_t row_bytes = w.bytes() / std::max<int64_t>(w.shape[0], 1);
+  return std::max<int64_t>(1, kShareBytes / std::max<int64_t>(row_bytes, 1));
+}
 
 // A decode step reads about 40 MB of weights per layer through some twenty products of one
 // row; forking and joining the threads for each (as gemm does) and running the small parts

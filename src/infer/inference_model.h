@@ -139,6 +139,8 @@ class InferenceModel {
   // (decode_step.cpp).
   class DecodeStep;
   void decode_step(KvCache& cache, std::span<float> logits);
+  // Rows of w per share of a product among the threads (decode_step.cpp): about 16 KiB.
+  static int64_t share_rows(const WeightView& w);
   // decode_batch's pieces (batch_step.cpp): y[r] = w x[r] for each row with the one-row
   // kernels; a SwiGLU MLP over rows; the MoE FFN of block b added to out_ for every row.
   void batch_rows(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,

@@ -46,40 +46,9 @@ inline float blend(float alpha, float product, float beta, float old) {
 // rows lie back to back). The hardware prefetcher alone lost 10-20% of bf16 decode.
 constexpr int64_t kPrefetchBytes = 1024;
 
-// One row of A (a decode step): 32 weights a step into two sets of lanes, so twice as many adds
-// are in flight, then the sets added lane by lane.
-template <typename Weight>
-inline float dot_one_row(const float* a, const Weight* w, int64_t k) {
-  Lanes16 acc[2], wv, av;
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    // One prefetch per 64-byte line: a step is one line of bf16 weights, two of fp32.
-    for (int64_t line = 0; line < 32 * int64_t{sizeof(Weight)}; line += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(w + i) + kPrefetchBytes + line);
-    for (int half = 0; half < 2; ++half) {
-      load16(wv, w + i + 16 * half);
-      load16(av, a + i + 16 * half);
-      add_products(acc[half], av, wv);
-    }
-  }
-  for (; i + 16 <= k; i += 16) {
-    load16(wv, w + i);
-    load16(av, a + i);
-    add_products(acc[0], av, wv);
-  }
-  if (i < k) {
-    load_tail(wv, w + i, k - i);
-    load_tail(av, a + i, k - i);
-    add_products(acc[0], av, wv);
-  }
-  acc[0].lo += acc[1].lo;
-  acc[0].hi += acc[1].hi;
-  return lane_total(acc[0]);
-}
-
-// sums[r] = a_rows[r] . w for R rows, each summed exactly as dot_one_row sums one row (32
-// weights a step into two sets of lanes, then the sets added): every output has the one-row
-// kernel's bits, while each weight is loaded and widened once for the R rows.
+// sums[r] = a_rows[r] . w for R rows, each row summed alone: 32 weights a step into two sets of
+// lanes, so twice as many adds are in flight, then the sets added lane by lane. A row's sum has
+// the same bits whatever R is, while each weight is loaded and widened once for the R rows.
 template <int R, typename Weight>
 inline void dot_rows_as_one(const float* const (&a_rows)[R], const Weight* w, int64_t k,
                             float* sums) {
@@ -115,6 +84,15 @@ inline void dot_rows_as_one(const float* const (&a_rows)[R], const Weight* w, in
     acc[r][0].hi += acc[r][1].hi;
     sums[r] = lane_total(acc[r][0]);
   }
+}
+
+// One row of A (a decode step).
+template <typename Weight>
+inline float dot_one_row(const float* a, const Weight* w, int64_t k) {
+  const float* const row[1] = {a};
+  float sum;
+  dot_rows_as_one<1>(row, w, k, &sum);
+  return sum;
 }
 
 // C[m, j0:j1] = A[m, k] B[j0:j1, k]^T with each output the bits of the one-row kernel: rows of

@@ -1,7 +1,6 @@
 #include "text/gguf_tokenizer.h"
 
 #include <sentencepiece_processor.h>
-#include <unicode/utf8.h>
 
 #include <algorithm>
 #include <array>
@@ -166,38 +165,6 @@ int byte_of_piece(std::string_view piece) {
   if (piece.size() != 6 || !piece.starts_with("<0x") || piece[5] != '>') return -1;
   const int hi = hex(piece[3]), lo = hex(piece[4]);
   return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
-}
-
-// GPT-2's map of bytes to printable code points, reversed: the printable Latin-1 bytes stand
-// for themselves, the 68 others (controls, space, ...) for U+0100, U+0101, ... in byte order.
-const std::array<int16_t, 256 + 68>& byte_of_code_point() {
-  static const auto table = [] {
-    std::array<int16_t, 256 + 68> t;
-    t.fill(-1);
-    int next = 256;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-      t[printable ? b : next++] = static_cast<int16_t>(b);
-    }
-    return t;
-  }();
-  return table;
-}
-
-// A byte-level token's bytes; a text with a code point outside GPT-2's map (which llama.cpp
-// would print as "[UNK_BYTE_...]") stands for itself.
-std::string byte_level_bytes(std::string_view token) {
-  const auto& table = byte_of_code_point();
-  std::string out;
-  const auto* s = reinterpret_cast<const uint8_t*>(token.data());
-  const auto n = static_cast<int32_t>(token.size());
-  for (int32_t i = 0; i < n;) {
-    UChar32 c;
-    U8_NEXT(s, i, n, c);
-    if (c < 0 || static_cast<size_t>(c) >= table.size() || table[c] < 0) return std::string(token);
-    out += static_cast<char>(table[c]);
-  }
-  return out;
 }
 
 // A sentencepiece piece's bytes: U+2581 stands for a space.
@@ -448,18 +415,6 @@ std::string tokenizer_json(const GgufHeader& h, const Vocabulary& v, const PreTo
   out += R"(]},"pre_tokenizer":)" + pre_tokenizer_json(pre).dump() +
          R"(,"decoder":{"type":"ByteLevel"}})";
   return out;
-}
-
-size_t invalid_utf8_at(std::string_view text) {
-  const auto* s = reinterpret_cast<const uint8_t*>(text.data());
-  const auto n = static_cast<int64_t>(text.size());
-  for (int64_t i = 0; i < n;) {
-    const int64_t at = i;
-    UChar32 c;
-    U8_NEXT(s, i, n, c);
-    if (c < 0) return static_cast<size_t>(at);
-  }
-  return std::string_view::npos;
 }
 
 }  // namespace

@@ -68,9 +68,9 @@ std::string map_bytes(std::string_view bytes) {
   return out;
 }
 
-// The ByteLevel decoder: each code point back to its byte; a token with any other code point
-// (an added token's literal text) stays as it is.
-std::string unmap_bytes(std::string_view token) {
+}  // namespace
+
+std::string byte_level_bytes(std::string_view token) {
   std::string out;
   const auto* s = reinterpret_cast<const uint8_t*>(token.data());
   const auto n = static_cast<int32_t>(token.size());
@@ -84,18 +84,19 @@ std::string unmap_bytes(std::string_view token) {
   return out;
 }
 
-// Byte offset of the first ill-formed UTF-8 sequence, or npos. text: under 2 GiB.
 size_t invalid_utf8_at(std::string_view text) {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
-  const auto n = static_cast<int32_t>(text.size());
-  for (int32_t i = 0; i < n;) {
-    const int32_t at = i;
+  const auto n = static_cast<int64_t>(text.size());
+  for (int64_t i = 0; i < n;) {
+    const int64_t at = i;
     UChar32 c;
     U8_NEXT(s, i, n, c);
     if (c < 0) return static_cast<size_t>(at);
   }
   return std::string_view::npos;
 }
+
+namespace {
 
 // The \s and \w of Rust's regex crate, which tokenizers' lstrip/rstrip and single_word use:
 // White_Space; Alphabetic, marks, decimal digits, connector punctuation, Join_Control.
@@ -681,11 +682,11 @@ void BpeTokenizer::Impl::build_id_tables(const Fields& f) {
       f.fail("model.vocab", "gives id " + std::to_string(id) + " to both '" + entry.first +
                                 "' and '" + other + "'");
     }
-    add(id, unmap_bytes(entry.first), false);
+    add(id, byte_level_bytes(entry.first), false);
   }
   // An added token's text decodes as itself (tokenizers gives it precedence over the model's).
   for (const AddedToken& t : added) {
-    const std::string bytes = unmap_bytes(t.content);
+    const std::string bytes = byte_level_bytes(t.content);
     if (slot_of_id[t.id] >= 0) {
       decoded[slot_of_id[t.id]] = bytes;
       special[slot_of_id[t.id]] = t.special;

@@ -27,6 +27,13 @@ namespace moe {
 
 enum class SpecialTokens { Keep, Skip };
 
+// The ByteLevel decoder: a token's GPT-2 byte-level text back to its bytes, each code point to
+// its byte; a token with any other code point (an added token's literal text) stays as it is.
+std::string byte_level_bytes(std::string_view token);
+
+// Byte offset of the first ill-formed UTF-8 sequence in `text`, or npos.
+size_t invalid_utf8_at(std::string_view text);
+
 class BpeTokenizer {
  public:
   // Reads `tokenizer_json_path` and, when a tokenizer_config.json lies beside it, its
