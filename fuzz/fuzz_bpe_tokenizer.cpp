@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "tensor/error.h"
-#include "train/bpe_tokenizer.h"
+#include "text/bpe_tokenizer.h"
 
 namespace {
 constexpr std::string_view kSeparator = "\n--moe-file--\n";

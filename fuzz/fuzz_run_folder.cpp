@@ -17,10 +17,10 @@
 
 #include "model/checkpoint.h"
 #include "model/config.h"
+#include "nn/optimizer.h"
+#include "run/checkpoint.h"
+#include "run/train_options.h"
 #include "tensor/error.h"
-#include "train/checkpoint.h"
-#include "train/optimizer.h"
-#include "train/trainer.h"
 
 namespace {
 

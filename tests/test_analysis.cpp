@@ -14,12 +14,12 @@
 #include "model/transformer.h"
 #include "moe/load_metrics.h"
 #include "moe/moe_layer.h"
+#include "run/checkpoint.h"
+#include "run/training_record.h"
 #include "tensor/params.h"
 #include "tensor/rng.h"
 #include "test_util.h"
-#include "train/checkpoint.h"
 #include "train/trainer.h"
-#include "train/training_record.h"
 
 namespace moe {
 namespace {

@@ -1,4 +1,4 @@
-// BpeTokenizer (train/bpe_tokenizer.h): Hugging Face tokenizer.json byte-level BPE.
+// BpeTokenizer (text/bpe_tokenizer.h): Hugging Face tokenizer.json byte-level BPE.
 // tests/reference/bpe_reference.py (run first, a ctest fixture) builds three small tokenizers
 // the way GPT-2's was built, in the forms GPT-2, Qwen2 and Llama-3 ship, and encodes a set of
 // strings with a plain-Python encoder written from the published algorithm. Our ids must equal
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "test_util.h"
-#include "train/bpe_tokenizer.h"
+#include "text/bpe_tokenizer.h"
 
 namespace moe {
 namespace {

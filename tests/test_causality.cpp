@@ -175,7 +175,7 @@ TEST_P(Causality, EvalOutputDependsOnlyOnThePastOfItsOwnSequence) {
     // and a prefill of the first part then a prefill of the rest (a second turn onto a cache
     // that already holds positions).
     const OwnedWeights weights = test::engine_weights(model, store);
-    InferenceModel engine(config, MoeNaming::Mixtral, weights);
+    InferenceModel engine(config, HfArch::Mixtral, weights);
     EXPECT_LE(worst_excess(test::engine_logits(engine, seq), full, kSeq), 0.0)
         << "decode differs from the forward";
     {

@@ -12,7 +12,7 @@
 #include "tensor/blas_info.h"
 #include "tensor/error.h"
 #include "test_util.h"
-#include "train/data.h"
+#include "text/data.h"
 
 namespace moe {
 namespace {

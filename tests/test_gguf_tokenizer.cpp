@@ -19,8 +19,8 @@
 #include "tensor/error.h"
 #include "tensor/gguf.h"
 #include "test_util.h"
+#include "text/folder_tokenizer.h"
 #include "text/gguf_tokenizer.h"
-#include "train/folder_tokenizer.h"
 
 namespace moe {
 namespace {

@@ -23,7 +23,7 @@
 #include "model/hf_checkpoint.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
-#include "train/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace moe {
 namespace {

@@ -236,7 +236,7 @@ TEST(InferenceModel, Fp32EqualsTheTransformerInEveryLayout) {
     Model m;
     make_model(config, m, false);
     const OwnedWeights weights = weights_of(m, false);
-    InferenceModel decoder(config, MoeNaming::Mixtral, weights);
+    InferenceModel decoder(config, HfArch::Mixtral, weights);
     const auto tokens = prompt();
     const auto want = transformer_last_logits(*m.transformer, tokens);
     expect_close(decoder_last_logits(decoder, tokens, kPrompt), want, 1e-4, 1e-4, "prefill");
@@ -259,7 +259,7 @@ TEST(InferenceModel, Bf16WeightsStayBf16AndMatchTheRoundedModel) {
     make_model(config, m, true);
     const OwnedWeights weights = weights_of(m, true);
     EXPECT_EQ(weights.at("model.layers.0.self_attn.q_proj.weight").dtype, TensorDtype::BF16);
-    InferenceModel decoder(config, MoeNaming::Mixtral, weights);
+    InferenceModel decoder(config, HfArch::Mixtral, weights);
     const auto tokens = prompt();
     const auto want = transformer_last_logits(*m.transformer, tokens);
     if (layout.causal)
@@ -288,7 +288,7 @@ TEST(InferenceModel, DecodeStepGivesTheSameBitsAtAnyThreadCount) {
       Model m;
       make_model(config, m, bf16);
       const OwnedWeights weights = weights_of(m, bf16);
-      InferenceModel decoder(config, MoeNaming::Mixtral, weights);
+      InferenceModel decoder(config, HfArch::Mixtral, weights);
       const std::vector<int32_t> all = prompt(), tokens(all.begin(), all.begin() + 6);
       std::vector<std::vector<float>> logits;
       for (const int threads : {1, 2, 3}) {
@@ -311,7 +311,7 @@ TEST(InferenceModel, CountsTheBytesADecodeStepReads) {
   Model m;
   make_model(config, m, false);
   const OwnedWeights weights = weights_of(m, true);
-  InferenceModel decoder(config, MoeNaming::Mixtral, weights);
+  InferenceModel decoder(config, HfArch::Mixtral, weights);
   KvCache cache = decoder.make_cache(8);
   std::vector<float> logits(kVocab);
   const int32_t token = 5;
@@ -387,8 +387,8 @@ TEST(InferenceModel, QuantizedWeightsMatchTheirDequantizedValues) {
       for (float& v : m.store.values().span()) v *= 0.25f;
       const auto [quantized, dequantized] = quantized_weights(*m.transformer, m.store, type);
       EXPECT_EQ(quantized.at("model.layers.0.self_attn.q_proj.weight").quant, type);
-      InferenceModel engine(config, MoeNaming::Mixtral, quantized),
-          reference(config, MoeNaming::Mixtral, dequantized);
+      InferenceModel engine(config, HfArch::Mixtral, quantized),
+          reference(config, HfArch::Mixtral, dequantized);
       const std::vector<int32_t> all = prompt(), tokens(all.begin(), all.begin() + 8);
       const auto want = decoder_last_logits(reference, tokens, 0);
       const auto decoded = decoder_last_logits(engine, tokens, 0);
@@ -412,7 +412,7 @@ TEST(InferenceModel, CountsAQuantizedDecodeStepAtItsBlocksBytes) {
   Model m;
   make_model(config, m, false);
   const auto [quantized, unused] = quantized_weights(*m.transformer, m.store, QuantType::Q4_K);
-  InferenceModel engine(config, MoeNaming::Mixtral, quantized);
+  InferenceModel engine(config, HfArch::Mixtral, quantized);
   KvCache cache = engine.make_cache(8);
   std::vector<float> logits(kVocab);
   const int32_t token = 5;
@@ -434,8 +434,8 @@ TEST(InferenceModel, CountsAQuantizedDecodeStepAtItsBlocksBytes) {
 // once (a tied or dense weight once, not once per row) and lists its rows' routes.
 TEST(InferenceModel, DecodeBatchEqualsEachSequenceAlone) {
   const auto check = [](const ModelConfig& config, const WeightSource& weights) {
-    InferenceModel alone(config, MoeNaming::Mixtral, weights),
-        batched(config, MoeNaming::Mixtral, weights);
+    InferenceModel alone(config, HfArch::Mixtral, weights),
+        batched(config, HfArch::Mixtral, weights);
     const std::vector<int32_t> all = prompt();
     constexpr int64_t B = 5;
     std::vector<KvCache> solo, together;
@@ -490,7 +490,7 @@ TEST(InferenceModel, DecodeBatchReadsEachWeightOnce) {
   Model m;
   make_model(config, m, false);
   const OwnedWeights weights = weights_of(m, true);
-  InferenceModel engine(config, MoeNaming::Mixtral, weights);
+  InferenceModel engine(config, HfArch::Mixtral, weights);
   constexpr int64_t B = 4;
   std::vector<KvCache> caches;
   std::vector<KvCache*> pointers;
@@ -535,7 +535,7 @@ TEST(InferenceModel, ExpertCacheGivesTheSameLogitsAndCountsItsReads) {
     write_safetensors(dir + "/model.safetensors", tensors, {}, StoredDtype::BF16);
     const MappedCheckpoint checkpoint(dir, {dir + "/model.safetensors"});
     const auto tokens = prompt();
-    InferenceModel mapped(config, MoeNaming::Mixtral, checkpoint);
+    InferenceModel mapped(config, HfArch::Mixtral, checkpoint);
     const auto want = decoder_last_logits(mapped, tokens, 5);
 
     const int64_t expert_bytes = 2 * 3 * 32 * 48;  // bf16 gate, up, down
@@ -544,8 +544,7 @@ TEST(InferenceModel, ExpertCacheGivesTheSameLogitsAndCountsItsReads) {
         for (const bool prefetch : {false, true}) {
           SCOPED_TRACE("capacity " + std::to_string(capacity) + (prefetch ? " prefetch" : "") +
                        (policy == CachePolicy::Lfu ? " lfu" : " lru"));
-          InferenceModel cached(config, MoeNaming::Mixtral, checkpoint,
-                                {capacity, policy, prefetch});
+          InferenceModel cached(config, HfArch::Mixtral, checkpoint, {capacity, policy, prefetch});
           const auto got = decoder_last_logits(cached, tokens, 5);
           for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
           const ExpertCacheStats stats = cached.expert_cache()->stats();
@@ -560,7 +559,7 @@ TEST(InferenceModel, ExpertCacheGivesTheSameLogitsAndCountsItsReads) {
         }
     OwnedWeights in_memory = weights_of(m, true);
     EXPECT_NE(error_of([&] {
-                InferenceModel d(config, MoeNaming::Mixtral, in_memory, {2});
+                InferenceModel d(config, HfArch::Mixtral, in_memory, {2});
               }).find("is not in a file"),
               std::string::npos);
   }
@@ -624,16 +623,16 @@ TEST(InferenceModel, NamesTheTensorOrTokenThatIsWrong) {
   make_model(config, m, false);
   OwnedWeights weights = weights_of(m, false);
   weights.add_f32("model.layers.1.block_sparse_moe.experts.3.w2.weight", Tensor({48, 31}));
-  EXPECT_EQ(error_of([&] { InferenceModel d(config, MoeNaming::Mixtral, weights); }),
+  EXPECT_EQ(error_of([&] { InferenceModel d(config, HfArch::Mixtral, weights); }),
             "tensor 'model.layers.1.block_sparse_moe.experts.3.w2.weight': shape [48, 31], "
             "expected [48, 32]");
   EXPECT_NE(error_of([&] {
-              InferenceModel d(config, MoeNaming::Qwen2, weights);
+              InferenceModel d(config, HfArch::Qwen2Moe, weights);
             }).find("missing tensor 'model.layers.0.mlp.gate.weight'"),
             std::string::npos);
 
   const OwnedWeights good = weights_of(m, false);
-  InferenceModel decoder(config, MoeNaming::Mixtral, good);
+  InferenceModel decoder(config, HfArch::Mixtral, good);
   KvCache cache = decoder.make_cache(2);
   std::vector<float> logits(kVocab);
   const std::vector<int32_t> bad = {1, kVocab};

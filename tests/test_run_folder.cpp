@@ -11,12 +11,12 @@
 
 #include "model/checkpoint.h"
 #include "model_cases.h"
+#include "run/checkpoint.h"
+#include "run/run_folder.h"
 #include "tensor/error.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
-#include "train/checkpoint.h"
-#include "train/run_folder.h"
-#include "train/tokenizer.h"
+#include "text/tokenizer.h"
 #include "train/trainer.h"
 
 namespace moe {

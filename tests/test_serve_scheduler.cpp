@@ -62,7 +62,7 @@ struct Engine {
     Rng rng(11);
     rng.fill_normal(store.values().span(), 0.0f, 0.3f);
     weights = test::engine_weights(*transformer, store);
-    model = std::make_unique<InferenceModel>(config, MoeNaming::Mixtral, weights);
+    model = std::make_unique<InferenceModel>(config, HfArch::Mixtral, weights);
   }
 };
 

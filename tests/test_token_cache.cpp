@@ -1,4 +1,4 @@
-// Tokens prepared once (train/token_cache.h), the digest that keys them (tensor/sha256.h), and
+// Tokens prepared once (text/token_cache.h), the digest that keys them (tensor/sha256.h), and
 // the memory check before a run (model/memory_estimate.h, tensor/memory_available.h).
 #include <gtest/gtest.h>
 
@@ -12,7 +12,7 @@
 #include "tensor/memory_available.h"
 #include "tensor/sha256.h"
 #include "test_util.h"
-#include "train/token_cache.h"
+#include "text/token_cache.h"
 
 namespace moe {
 namespace {

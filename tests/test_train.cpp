@@ -13,13 +13,13 @@
 #include "model/param_count.h"
 #include "model_cases.h"
 #include "moe/load_metrics.h"
+#include "nn/optimizer.h"
+#include "run/checkpoint.h"
 #include "tensor/error.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
-#include "train/checkpoint.h"
-#include "train/data.h"
-#include "train/optimizer.h"
-#include "train/tokenizer.h"
+#include "text/data.h"
+#include "text/tokenizer.h"
 
 namespace moe {
 namespace {
@@ -350,7 +350,7 @@ TEST(Generation, KvCacheDecodeMatchesTheFullForward) {
     model.forward(tokens, targets, 1, S, eval);
     const std::vector<float> full(model.logits().begin(), model.logits().end());
     const OwnedWeights weights = test::engine_weights(model, store);
-    InferenceModel engine(c.config, MoeNaming::Mixtral, weights);
+    InferenceModel engine(c.config, HfArch::Mixtral, weights);
     KvCache cache = engine.make_cache(S);
     std::vector<float> logits(V);
     for (int64_t p = 0; p < S; ++p) {

@@ -9,9 +9,9 @@
 
 #include "model/transformer.h"
 #include "moe/load_metrics.h"
+#include "nn/optimizer.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
-#include "train/optimizer.h"
 #include "train/trainer.h"
 
 namespace moe {

@@ -14,16 +14,16 @@
 #include "model/checkpoint.h"
 #include "model/memory_estimate.h"
 #include "model/param_count.h"
+#include "run/checkpoint.h"
+#include "run/run_folder.h"
+#include "run/train_options.h"
+#include "run/training_record.h"
 #include "tensor/error.h"
 #include "tensor/sha256.h"
 #include "tensor/threads.h"
-#include "train/checkpoint.h"
-#include "train/data.h"
-#include "train/run_folder.h"
-#include "train/token_cache.h"
-#include "train/tokenizer.h"
-#include "train/trainer.h"
-#include "train/training_record.h"
+#include "text/data.h"
+#include "text/token_cache.h"
+#include "text/tokenizer.h"
 
 namespace moe {
 namespace fs = std::filesystem;
@@ -47,7 +47,7 @@ int32_t domain_index(Source& s, const std::string& domain) {
 
 // The run's validation stream and the documents (with domains) documents.jsonl places in it
 // (in the run's data/ or in the token cache entry it names, rebuilt there when gone:
-// train/token_cache.h).
+// text/token_cache.h).
 Source validation_source(const std::string& dir, int64_t vocab) {
   Source s;
   s.name = "valid";
@@ -225,11 +225,8 @@ std::string format_ratio(double x) {
   return buf;
 }
 
-void analyse_layer(const LayerRoutes& r, const Source& src, const std::vector<int64_t>& pos,
-                   const std::vector<int64_t>& segment, const std::vector<std::string>& pieces,
-                   const std::vector<int>& piece_class, const EvalOptions& o, LayerEval& out) {
-  const int64_t E = out.experts, N = static_cast<int64_t>(r.top1.size());
-  const int64_t V = static_cast<int64_t>(pieces.size());
+// Load per expert, drops, and an alert for each overloaded or collapsed expert.
+void analyse_load(const LayerRoutes& r, LayerEval& out) {
   out.counts = r.counts;
   out.load = load_metrics(r.counts);
   out.assignments = r.assignments;
@@ -246,26 +243,41 @@ void analyse_layer(const LayerRoutes& r, const Source& src, const std::vector<in
     out.alerts.push_back("expert " + std::to_string(e) + " collapsed: " +
                          format_ratio(mean > 0 ? double(r.counts[e]) / mean : 0.0) +
                          "x the mean load");
+}
 
+// The first pick's gate: its mean and histogram over the routed positions.
+void analyse_top1_gates(const LayerRoutes& r, LayerEval& out) {
   std::vector<float> gates;
   double gate_sum = 0;
-  for (int64_t n = 0; n < N; ++n)
+  for (size_t n = 0; n < r.top1.size(); ++n)
     if (r.top1[n] >= 0) {
       gates.push_back(r.top1_gate[n]);
       gate_sum += r.top1_gate[n];
     }
   out.mean_top1_gate = gates.empty() ? 0.0 : gate_sum / double(gates.size());
   out.gate_histogram = gate_histogram(gates);
+}
 
-  // Domain of each evaluated position (-1: none).
-  const int64_t D = static_cast<int64_t>(src.domains.size());
-  auto domain_at = [&](int64_t n) {
+// Domain of each evaluated position (-1: none). pos: [N] positions in src -> [N].
+std::vector<int32_t> position_domains(const Source& src, const std::vector<int64_t>& pos,
+                                      int64_t N) {
+  std::vector<int32_t> out(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) {
     const int32_t d = src.doc[pos[n]];
-    return d < 0 ? -1 : src.doc_domain[d];
-  };
+    out[n] = d < 0 ? -1 : src.doc_domain[d];
+  }
+  return out;
+}
+
+// Domain x expert shares (top-1 and all k) and their NMI, when two domains or more hold
+// evaluated tokens. Returns those domains, in source order.
+std::vector<int64_t> analyse_domains(const LayerRoutes& r, const Source& src,
+                                     const std::vector<int32_t>& domain_of, LayerEval& out) {
+  const int64_t E = out.experts, N = static_cast<int64_t>(r.top1.size());
+  const int64_t D = static_cast<int64_t>(src.domains.size());
   std::vector<int64_t> top1_table(D * E, 0), allk_table(D * E, 0), domain_tokens(D, 0);
   for (int64_t n = 0; n < N; ++n) {
-    const int32_t d = domain_at(n);
+    const int32_t d = domain_of[n];
     if (d < 0) continue;
     ++domain_tokens[d];
     if (r.top1[n] >= 0) ++top1_table[d * E + r.top1[n]];
@@ -275,33 +287,39 @@ void analyse_layer(const LayerRoutes& r, const Source& src, const std::vector<in
   std::vector<int64_t> present;  // domains with evaluated tokens, in source order
   for (int64_t d = 0; d < D; ++d)
     if (domain_tokens[d] > 0) present.push_back(d);
-  if (present.size() >= 2) {
-    DomainMatrix m;
-    std::vector<int64_t> t1, ak;
-    for (int64_t d : present) {
-      m.domains.push_back(src.domains[d]);
-      auto shares = [&](const std::vector<int64_t>& table, std::vector<int64_t>& kept) {
-        std::vector<double> row(E, 0.0);
-        int64_t sum = 0;
-        for (int64_t e = 0; e < E; ++e) sum += table[d * E + e];
-        for (int64_t e = 0; e < E; ++e) {
-          kept.push_back(table[d * E + e]);
-          row[e] = sum > 0 ? double(table[d * E + e]) / double(sum) : 0.0;
-        }
-        return row;
-      };
-      m.top1.push_back(shares(top1_table, t1));
-      m.all_k.push_back(shares(allk_table, ak));
-    }
-    const auto rows = static_cast<int64_t>(present.size());
-    m.nmi_top1 = normalized_mutual_information(t1, rows, E);
-    m.nmi_all_k = normalized_mutual_information(ak, rows, E);
-    out.domain_matrix = std::move(m);
+  if (present.size() < 2) return present;
+  DomainMatrix m;
+  std::vector<int64_t> t1, ak;
+  for (int64_t d : present) {
+    m.domains.push_back(src.domains[d]);
+    auto shares = [&](const std::vector<int64_t>& table, std::vector<int64_t>& kept) {
+      std::vector<double> row(E, 0.0);
+      int64_t sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += table[d * E + e];
+      for (int64_t e = 0; e < E; ++e) {
+        kept.push_back(table[d * E + e]);
+        row[e] = sum > 0 ? double(table[d * E + e]) / double(sum) : 0.0;
+      }
+      return row;
+    };
+    m.top1.push_back(shares(top1_table, t1));
+    m.all_k.push_back(shares(allk_table, ak));
   }
+  const auto rows = static_cast<int64_t>(present.size());
+  m.nmi_top1 = normalized_mutual_information(t1, rows, E);
+  m.nmi_all_k = normalized_mutual_information(ak, rows, E);
+  out.domain_matrix = std::move(m);
+  return present;
+}
 
-  // Tokens and token classes by top-1 expert. The (expert, token) counts are kept sparse (an
-  // [E, V] table would be large for many experts and a big vocabulary) and laid out one expert
-  // at a time in a [V] buffer for the lift.
+// Tokens and token classes by top-1 expert. The (expert, token) counts are kept sparse (an
+// [E, V] table would be large for many experts and a big vocabulary) and laid out one expert
+// at a time in a [V] buffer for the lift.
+void analyse_tokens(const LayerRoutes& r, const Source& src, const std::vector<int64_t>& pos,
+                    const std::vector<std::string>& pieces, const std::vector<int>& piece_class,
+                    const EvalOptions& o, LayerEval& out) {
+  const int64_t E = out.experts, N = static_cast<int64_t>(r.top1.size());
+  const int64_t V = static_cast<int64_t>(pieces.size());
   std::vector<int64_t> totals(V, 0), pairs;  // pairs: e * V + v per top-1 position
   std::vector<std::array<int64_t, 5>> classes(E, std::array<int64_t, 5>{});
   for (int64_t n = 0; n < N; ++n) {
@@ -330,20 +348,39 @@ void analyse_layer(const LayerRoutes& r, const Source& src, const std::vector<in
     for (size_t c = 0; c < 5; ++c)
       out.token_classes[e][c] = sum > 0 ? double(classes[e][c]) / double(sum) : 0.0;
   }
+}
 
+// How often consecutive positions keep their top-1 expert, against chance: overall and within
+// each domain of `present`.
+void analyse_repeats(const LayerRoutes& r, const Source& src, const std::vector<int64_t>& segment,
+                     const std::vector<int32_t>& domain_of, const std::vector<int64_t>& present,
+                     LayerEval& out) {
+  const int64_t E = out.experts, N = static_cast<int64_t>(r.top1.size());
   const RepeatRate all = consecutive_repeats(r.top1, segment, E);
   out.consecutive = {all.rate, all.chance};
   for (int64_t d : present) {
     std::vector<int32_t> t;
     std::vector<int64_t> seg;
     for (int64_t n = 0; n < N; ++n)
-      if (domain_at(n) == d) {
+      if (domain_of[n] == d) {
         t.push_back(r.top1[n]);
         seg.push_back(segment[n]);
       }
     const RepeatRate rd = consecutive_repeats(t, seg, E);
     out.consecutive_per_domain.emplace_back(src.domains[d], RateAndChance{rd.rate, rd.chance});
   }
+}
+
+void analyse_layer(const LayerRoutes& r, const Source& src, const std::vector<int64_t>& pos,
+                   const std::vector<int64_t>& segment, const std::vector<std::string>& pieces,
+                   const std::vector<int>& piece_class, const EvalOptions& o, LayerEval& out) {
+  const auto N = static_cast<int64_t>(r.top1.size());
+  analyse_load(r, out);
+  analyse_top1_gates(r, out);
+  const std::vector<int32_t> domain_of = position_domains(src, pos, N);
+  const std::vector<int64_t> present = analyse_domains(r, src, domain_of, out);
+  analyse_tokens(r, src, pos, pieces, piece_class, o, out);
+  analyse_repeats(r, src, segment, domain_of, present, out);
 }
 
 // A piece as it reads: byte pieces of printable ASCII become their character.

@@ -11,9 +11,9 @@
 
 #include "analysis/eval.h"
 #include "analysis/svg.h"
+#include "run/run_folder.h"
 #include "tensor/error.h"
 #include "tensor/json_field.h"
-#include "train/run_folder.h"
 
 namespace moe {
 namespace {
@@ -74,7 +74,7 @@ double final_tokens(const RunData& run) {
   return run.training.metrics.empty() ? kNaN : double(run.training.training_tokens);
 }
 
-// Training tokens to reach `target`, by moe eval's rule (train/training_record.h).
+// Training tokens to reach `target`, by moe eval's rule (run/training_record.h).
 std::optional<double> tokens_to_reach(const RunData& run, double target) {
   return moe::tokens_to_reach(run.training.val_curve, target);
 }

@@ -10,7 +10,7 @@
 
 #include "model/config.h"
 #include "model/param_count.h"
-#include "train/training_record.h"
+#include "run/training_record.h"
 
 namespace moe {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "dist/mpi_world.h"
+#include "parallel/mpi_world.h"
 
 namespace moe::cli {
 

@@ -111,6 +111,106 @@ Bandwidth memory_bandwidth(double min_seconds) {
   return {bytes / read / 1e9, bytes / write / 1e9};
 }
 
+// What every row is measured against, measured once per run.
+struct Machine {
+  double sgemm_gflops;
+  Bandwidth bandwidth;
+  nlohmann::json system;
+};
+
+// The weights a fwd+bwd must touch: each expert that got a token (in the last timed call), the
+// shared experts and the router, read in the forward, read again and their gradients written
+// in the backward. Activations are left out: the limit is optimistic.
+double weight_bytes_touched(const MoeConfig& cfg, const RoutingStats& stats) {
+  const auto used = std::count_if(stats.kept_per_expert.begin(), stats.kept_per_expert.end(),
+                                  [](int64_t rows) { return rows > 0; });
+  return 4.0 * cfg.hidden_size *
+         (3.0 * (static_cast<double>(used) * cfg.moe_intermediate_size +
+                 cfg.n_shared_experts * cfg.shared_expert_intermediate_size) +
+          cfg.num_experts);
+}
+
+// Seconds per fwd+bwd of the dense SwiGLU with Fd hidden units. x, dy: [T, D] -> y, dx.
+double time_dense_swiglu(int64_t Fd, const Tensor& x, const Tensor& dy, Tensor& y, Tensor& dx,
+                         Rng& rng, double min_seconds) {
+  const int64_t T = x.shape()[0], D = x.shape()[1];
+  Tensor w13({2 * Fd, D}), w2({D, Fd}), dw13({2 * Fd, D}), dw2({D, Fd});
+  Tensor h13({T, 2 * Fd}), act({T, Fd}), dh13({T, 2 * Fd});
+  rng.fill_normal(w13.span(), 0, 0.02f);
+  rng.fill_normal(w2.span(), 0, 0.02f);
+  return time_call(
+      [&] {
+        swiglu_forward({T, D, Fd}, x.span(), w13.span(), w2.span(), h13.span(), act.span(),
+                       y.span());
+        swiglu_backward({T, D, Fd}, x.span(), w13.span(), w2.span(), h13.span(), act.span(),
+                        dy.span(), dh13.span(), dx.span(), dw13.span(), dw2.span(), false);
+      },
+      min_seconds);
+}
+
+// One row: the case's MoE layer at T tokens, forward and forward+backward, against the dense
+// SwiGLU of equal active FLOPs, the sgemm peak and the memory-bound limit.
+nlohmann::json measure_row(const BenchCase& bc, int64_t T, const Machine& machine,
+                           double min_seconds) {
+  const MoeConfig& cfg = bc.config;
+  const int64_t D = cfg.hidden_size;
+  ParamStore store;
+  MoeLayer layer(cfg, store, "moe", 1);
+  store.allocate();
+  Rng rng(2);
+  layer.init_parameters(rng, 0.02f);
+  Tensor x({T, D}), y({T, D}), dy({T, D}), dx({T, D});
+  rng.fill_normal(x.span(), 0, 1);
+  rng.fill_normal(dy.span(), 0, 1);
+  // Gradients overwritten, as PyTorch does after zero_grad(set_to_none=True).
+  const double fwd = time_call([&] { layer.forward(x.span(), T, y.span()); }, min_seconds);
+  const double fwdbwd = time_call(
+      [&] {
+        layer.forward(x.span(), T, y.span());
+        layer.backward(dy.span(), dx.span(), /*accumulate_grads=*/false);
+      },
+      min_seconds);
+  const double weight_bytes = weight_bytes_touched(cfg, layer.stats());
+  const Bandwidth& bw = machine.bandwidth;
+  const double memory_limit =
+      T / (2.0 * weight_bytes / (bw.read_gbs * 1e9) + weight_bytes / (bw.write_gbs * 1e9));
+  const double dense = time_dense_swiglu(bc.dense_hidden, x, dy, y, dx, rng, min_seconds);
+
+  // Active FLOPs per token, forward: 3 GEMMs of D x F per picked and shared expert, plus
+  // the router; backward costs twice the forward.
+  const double active_hidden =
+      static_cast<double>(cfg.top_k * cfg.moe_intermediate_size +
+                          cfg.n_shared_experts * cfg.shared_expert_intermediate_size);
+  const double fwd_flops = 6.0 * D * active_hidden + 2.0 * D * cfg.num_experts;
+  const double gflops = 3.0 * fwd_flops * T / fwdbwd / 1e9;
+  return {{"case", bc.name},
+          {"tokens", T},
+          {"threads", thread_count()},
+          {"fwd_tokens_per_s", T / fwd},
+          {"fwdbwd_tokens_per_s", T / fwdbwd},
+          {"dense_fwdbwd_tokens_per_s", T / dense},
+          {"dense_ratio_fwdbwd", fwdbwd / dense},
+          {"gflops_fwdbwd", gflops},
+          {"sgemm_gflops", machine.sgemm_gflops},
+          {"weight_bytes", weight_bytes},
+          {"memory_read_gbs", bw.read_gbs},
+          {"memory_write_gbs", bw.write_gbs},
+          {"memory_limit_fwdbwd_tokens_per_s", memory_limit},
+          {"blas_core", blas_core_name()},
+          {"system", machine.system}};
+}
+
+void print_row(const nlohmann::json& row) {
+  const double fwdbwd_rate = row["fwdbwd_tokens_per_s"], gflops = row["gflops_fwdbwd"];
+  const double peak = row["sgemm_gflops"], memory_limit = row["memory_limit_fwdbwd_tokens_per_s"];
+  std::printf("%-9s %6lld %12.0f %14.0f %8.2f %10.1f %7.0f%% %11.0f%%\n",
+              row["case"].get<std::string>().c_str(), row["tokens"].get<long long>(),
+              row["fwd_tokens_per_s"].get<double>(), fwdbwd_rate,
+              row["dense_ratio_fwdbwd"].get<double>(), gflops, 100.0 * gflops / peak,
+              100.0 * fwdbwd_rate / memory_limit);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int run_bench_layer(const BenchLayerOptions& options) {
@@ -129,88 +229,13 @@ int run_bench_layer(const BenchLayerOptions& options) {
         "write %.1f GB/s\n%-9s %6s %12s %14s %8s %10s %8s %12s\n",
         thread_count(), blas_core_name(), peak, bandwidth.read_gbs, bandwidth.write_gbs, "case",
         "tokens", "fwd tok/s", "fwd+bwd tok/s", "dense x", "GFLOP/s", "of sgemm", "of mem limit");
+  const Machine machine{peak, bandwidth, system_info()};  // the same for every row
   nlohmann::json rows = nlohmann::json::array();
-  const nlohmann::json system = system_info();  // the same for every row
   for (const std::string& name : options.cases) {
     const BenchCase bc = make_case(name);
-    const MoeConfig& cfg = bc.config;
-    const int64_t D = cfg.hidden_size;
     for (int64_t T : options.tokens) {
-      ParamStore store;
-      MoeLayer layer(cfg, store, "moe", 1);
-      store.allocate();
-      Rng rng(2);
-      layer.init_parameters(rng, 0.02f);
-      Tensor x({T, D}), y({T, D}), dy({T, D}), dx({T, D});
-      rng.fill_normal(x.span(), 0, 1);
-      rng.fill_normal(dy.span(), 0, 1);
-      // Gradients overwritten, as PyTorch does after zero_grad(set_to_none=True).
-      const double fwd =
-          time_call([&] { layer.forward(x.span(), T, y.span()); }, options.min_seconds);
-      const double fwdbwd = time_call(
-          [&] {
-            layer.forward(x.span(), T, y.span());
-            layer.backward(dy.span(), dx.span(), /*accumulate_grads=*/false);
-          },
-          options.min_seconds);
-      // The weights a fwd+bwd must touch: each expert that got a token (in the last timed
-      // call), the shared experts and the router, read in the forward, read again and their
-      // gradients written in the backward. Activations are left out: the limit is optimistic.
-      const RoutingStats& stats = layer.stats();
-      const auto used = std::count_if(stats.kept_per_expert.begin(), stats.kept_per_expert.end(),
-                                      [](int64_t rows) { return rows > 0; });
-      const double weight_bytes =
-          4.0 * D *
-          (3.0 * (static_cast<double>(used) * cfg.moe_intermediate_size +
-                  cfg.n_shared_experts * cfg.shared_expert_intermediate_size) +
-           cfg.num_experts);
-      const double memory_limit = T / (2.0 * weight_bytes / (bandwidth.read_gbs * 1e9) +
-                                       weight_bytes / (bandwidth.write_gbs * 1e9));
-
-      // The dense SwiGLU with the same active FLOPs per token.
-      const int64_t Fd = bc.dense_hidden;
-      Tensor w13({2 * Fd, D}), w2({D, Fd}), dw13({2 * Fd, D}), dw2({D, Fd});
-      Tensor h13({T, 2 * Fd}), act({T, Fd}), dh13({T, 2 * Fd});
-      rng.fill_normal(w13.span(), 0, 0.02f);
-      rng.fill_normal(w2.span(), 0, 0.02f);
-      const double dense = time_call(
-          [&] {
-            swiglu_forward({T, D, Fd}, x.span(), w13.span(), w2.span(), h13.span(), act.span(),
-                           y.span());
-            swiglu_backward({T, D, Fd}, x.span(), w13.span(), w2.span(), h13.span(), act.span(),
-                            dy.span(), dh13.span(), dx.span(), dw13.span(), dw2.span(), false);
-          },
-          options.min_seconds);
-
-      // Active FLOPs per token, forward: 3 GEMMs of D x F per picked and shared expert, plus
-      // the router; backward costs twice the forward.
-      const double active_hidden =
-          static_cast<double>(cfg.top_k * cfg.moe_intermediate_size +
-                              cfg.n_shared_experts * cfg.shared_expert_intermediate_size);
-      const double fwd_flops = 6.0 * D * active_hidden + 2.0 * D * cfg.num_experts;
-      const double gflops = 3.0 * fwd_flops * T / fwdbwd / 1e9;
-      nlohmann::json row = {{"case", name},
-                            {"tokens", T},
-                            {"threads", thread_count()},
-                            {"fwd_tokens_per_s", T / fwd},
-                            {"fwdbwd_tokens_per_s", T / fwdbwd},
-                            {"dense_fwdbwd_tokens_per_s", T / dense},
-                            {"dense_ratio_fwdbwd", fwdbwd / dense},
-                            {"gflops_fwdbwd", gflops},
-                            {"sgemm_gflops", peak},
-                            {"weight_bytes", weight_bytes},
-                            {"memory_read_gbs", bandwidth.read_gbs},
-                            {"memory_write_gbs", bandwidth.write_gbs},
-                            {"memory_limit_fwdbwd_tokens_per_s", memory_limit},
-                            {"blas_core", blas_core_name()},
-                            {"system", system}};
-      rows.push_back(row);
-      if (!options.json) {
-        std::printf("%-9s %6lld %12.0f %14.0f %8.2f %10.1f %7.0f%% %11.0f%%\n", name.c_str(),
-                    static_cast<long long>(T), T / fwd, T / fwdbwd, fwdbwd / dense, gflops,
-                    100.0 * gflops / peak, 100.0 * (T / fwdbwd) / memory_limit);
-        std::fflush(stdout);
-      }
+      rows.push_back(measure_row(bc, T, machine, options.min_seconds));
+      if (!options.json) print_row(rows.back());
     }
   }
   if (options.json) std::printf("%s\n", rows.dump(1).c_str());

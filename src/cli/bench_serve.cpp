@@ -82,7 +82,7 @@ BenchModel open_bench_model(const BenchServeCommand& c, int64_t slots) {
   require_inference_memory(config, positions * slots, c.prefill_chunk, 0, what,
                            bytes_per_value * total_parameters(config));
   m.weights = std::make_unique<OwnedWeights>(random_weights(config, m.dtype));
-  m.made = std::make_unique<InferenceModel>(config, MoeNaming::Mixtral, *m.weights);
+  m.made = std::make_unique<InferenceModel>(config, HfArch::Mixtral, *m.weights);
   return m;
 }
 

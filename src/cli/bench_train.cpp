@@ -12,10 +12,10 @@
 #include "model/memory_estimate.h"
 #include "model/param_count.h"
 #include "model/transformer.h"
+#include "nn/optimizer.h"
 #include "tensor/blas_info.h"
 #include "tensor/system_info.h"
 #include "tensor/threads.h"
-#include "train/optimizer.h"
 
 namespace moe::cli {
 

@@ -4,7 +4,11 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "analysis/perplexity.h"
 #include "analysis/routing_metrics.h"
+#include "cli/prompt.h"
+#include "infer/open_model.h"
+#include "model/hf_checkpoint.h"
 #include "moe/load_metrics.h"
 #include "tensor/error.h"
 
@@ -14,10 +18,12 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& c) {
   CLI::App* eval = app.add_subcommand(
       "eval",
       "Loss and routing figures of a trained run (load, drops, specialization, consistency); "
-      "with several --model, quality against compute");
-  eval->add_option("-m,--model", c.models, "Run folder (repeat to compare runs)")
+      "with several --model, quality against compute; for a Hugging Face folder or a GGUF "
+      "file (or a run with --ctx), the perplexity of --text as llama-perplexity measures it");
+  eval->add_option("-m,--model", c.models,
+                   "Run folder (repeat to compare runs), Hugging Face folder or GGUF file")
       ->required()
-      ->check(CLI::ExistingDirectory);
+      ->check(CLI::ExistingPath);
   CLI::Option* text = eval->add_option(
       "--text", c.options.text,
       "A UTF-8 text file to evaluate (documents split on blank lines), instead of the split");
@@ -41,6 +47,13 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& c) {
   eval->add_option("--min-count", c.options.min_count,
                    "Top-1 hits a token needs at an expert to be listed among its top tokens")
       ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  eval->add_option("--ctx", c.ctx,
+                   "Perplexity: tokens per chunk, each a fresh sequence scored on its second "
+                   "half (llama-perplexity's -c; default 512, or the model's positions)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->needs(text);
+  eval->add_option("--chunks", c.chunks, "Perplexity: chunks evaluated at most (default: all)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   eval->add_flag("--json", c.json, "Print one JSON object");
   return eval;
@@ -171,9 +184,48 @@ void print_compare(const CompareResult& r) {
     }
 }
 
+int run_perplexity(const EvalCommand& c) {
+  const std::string& path = c.models.front();
+  require(!c.options.text.empty(),
+          "moe eval -m " + path + ": give --text FILE, the text whose perplexity to measure");
+  const std::string text = read_text_file(c.options.text, "--text");
+  prepare_for_reading(path);
+  const OpenedModel m = open_model(path);
+  const FolderTokenizer tokenizer = model_tokenizer(path);
+  const bool hugging_face = m.kind == ModelKind::HuggingFace;
+  const std::vector<int32_t> ids = encode_prompt(path, hugging_face, tokenizer, text);
+  const int64_t ctx = c.ctx > 0 ? c.ctx : std::min<int64_t>(512, m.config.max_position_embeddings);
+  require_inference_memory(m.config, ctx, ctx, 0, "moe eval");
+  const PerplexityResult r =
+      chunked_perplexity(*m.model, ids, ctx, prompt_bos(path, hugging_face, tokenizer), c.chunks);
+  if (c.json) {
+    const nlohmann::json j = {{"model", path},
+                              {"text", c.options.text},
+                              {"perplexity", r.perplexity},
+                              {"mean_nll", r.mean_nll},
+                              {"nll_stderr", r.nll_stderr},
+                              {"ctx", r.n_ctx},
+                              {"chunks", r.chunks},
+                              {"scored_tokens", r.scored_tokens},
+                              {"text_tokens", r.text_tokens}};
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::printf(
+      "%s on %s: perplexity %.4f (mean NLL %.6f +/- %.6f nats) over %lld chunks of %lld "
+      "tokens, %lld tokens scored of %lld\n",
+      path.c_str(), c.options.text.c_str(), r.perplexity, r.mean_nll, r.nll_stderr,
+      static_cast<long long>(r.chunks), static_cast<long long>(r.n_ctx),
+      static_cast<long long>(r.scored_tokens), static_cast<long long>(r.text_tokens));
+  return 0;
+}
+
 }  // namespace
 
 int run_eval(EvalCommand c) {
+  const std::string& first = c.models.front();
+  if (c.models.size() == 1 && (c.ctx > 0 || is_gguf_file(first) || is_hf_checkpoint(first)))
+    return run_perplexity(c);
   if (c.models.size() > 1) {
     const CompareResult r = compare_runs(c.models);
     if (c.json)

@@ -1,5 +1,6 @@
 #pragma once
-// `moe eval`: a run's loss and routing figures (analysis/eval.h), or several runs side by side.
+// `moe eval`: a run's loss and routing figures (analysis/eval.h), or several runs side by side;
+// the perplexity of a text under any model, as llama-perplexity measures it.
 #include <CLI/CLI.hpp>
 #include <string>
 #include <vector>
@@ -13,6 +14,10 @@ struct EvalCommand {
   EvalOptions options;
   std::string split = "valid";
   double capacity_factor = -1;  // < 0: the config's
+  // A perplexity as llama-perplexity measures it (analysis/perplexity.h), over chunks of
+  // `ctx` tokens: for Hugging Face folders and GGUF files, and for a run with --ctx.
+  int64_t ctx = 0;      // 0: not given (512, llama-perplexity's default, capped by the model)
+  int64_t chunks = -1;  // at most this many chunks; -1: all
   bool json = false;
 };
 

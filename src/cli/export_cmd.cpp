@@ -8,8 +8,8 @@
 #include "model/checkpoint.h"
 #include "model/hf_checkpoint.h"
 #include "model/hf_export.h"
+#include "run/run_folder.h"
 #include "tensor/error.h"
-#include "train/run_folder.h"
 
 namespace moe::cli {
 namespace {

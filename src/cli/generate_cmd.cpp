@@ -8,8 +8,8 @@
 
 #include "infer/open_model.h"
 #include "model/hf_checkpoint.h"
-#include "train/checkpoint.h"
-#include "train/folder_tokenizer.h"
+#include "run/checkpoint.h"
+#include "text/folder_tokenizer.h"
 
 namespace moe::cli {
 

@@ -7,10 +7,10 @@
 
 #include "infer/open_model.h"
 #include "model/hf_checkpoint.h"
+#include "run/checkpoint.h"
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
 #include "tensor/safetensors.h"
-#include "train/checkpoint.h"
 
 namespace moe::cli {
 

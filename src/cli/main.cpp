@@ -26,11 +26,12 @@
 #include "cli/generate_cmd.h"
 #include "cli/logits_cmd.h"
 #include "cli/params.h"
+#include "cli/quantize_cmd.h"
 #include "cli/report_cmd.h"
 #include "cli/serve_cmd.h"
 #include "cli/tokenize_cmd.h"
 #include "cli/train_cmd.h"
-#include "dist/mpi_world.h"
+#include "parallel/mpi_world.h"
 #include "tensor/cpu.h"
 #include "tensor/error.h"
 #include "tensor/system_info.h"
@@ -218,6 +219,10 @@ void add_help_footers(CLI::App& app) {
        "moe serve -m runs/default --port 8080 --parallel 4\n"
        "  moe serve -m hf/Mixtral-8x7B-Instruct --api-key KEY --expert-cache 4"},
       {"moe export", "moe export -m runs/default --out hf/default --dtype bf16"},
+      {"moe quantize",
+       "moe quantize -m hf/OLMoE-1B-7B -o olmoe-q8_0.gguf -t q8_0\n"
+       "  moe quantize -m hf/Mixtral-8x7B -o mixtral-q4_k_m.gguf -t q4_k_m\n"
+       "  llama-cli -m mixtral-q4_k_m.gguf -p \"Hello\"      # llama.cpp runs what it writes"},
       {"moe report", "moe report -m runs/default --compare runs/dense --out report.html"},
       {"moe eval",
        "moe eval -m runs/default\n"
@@ -262,6 +267,183 @@ void restart_with_short_spin(char** argv) {
   unsetenv("GOMP_SPINCOUNT");
 }
 
+// Every command's options and its node in the parse: the options are bound by reference, so
+// one Commands lives in main for the whole run; the command chosen is the node that parsed.
+struct Commands {
+  CLI::App* info = nullptr;
+  bool info_json = false;
+  CLI::App* bench_layer = nullptr;
+  moe::cli::BenchLayerOptions bench_layer_options;
+  CLI::App* bench_train = nullptr;
+  moe::cli::BenchTrainOptions bench_train_options;
+  CLI::App* bench_decode = nullptr;
+  moe::cli::BenchDecodeCommand bench_decode_command;
+  CLI::App* bench_serve = nullptr;
+  moe::cli::BenchServeCommand bench_serve_command;
+  CLI::App* bench_ep = nullptr;
+  moe::cli::BenchEpOptions bench_ep_options;
+  CLI::App* params = nullptr;
+  moe::cli::ParamsOptions params_options;
+  CLI::App* train = nullptr;
+  moe::cli::TrainCommand train_command;
+  CLI::App* generate = nullptr;
+  moe::cli::GenerateCommand generate_command;
+  CLI::App* export_model = nullptr;
+  moe::cli::ExportCommand export_command;
+  CLI::App* quantize = nullptr;
+  moe::cli::QuantizeCommand quantize_command;
+  CLI::App* report = nullptr;
+  moe::cli::ReportCommand report_command;
+  CLI::App* eval = nullptr;
+  moe::cli::EvalCommand eval_command;
+  CLI::App* logits = nullptr;
+  moe::cli::LogitsCommand logits_command;
+  CLI::App* tokenize = nullptr;
+  moe::cli::TokenizeCommand tokenize_command;
+  CLI::App* serve = nullptr;
+  moe::cli::ServeCommand serve_command;
+};
+
+void add_global_options(CLI::App& app, int& threads) {
+  app.name("moe");
+  app.require_subcommand(1);
+  // Subcommands inherit this: an option they do not know (--threads) goes to their parent, so
+  // global options work after the subcommand too.
+  app.fallthrough();
+  app.set_version_flag("--version", moe::version_line());
+  app.add_option("--threads", threads,
+                 "Threads for OpenMP loops and OpenBLAS, before or after the command (default: "
+                 "MOE_THREADS or all cores)")
+      ->check(CLI::Range(1, 4096));
+}
+
+void add_info_command(CLI::App& app, Commands& c) {
+  c.info = app.add_subcommand(
+      "info", "What runs here: build, CPU, kernel set (MOE_KERNELS), OpenBLAS and threads");
+  c.info->add_flag("--json", c.info_json, "Print JSON");
+}
+
+void add_bench_layer_command(CLI::App& bench, Commands& c) {
+  moe::cli::BenchLayerOptions& o = c.bench_layer_options;
+  c.bench_layer = bench.add_subcommand(
+      "layer",
+      "MoE layer forward and forward+backward tokens/s vs a dense SwiGLU of equal active FLOPs");
+  c.bench_layer->add_option("--case", o.cases, "mixtral and/or deepseek")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mixtral", "deepseek"}));
+  c.bench_layer->add_option("--tokens", o.tokens, "Token counts T")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  c.bench_layer->add_option("--min-seconds", o.min_seconds, "Minimum time per measurement")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 3600.0));
+  c.bench_layer->add_flag("--json", o.json, "Print one JSON array instead of a table");
+}
+
+void add_bench_train_command(CLI::App& bench, Commands& c) {
+  moe::cli::BenchTrainOptions& o = c.bench_train_options;
+  c.bench_train = bench.add_subcommand(
+      "train", "Training-step tokens/s and peak memory of a model on random tokens");
+  c.bench_train
+      ->add_option("--config", o.config, "Model config JSON (default: the built-in default model)")
+      ->check(CLI::ExistingFile);
+  c.bench_train->add_option("--batch-size", o.batch_size, "Sequences per step")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  c.bench_train->add_option("--seq-len", o.seq_len, "Tokens per sequence")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  c.bench_train->add_option("--steps", o.steps, "Timed steps (after 3 warm-up)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  c.bench_train->add_flag("--json", o.json, "Print JSON");
+}
+
+void add_bench_ep_command(CLI::App& bench, Commands& c) {
+  moe::cli::BenchEpOptions& o = c.bench_ep_options;
+  c.bench_ep = bench.add_subcommand(
+      "ep", "Under mpirun -np P: one MoE layer with its experts spread over P ranks (all-to-all)");
+  c.bench_ep->add_option("--config", o.config, "Model config JSON (default: the default model)")
+      ->check(CLI::ExistingFile);
+  c.bench_ep->add_option("--tokens", o.tokens, "Tokens per rank")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  c.bench_ep->add_option("--iterations", o.iterations, "Timed forward+backward calls")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  c.bench_ep->add_flag("--json", o.json, "Print JSON");
+}
+
+// `moe bench ...`, in the order its help lists them.
+void add_bench_commands(CLI::App& app, Commands& c) {
+  CLI::App* bench = app.add_subcommand("bench", "Measure throughput");
+  bench->require_subcommand(1);
+  add_bench_layer_command(*bench, c);
+  add_bench_train_command(*bench, c);
+  c.bench_decode = moe::cli::add_bench_decode_command(*bench, c.bench_decode_command);
+  c.bench_serve = moe::cli::add_bench_serve_command(*bench, c.bench_serve_command);
+  add_bench_ep_command(*bench, c);
+}
+
+void add_params_command(CLI::App& app, Commands& c) {
+  moe::cli::ParamsOptions& o = c.params_options;
+  c.params = app.add_subcommand(
+      "params", "Total and active parameters and FLOPs per token (no option: every preset)");
+  c.params->add_option("--preset", o.preset,
+                       "mixtral-8x7b, mixtral-8x22b, deepseek-v2, deepseek-v3, qwen1.5-moe-a2.7b, "
+                       "olmoe-1b-7b, grok-1, default, dense-baseline");
+  c.params->add_option("--config", o.config, "A model config JSON file")->check(CLI::ExistingFile);
+  c.params
+      ->add_option("--context", o.context,
+                   "Sequence length for attention FLOPs (default: the model's; moe eval and "
+                   "report count at the run's --seq-len)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  c.params->add_flag("--json", o.json, "Print JSON");
+  moe::cli::add_params_memory_options(*c.params, o);
+}
+
+// The commands that train, run, convert or inspect a model; each registers its own options.
+void add_model_commands(CLI::App& app, Commands& c) {
+  c.train = moe::cli::add_train_command(app, c.train_command);
+  c.generate = moe::cli::add_generate_command(app, c.generate_command);
+  c.export_model = moe::cli::add_export_command(app, c.export_command);
+  c.quantize = moe::cli::add_quantize_command(app, c.quantize_command);
+  c.report = moe::cli::add_report_command(app, c.report_command);
+  c.eval = moe::cli::add_eval_command(app, c.eval_command);
+  c.logits = moe::cli::add_logits_command(app, c.logits_command);
+  c.tokenize = moe::cli::add_tokenize_command(app, c.tokenize_command);
+  c.serve = moe::cli::add_serve_command(app, c.serve_command);
+}
+
+int print_info(bool json) {
+  if (json)
+    std::printf("%s\n", moe::system_info().dump(2).c_str());
+  else
+    std::printf("%s", moe::system_info_text().c_str());
+  return 0;
+}
+
+// Runs the one command the parse chose; its exit code.
+int run_chosen_command(Commands& c, moe::MpiWorld* mpi) {
+  if (*c.info) return print_info(c.info_json);
+  if (*c.bench_layer) return moe::cli::run_bench_layer(c.bench_layer_options);
+  if (*c.bench_train) return moe::cli::run_bench_train(c.bench_train_options);
+  if (*c.bench_decode) return moe::cli::run_bench_decode(c.bench_decode_command);
+  if (*c.bench_serve) return moe::cli::run_bench_serve(c.bench_serve_command);
+  if (*c.bench_ep) return moe::cli::run_bench_ep(c.bench_ep_options, mpi);
+  if (*c.params) return moe::cli::run_params(c.params_options);
+  if (*c.train) return moe::cli::run_train(c.train_command);
+  if (*c.generate) return moe::cli::run_generate(c.generate_command);
+  if (*c.export_model) return moe::cli::run_export(c.export_command);
+  if (*c.quantize) return moe::cli::run_quantize(c.quantize_command);
+  if (*c.report) return moe::cli::run_report(c.report_command);
+  if (*c.eval) return moe::cli::run_eval(c.eval_command);
+  if (*c.logits) return moe::cli::run_logits(c.logits_command);
+  if (*c.tokenize) return moe::cli::run_tokenize(c.tokenize_command);
+  if (*c.serve) return moe::cli::run_serve(c.serve_command);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -272,106 +454,13 @@ int main(int argc, char** argv) {
   // Under P processes, errors every one meets alike are printed by rank 0 alone.
   const bool reporter = !world || world->rank() == 0;
   CLI::App app{"moe: sparse Mixture-of-Experts transformers: train, run, inspect"};
-  app.name("moe");
-  app.require_subcommand(1);
-  // Subcommands inherit this: an option they do not know (--threads) goes to their parent, so
-  // global options work after the subcommand too.
-  app.fallthrough();
-  app.set_version_flag("--version", moe::version_line());
   int threads = 0;
-  app.add_option("--threads", threads,
-                 "Threads for OpenMP loops and OpenBLAS, before or after the command (default: "
-                 "MOE_THREADS or all cores)")
-      ->check(CLI::Range(1, 4096));
-
-  CLI::App* info = app.add_subcommand(
-      "info", "What runs here: build, CPU, kernel set (MOE_KERNELS), OpenBLAS and threads");
-  bool info_json = false;
-  info->add_flag("--json", info_json, "Print JSON");
-
-  CLI::App* bench = app.add_subcommand("bench", "Measure throughput");
-  bench->require_subcommand(1);
-  moe::cli::BenchLayerOptions layer_opts;
-  CLI::App* bench_layer = bench->add_subcommand(
-      "layer",
-      "MoE layer forward and forward+backward tokens/s vs a dense SwiGLU of equal active FLOPs");
-  bench_layer->add_option("--case", layer_opts.cases, "mixtral and/or deepseek")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"mixtral", "deepseek"}));
-  bench_layer->add_option("--tokens", layer_opts.tokens, "Token counts T")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_layer->add_option("--min-seconds", layer_opts.min_seconds, "Minimum time per measurement")
-      ->capture_default_str()
-      ->check(CLI::Range(0.001, 3600.0));
-  bench_layer->add_flag("--json", layer_opts.json, "Print one JSON array instead of a table");
-  moe::cli::BenchTrainOptions train_bench_opts;
-  CLI::App* bench_train = bench->add_subcommand(
-      "train", "Training-step tokens/s and peak memory of a model on random tokens");
-  bench_train
-      ->add_option("--config", train_bench_opts.config,
-                   "Model config JSON (default: the built-in default model)")
-      ->check(CLI::ExistingFile);
-  bench_train->add_option("--batch-size", train_bench_opts.batch_size, "Sequences per step")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_train->add_option("--seq-len", train_bench_opts.seq_len, "Tokens per sequence")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  bench_train->add_option("--steps", train_bench_opts.steps, "Timed steps (after 3 warm-up)")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_train->add_flag("--json", train_bench_opts.json, "Print JSON");
-  moe::cli::BenchDecodeCommand bench_decode_cmd;
-  CLI::App* bench_decode = moe::cli::add_bench_decode_command(*bench, bench_decode_cmd);
-  moe::cli::BenchServeCommand bench_serve_cmd;
-  CLI::App* bench_serve = moe::cli::add_bench_serve_command(*bench, bench_serve_cmd);
-
-  moe::cli::BenchEpOptions ep_opts;
-  CLI::App* bench_ep = bench->add_subcommand(
-      "ep", "Under mpirun -np P: one MoE layer with its experts spread over P ranks (all-to-all)");
-  bench_ep->add_option("--config", ep_opts.config, "Model config JSON (default: the default model)")
-      ->check(CLI::ExistingFile);
-  bench_ep->add_option("--tokens", ep_opts.tokens, "Tokens per rank")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_ep->add_option("--iterations", ep_opts.iterations, "Timed forward+backward calls")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_ep->add_flag("--json", ep_opts.json, "Print JSON");
-
-  moe::cli::ParamsOptions params_opts;
-  CLI::App* params = app.add_subcommand(
-      "params", "Total and active parameters and FLOPs per token (no option: every preset)");
-  params->add_option("--preset", params_opts.preset,
-                     "mixtral-8x7b, mixtral-8x22b, deepseek-v2, deepseek-v3, qwen1.5-moe-a2.7b, "
-                     "olmoe-1b-7b, grok-1, default, dense-baseline");
-  params->add_option("--config", params_opts.config, "A model config JSON file")
-      ->check(CLI::ExistingFile);
-  params
-      ->add_option("--context", params_opts.context,
-                   "Sequence length for attention FLOPs (default: the model's; moe eval and "
-                   "report count at the run's --seq-len)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
-  params->add_flag("--json", params_opts.json, "Print JSON");
-  moe::cli::add_params_memory_options(*params, params_opts);
-
-  moe::cli::TrainCommand train_cmd;
-  CLI::App* train = moe::cli::add_train_command(app, train_cmd);
-  moe::cli::GenerateCommand gen;
-  CLI::App* generate = moe::cli::add_generate_command(app, gen);
-  moe::cli::ExportCommand export_cmd;
-  CLI::App* export_app = moe::cli::add_export_command(app, export_cmd);
-  moe::cli::ReportCommand report_cmd;
-  CLI::App* report = moe::cli::add_report_command(app, report_cmd);
-  moe::cli::EvalCommand eval_cmd;
-  CLI::App* eval = moe::cli::add_eval_command(app, eval_cmd);
-  moe::cli::LogitsCommand logits_cmd;
-  CLI::App* logits = moe::cli::add_logits_command(app, logits_cmd);
-  moe::cli::TokenizeCommand tokenize_cmd;
-  CLI::App* tokenize = moe::cli::add_tokenize_command(app, tokenize_cmd);
-  moe::cli::ServeCommand serve_cmd;
-  CLI::App* serve = moe::cli::add_serve_command(app, serve_cmd);
+  add_global_options(app, threads);
+  Commands commands;
+  add_info_command(app, commands);
+  add_bench_commands(app, commands);
+  add_params_command(app, commands);
+  add_model_commands(app, commands);
   add_help_footers(app);
 
   try {
@@ -389,32 +478,12 @@ int main(int argc, char** argv) {
   const std::string rank_prefix =
       world && world->size() > 1 ? "rank " + std::to_string(world->rank()) + ": " : "";
   moe::MpiWorld* const mpi = world ? &*world : nullptr;
-  train_cmd.world = mpi;
+  commands.train_command.world = mpi;
   try {
     if (world && world->size() > 1) world->require_same_binary();
     moe::set_threads(threads);
     moe::kernel_set();  // a bad MOE_KERNELS is refused here, before any work
-    if (*info) {
-      if (info_json)
-        std::printf("%s\n", moe::system_info().dump(2).c_str());
-      else
-        std::printf("%s", moe::system_info_text().c_str());
-      return 0;
-    }
-    if (*bench_layer) return moe::cli::run_bench_layer(layer_opts);
-    if (*bench_train) return moe::cli::run_bench_train(train_bench_opts);
-    if (*bench_decode) return moe::cli::run_bench_decode(bench_decode_cmd);
-    if (*bench_serve) return moe::cli::run_bench_serve(bench_serve_cmd);
-    if (*bench_ep) return moe::cli::run_bench_ep(ep_opts, mpi);
-    if (*params) return moe::cli::run_params(params_opts);
-    if (*train) return moe::cli::run_train(train_cmd);
-    if (*generate) return moe::cli::run_generate(gen);
-    if (*export_app) return moe::cli::run_export(export_cmd);
-    if (*report) return moe::cli::run_report(report_cmd);
-    if (*eval) return moe::cli::run_eval(eval_cmd);
-    if (*logits) return moe::cli::run_logits(logits_cmd);
-    if (*tokenize) return moe::cli::run_tokenize(tokenize_cmd);
-    if (*serve) return moe::cli::run_serve(serve_cmd);
+    return run_chosen_command(commands, mpi);
   } catch (const moe::SharedError& e) {
     if (reporter) std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 2;
@@ -432,5 +501,4 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe: %sinternal error: %s\n", rank_prefix.c_str(), e.what());
     return end_job(1);
   }
-  return 0;
 }

@@ -8,10 +8,10 @@
 #include "model/hf_checkpoint.h"
 #include "model/memory_estimate.h"
 #include "model/param_count.h"
+#include "run/train_options.h"
 #include "tensor/error.h"
 #include "tensor/memory_available.h"
 #include "tensor/threads.h"
-#include "train/trainer.h"
 
 namespace moe::cli {
 namespace {

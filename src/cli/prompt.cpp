@@ -12,11 +12,11 @@
 #include "model/config.h"
 #include "model/hf_checkpoint.h"
 #include "model/memory_estimate.h"
+#include "run/checkpoint.h"
 #include "tensor/error.h"
 #include "tensor/gguf.h"
 #include "tensor/threads.h"
-#include "train/checkpoint.h"
-#include "train/data.h"
+#include "text/data.h"
 
 namespace moe::cli {
 
@@ -32,30 +32,30 @@ bool prompt_given(const PromptOptions& prompt) {
   return prompt.text_option->count() > 0 || prompt.file_option->count() > 0;
 }
 
+std::string read_text_file(const std::string& path, const std::string& option) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + option + " '" + path + "'");
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  std::string text = bytes.str();
+  // The newline that editors add ends the file; it is not part of the text.
+  if (text.ends_with('\n')) text.pop_back();
+  require_utf8(text, option + " '" + path + "'");
+  return text;
+}
+
 std::string read_prompt(const PromptOptions& prompt) {
-  std::string text;
-  std::string what = "the prompt";
-  bool from_stream = true;  // a file or standard input, whose last newline is not the prompt's
-  if (prompt.file_option->count() > 0) {
-    std::ifstream in(prompt.file, std::ios::binary);
-    if (!in) throw Error("cannot read --file '" + prompt.file + "'");
-    std::ostringstream bytes;
-    bytes << in.rdbuf();
-    text = bytes.str();
-    what = "--file '" + prompt.file + "'";
-  } else if (prompt.text_option->count() > 0) {
-    text = prompt.text;
-    from_stream = text == "-";
-    if (from_stream) {
-      text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-      what = "the prompt on standard input";
-    }
-  } else {
+  if (prompt.file_option->count() > 0) return read_text_file(prompt.file, "--file");
+  if (prompt.text_option->count() == 0)
     throw Error("give a prompt: -p TEXT, -p - (standard input) or -f FILE");
+  if (prompt.text != "-") {
+    require_utf8(prompt.text, "the prompt");
+    return prompt.text;
   }
-  // The newline that `echo` and editors add ends the input; it is not part of the prompt.
-  if (from_stream && text.ends_with('\n')) text.pop_back();
-  require_utf8(text, what);
+  std::string text(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>{});
+  // The newline that `echo` adds ends the input; it is not part of the prompt.
+  if (text.ends_with('\n')) text.pop_back();
+  require_utf8(text, "the prompt on standard input");
   return text;
 }
 
@@ -76,6 +76,14 @@ bool prompt_starts_with_bos(const std::string& dir, bool hugging_face, const Fol
 }
 
 }  // namespace
+
+std::optional<int32_t> prompt_bos(const std::string& dir, bool hugging_face,
+                                  const FolderTokenizer& tokenizer) {
+  if (const GgufTokenizer* gguf = tokenizer.gguf())
+    return gguf->add_bos() ? std::optional(tokenizer.bos_id()) : std::nullopt;
+  if (prompt_starts_with_bos(dir, hugging_face, tokenizer)) return tokenizer.bos_id();
+  return std::nullopt;
+}
 
 std::vector<int32_t> encode_prompt(const std::string& dir, bool hugging_face,
                                    const FolderTokenizer& tokenizer, std::string_view text) {

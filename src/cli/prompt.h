@@ -4,12 +4,13 @@
 // folder says: its tokenizer, and BOS first where a Hugging Face folder's tokenizer adds it.
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "model/config.h"
-#include "train/folder_tokenizer.h"
+#include "text/folder_tokenizer.h"
 
 namespace moe::cli {
 
@@ -26,9 +27,17 @@ void add_prompt_options(CLI::App& command, PromptOptions& prompt);
 // Whether either option was given.
 bool prompt_given(const PromptOptions& prompt);
 
+// The UTF-8 text of file `path` (named as `option` in errors), its last newline dropped.
+std::string read_text_file(const std::string& path, const std::string& option);
+
 // The prompt's text. Throws Error when neither option was given, the file cannot be read, or
 // the text is not UTF-8 (naming the byte).
 std::string read_prompt(const PromptOptions& prompt);
+
+// The BOS that prompts of model `dir` start with (a GGUF file's as its metadata says, a Hugging
+// Face folder's as its tokenizer config says); nullopt when they start with none.
+std::optional<int32_t> prompt_bos(const std::string& dir, bool hugging_face,
+                                  const FolderTokenizer& tokenizer);
 
 // `text` as model folder `dir`'s ids: BOS first where a Hugging Face folder's tokenizer adds
 // it; an empty prompt is end-of-text alone (token 0 for a tokenizer that names none).

@@ -6,12 +6,12 @@
 #include <vector>
 
 #include "model/param_count.h"
+#include "run/checkpoint.h"
 #include "tensor/bf16.h"
 #include "tensor/error.h"
 #include "tensor/quant.h"
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
-#include "train/checkpoint.h"
 
 namespace moe::cli {
 namespace {

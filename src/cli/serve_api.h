@@ -12,7 +12,7 @@
 #include "cli/serve_chat.h"
 #include "infer/batch_scheduler.h"
 #include "infer/generate.h"
-#include "train/folder_tokenizer.h"
+#include "text/folder_tokenizer.h"
 
 namespace moe::cli {
 

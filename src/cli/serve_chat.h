@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "train/folder_tokenizer.h"
+#include "text/folder_tokenizer.h"
 
 namespace moe::cli {
 

@@ -19,9 +19,9 @@
 #include "infer/batch_scheduler.h"
 #include "infer/open_model.h"
 #include "model/hf_checkpoint.h"
+#include "run/checkpoint.h"
 #include "tensor/error.h"
-#include "train/checkpoint.h"
-#include "train/folder_tokenizer.h"
+#include "text/folder_tokenizer.h"
 
 namespace moe::cli {
 
@@ -234,7 +234,7 @@ void ModelServer::install(httplib::Server& server) {
     res.set_content(metrics(), "text/plain; version=0.0.4");
   });
   server.Get("/", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(std::string(serve_page_html()), "text/html; charset=utf-8");
+    res.set_content(std::string(kServePage), "text/html; charset=utf-8");
   });
 }
 
@@ -424,8 +424,11 @@ void ModelServer::answer_whole(const ApiRequest& r, const std::vector<int32_t>& 
 // A streamed answer: server-sent events, one chunk per batch of new tokens of a choice, then
 // the finish chunk of each choice, the usage chunk when asked, and "data: [DONE]". The
 // connection's thread waits on the streams; the decode thread never waits on the socket.
+// Every send_* returns false when a write failed (the client is gone).
 struct StreamJob {
   ApiRequest request;
+  bool chat = false;
+  const FolderTokenizer* tokenizer = nullptr;
   std::string id, model;
   int64_t created = 0, prompt_tokens = 0;
   std::vector<std::shared_ptr<GenerationStream>> streams;
@@ -433,15 +436,130 @@ struct StreamJob {
   nlohmann::json layers;
   bool started = false;
   Clock::time_point last_write = Clock::now();
+
+  // Choice `index`'s chunk: the defaults, with `extra`'s fields over them.
+  nlohmann::json chunk(size_t index, const nlohmann::json& extra) const {
+    nlohmann::json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+    choice.update(extra);
+    return nlohmann::json{{"id", id},
+                          {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                          {"created", created},
+                          {"model", model},
+                          {"choices", {choice}}};
+  }
+  bool send(httplib::DataSink& sink, const nlohmann::json& j) {
+    const std::string event = "data: " + dump_json(j) + "\n\n";
+    last_write = Clock::now();
+    return sink.write(event.data(), event.size());
+  }
+  bool all_done() const {
+    return std::all_of(choices.begin(), choices.end(), [](const Choice& c) { return c.done; });
+  }
+  bool send_progress(httplib::DataSink& sink);
+  bool send_choice(httplib::DataSink& sink, size_t i, std::chrono::milliseconds wait);
+  bool send_keep_alive(httplib::DataSink& sink);
+  bool send_end(httplib::DataSink& sink);
 };
+
+// The chat role chunks once, then whatever each choice has: a short wait on the first pending
+// one, none on the rest.
+bool StreamJob::send_progress(httplib::DataSink& sink) {
+  if (!started) {
+    started = true;
+    if (chat)
+      for (size_t i = 0; i < choices.size(); ++i)
+        if (!send(sink, chunk(i, {{"delta", {{"role", "assistant"}, {"content", ""}}}})))
+          return false;
+  }
+  bool waited = false;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (choices[i].done) continue;
+    if (!send_choice(sink, i, std::chrono::milliseconds(waited ? 0 : 50))) return false;
+    waited = true;
+  }
+  return true;
+}
+
+// Choice i's new text (with its logprobs and routes when asked), then its finish chunk when
+// its stream ended.
+bool StreamJob::send_choice(httplib::DataSink& sink, size_t i, std::chrono::milliseconds wait) {
+  Choice& c = choices[i];
+  GenerationStream& stream = *streams[i];
+  std::vector<TokenEvent> events;
+  const bool finished = stream.wait(events, wait);
+  const size_t before = c.used.size();
+  std::string text = c.take(events, stream);
+  if (finished && !c.done) {
+    text += c.end(stream);
+    if (c.reason == FinishReason::Failed || c.reason == FinishReason::Cancelled) {
+      // Shut down under it (or the engine failed): an error event, then the end.
+      const std::string why = c.reason == FinishReason::Failed
+                                  ? stream.error()
+                                  : "the request was cancelled: the server is shutting down";
+      if (!send(sink, error_body({503, why, "", "", "server_error"}))) return false;
+      c.reason = FinishReason::Length;
+    }
+  }
+  const std::vector<TokenEvent> fresh(c.used.begin() + std::ptrdiff_t(before), c.used.end());
+  if (!text.empty() || !fresh.empty()) {
+    nlohmann::json extra;
+    if (chat)
+      extra["delta"] = {{"content", text}};
+    else
+      extra["text"] = text;
+    if (request.top_logprobs >= 0 && !fresh.empty())
+      extra["logprobs"] =
+          chat ? chat_logprobs(*tokenizer, fresh) : completion_logprobs(*tokenizer, fresh, 0);
+    nlohmann::json j = chunk(i, extra);
+    if (request.routes)
+      j["moe"] = {{"layers", layers}, {"tokens", token_routes(*tokenizer, fresh)}};
+    if (!send(sink, j)) return false;
+  }
+  if (!c.done) return true;
+  nlohmann::json extra = {{"finish_reason", openai_finish(c.reason)}};
+  if (chat)
+    extra["delta"] = nlohmann::json::object();
+  else
+    extra["text"] = "";
+  return send(sink, chunk(i, extra));
+}
+
+// A comment line now and then while nothing comes (queued, a long prefill): a client that left
+// is found by the failed write and its request cancelled.
+bool StreamJob::send_keep_alive(httplib::DataSink& sink) {
+  if (Clock::now() - last_write <= std::chrono::seconds(1)) return true;
+  last_write = Clock::now();
+  return sink.write(": waiting\n\n", 11);
+}
+
+// The usage chunk when asked, then [DONE].
+bool StreamJob::send_end(httplib::DataSink& sink) {
+  if (request.include_usage) {
+    int64_t completion = 0;
+    for (const Choice& c : choices) completion += int64_t(c.used.size());
+    nlohmann::json usage = {{"id", id},
+                            {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                            {"created", created},
+                            {"model", model},
+                            {"choices", nlohmann::json::array()},
+                            {"usage",
+                             {{"prompt_tokens", prompt_tokens},
+                              {"completion_tokens", completion},
+                              {"total_tokens", prompt_tokens + completion}}}};
+    if (!send(sink, usage)) return false;
+  }
+  static constexpr std::string_view kDone = "data: [DONE]\n\n";
+  return sink.write(kDone.data(), kDone.size());
+}
 
 void ModelServer::answer_stream(const ApiRequest& r, const std::vector<int32_t>& prompt,
                                 std::vector<std::shared_ptr<GenerationStream>> streams,
                                 httplib::Response& res) {
   auto job = std::make_shared<StreamJob>();
   job->request = r;
-  const bool chat = r.endpoint == Endpoint::Chat;
-  job->id = (chat ? "chatcmpl-" : "cmpl-") + random_hex(24);
+  job->chat = r.endpoint == Endpoint::Chat;
+  job->tokenizer = &tokenizer_;
+  job->id = (job->chat ? "chatcmpl-" : "cmpl-") + random_hex(24);
   job->model = name_;
   job->created = unix_time();
   job->prompt_tokens = int64_t(prompt.size());
@@ -450,101 +568,10 @@ void ModelServer::answer_stream(const ApiRequest& r, const std::vector<int32_t>&
     job->choices.push_back({ChoiceText(tokenizer_, prompt, r.stop), {}});
   job->layers = moe_layers();
   res.set_header("Cache-Control", "no-cache");
-  const FolderTokenizer* tokenizer = &tokenizer_;
-  auto chunk = [job, chat](size_t index, const nlohmann::json& extra) {
-    nlohmann::json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-    choice.update(extra);
-    return nlohmann::json{{"id", job->id},
-                          {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                          {"created", job->created},
-                          {"model", job->model},
-                          {"choices", {choice}}};
-  };
-  auto provider = [this, job, chat, chunk, tokenizer](size_t, httplib::DataSink& sink) -> bool {
-    auto send = [&](const nlohmann::json& j) {
-      const std::string event = "data: " + dump_json(j) + "\n\n";
-      job->last_write = Clock::now();
-      return sink.write(event.data(), event.size());
-    };
-    if (!job->started) {
-      job->started = true;
-      if (chat)
-        for (size_t i = 0; i < job->choices.size(); ++i)
-          if (!send(chunk(i, {{"delta", {{"role", "assistant"}, {"content", ""}}}}))) return false;
-    }
-    // Wait for any choice's tokens: a short wait on the first pending one, none on the rest.
-    bool waited = false;
-    std::vector<TokenEvent> events;
-    for (size_t i = 0; i < job->choices.size(); ++i) {
-      Choice& c = job->choices[i];
-      if (c.done) continue;
-      const bool finished =
-          job->streams[i]->wait(events, std::chrono::milliseconds(waited ? 0 : 50));
-      waited = true;
-      const size_t before = c.used.size();
-      std::string text = c.take(events, *job->streams[i]);
-      if (finished && !c.done) {
-        text += c.end(*job->streams[i]);
-        if (c.reason == FinishReason::Failed || c.reason == FinishReason::Cancelled) {
-          // Shut down under it (or the engine failed): an error event, then the end.
-          const std::string why = c.reason == FinishReason::Failed
-                                      ? job->streams[i]->error()
-                                      : "the request was cancelled: the server is shutting down";
-          if (!send(error_body({503, why, "", "", "server_error"}))) return false;
-          c.reason = FinishReason::Length;
-        }
-      }
-      const std::vector<TokenEvent> fresh(c.used.begin() + std::ptrdiff_t(before), c.used.end());
-      if (!text.empty() || !fresh.empty()) {
-        nlohmann::json extra;
-        if (chat)
-          extra["delta"] = {{"content", text}};
-        else
-          extra["text"] = text;
-        if (job->request.top_logprobs >= 0 && !fresh.empty())
-          extra["logprobs"] =
-              chat ? chat_logprobs(*tokenizer, fresh) : completion_logprobs(*tokenizer, fresh, 0);
-        nlohmann::json j = chunk(i, extra);
-        if (job->request.routes)
-          j["moe"] = {{"layers", job->layers}, {"tokens", token_routes(*tokenizer, fresh)}};
-        if (!send(j)) return false;
-      }
-      if (c.done) {
-        nlohmann::json extra = {{"finish_reason", openai_finish(c.reason)}};
-        if (chat)
-          extra["delta"] = nlohmann::json::object();
-        else
-          extra["text"] = "";
-        if (!send(chunk(i, extra))) return false;
-      }
-    }
-    const bool all_done = std::all_of(job->choices.begin(), job->choices.end(),
-                                      [](const Choice& c) { return c.done; });
-    if (!all_done) {
-      // A comment line now and then while nothing comes (queued, a long prefill): a client
-      // that left is found by the failed write and its request cancelled.
-      if (Clock::now() - job->last_write > std::chrono::seconds(1)) {
-        job->last_write = Clock::now();
-        if (!sink.write(": waiting\n\n", 11)) return false;
-      }
-      return true;
-    }
-    if (job->request.include_usage) {
-      int64_t completion = 0;
-      for (const Choice& c : job->choices) completion += int64_t(c.used.size());
-      nlohmann::json usage = {{"id", job->id},
-                              {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                              {"created", job->created},
-                              {"model", job->model},
-                              {"choices", nlohmann::json::array()},
-                              {"usage",
-                               {{"prompt_tokens", job->prompt_tokens},
-                                {"completion_tokens", completion},
-                                {"total_tokens", job->prompt_tokens + completion}}}};
-      if (!send(usage)) return false;
-    }
-    static constexpr std::string_view kDone = "data: [DONE]\n\n";
-    if (!sink.write(kDone.data(), kDone.size())) return false;
+  auto provider = [this, job](size_t, httplib::DataSink& sink) -> bool {
+    if (!job->send_progress(sink)) return false;
+    if (!job->all_done()) return job->send_keep_alive(sink);
+    if (!job->send_end(sink)) return false;
     count("ok");
     sink.done();
     return true;

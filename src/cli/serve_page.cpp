@@ -6,8 +6,7 @@ namespace moe::cli {
 // (an answer streaming) or "error"; each answer is a .answer of span.tok, each with data-experts
 // (JSON: per MoE layer, the experts of its tokens' first token) and data-expert (the colouring
 // expert in the chosen layer); each load bar row is a .bar with data-expert.
-std::string_view serve_page_html() {
-  static constexpr std::string_view kPage = R"HTML(<!DOCTYPE html>
+constexpr std::string_view kServePage = R"HTML(<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>moe serve</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
@@ -273,7 +272,5 @@ init().then(() => { bars(); state("ready"); }, () => state("ready"));
 setInterval(bars, 1000);
 </script></body></html>
 )HTML";
-  return kPage;
-}
 
 }  // namespace moe::cli

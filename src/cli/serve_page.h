@@ -6,6 +6,6 @@
 
 namespace moe::cli {
 
-std::string_view serve_page_html();
+extern const std::string_view kServePage;
 
 }  // namespace moe::cli

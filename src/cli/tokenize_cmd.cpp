@@ -5,7 +5,7 @@
 
 #include "model/hf_checkpoint.h"
 #include "tensor/error.h"
-#include "train/folder_tokenizer.h"
+#include "text/folder_tokenizer.h"
 
 namespace moe::cli {
 

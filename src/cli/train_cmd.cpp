@@ -13,8 +13,8 @@
 #include "moe/load_metrics.h"
 #include "tensor/error.h"
 #include "tensor/json_field.h"
-#include "train/progress.h"
-#include "train/token_cache.h"
+#include "tensor/progress.h"
+#include "text/token_cache.h"
 
 namespace moe::cli {
 

@@ -3,7 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
-#include "dist/mpi_world.h"
+#include "parallel/mpi_world.h"
 #include "train/trainer.h"
 
 namespace moe::cli {
@@ -14,7 +14,7 @@ struct TrainCommand {
   bool force = false;       // replace the run in --out
   bool no_sample = false;   // no short generation at the end
   int expert_parallel = 1;  // processes the run spans (mpirun -np P)
-  // --cache-dir; when not given, default_token_cache_dir() (train/token_cache.h)
+  // --cache-dir; when not given, default_token_cache_dir() (text/token_cache.h)
   std::string cache_dir;
   MpiWorld* world = nullptr;  // set under mpirun
   CLI::App* app = nullptr;    // set by add_train_command: which options were given

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "model/hf_layout.h"
 #include "tensor/error.h"
 
 namespace moe {
@@ -52,6 +53,30 @@ std::optional<std::pair<int64_t, std::string_view>> leading_index(std::string_vi
 
 }  // namespace
 
+const std::vector<GgufBlockTensorName>& gguf_block_tensor_names() {
+  static const std::vector<GgufBlockTensorName> names = {
+      {"attn_norm.weight", "input_layernorm.weight"},
+      {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},
+      {"attn_v.weight", "self_attn.v_proj.weight"},
+      {"attn_output.weight", "self_attn.o_proj.weight"},
+      {"attn_q.bias", "self_attn.q_proj.bias"},
+      {"attn_k.bias", "self_attn.k_proj.bias"},
+      {"attn_v.bias", "self_attn.v_proj.bias"},
+      {"attn_q_norm.weight", "self_attn.q_norm.weight"},
+      {"attn_k_norm.weight", "self_attn.k_norm.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},  // a dense block's MLP
+      {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+      {"ffn_gate_shexp.weight", "mlp.shared_expert.gate_proj.weight"},
+      {"ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight"},
+      {"ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight"},
+      {"ffn_gate_inp_shexp.weight", "mlp.shared_expert_gate.weight"},
+  };
+  return names;
+}
+
 GgufWeights::GgufWeights(std::unique_ptr<GgufFile> file, const GgufModelConfig& model)
     : file_(std::move(file)) {
   for (const GgufTensorInfo& tensor : file_->header().tensors()) add(tensor, model);
@@ -85,44 +110,25 @@ void GgufWeights::add(const GgufTensorInfo& tensor, const GgufModelConfig& model
   if (!block) throw unknown();
   const auto [layer, rest] = *block;
   const std::string p = "model.layers." + std::to_string(layer) + ".";
-  const bool mixtral = model.arch == HfArch::Mixtral;
-  const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
   const ModelConfig& c = model.config;
 
-  static const std::map<std::string_view, std::string_view> attention = {
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},
-      {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"attn_q.bias", "self_attn.q_proj.bias"},
-      {"attn_k.bias", "self_attn.k_proj.bias"},
-      {"attn_v.bias", "self_attn.v_proj.bias"},
-      {"attn_q_norm.weight", "self_attn.q_norm.weight"},
-      {"attn_k_norm.weight", "self_attn.k_norm.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},  // a dense block's MLP
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"},
-      {"ffn_gate_shexp.weight", "mlp.shared_expert.gate_proj.weight"},
-      {"ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight"},
-      {"ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight"},
-      {"ffn_gate_inp_shexp.weight", "mlp.shared_expert_gate.weight"},
-  };
+  const auto& names = gguf_block_tensor_names();
+  const auto named = std::find_if(names.begin(), names.end(),
+                                  [&](const GgufBlockTensorName& n) { return n.gguf == rest; });
   if (model.qk_rows_interleaved && (rest == "attn_q.weight" || rest == "attn_k.weight"))
     return add_deinterleaved(
-        p + std::string(attention.at(rest)), tensor,
+        p + std::string(named->hf), tensor,
         rest == "attn_q.weight" ? c.num_attention_heads : c.num_key_value_heads);
-  if (const auto it = attention.find(rest); it != attention.end())
-    return add_view(p + std::string(it->second), tensor);
-  if (rest == "ffn_gate_inp.weight") return add_view(moe + "gate.weight", tensor);
+  if (named != names.end()) return add_view(p + std::string(named->hf), tensor);
+  if (rest == "ffn_gate_inp.weight") return add_view(router_tensor_name(model.arch, layer), tensor);
 
   // The routed experts: merged ([E, F, D], one view per expert) or, in files written before
   // llama.cpp merged them, one tensor per expert (blk.N.ffn_gate.E.weight).
   const auto expert_name = [&](std::string_view part, int64_t e) {
-    const bool gate = part == "gate", up = part == "up";
-    const std::string hf = mixtral ? (gate ? "w1" : up ? "w3" : "w2") : std::string(part) + "_proj";
-    return moe + "experts." + std::to_string(e) + "." + hf + ".weight";
+    return expert_tensor_name(model.arch, layer, e,
+                              part == "gate" ? ExpertMatrix::Gate
+                              : part == "up" ? ExpertMatrix::Up
+                                             : ExpertMatrix::Down);
   };
   for (const std::string_view part : {"gate", "up", "down"}) {
     if (rest == "ffn_" + std::string(part) + "_exps.weight") {

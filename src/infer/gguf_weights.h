@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "infer/weights.h"
@@ -18,6 +19,12 @@
 
 namespace moe {
 
+// llama.cpp's names of a block's tensors (its llama-arch.cpp: blk.N.<gguf>) beside Hugging
+// Face's (model.layers.N.<hf>), for every tensor but the router and the routed experts.
+struct GgufBlockTensorName {
+  std::string_view gguf, hf;
+};
+const std::vector<GgufBlockTensorName>& gguf_block_tensor_names();
 class GgufWeights : public WeightSource {
  public:
   // Names every tensor of `file`; throws Error naming the tensor for one the architecture does

@@ -54,8 +54,8 @@ WeightView InferenceModel::matrix(const std::string& name, const Shape& shape) {
                     std::nullopt};
 }
 
-InferenceModel::InferenceModel(const ModelConfig& config, MoeNaming naming,
-                               const WeightSource& weights, const InferenceOptions& options)
+InferenceModel::InferenceModel(const ModelConfig& config, HfArch arch, const WeightSource& weights,
+                               const InferenceOptions& options)
     : config_(config), weights_(weights), options_(options) {
   const int64_t D = config.hidden_size, V = config.vocab_size, H = config.num_attention_heads,
                 KV = config.num_key_value_heads, hd = config.resolved_head_dim(),
@@ -78,8 +78,7 @@ InferenceModel::InferenceModel(const ModelConfig& config, MoeNaming naming,
     if (b.moe) {
       b.moe_index = static_cast<int64_t>(moe_blocks_.size());
       moe_blocks_.push_back(l);
-      bind_moe(b, p + (naming == MoeNaming::Mixtral ? "block_sparse_moe." : "mlp."), naming,
-               cached_experts);
+      bind_moe(b, arch, l, cached_experts);
     } else {
       b.dense = mlp(p + "mlp.", config.intermediate_size);
     }
@@ -142,11 +141,11 @@ void InferenceModel::bind_attention(Block& b, const std::string& p) {
   b.extras.clip = config_.clip_qkv;
 }
 
-void InferenceModel::bind_moe(Block& b, const std::string& moe, MoeNaming naming,
+void InferenceModel::bind_moe(Block& b, HfArch arch, int64_t layer,
                               std::vector<std::vector<ExpertLocation>>& cached_experts) {
   const MoeConfig& m = *config_.moe;
   const int64_t D = config_.hidden_size, E = m.num_experts, F = m.moe_intermediate_size;
-  const bool mixtral = naming == MoeNaming::Mixtral;
+  const std::string moe = moe_block_prefix(arch, layer);
   b.router = as_f32(moe + "gate.weight", {E, D});
   if (m.router_type == RouterType::SigmoidBias)
     b.selection_bias = as_f32(moe + "gate.e_score_correction_bias", {E});
@@ -161,10 +160,9 @@ void InferenceModel::bind_moe(Block& b, const std::string& moe, MoeNaming naming
   const bool cached = options_.expert_cache > 0;
   if (cached) cached_experts.emplace_back();
   for (int64_t e = 0; e < E; ++e) {
-    const std::string ep = moe + "experts." + std::to_string(e) + ".";
-    const std::string gate = ep + (mixtral ? "w1" : "gate_proj") + ".weight",
-                      up = ep + (mixtral ? "w3" : "up_proj") + ".weight",
-                      down = ep + (mixtral ? "w2" : "down_proj") + ".weight";
+    const std::string gate = expert_tensor_name(arch, layer, e, ExpertMatrix::Gate),
+                      up = expert_tensor_name(arch, layer, e, ExpertMatrix::Up),
+                      down = expert_tensor_name(arch, layer, e, ExpertMatrix::Down);
     if (cached)
       cached_experts.back().push_back(
           ExpertLocation{locate(gate, {F, D}), locate(up, {F, D}), locate(down, {D, F})});
@@ -183,7 +181,7 @@ void InferenceModel::bind_moe(Block& b, const std::string& moe, MoeNaming naming
   const int64_t shared_width = m.n_shared_experts * m.shared_expert_intermediate_size;
   if (shared_width == 0) return;
   b.has_shared = true;
-  b.shared = mlp(moe + (mixtral ? "shared_experts." : "shared_expert."), shared_width);
+  b.shared = mlp(moe + std::string(moe_tensor_names(arch).shared), shared_width);
   const std::string gate = moe + "shared_expert_gate.weight";
   if (weights_.find(gate)) b.shared_gate = as_f32(gate, {1, D});
 }
@@ -357,13 +355,13 @@ void IntermediateDump::keep(const std::string& name, const float* data, int64_t 
   tensors.insert_or_assign(name, std::move(t));
 }
 
-void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
-                             std::span<float> logits) {
+// Checks the tokens and the cache's room, sizes the scratch for T tokens and writes their
+// embeddings into x_.
+void InferenceModel::embed_tokens(std::span<const int32_t> tokens, KvCache& cache) {
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t D = config_.hidden_size, V = config_.vocab_size, H = attn_.heads,
-                KV = attn_.kv_heads, hd = attn_.head_dim, W = attn_.qkv_width();
+                hd = attn_.head_dim, W = attn_.qkv_width();
   require(T >= 1, "forward needs at least one token");
-  require(static_cast<int64_t>(logits.size()) == V, "logits must hold vocab_size values");
   require(cache.length + T <= cache.capacity,
           "the KV cache holds " + std::to_string(cache.capacity) + " positions: " +
               std::to_string(cache.length) + " used, " + std::to_string(T) + " more asked");
@@ -382,8 +380,43 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
   for (int64_t t = 0; t < T; ++t)
     widen_row(embed_, tokens[size_t(t)], x_.span().subspan(size_t(t * D), size_t(D)));
   bytes_read_ += T * (embed_.bytes() / V);
-  if (T == 1 && !dump_) return decode_step(cache, logits);
+}
 
+void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
+                             std::span<float> logits) {
+  const int64_t T = static_cast<int64_t>(tokens.size()), D = config_.hidden_size,
+                V = config_.vocab_size;
+  require(static_cast<int64_t>(logits.size()) == V, "logits must hold vocab_size values");
+  embed_tokens(tokens, cache);
+  if (T == 1 && !dump_) return decode_step(cache, logits);
+  run_blocks(T, cache);
+  // Only the last position's logits are wanted: one row through the final norm and head.
+  ensure(last_, 1, D);
+  float unused_rstd;
+  rmsnorm_forward(1, D, config_.rms_norm_eps, x_.span().subspan(size_t((T - 1) * D), size_t(D)),
+                  {final_norm_, size_t(D)}, last_.span().subspan(0, size_t(D)), {&unused_rstd, 1});
+  linear(head_, last_.data(), 1, D, logits.data(), V);
+}
+
+void InferenceModel::forward_all(std::span<const int32_t> tokens, KvCache& cache,
+                                 std::span<float> logits) {
+  const int64_t T = static_cast<int64_t>(tokens.size()), D = config_.hidden_size,
+                V = config_.vocab_size;
+  require(static_cast<int64_t>(logits.size()) == T * V,
+          "logits must hold vocab_size values for each token");
+  embed_tokens(tokens, cache);
+  run_blocks(T, cache);
+  rmsnorm_forward(T, D, config_.rms_norm_eps, x_.span().subspan(0, size_t(T * D)),
+                  {final_norm_, size_t(D)}, n_.span().subspan(0, size_t(T * D)),
+                  rstd_.span().subspan(0, size_t(T)));
+  linear(head_, n_.data(), T, D, logits.data(), V);
+}
+
+// The T tokens embedded in x_ through every block, at positions cache.length...; their keys
+// and values appended to the cache.
+void InferenceModel::run_blocks(int64_t T, KvCache& cache) {
+  const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim,
+                W = attn_.qkv_width();
   const auto rows = [](Tensor& t, int64_t n, int64_t width) {
     return t.span().subspan(0, static_cast<size_t>(n * width));
   };
@@ -424,13 +457,6 @@ void InferenceModel::forward(std::span<const int32_t> tokens, KvCache& cache,
                     normed.span(), rstd.span());
     dump_->keep("norm_out", normed.data(), T, D);
   }
-
-  // Only the last position's logits are wanted: one row through the final norm and head.
-  ensure(last_, 1, D);
-  float unused_rstd;
-  rmsnorm_forward(1, D, config_.rms_norm_eps, x_.span().subspan(size_t((T - 1) * D), size_t(D)),
-                  {final_norm_, size_t(D)}, last_.span().subspan(0, size_t(D)), {&unused_rstd, 1});
-  linear(head_, last_.data(), 1, D, logits.data(), V);
 }
 
 void InferenceModel::decode_rows_in_turn(std::span<const int32_t> tokens,

@@ -31,18 +31,13 @@
 #include "infer/expert_cache.h"
 #include "infer/weights.h"
 #include "model/config.h"
+#include "model/hf_layout.h"
 #include "moe/dispatcher.h"
 #include "moe/router.h"
 #include "nn/attention.h"
 #include "tensor/tensor.h"
 
 namespace moe {
-
-// How a checkpoint names its MoE tensors.
-enum class MoeNaming {
-  Mixtral,  // block_sparse_moe.gate, block_sparse_moe.experts.{e}.{w1,w3,w2} (also moe train)
-  Qwen2,    // mlp.gate, mlp.experts.{e}.{gate,up,down}_proj, mlp.shared_expert(_gate) (+ OLMoE)
-};
 
 // Experts in slower memory: with expert_cache > 0, at most that many experts per MoE layer
 // are held in RAM and the rest are read from the checkpoint's files on demand (the weights
@@ -86,7 +81,7 @@ class InferenceModel {
  public:
   // Resolves and checks every tensor's name, dtype and shape against the config; the first
   // one missing or wrong is named in the Error. `weights` must outlive the InferenceModel.
-  InferenceModel(const ModelConfig& config, MoeNaming naming, const WeightSource& weights,
+  InferenceModel(const ModelConfig& config, HfArch arch, const WeightSource& weights,
                  const InferenceOptions& options = {});
 
   KvCache make_cache(int64_t capacity) const;
@@ -95,6 +90,8 @@ class InferenceModel {
   // values, and writes the last token's next-token logits: [V]. Ids outside the vocabulary
   // and a cache without room are Errors.
   void forward(std::span<const int32_t> tokens, KvCache& cache, std::span<float> logits);
+  // As forward(), with every token's next-token logits: [T, V] (a perplexity's scores).
+  void forward_all(std::span<const int32_t> tokens, KvCache& cache, std::span<float> logits);
 
   // One decode step for several sequences at once (a server's concurrent requests): tokens[i]
   // is fed to *caches[i], each its own sequence at its own position, and row i of logits
@@ -137,6 +134,9 @@ class InferenceModel {
   // One token (forward with T = 1, its embedding in x_): the whole step in one OpenMP parallel
   // region, the threads sharing every product's output rows and meeting at barriers
   // (decode_step.cpp).
+  // forward's pieces: the checks and the embeddings into x_; every block over x_'s T rows.
+  void embed_tokens(std::span<const int32_t> tokens, KvCache& cache);
+  void run_blocks(int64_t T, KvCache& cache);
   class DecodeStep;
   void decode_step(KvCache& cache, std::span<float> logits);
   // Rows of w per share of a product among the threads (decode_step.cpp): about 16 KiB.
@@ -184,7 +184,7 @@ class InferenceModel {
   ExpertWeights expert_weights(const Block& b, int64_t e);
   // Binding the weights: each tensor's name, shape and dtype checked as it is found.
   void bind_attention(Block& b, const std::string& layer_prefix);
-  void bind_moe(Block& b, const std::string& moe_prefix, MoeNaming naming,
+  void bind_moe(Block& b, HfArch arch, int64_t layer,
                 std::vector<std::vector<ExpertLocation>>& cached_experts);
   ExpertWeights mlp(const std::string& prefix, int64_t F);  // prefix{gate,up,down}_proj
   TensorLocation locate(const std::string& name, const Shape& shape) const;

@@ -32,8 +32,8 @@ OpenedModel open_gguf(const std::string& path, const InferenceOptions& options) 
   auto weights = std::make_unique<GgufWeights>(std::move(file), gguf);
   m.gguf = &weights->file();
   m.weights = std::move(weights);
-  m.naming = gguf.arch == HfArch::Mixtral ? MoeNaming::Mixtral : MoeNaming::Qwen2;
-  m.model = std::make_unique<InferenceModel>(m.config, m.naming, *m.weights, options);
+  m.arch = gguf.arch;
+  m.model = std::make_unique<InferenceModel>(m.config, m.arch, *m.weights, options);
   return m;
 }
 
@@ -49,7 +49,7 @@ OpenedModel open_model(const std::string& dir, const InferenceOptions& options) 
         read_json_file(dir + "/config.json", "model config"), dir + "/config.json");
     m.config = hf.config;
     m.model_type = hf.model_type;
-    if (hf.arch != HfArch::Mixtral) m.naming = MoeNaming::Qwen2;
+    m.arch = hf.arch;
     std::set<std::string> paths;
     for (const auto& [name, path] : open_hf_weights(dir).file_of) paths.insert(path);
     files.assign(paths.begin(), paths.end());
@@ -64,7 +64,7 @@ OpenedModel open_model(const std::string& dir, const InferenceOptions& options) 
     files.push_back(dir + "/model.safetensors");
   }
   m.weights = std::make_unique<MappedCheckpoint>(dir, files);
-  m.model = std::make_unique<InferenceModel>(m.config, m.naming, *m.weights, options);
+  m.model = std::make_unique<InferenceModel>(m.config, m.arch, *m.weights, options);
   return m;
 }
 

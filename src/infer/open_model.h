@@ -19,8 +19,8 @@ enum class ModelKind { Run, HuggingFace, Gguf };
 
 struct OpenedModel {
   ModelKind kind = ModelKind::Run;
-  std::string model_type;  // a Hugging Face folder's model_type, a GGUF file's architecture
-  MoeNaming naming = MoeNaming::Mixtral;  // how its MoE tensors are named
+  std::string model_type;         // a Hugging Face folder's model_type, a GGUF file's architecture
+  HfArch arch = HfArch::Mixtral;  // whose tensor names it uses (a run: Mixtral's)
   ModelConfig config;
   std::unique_ptr<WeightSource> weights;  // before model: the model views it
   const GgufFile* gguf = nullptr;         // a GGUF file's header and tensors (in weights)

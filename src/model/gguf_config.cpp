@@ -64,10 +64,8 @@ class ArchKeys {
   std::string arch_;
 };
 
-}  // namespace
-
-GgufModelConfig gguf_model_config(const GgufHeader& header) {
-  GgufModelConfig out;
+// general.architecture onto the Hugging Face architecture whose function it is.
+void read_architecture(const GgufHeader& header, GgufModelConfig& out) {
   out.architecture = header.get<std::string>("general.architecture");
   const std::string& a = out.architecture;
   if (a == "llama") {
@@ -81,9 +79,10 @@ GgufModelConfig gguf_model_config(const GgufHeader& header) {
     throw Error(header.source() + ": general.architecture '" + a +
                 "' is not supported (supported: llama, qwen2moe, olmoe)");
   }
-  const ArchKeys k(header, a);
+}
 
-  // What changes the function and the engine does not implement.
+// What changes the function and the engine does not implement.
+void refuse_unsupported(const GgufHeader& header, const ArchKeys& k) {
   if (k.has("rope.scaling.type")) {
     const std::string type = header.get<std::string>(k.key("rope.scaling.type"));
     if (type != "none") k.unsupported("rope.scaling.type", "scaled RoPE is not supported");
@@ -95,8 +94,10 @@ GgufModelConfig gguf_model_config(const GgufHeader& header) {
   if (header.find_tensor("rope_freqs.weight"))
     throw Error(header.source() + ": tensor 'rope_freqs.weight' (RoPE frequency factors) is " +
                 "not supported");
+}
 
-  ModelConfig& c = out.config;
+// Sizes, attention and RoPE, from the metadata and from which tensors the file holds.
+void read_transformer_config(const GgufHeader& header, const ArchKeys& k, ModelConfig& c) {
   const GgufTensorInfo& embedding = header.tensor("token_embd.weight");
   require(embedding.dims.size() == 2,
           header.source() + ": tensor 'token_embd.weight' is not a matrix");
@@ -125,32 +126,47 @@ GgufModelConfig gguf_model_config(const GgufHeader& header) {
   c.qkv_bias = header.find_tensor("blk.0.attn_q.bias") != nullptr;
   c.qk_norm = header.find_tensor("blk.0.attn_q_norm.weight") != nullptr;
   c.clip_qkv = static_cast<float>(k.number("attention.clamp_kqv", 0.0));
+}
 
+// The MoE layer of `experts` experts, routed as llama.cpp routes the architecture.
+MoeConfig read_moe_config(const ArchKeys& k, HfArch arch, int64_t experts, const ModelConfig& c) {
+  MoeConfig m;
+  m.hidden_size = c.hidden_size;
+  m.num_experts = experts;
+  m.top_k = k.integer("expert_used_count");
+  m.capacity_factor = 0.0;  // dropless, as llama.cpp runs every model
+  m.aux_loss_type = AuxLossType::None;
+  m.z_loss_coeff = 0.0f;
+  m.moe_intermediate_size = k.integer("expert_feed_forward_length", c.intermediate_size);
+  if (arch == HfArch::Mixtral) {
+    m.router_type = RouterType::TopKSoftmax;  // softmax, top-k, gates renormalised
+  } else {
+    m.router_type = RouterType::SoftmaxTopK;
+    m.norm_topk_prob = false;  // llama.cpp's qwen2moe and olmoe never renormalise
+  }
+  if (arch == HfArch::Qwen2Moe) {
+    m.n_shared_experts = 1;
+    m.shared_expert_intermediate_size =
+        k.integer("expert_shared_feed_forward_length", c.intermediate_size);
+    m.shared_expert_gate = true;
+  }
+  return m;
+}
+
+}  // namespace
+
+GgufModelConfig gguf_model_config(const GgufHeader& header) {
+  GgufModelConfig out;
+  read_architecture(header, out);
+  const ArchKeys k(header, out.architecture);
+  refuse_unsupported(header, k);
+  ModelConfig& c = out.config;
+  read_transformer_config(header, k, c);
   const int64_t experts = k.integer("expert_count", 0);
   c.intermediate_size = k.integer("feed_forward_length", 0);
   if (experts > 0) {
-    MoeConfig m;
-    m.hidden_size = c.hidden_size;
-    m.num_experts = experts;
-    m.top_k = k.integer("expert_used_count");
-    m.capacity_factor = 0.0;  // dropless, as llama.cpp runs every model
-    m.aux_loss_type = AuxLossType::None;
-    m.z_loss_coeff = 0.0f;
-    m.moe_intermediate_size = k.integer("expert_feed_forward_length", c.intermediate_size);
-    if (out.arch == HfArch::Mixtral) {
-      m.router_type = RouterType::TopKSoftmax;  // softmax, top-k, gates renormalised
-    } else {
-      m.router_type = RouterType::SoftmaxTopK;
-      m.norm_topk_prob = false;  // llama.cpp's qwen2moe and olmoe never renormalise
-    }
-    if (out.arch == HfArch::Qwen2Moe) {
-      m.n_shared_experts = 1;
-      m.shared_expert_intermediate_size =
-          k.integer("expert_shared_feed_forward_length", c.intermediate_size);
-      m.shared_expert_gate = true;
-    }
+    c.moe = read_moe_config(k, out.arch, experts, c);
     if (out.arch != HfArch::Qwen2Moe) c.intermediate_size = 0;  // no dense block
-    c.moe = m;
   }
   try {
     c.validate();

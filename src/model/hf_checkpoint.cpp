@@ -64,6 +64,85 @@ std::string read_text_file(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+HfArch hf_arch(const std::string& model_type, const std::string& source) {
+  if (model_type == "mixtral") return HfArch::Mixtral;
+  if (model_type == "qwen2_moe") return HfArch::Qwen2Moe;
+  if (model_type == "olmoe") return HfArch::Olmoe;
+  throw Error(source + ": model_type '" + model_type +
+              "' is not supported (supported: mixtral, qwen2_moe, olmoe)");
+}
+
+// The keys every architecture shares: sizes, attention heads, RoPE, norm, tied embeddings.
+void read_transformer_keys(const HfKeys& k, HfArch arch, const std::string& source,
+                           ModelConfig& c) {
+  c.vocab_size = k.integer("vocab_size");
+  c.hidden_size = k.integer("hidden_size");
+  c.num_hidden_layers = k.integer("num_hidden_layers");
+  c.num_attention_heads = k.integer("num_attention_heads");
+  c.num_key_value_heads = k.integer("num_key_value_heads", c.num_attention_heads);
+  if (c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
+      c.num_attention_heads % c.num_key_value_heads != 0)
+    throw Error(source + ": num_key_value_heads " + std::to_string(c.num_key_value_heads) +
+                " does not divide num_attention_heads " + std::to_string(c.num_attention_heads));
+  c.head_dim = k.integer("head_dim", 0);
+  if (c.head_dim == 0 && c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads != 0)
+    throw Error(source + ": num_attention_heads " + std::to_string(c.num_attention_heads) +
+                " does not divide hidden_size " + std::to_string(c.hidden_size) +
+                " (and no head_dim is given)");
+  c.max_position_embeddings = k.integer("max_position_embeddings");
+  c.rope_theta = k.number("rope_theta", arch == HfArch::Mixtral ? 1e6 : 10000.0);
+  c.rms_norm_eps =
+      static_cast<float>(k.number("rms_norm_eps", arch == HfArch::Qwen2Moe ? 1e-6 : 1e-5));
+  c.tie_word_embeddings = k.boolean("tie_word_embeddings", false);
+}
+
+// Mixtral: every block an MoE layer of top-k softmax routing, no shared expert.
+void read_mixtral_keys(const HfKeys& k, MoeConfig& m, ModelConfig& c) {
+  // Sliding-window attention equals full attention up to the window: the context stops there.
+  if (k.has("sliding_window"))
+    c.max_position_embeddings = std::min(c.max_position_embeddings, k.integer("sliding_window"));
+  m.num_experts = k.integer("num_local_experts");
+  m.moe_intermediate_size = k.integer("intermediate_size");
+  m.router_type = RouterType::TopKSoftmax;
+  c.intermediate_size = 0;  // no dense block
+  c.moe = m;
+}
+
+// Qwen2-MoE: q/k/v biases, a gated shared expert, and dense blocks where the config says.
+void read_qwen2_moe_keys(const HfKeys& k, MoeConfig& m, ModelConfig& c) {
+  if (k.boolean("use_sliding_window", false))
+    k.unsupported("use_sliding_window", "sliding-window attention is not supported");
+  c.qkv_bias = k.boolean("qkv_bias", true);
+  c.intermediate_size = k.integer("intermediate_size");
+  m.num_experts = k.integer("num_experts");
+  m.moe_intermediate_size = k.integer("moe_intermediate_size");
+  m.router_type = RouterType::SoftmaxTopK;
+  m.norm_topk_prob = k.boolean("norm_topk_prob", false);
+  m.n_shared_experts = 1;
+  m.shared_expert_intermediate_size = k.integer("shared_expert_intermediate_size");
+  if (m.shared_expert_intermediate_size <= 0)
+    k.unsupported("shared_expert_intermediate_size", "must be positive");
+  m.shared_expert_gate = true;
+  c.moe_layer_freq = k.integer("decoder_sparse_step", 1);
+  c.mlp_only_layers = k.integers("mlp_only_layers");
+  if (m.num_experts > 0) c.moe = m;  // 0 experts: every block dense, as Qwen2-MoE builds it
+}
+
+// OLMoE: q/k RMSNorm and an optional clamp of q/k/v, every block an MoE layer.
+void read_olmoe_keys(const HfKeys& k, MoeConfig& m, ModelConfig& c) {
+  c.qkv_bias = k.boolean("attention_bias", false);
+  c.qk_norm = true;
+  if (k.has("clip_qkv")) c.clip_qkv = static_cast<float>(k.number("clip_qkv", 0.0));
+  if (k.has("clip_qkv") && !(c.clip_qkv > 0.0f))
+    k.unsupported("clip_qkv", "must be positive (or null)");
+  m.num_experts = k.integer("num_experts");
+  m.moe_intermediate_size = k.integer("intermediate_size");
+  m.router_type = RouterType::SoftmaxTopK;
+  m.norm_topk_prob = k.boolean("norm_topk_prob", false);
+  c.intermediate_size = 0;
+  c.moe = m;
+}
+
 }  // namespace
 
 bool is_hf_checkpoint(const std::string& dir) {
@@ -88,15 +167,7 @@ HfCheckpointConfig hf_checkpoint_config(const nlohmann::json& j, const std::stri
   const HfKeys k(j, source);
   HfCheckpointConfig out;
   out.model_type = k.text("model_type", "");
-  if (out.model_type == "mixtral")
-    out.arch = HfArch::Mixtral;
-  else if (out.model_type == "qwen2_moe")
-    out.arch = HfArch::Qwen2Moe;
-  else if (out.model_type == "olmoe")
-    out.arch = HfArch::Olmoe;
-  else
-    throw Error(source + ": model_type '" + out.model_type +
-                "' is not supported (supported: mixtral, qwen2_moe, olmoe)");
+  out.arch = hf_arch(out.model_type, source);
 
   // Features that change the function and that the model does not implement.
   if (k.has("rope_scaling")) k.unsupported("rope_scaling", "scaled RoPE is not supported");
@@ -104,26 +175,7 @@ HfCheckpointConfig hf_checkpoint_config(const nlohmann::json& j, const std::stri
     k.unsupported("hidden_act", "'" + act + "' is not supported (only silu)");
 
   ModelConfig& c = out.config;
-  c.vocab_size = k.integer("vocab_size");
-  c.hidden_size = k.integer("hidden_size");
-  c.num_hidden_layers = k.integer("num_hidden_layers");
-  c.num_attention_heads = k.integer("num_attention_heads");
-  c.num_key_value_heads = k.integer("num_key_value_heads", c.num_attention_heads);
-  if (c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
-      c.num_attention_heads % c.num_key_value_heads != 0)
-    throw Error(source + ": num_key_value_heads " + std::to_string(c.num_key_value_heads) +
-                " does not divide num_attention_heads " + std::to_string(c.num_attention_heads));
-  c.head_dim = k.integer("head_dim", 0);
-  if (c.head_dim == 0 && c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads != 0)
-    throw Error(source + ": num_attention_heads " + std::to_string(c.num_attention_heads) +
-                " does not divide hidden_size " + std::to_string(c.hidden_size) +
-                " (and no head_dim is given)");
-  c.max_position_embeddings = k.integer("max_position_embeddings");
-  c.rope_theta = k.number("rope_theta", out.arch == HfArch::Mixtral ? 1e6 : 10000.0);
-  c.rms_norm_eps =
-      static_cast<float>(k.number("rms_norm_eps", out.arch == HfArch::Qwen2Moe ? 1e-6 : 1e-5));
-  c.tie_word_embeddings = k.boolean("tie_word_embeddings", false);
-
+  read_transformer_keys(k, out.arch, source, c);
   MoeConfig m;
   m.hidden_size = c.hidden_size;
   m.top_k = k.integer("num_experts_per_tok");
@@ -131,51 +183,15 @@ HfCheckpointConfig hf_checkpoint_config(const nlohmann::json& j, const std::stri
   m.aux_loss_type = AuxLossType::None;  // inference: no balancing loss to compute
   m.z_loss_coeff = 0.0f;
   switch (out.arch) {
-    case HfArch::Mixtral: {
-      // Sliding-window attention equals full attention up to the window: the context stops there.
-      if (k.has("sliding_window"))
-        c.max_position_embeddings =
-            std::min(c.max_position_embeddings, k.integer("sliding_window"));
-      m.num_experts = k.integer("num_local_experts");
-      m.moe_intermediate_size = k.integer("intermediate_size");
-      m.router_type = RouterType::TopKSoftmax;
-      c.intermediate_size = 0;  // no dense block
-      c.moe = m;
+    case HfArch::Mixtral:
+      read_mixtral_keys(k, m, c);
       break;
-    }
-    case HfArch::Qwen2Moe: {
-      if (k.boolean("use_sliding_window", false))
-        k.unsupported("use_sliding_window", "sliding-window attention is not supported");
-      c.qkv_bias = k.boolean("qkv_bias", true);
-      c.intermediate_size = k.integer("intermediate_size");
-      m.num_experts = k.integer("num_experts");
-      m.moe_intermediate_size = k.integer("moe_intermediate_size");
-      m.router_type = RouterType::SoftmaxTopK;
-      m.norm_topk_prob = k.boolean("norm_topk_prob", false);
-      m.n_shared_experts = 1;
-      m.shared_expert_intermediate_size = k.integer("shared_expert_intermediate_size");
-      if (m.shared_expert_intermediate_size <= 0)
-        k.unsupported("shared_expert_intermediate_size", "must be positive");
-      m.shared_expert_gate = true;
-      c.moe_layer_freq = k.integer("decoder_sparse_step", 1);
-      c.mlp_only_layers = k.integers("mlp_only_layers");
-      if (m.num_experts > 0) c.moe = m;  // 0 experts: every block dense, as Qwen2-MoE builds it
+    case HfArch::Qwen2Moe:
+      read_qwen2_moe_keys(k, m, c);
       break;
-    }
-    case HfArch::Olmoe: {
-      c.qkv_bias = k.boolean("attention_bias", false);
-      c.qk_norm = true;
-      if (k.has("clip_qkv")) c.clip_qkv = static_cast<float>(k.number("clip_qkv", 0.0));
-      if (k.has("clip_qkv") && !(c.clip_qkv > 0.0f))
-        k.unsupported("clip_qkv", "must be positive (or null)");
-      m.num_experts = k.integer("num_experts");
-      m.moe_intermediate_size = k.integer("intermediate_size");
-      m.router_type = RouterType::SoftmaxTopK;
-      m.norm_topk_prob = k.boolean("norm_topk_prob", false);
-      c.intermediate_size = 0;
-      c.moe = m;
+    case HfArch::Olmoe:
+      read_olmoe_keys(k, m, c);
       break;
-    }
   }
   try {
     c.validate();

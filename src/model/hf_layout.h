@@ -15,8 +15,10 @@
 //       all shared experts as one MLP of width S F_s (DeepSeek-V2's layout)
 //   model.layers.{l}.block_sparse_moe.shared_expert_gate.weight     [1, D]
 //   model.norm.weight [D],  lm_head.weight [V, D] (absent when tied)
+#include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model/transformer.h"
@@ -36,6 +38,25 @@ enum class HfWhich { Values, Grads, Shapes };
 // writes). Qwen2-MoE and OLMoE name the MoE block "mlp." with gate_proj/up_proj/down_proj
 // experts and "shared_expert." (one); Mixtral "block_sparse_moe." with w1/w3/w2.
 enum class HfArch { Mixtral, Qwen2Moe, Olmoe };
+
+// The one table of a MoE block's tensor names per architecture, read by the loader, the
+// exporter, the inference engine and the GGUF mapping. Every name is
+// "model.layers.{l}." + block + the tensor: "gate.weight" (router),
+// "experts.{e}.<expert matrix>.weight", "<shared>{gate,up,down}_proj.weight",
+// "shared_expert_gate.weight". A run of `moe train` uses Mixtral's names, with DeepSeek's
+// "shared_experts." for its shared experts.
+struct MoeTensorNames {
+  std::string_view block;                                // "block_sparse_moe." | "mlp."
+  std::string_view expert_gate, expert_up, expert_down;  // "w1", "w3", "w2" | "gate_proj", ...
+  std::string_view shared;                               // "shared_experts." | "shared_expert."
+};
+const MoeTensorNames& moe_tensor_names(HfArch arch);
+
+enum class ExpertMatrix { Gate, Up, Down };
+// "model.layers.{layer}." + the block's prefix, e.g. "model.layers.3.block_sparse_moe.".
+std::string moe_block_prefix(HfArch arch, int64_t layer);
+std::string router_tensor_name(HfArch arch, int64_t layer);
+std::string expert_tensor_name(HfArch arch, int64_t layer, int64_t expert, ExpertMatrix matrix);
 
 // `name` (one of hf_tensor_views' names, Mixtral's layout) in `arch`'s layout; throws Error
 // for a tensor the architecture has no name for.

@@ -79,7 +79,7 @@ void MoeLayer::init_parameters(Rng& rng, float std) {
 
 const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, std::span<float> y,
                                       const MoeForwardOptions& options) {
-  const int64_t D = config_.hidden_size, E = config_.num_experts;
+  const int64_t D = config_.hidden_size;
   if (tokens <= 0 || static_cast<int64_t>(x.size()) < tokens * D ||
       static_cast<int64_t>(y.size()) < tokens * D)
     throw Error("MoE layer: x and y must hold [T, D] = [" + std::to_string(tokens) + ", " +
@@ -97,55 +97,92 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
 
   seq_len_ = seq_len;
 
-  std::span<const float> route_in = x_.span();
   RouterNoise noise = options.noise;
-  // Expert parallelism: every rank draws the noise of the whole batch (its P shares) from the
-  // same stream, as one process does, and routes with its own rows of it.
-  const int64_t ranks = exchange_ ? E / exchange_->local_experts() : 1;
-  const int64_t rank = exchange_ ? exchange_->first_expert() / exchange_->local_experts() : 0;
-  const int64_t drawn = tokens * ranks;
-  auto my_rows = [&](const Tensor& t, int64_t width) {
-    return std::span<const float>(t.data() + rank * tokens * width, tokens * width);
-  };
-  if (!options.router_input.empty()) {
-    if (static_cast<int64_t>(options.router_input.size()) != tokens * D)
-      throw Error("MoE layer: router_input must hold [T, D] values");
-    route_in = options.router_input;
-  } else if (config_.routing_level == RoutingLevel::Sequence) {
-    route_x_.resize({tokens, D});
-    prefix_means(x_.span(), tokens, D, seq_len, config_.route_prefix, route_x_.span());
-    route_in = route_x_.span();
-    // Training noise and jitter are drawn per position but repeated from position P-1 on, so
-    // the route is fixed there in training too.
-    const int64_t P = config_.route_prefix;
-    if (options.training && noise.normal.empty() && config_.uses_noise()) {
-      draw_normal_.resize({drawn, E});
-      noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
-      fix_rows_from_prefix(draw_normal_.span(), drawn, E, seq_len, P);
-      noise.normal = my_rows(draw_normal_, E);
-    }
-    if (options.training && noise.jitter.empty() && config_.jitter_eps > 0) {
-      draw_jitter_.resize({drawn, D});
-      noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
-                              1.0f + config_.jitter_eps);
-      fix_rows_from_prefix(draw_jitter_.span(), drawn, D, seq_len, P);
-      noise.jitter = my_rows(draw_jitter_, D);
-    }
-  } else if (exchange_ && options.training) {
-    // In the order the router draws them itself: jitter, then the normal draws.
-    if (noise.jitter.empty() && config_.jitter_eps > 0) {
-      draw_jitter_.resize({drawn, D});
-      noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
-                              1.0f + config_.jitter_eps);
-      noise.jitter = my_rows(draw_jitter_, D);
-    }
-    if (noise.normal.empty() && config_.uses_noise()) {
-      draw_normal_.resize({drawn, E});
-      noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
-      noise.normal = my_rows(draw_normal_, E);
-    }
-  }
+  const std::span<const float> route_in = router_input(options, noise);
+  route(route_in, noise, options);
+  run_routed_experts(y);
+  if (config_.n_shared_experts > 0) add_shared_experts(y);
+  record_stats(options.training);
+  return stats_;
+}
 
+// Expert parallelism: every rank draws the noise of the whole batch (its P shares) from the
+// same stream, as one process does, and routes with its own rows of it.
+// t: [P T, width] -> this rank's [T, width].
+std::span<const float> MoeLayer::own_rows(const Tensor& t, int64_t width) const {
+  const int64_t rank = exchange_ ? exchange_->first_expert() / exchange_->local_experts() : 0;
+  return std::span<const float>(t.data() + rank * tokens_ * width, tokens_ * width);
+}
+
+int64_t MoeLayer::drawn_rows() const {
+  const int64_t ranks = exchange_ ? config_.num_experts / exchange_->local_experts() : 1;
+  return tokens_ * ranks;
+}
+
+// What the router scores ([T, D]): the caller's router_input, sequence routing's prefix means,
+// or x itself. Fills in the noise draws the layer makes itself (sequence routing, expert
+// parallelism) where the caller gave none.
+std::span<const float> MoeLayer::router_input(const MoeForwardOptions& options,
+                                              RouterNoise& noise) {
+  const int64_t D = config_.hidden_size;
+  if (!options.router_input.empty()) {
+    if (static_cast<int64_t>(options.router_input.size()) != tokens_ * D)
+      throw Error("MoE layer: router_input must hold [T, D] values");
+    return options.router_input;
+  }
+  if (config_.routing_level == RoutingLevel::Sequence) {
+    route_x_.resize({tokens_, D});
+    prefix_means(x_.span(), tokens_, D, seq_len_, config_.route_prefix, route_x_.span());
+    if (options.training) draw_sequence_noise(noise);
+    return route_x_.span();
+  }
+  if (exchange_ && options.training) draw_batch_noise(noise);
+  return x_.span();
+}
+
+// Training noise and jitter are drawn per position but repeated from position P-1 on, so the
+// route is fixed there in training too.
+void MoeLayer::draw_sequence_noise(RouterNoise& noise) {
+  const int64_t D = config_.hidden_size, E = config_.num_experts, P = config_.route_prefix;
+  const int64_t drawn = drawn_rows();
+  if (noise.normal.empty() && config_.uses_noise()) {
+    draw_normal_.resize({drawn, E});
+    noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
+    fix_rows_from_prefix(draw_normal_.span(), drawn, E, seq_len_, P);
+    noise.normal = own_rows(draw_normal_, E);
+  }
+  if (noise.jitter.empty() && config_.jitter_eps > 0) {
+    draw_jitter_.resize({drawn, D});
+    noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
+                            1.0f + config_.jitter_eps);
+    fix_rows_from_prefix(draw_jitter_.span(), drawn, D, seq_len_, P);
+    noise.jitter = own_rows(draw_jitter_, D);
+  }
+}
+
+// Expert parallelism's draws for token routing, in the order the router draws them itself:
+// jitter, then the normal draws.
+void MoeLayer::draw_batch_noise(RouterNoise& noise) {
+  const int64_t D = config_.hidden_size, E = config_.num_experts;
+  const int64_t drawn = drawn_rows();
+  if (noise.jitter.empty() && config_.jitter_eps > 0) {
+    draw_jitter_.resize({drawn, D});
+    noise_rng_.fill_uniform(draw_jitter_.span(), 1.0f - config_.jitter_eps,
+                            1.0f + config_.jitter_eps);
+    noise.jitter = own_rows(draw_jitter_, D);
+  }
+  if (noise.normal.empty() && config_.uses_noise()) {
+    draw_normal_.resize({drawn, E});
+    noise_rng_.fill_normal(draw_normal_.span(), 0.0f, 1.0f);
+    noise.normal = own_rows(draw_normal_, E);
+  }
+}
+
+// route_in: [T, D] -> plan_ (the router's choice) and the dispatcher's plan of it (capacity,
+// drops, segments).
+void MoeLayer::route(std::span<const float> route_in, const RouterNoise& noise,
+                     const MoeForwardOptions& options) {
+  const int64_t tokens = tokens_;
   // Capacity groups split a training batch (and expert choice's batch selection in evaluation,
   // which is the training one) into equal parts, never a decoding step.
   const bool expert_choice = config_.router_type == RouterType::ExpertChoice;
@@ -156,7 +193,7 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     throw Error("MoE layer: capacity_groups " + std::to_string(groups) + " does not divide the " +
                 std::to_string(tokens) + " tokens of the batch");
   const int64_t capacity = config_.capacity(tokens / groups, options.training);
-  router_.forward(route_in, tokens, seq_len, options.training, capacity, groups, noise, noise_rng_,
+  router_.forward(route_in, tokens, seq_len_, options.training, capacity, groups, noise, noise_rng_,
                   plan_, options.batch_selection_in_eval);
   if (expert_choice && options.training) {
     // Thresholds from every group of the whole batch: under expert parallelism each process
@@ -167,7 +204,12 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     router_.update_thresholds(last_pick_sums_);
   }
   dispatcher_.plan(plan_, plan_.token_choice ? capacity : -1, config_.drop_policy, groups);
+}
 
+// x_: [T, D] -> permuted xp_ [kept, D] -> experts (here, or across ranks) -> yp_ [kept, D]
+// -> y: [T, D] = sum over each token's kept assignments of gate * yp.
+void MoeLayer::run_routed_experts(std::span<float> y) {
+  const int64_t D = config_.hidden_size;
   const int64_t kept = dispatcher_.kept();
   xp_.resize({kept, D});
   yp_.resize({kept, D});
@@ -183,24 +225,30 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
     experts_.forward(xp_.span(), dispatcher_.segment_offsets(), yp_.span());
   }
   dispatcher_.combine(yp_.span(), plan_.gate, D, y);
+}
 
-  if (config_.n_shared_experts > 0) {
-    const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;
-    shared_h13_.resize({tokens, 2 * Fs});
-    shared_act_.resize({tokens, Fs});
-    shared_out_.resize({tokens, D});
-    swiglu_forward({tokens, D, Fs}, x_.span(), store_.value(shared_w13_), store_.value(shared_w2_),
-                   shared_h13_.span(), shared_act_.span(), shared_out_.span());
-    shared_scale_.resize({tokens});
-    const float* wg = config_.shared_expert_gate ? store_.value(shared_gate_).data() : nullptr;
+// y: [T, D] += scale_t * SwiGLU_shared(x_t), scale_t = sigmoid(x_t w_g) with a gate, else 1.
+void MoeLayer::add_shared_experts(std::span<float> y) {
+  const int64_t tokens = tokens_, D = config_.hidden_size;
+  const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;
+  shared_h13_.resize({tokens, 2 * Fs});
+  shared_act_.resize({tokens, Fs});
+  shared_out_.resize({tokens, D});
+  swiglu_forward({tokens, D, Fs}, x_.span(), store_.value(shared_w13_), store_.value(shared_w2_),
+                 shared_h13_.span(), shared_act_.span(), shared_out_.span());
+  shared_scale_.resize({tokens});
+  const float* wg = config_.shared_expert_gate ? store_.value(shared_gate_).data() : nullptr;
 #pragma omp parallel for schedule(static) if (tokens * D > 65536)
-    for (int64_t t = 0; t < tokens; ++t) {
-      const float scale = shared_expert_scale(x_.data() + t * D, wg, D);
-      shared_scale_[t] = scale;
-      for (int64_t d = 0; d < D; ++d) y[t * D + d] += scale * shared_out_[t * D + d];
-    }
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float scale = shared_expert_scale(x_.data() + t * D, wg, D);
+    shared_scale_[t] = scale;
+    for (int64_t d = 0; d < D; ++d) y[t * D + d] += scale * shared_out_[t * D + d];
   }
+}
 
+// stats_ of this forward; a training forward's loads also count towards the bias update.
+void MoeLayer::record_stats(bool training) {
+  const int64_t E = config_.num_experts;
   const auto routed = dispatcher_.routed_counts();
   const auto offsets = dispatcher_.segment_offsets();
   stats_.tokens_per_expert.assign(routed.begin(), routed.end());
@@ -208,15 +256,14 @@ const RoutingStats& MoeLayer::forward(std::span<const float> x, int64_t tokens, 
   for (int64_t e = 0; e < E; ++e) stats_.kept_per_expert[e] = offsets[e + 1] - offsets[e];
   stats_.mean_prob.resize(E);
   router_.mean_probs(stats_.mean_prob);
-  stats_.tokens = tokens;
+  stats_.tokens = tokens_;
   stats_.assignments = plan_.assignments();
   stats_.dropped = dispatcher_.dropped();
   stats_.unrouted_tokens = dispatcher_.tokens_without_rows();
   stats_.aux_loss = router_.aux_loss();
   stats_.z_loss = router_.z_loss();
-  if (options.training)
+  if (training)
     for (int64_t e = 0; e < E; ++e) bias_load_[e] += routed[e];
-  return stats_;
 }
 
 void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool accumulate_grads,

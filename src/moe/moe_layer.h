@@ -90,6 +90,18 @@ class MoeLayer {
   Rng& noise_rng() { return noise_rng_; }
 
  private:
+  // The steps of forward, in order; each reads and writes the members below.
+  std::span<const float> router_input(const MoeForwardOptions& options, RouterNoise& noise);
+  void draw_sequence_noise(RouterNoise& noise);
+  void draw_batch_noise(RouterNoise& noise);
+  std::span<const float> own_rows(const Tensor& t, int64_t width) const;
+  int64_t drawn_rows() const;
+  void route(std::span<const float> route_in, const RouterNoise& noise,
+             const MoeForwardOptions& options);
+  void run_routed_experts(std::span<float> y);
+  void add_shared_experts(std::span<float> y);
+  void record_stats(bool training);
+
   MoeConfig config_;
   ParamStore& store_;
   Router router_;

@@ -262,69 +262,82 @@ void Router::mean_probs(std::span<float> out) const {
 
 void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std::span<float> dx,
                       float loss_weight) {
-  const int64_t T = tokens_, D = config_.hidden_size, E = config_.num_experts;
-  const float scale = config_.routed_scaling_factor;
-  const bool sigmoid_scores = config_.router_type == RouterType::SigmoidBias;
+  const int64_t T = tokens_, E = config_.num_experts;
   if (static_cast<int64_t>(dgate.size()) != plan.assignments())
     throw Error("router backward: dgate has " + std::to_string(dgate.size()) +
                 " values, plan has " + std::to_string(plan.assignments()) + " assignments");
-
-  // 1. Gate gradients -> score gradients.
   dscores_.resize({T, E});
   dscores_.fill(0.0f);
-  if (plan.token_choice) {
-    const int64_t k = plan.top_k;
-    const bool renorm = renormalises(config_);
-#pragma omp parallel for schedule(static) if (T > 256)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* s = scores_.data() + t * E;
-      const int32_t* picks = selected_.data() + t * k;
-      float* ds = dscores_.data() + t * E;
-      if (renorm) {
-        // g_j = scale * s_j / S,  S = sum of picked s  =>  ds_j = scale (dg_j - sum_i dg_i
-        // g_i/scale) / S
-        const float S = picked_sum_[t];
-        float dot = 0.0f;
-        for (int64_t j = 0; j < k; ++j) dot += dgate[t * k + j] * s[picks[j]];
-        for (int64_t j = 0; j < k; ++j)
-          ds[picks[j]] += scale * (dgate[t * k + j] / S - dot / (S * S));
-      } else {
-        for (int64_t j = 0; j < k; ++j) ds[picks[j]] += scale * dgate[t * k + j];
-      }
-    }
-  } else {
+  add_gate_grads(plan, dgate);
+  if (config_.aux_loss_type != AuxLossType::None && config_.aux_loss_coeff > 0)
+    add_balance_loss_grads(loss_weight);
+  scores_to_logit_grads(loss_weight);
+  logit_grads_to_input(dx);
+}
+
+// 1. Gate gradients -> score gradients. dgate: [A] -> dscores_: [T, E] +=.
+void Router::add_gate_grads(const RoutingPlan& plan, std::span<const float> dgate) {
+  const int64_t T = tokens_, E = config_.num_experts;
+  const float scale = config_.routed_scaling_factor;
+  if (!plan.token_choice) {
     for (int64_t a = 0; a < plan.assignments(); ++a)
       dscores_[static_cast<int64_t>(plan.token[a]) * E + plan.expert[a]] += scale * dgate[a];
+    return;
   }
-
-  // 2. Balancing loss: its P is probs_; for softmax scores probs_ == scores_.
-  if (config_.aux_loss_type != AuxLossType::None && config_.aux_loss_coeff > 0) {
-    const int64_t s = balance_window_;
-    if (sigmoid_scores) {
-      // p = s / Z  =>  ds_m += (dp_m - sum_i dp_i p_i) / Z; dp is built in dlogits_ as scratch.
-      dlogits_.resize({T, E});
-      dlogits_.fill(0.0f);
-      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s,
-                   config_.aux_loss_coeff * loss_weight, dlogits_.span());
-      for (int64_t t = 0; t < T; ++t) {
-        const float* p = probs_.data() + t * E;
-        const float* dp = dlogits_.data() + t * E;
-        const float* sc = scores_.data() + t * E;
-        float Z = 0.0f, dot = 0.0f;
-        for (int64_t i = 0; i < E; ++i) {
-          Z += sc[i];
-          dot += dp[i] * p[i];
-        }
-        Z += kScoreNormEps;
-        for (int64_t i = 0; i < E; ++i) dscores_[t * E + i] += (dp[i] - dot) / Z;
-      }
+  const int64_t k = plan.top_k;
+  const bool renorm = renormalises(config_);
+#pragma omp parallel for schedule(static) if (T > 256)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* s = scores_.data() + t * E;
+    const int32_t* picks = selected_.data() + t * k;
+    float* ds = dscores_.data() + t * E;
+    if (renorm) {
+      // g_j = scale * s_j / S,  S = sum of picked s  =>  ds_j = scale (dg_j - sum_i dg_i
+      // g_i/scale) / S
+      const float S = picked_sum_[t];
+      float dot = 0.0f;
+      for (int64_t j = 0; j < k; ++j) dot += dgate[t * k + j] * s[picks[j]];
+      for (int64_t j = 0; j < k; ++j)
+        ds[picks[j]] += scale * (dgate[t * k + j] / S - dot / (S * S));
     } else {
-      balance_loss(probs_.span(), selected_, T, E, config_.top_k, s,
-                   config_.aux_loss_coeff * loss_weight, dscores_.span());
+      for (int64_t j = 0; j < k; ++j) ds[picks[j]] += scale * dgate[t * k + j];
     }
   }
+}
 
-  // 3. Scores -> logits (softmax or sigmoid Jacobian), then the z-loss on the logits.
+// 2. Balancing loss: its P is probs_; for softmax scores probs_ == scores_. dscores_: [T, E] +=.
+void Router::add_balance_loss_grads(float loss_weight) {
+  const int64_t T = tokens_, E = config_.num_experts;
+  const int64_t s = balance_window_;
+  if (config_.router_type != RouterType::SigmoidBias) {
+    balance_loss(probs_.span(), selected_, T, E, config_.top_k, s,
+                 config_.aux_loss_coeff * loss_weight, dscores_.span());
+    return;
+  }
+  // p = s / Z  =>  ds_m += (dp_m - sum_i dp_i p_i) / Z; dp is built in dlogits_ as scratch.
+  dlogits_.resize({T, E});
+  dlogits_.fill(0.0f);
+  balance_loss(probs_.span(), selected_, T, E, config_.top_k, s,
+               config_.aux_loss_coeff * loss_weight, dlogits_.span());
+  for (int64_t t = 0; t < T; ++t) {
+    const float* p = probs_.data() + t * E;
+    const float* dp = dlogits_.data() + t * E;
+    const float* sc = scores_.data() + t * E;
+    float Z = 0.0f, dot = 0.0f;
+    for (int64_t i = 0; i < E; ++i) {
+      Z += sc[i];
+      dot += dp[i] * p[i];
+    }
+    Z += kScoreNormEps;
+    for (int64_t i = 0; i < E; ++i) dscores_[t * E + i] += (dp[i] - dot) / Z;
+  }
+}
+
+// 3. Scores -> logits (softmax or sigmoid Jacobian), then the z-loss on the logits.
+// dscores_: [T, E] -> dlogits_: [T, E].
+void Router::scores_to_logit_grads(float loss_weight) {
+  const int64_t T = tokens_, E = config_.num_experts;
+  const bool sigmoid_scores = config_.router_type == RouterType::SigmoidBias;
   dlogits_.resize({T, E});
 #pragma omp parallel for schedule(static) if (T > 256)
   for (int64_t t = 0; t < T; ++t) {
@@ -341,7 +354,11 @@ void Router::backward(const RoutingPlan& plan, std::span<const float> dgate, std
   }
   if (config_.z_loss_coeff > 0)
     moe::z_loss(logits_.span(), T, E, config_.z_loss_coeff * loss_weight, dlogits_.span());
+}
 
+// dlogits_: [T, E] -> router weight gradients +=, dx: [T, D] +=.
+void Router::logit_grads_to_input(std::span<float> dx) {
+  const int64_t T = tokens_, D = config_.hidden_size, E = config_.num_experts;
   // 4. Logits -> router weights and input. dW_r += dl^T input, dinput = dl W_r.
   gemm(Trans::Yes, Trans::No, E, D, T, 1.0f, dlogits_.data(), E, input_.data(), D, 1.0f,
        store_.grad(weight_).data(), D);

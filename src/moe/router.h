@@ -88,6 +88,12 @@ class Router {
   void select_token_choice(int64_t tokens, RoutingPlan& plan);
   void select_expert_choice(int64_t tokens, int64_t capacity, int64_t groups, RoutingPlan& plan);
   void select_by_threshold(int64_t tokens, RoutingPlan& plan);
+  // The steps of backward, in order: gates -> scores (+ balancing loss) -> logits (+ z-loss)
+  // -> weights and input.
+  void add_gate_grads(const RoutingPlan& plan, std::span<const float> dgate);
+  void add_balance_loss_grads(float loss_weight);
+  void scores_to_logit_grads(float loss_weight);
+  void logit_grads_to_input(std::span<float> dx);
 
   MoeConfig config_;
   ParamStore& store_;

@@ -1,8 +1,8 @@
 #pragma once
-// Collectives: what a run spread over several processes (expert parallelism, dist/) needs
+// Collectives: what a run spread over several processes (expert parallelism, parallel/) needs
 // besides the MoE layers' expert exchange: sums across processes, gathering shards to process
 // 0 (the root, which writes the run folder) and broadcasting from it. The trainer calls them
-// through this interface; dist/ implements it on MPI. Every process must make the same calls
+// through this interface; parallel/ implements it on MPI. Every process must make the same calls
 // in the same order.
 #include <cstdint>
 #include <span>

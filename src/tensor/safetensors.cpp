@@ -24,16 +24,9 @@ size_t dtype_size(const std::string& dtype, const std::string& where) {
   throw Error(where + ": unsupported dtype '" + dtype + "' (expected F32, F16 or BF16)");
 }
 
-}  // namespace
-
-const Tensor& SafetensorsFile::at(const std::string& name) const {
-  auto it = tensors.find(name);
-  if (it == tensors.end()) throw Error("missing tensor '" + name + "'");
-  return it->second;
-}
-
-SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t file_size,
-                                           const std::string& source) {
+// The header's length from the file's first 8 bytes (little-endian), checked against the file
+// and against the bytes read. head: the file's first bytes.
+uint64_t header_length(std::span<const char> head, uint64_t file_size, const std::string& source) {
   require(file_size >= 8 && head.size() >= 8, source +
                                                   ": file too short for a safetensors header (" +
                                                   std::to_string(file_size) + " bytes)");
@@ -44,6 +37,100 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t 
   require(header_len <= file_size - 8, source + ": header length " + std::to_string(header_len) +
                                            " runs past the end of the file");
   require(head.size() - 8 >= header_len, source + ": header cut short");
+  return header_len;
+}
+
+void read_metadata(const nlohmann::json& entry, const std::string& source,
+                   std::map<std::string, std::string>& metadata) {
+  require(entry.is_object(), source + ": __metadata__ is not an object");
+  for (auto& [key, value] : entry.items()) {
+    require(value.is_string(), source + ": __metadata__['" + key + "'] is not a string");
+    metadata[key] = value.get<std::string>();
+  }
+}
+
+// The bytes a tensor of `shape` and `elem`-byte values holds. Every size comes from the file:
+// products are checked, so a shape whose byte count wraps to the offsets' span is refused
+// instead of allocated short.
+uint64_t tensor_bytes(const Shape& shape, size_t elem, const std::string& dtype,
+                      const std::string& where) {
+  uint64_t numel = 1;
+  for (int64_t dim : shape)
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dim), &numel) ||
+        numel > uint64_t{INT64_MAX})
+      throw Error(where + ": shape " + shape_str(shape) + " has more elements than fit in 64 bits");
+  uint64_t bytes_needed = 0;
+  if (__builtin_mul_overflow(numel, elem, &bytes_needed))
+    throw Error(where + ": shape " + shape_str(shape) + " of " + dtype +
+                " needs more bytes than fit in 64 bits");
+  return bytes_needed;
+}
+
+// One tensor's entry: dtype, shape and data_offsets, its byte range inside the data section
+// (data_bytes long) and as long as its shape needs.
+SafetensorsEntry read_entry(const nlohmann::json& entry, const std::string& where,
+                            uint64_t data_bytes) {
+  require(entry.is_object() && entry.contains("dtype") && entry.contains("shape") &&
+              entry.contains("data_offsets"),
+          where + ": needs dtype, shape and data_offsets");
+  require(entry["dtype"].is_string(), where + ": dtype is not a string");
+  const std::string dtype = entry["dtype"].get<std::string>();
+  const size_t elem = dtype_size(dtype, where);
+  Shape shape;
+  require(entry["shape"].is_array(), where + ": shape is not an array");
+  for (auto& d : entry["shape"]) {
+    require(d.is_number_unsigned(), where + ": shape has a non-natural dimension");
+    const uint64_t dim = d.get<uint64_t>();
+    require(dim < (1ull << 40), where + ": absurd dimension " + std::to_string(dim));
+    shape.push_back(static_cast<int64_t>(dim));
+  }
+  const uint64_t bytes_needed = tensor_bytes(shape, elem, dtype, where);
+  auto& offsets = entry["data_offsets"];
+  require(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
+              offsets[1].is_number_unsigned(),
+          where + ": data_offsets must be two natural numbers");
+  const uint64_t begin = offsets[0].get<uint64_t>();
+  const uint64_t end = offsets[1].get<uint64_t>();
+  require(begin <= end && end <= data_bytes,
+          where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+              "] out of range (data section is " + std::to_string(data_bytes) +
+              " bytes; a truncated file?)");
+  require(end - begin == bytes_needed, where + ": shape " + shape_str(shape) + " of " + dtype +
+                                           " needs " + std::to_string(bytes_needed) +
+                                           " bytes, offsets give " + std::to_string(end - begin));
+  const TensorDtype type = dtype == "F32"   ? TensorDtype::F32
+                           : dtype == "F16" ? TensorDtype::F16
+                                            : TensorDtype::BF16;
+  return SafetensorsEntry{type, std::move(shape), begin, end};
+}
+
+// The tensors' byte ranges must tile the data section: no overlap, no hole, no trailing bytes.
+void check_ranges_tile(std::vector<std::pair<uint64_t, uint64_t>> ranges, uint64_t data_bytes,
+                       const std::string& source) {
+  std::sort(ranges.begin(), ranges.end());
+  uint64_t cursor = 0;
+  for (auto [begin, end] : ranges) {
+    require(begin >= cursor,
+            source + ": tensor data ranges overlap at byte " + std::to_string(begin));
+    require(begin == cursor,
+            source + ": hole in the data section at byte " + std::to_string(cursor));
+    cursor = end;
+  }
+  require(cursor == data_bytes, source + ": " + std::to_string(data_bytes - cursor) +
+                                    " trailing bytes after the last tensor");
+}
+
+}  // namespace
+
+const Tensor& SafetensorsFile::at(const std::string& name) const {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) throw Error("missing tensor '" + name + "'");
+  return it->second;
+}
+
+SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t file_size,
+                                           const std::string& source) {
+  const uint64_t header_len = header_length(head, file_size, source);
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(head.begin() + 8, head.begin() + 8 + header_len);
@@ -57,71 +144,15 @@ SafetensorsHeader parse_safetensors_header(std::span<const char> head, uint64_t 
   out.data_bytes = file_size - 8 - header_len;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto& [name, entry] : header.items()) {
-    const std::string where = source + ": tensor '" + name + "'";
     if (name == "__metadata__") {
-      require(entry.is_object(), source + ": __metadata__ is not an object");
-      for (auto& [key, value] : entry.items()) {
-        require(value.is_string(), source + ": __metadata__['" + key + "'] is not a string");
-        out.metadata[key] = value.get<std::string>();
-      }
+      read_metadata(entry, source, out.metadata);
       continue;
     }
-    require(entry.is_object() && entry.contains("dtype") && entry.contains("shape") &&
-                entry.contains("data_offsets"),
-            where + ": needs dtype, shape and data_offsets");
-    require(entry["dtype"].is_string(), where + ": dtype is not a string");
-    const std::string dtype = entry["dtype"].get<std::string>();
-    const size_t elem = dtype_size(dtype, where);
-    // Every size below comes from the file: products are checked, so a shape whose byte
-    // count wraps to the offsets' span is refused instead of allocated short.
-    Shape shape;
-    uint64_t numel = 1;
-    require(entry["shape"].is_array(), where + ": shape is not an array");
-    for (auto& d : entry["shape"]) {
-      require(d.is_number_unsigned(), where + ": shape has a non-natural dimension");
-      const uint64_t dim = d.get<uint64_t>();
-      require(dim < (1ull << 40), where + ": absurd dimension " + std::to_string(dim));
-      shape.push_back(static_cast<int64_t>(dim));
-    }
-    for (int64_t dim : shape)
-      if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dim), &numel) ||
-          numel > uint64_t{INT64_MAX})
-        throw Error(where + ": shape " + shape_str(shape) +
-                    " has more elements than fit in 64 bits");
-    uint64_t bytes_needed = 0;
-    if (__builtin_mul_overflow(numel, elem, &bytes_needed))
-      throw Error(where + ": shape " + shape_str(shape) + " of " + dtype +
-                  " needs more bytes than fit in 64 bits");
-    auto& offsets = entry["data_offsets"];
-    require(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
-                offsets[1].is_number_unsigned(),
-            where + ": data_offsets must be two natural numbers");
-    const uint64_t begin = offsets[0].get<uint64_t>();
-    const uint64_t end = offsets[1].get<uint64_t>();
-    require(begin <= end && end <= out.data_bytes,
-            where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                "] out of range (data section is " + std::to_string(out.data_bytes) +
-                " bytes; a truncated file?)");
-    require(end - begin == bytes_needed, where + ": shape " + shape_str(shape) + " of " + dtype +
-                                             " needs " + std::to_string(bytes_needed) +
-                                             " bytes, offsets give " + std::to_string(end - begin));
-    ranges.emplace_back(begin, end);
-    const TensorDtype type = dtype == "F32"   ? TensorDtype::F32
-                             : dtype == "F16" ? TensorDtype::F16
-                                              : TensorDtype::BF16;
-    out.tensors.emplace(name, SafetensorsEntry{type, std::move(shape), begin, end});
+    SafetensorsEntry tensor = read_entry(entry, source + ": tensor '" + name + "'", out.data_bytes);
+    ranges.emplace_back(tensor.begin, tensor.end);
+    out.tensors.emplace(name, std::move(tensor));
   }
-  std::sort(ranges.begin(), ranges.end());
-  uint64_t cursor = 0;
-  for (auto [begin, end] : ranges) {
-    require(begin >= cursor,
-            source + ": tensor data ranges overlap at byte " + std::to_string(begin));
-    require(begin == cursor,
-            source + ": hole in the data section at byte " + std::to_string(cursor));
-    cursor = end;
-  }
-  require(cursor == out.data_bytes, source + ": " + std::to_string(out.data_bytes - cursor) +
-                                        " trailing bytes after the last tensor");
+  check_ranges_tile(std::move(ranges), out.data_bytes, source);
   return out;
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// SHA-256 (FIPS 180-4): the digest that names and checks cached files (train/token_cache.h).
+// SHA-256 (FIPS 180-4): the digest that names and checks cached files (text/token_cache.h).
 // Plain portable code, about 200 MB/s: hashing the default corpus and its tokens takes a
 // fraction of a second, which is what a cache hit may cost.
 #include <array>

@@ -419,6 +419,17 @@ std::string tokenizer_json(const GgufHeader& h, const Vocabulary& v, const PreTo
 
 }  // namespace
 
+std::optional<std::string> gguf_pre_tokenizer_name(const std::vector<std::string>& splits,
+                                                   bool byte_level_regex) {
+  for (const PreTokenizer& p : pre_tokenizers()) {
+    if (p.names.front() == "default") continue;  // llama.cpp's guess, never a file's own rules
+    if (p.gpt2_regex == byte_level_regex &&
+        std::equal(p.splits.begin(), p.splits.end(), splits.begin(), splits.end()))
+      return std::string(p.names.front());
+  }
+  return std::nullopt;
+}
+
 GgufTokenizer::GgufTokenizer(const GgufHeader& header) : source_(header.source()) {
   model_ = header.get<std::string>(kModelKey);
   const bool sentencepiece = model_ == "llama";

@@ -16,12 +16,13 @@
 // as it is generated. Immutable once built: encode and decode may run on several threads.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "train/bpe_tokenizer.h"  // SpecialTokens
+#include "text/bpe_tokenizer.h"  // SpecialTokens
 
 namespace sentencepiece {
 class SentencePieceProcessor;
@@ -41,6 +42,12 @@ enum class GgufTokenType : int32_t {
   Unused = 5,
   Byte = 6,
 };
+
+// The tokenizer.ggml.pre value this reader (and llama.cpp) gives a byte-level BPE whose
+// tokenizer.json pre-tokenizes by `splits` (its Split regexes, in turn) and then ByteLevel
+// (byte_level_regex: ByteLevel's own GPT-2 split); nullopt when none of them splits so.
+std::optional<std::string> gguf_pre_tokenizer_name(const std::vector<std::string>& splits,
+                                                   bool byte_level_regex);
 
 class GgufTokenizer {
  public:

@@ -10,9 +10,9 @@
 
 #include "model/config.h"
 #include "model/transformer.h"
+#include "nn/optimizer.h"
 #include "tensor/collectives.h"
 #include "tensor/params.h"
-#include "train/optimizer.h"
 
 namespace moe {
 

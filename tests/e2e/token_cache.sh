@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tokens prepared once (train/token_cache.h), through the CLI, in a cache folder of its own:
+# Tokens prepared once (text/token_cache.h), through the CLI, in a cache folder of its own:
 #  1. a second fresh run on the same corpus reuses the tokenizer and the tokens (its log says
 #     so, and neither tokenizer training nor tokenizing runs again), and its run folder refers
 #     to the cache instead of holding a copy; `moe eval` reads them there;
