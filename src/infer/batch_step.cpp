@@ -29,6 +29,12 @@
 namespace moe {
 namespace {
 
+// Bytes a product or the attention must read before a parallel region pays for itself: a
+// region wakes threads that wait passively (moe sets GOMP_SPINCOUNT low so that processes
+// share the cores), tens of microseconds, the time of about a megabyte read. Below it one
+// thread does the work sooner; each output is computed alike either way.
+constexpr int64_t kParallelBytes = int64_t{1} << 20;
+
 void norm_rows(int64_t rows, int64_t D, float eps, const float* x, const float* weight,
                float* out) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -58,7 +64,7 @@ void InferenceModel::batch_rows(const WeightView& w, const float* x, int64_t row
   const std::span<const uint8_t> blocks = w.quant ? w.blocks() : std::span<const uint8_t>{};
   const float* f32 = !w.quant && w.dtype == TensorDtype::F32 ? w.f32().data() : nullptr;
   const uint16_t* bf16 = !w.quant && w.dtype == TensorDtype::BF16 ? w.bf16().data() : nullptr;
-#pragma omp parallel for schedule(guided) if (shares > 1)
+#pragma omp parallel for schedule(guided) if (shares > 1 && rows * w.bytes() >= kParallelBytes)
   for (int64_t i = 0; i < shares; ++i) {
     const int64_t j0 = i * step, j1 = std::min(N, j0 + step);
     if (f32)
@@ -138,7 +144,10 @@ void InferenceModel::decode_batch(std::span<const int32_t> tokens, std::span<KvC
       apply_qkv_extras(attn_, 1, b.extras, row);
       attention_decode_append(attn_, rope_, c.length, row, c.keys[l].span(), c.values[l].span());
     }
-#pragma omp parallel for schedule(dynamic)
+    int64_t cache_bytes = 0;  // keys and values the step's rows read in this block
+    for (const KvCache* c : caches)
+      cache_bytes += 2 * (c->length + 1) * KV * hd * int64_t(sizeof(float));
+#pragma omp parallel for schedule(dynamic) if (cache_bytes >= kParallelBytes)
     for (int64_t i = 0; i < B * H; ++i) {
       const int64_t r = i / H, head = i % H;
       const KvCache& c = *caches[size_t(r)];
