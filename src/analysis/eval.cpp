@@ -565,6 +565,37 @@ void require_evaluation_memory(const std::string& dir, const TrainOptions& train
                  available_memory(), "fewer --threads, or a machine with more memory");
 }
 
+// Per evaluated position n = w * seq + s of the windows: where it lies in the source (pos) and
+// its segment (window, document).
+void evaluated_positions(const Source& src, const std::vector<int64_t>& windows, int64_t seq,
+                         std::vector<int64_t>& pos, std::vector<int64_t>& segment) {
+  const auto count = static_cast<int64_t>(windows.size());
+  pos.resize(count * seq);
+  segment.resize(count * seq);
+  for (int64_t w = 0; w < count; ++w)
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t n = w * seq + s, p = windows[w] + s;
+      pos[n] = p;
+      segment[n] = w * (static_cast<int64_t>(src.doc_domain.size()) + 1) + src.doc[p] + 1;
+    }
+}
+
+// Routing consistency (noise agreement, saturation over the kept checkpoints) on a subset of
+// the evaluated windows `all`: about consistency_tokens tokens; nothing for a dense model.
+void add_routing_consistency(const std::string& dir, int64_t run_step, const MoeConfig* mc,
+                             Transformer& model, const WindowSet& all, int64_t consistency_tokens,
+                             EvalResult& res) {
+  const auto count = static_cast<int64_t>(all.windows.size());
+  const int64_t consistency_count = std::clamp<int64_t>(consistency_tokens / all.seq, 1, count);
+  std::vector<int64_t> few(consistency_count);  // spread over the evaluated windows
+  for (int64_t i = 0; i < consistency_count; ++i)
+    few[i] = all.windows[i * count / consistency_count];
+  const WindowSet subset{all.ids, few, all.seq, all.batch, all.moe_layers};
+  if (mc && mc->router_type != RouterType::ExpertChoice && (mc->uses_noise() || mc->jitter_eps > 0))
+    add_noise_agreement(model, subset, res.layers);
+  if (mc) res.saturation = routing_saturation(dir, run_step, model, subset);
+}
+
 }  // namespace
 
 EvalResult evaluate_run(const EvalOptions& o) {
@@ -622,14 +653,8 @@ EvalResult evaluate_run(const EvalOptions& o) {
   res.loss = loss_sum / double(res.tokens);
   res.perplexity = std::exp(res.loss);
 
-  // Per evaluated position: where it lies in the source and its segment (window, document).
-  std::vector<int64_t> pos(res.tokens), segment(res.tokens);
-  for (int64_t w = 0; w < count; ++w)
-    for (int64_t s = 0; s < seq; ++s) {
-      const int64_t n = w * seq + s, p = windows[w] + s;
-      pos[n] = p;
-      segment[n] = w * (static_cast<int64_t>(src.doc_domain.size()) + 1) + src.doc[p] + 1;
-    }
+  std::vector<int64_t> pos, segment;
+  evaluated_positions(src, windows, seq, pos, segment);
   std::vector<std::string> pieces;
   std::vector<int> piece_class;
   vocabulary_pieces(tokenizer, m.config.vocab_size, pieces, piece_class);
@@ -643,67 +668,69 @@ EvalResult evaluate_run(const EvalOptions& o) {
     res.layers.push_back(std::move(le));
   }
 
-  // Routing consistency on a subset of the windows.
-  const int64_t consistency_count = std::clamp<int64_t>(o.consistency_tokens / seq, 1, count);
-  std::vector<int64_t> few(consistency_count);  // spread over the evaluated windows
-  for (int64_t i = 0; i < consistency_count; ++i) few[i] = windows[i * count / consistency_count];
-  const WindowSet subset{src.ids, few, seq, batch, moe_layers};
-  if (mc && mc->router_type != RouterType::ExpertChoice && (mc->uses_noise() || mc->jitter_eps > 0))
-    add_noise_agreement(model, subset, res.layers);
-  if (mc) res.saturation = routing_saturation(dir, run_step, model, subset);
+  add_routing_consistency(dir, run_step, mc, model, {src.ids, windows, seq, batch, moe_layers},
+                          o.consistency_tokens, res);
   res.passages = domain_passages(src, pos, pieces, routes, o.passage_tokens);
   return res;
 }
 
+namespace {
+
+// One MoE layer's object in the "layers" array of eval_to_json.
+nlohmann::json layer_to_json(const LayerEval& l) {
+  using nlohmann::json;
+  json top_tokens = json::array(), classes = json::array();
+  for (const auto& list : l.top_tokens) {
+    json a = json::array();
+    for (const ExpertToken& t : list)
+      a.push_back({{"token", t.token}, {"lift", t.lift}, {"count", t.count}});
+    top_tokens.push_back(a);
+  }
+  for (const auto& shares : l.token_classes) {
+    json c = json::object();
+    for (size_t i = 0; i < shares.size(); ++i) c[kTokenClassNames[i]] = shares[i];
+    classes.push_back(c);
+  }
+  json per_domain = json::object();
+  for (const auto& [d, rc] : l.consecutive_per_domain)
+    per_domain[d] = {{"rate", rc.rate}, {"chance", rc.chance}};
+  json j = {{"layer", l.layer},
+            {"experts", l.experts},
+            {"k", l.k},
+            {"counts", l.counts},
+            {"cv", l.load.cv},
+            {"gini", l.load.gini},
+            {"entropy", l.load.normalized_entropy},
+            {"max_over_mean", l.load.max_over_mean},
+            {"assignments", l.assignments},
+            {"dropped", l.dropped},
+            {"drop_rate", l.drop_rate},
+            {"mean_top1_gate", l.mean_top1_gate},
+            {"gate_histogram", l.gate_histogram},
+            {"alerts", l.alerts},
+            {"top_tokens", top_tokens},
+            {"token_classes", classes},
+            {"consecutive",
+             {{"rate", l.consecutive.rate},
+              {"chance", l.consecutive.chance},
+              {"per_domain", per_domain}}}};
+  if (l.domain_matrix) {
+    const DomainMatrix& m = *l.domain_matrix;
+    j["domain_matrix"] = {{"domains", m.domains}, {"top1", m.top1}, {"all_k", m.all_k}};
+    j["nmi"] = {{"top1", m.nmi_top1}, {"all_k", m.nmi_all_k}};
+  }
+  j["noise_agreement"] = l.noise_agreement ? json{{"top1", l.noise_agreement->first},
+                                                  {"topk_set", l.noise_agreement->second}}
+                                           : json(nullptr);
+  return j;
+}
+
+}  // namespace
+
 nlohmann::json eval_to_json(const EvalResult& r) {
   using nlohmann::json;
   json layers = json::array();
-  for (const LayerEval& l : r.layers) {
-    json top_tokens = json::array(), classes = json::array();
-    for (const auto& list : l.top_tokens) {
-      json a = json::array();
-      for (const ExpertToken& t : list)
-        a.push_back({{"token", t.token}, {"lift", t.lift}, {"count", t.count}});
-      top_tokens.push_back(a);
-    }
-    for (const auto& shares : l.token_classes) {
-      json c = json::object();
-      for (size_t i = 0; i < shares.size(); ++i) c[kTokenClassNames[i]] = shares[i];
-      classes.push_back(c);
-    }
-    json per_domain = json::object();
-    for (const auto& [d, rc] : l.consecutive_per_domain)
-      per_domain[d] = {{"rate", rc.rate}, {"chance", rc.chance}};
-    json j = {{"layer", l.layer},
-              {"experts", l.experts},
-              {"k", l.k},
-              {"counts", l.counts},
-              {"cv", l.load.cv},
-              {"gini", l.load.gini},
-              {"entropy", l.load.normalized_entropy},
-              {"max_over_mean", l.load.max_over_mean},
-              {"assignments", l.assignments},
-              {"dropped", l.dropped},
-              {"drop_rate", l.drop_rate},
-              {"mean_top1_gate", l.mean_top1_gate},
-              {"gate_histogram", l.gate_histogram},
-              {"alerts", l.alerts},
-              {"top_tokens", top_tokens},
-              {"token_classes", classes},
-              {"consecutive",
-               {{"rate", l.consecutive.rate},
-                {"chance", l.consecutive.chance},
-                {"per_domain", per_domain}}}};
-    if (l.domain_matrix) {
-      const DomainMatrix& m = *l.domain_matrix;
-      j["domain_matrix"] = {{"domains", m.domains}, {"top1", m.top1}, {"all_k", m.all_k}};
-      j["nmi"] = {{"top1", m.nmi_top1}, {"all_k", m.nmi_all_k}};
-    }
-    j["noise_agreement"] = l.noise_agreement ? json{{"top1", l.noise_agreement->first},
-                                                    {"topk_set", l.noise_agreement->second}}
-                                             : json(nullptr);
-    layers.push_back(std::move(j));
-  }
+  for (const LayerEval& l : r.layers) layers.push_back(layer_to_json(l));
   json out = {{"model", r.model},
               {"checkpoint", {{"step", r.step}, {"model_sha256", r.model_sha256}}},
               {"source", r.source},

@@ -44,6 +44,42 @@ Timing time_layer(MpiWorld& world, MoeLayer& layer, int64_t T, int64_t iteration
   return {sums[0] / n, sums[1] / n, sums[2] / (n * double(T))};
 }
 
+// The result on rank 0: one JSON object, or a few lines of text.
+void print_bench_ep(const MoeConfig& cfg, int P, int64_t T, const Timing& ep, const Timing& alone,
+                    double model_bytes, bool json) {
+  const int64_t D = cfg.hidden_size, k = cfg.top_k;
+  if (json) {
+    nlohmann::json j = {{"ranks", P},
+                        {"tokens_per_rank", T},
+                        {"hidden_size", D},
+                        {"top_k", k},
+                        {"experts", cfg.num_experts},
+                        {"threads_per_rank", thread_count()},
+                        {"fwd_bwd_s", ep.seconds},
+                        {"exchange_s", ep.exchange_seconds},
+                        {"compute_s", ep.seconds - ep.exchange_seconds},
+                        {"all_local_fwd_bwd_s", alone.seconds},
+                        {"bytes_per_token", ep.bytes_per_token},
+                        {"model_bytes_per_token", model_bytes},
+                        {"system", system_info()}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf(
+      "one MoE layer (D %lld, E %lld, k %lld, F %lld), %d ranks, %lld tokens per rank, %d "
+      "threads per rank, forward+backward:\n",
+      static_cast<long long>(D), static_cast<long long>(cfg.num_experts), static_cast<long long>(k),
+      static_cast<long long>(cfg.moe_intermediate_size), P, static_cast<long long>(T),
+      thread_count());
+  std::printf("  experts spread:   %8.2f ms  (all-to-all %.2f ms = %.0f%%, the rest %.2f ms)\n",
+              1e3 * ep.seconds, 1e3 * ep.exchange_seconds, 100.0 * ep.exchange_seconds / ep.seconds,
+              1e3 * (ep.seconds - ep.exchange_seconds));
+  std::printf("  experts all local: %7.2f ms  (the same tokens, no exchange)\n",
+              1e3 * alone.seconds);
+  std::printf("  bytes sent per token: %.0f measured, %.0f on paper (4 k D 4 (P-1)/P)\n",
+              ep.bytes_per_token, model_bytes);
+}
+
 }  // namespace
 
 int run_bench_ep(const BenchEpOptions& o, MpiWorld* world) {
@@ -95,36 +131,7 @@ int run_bench_ep(const BenchEpOptions& o, MpiWorld* world) {
   // dispatch and back in the combine, forward and backward: 4 k D 4 (P-1)/P bytes.
   const double model_bytes = 4.0 * double(k) * double(D) * 4.0 * double(P - 1) / double(P);
   if (world->rank() != 0) return 0;
-  if (o.json) {
-    nlohmann::json j = {{"ranks", P},
-                        {"tokens_per_rank", T},
-                        {"hidden_size", D},
-                        {"top_k", k},
-                        {"experts", cfg.num_experts},
-                        {"threads_per_rank", thread_count()},
-                        {"fwd_bwd_s", ep.seconds},
-                        {"exchange_s", ep.exchange_seconds},
-                        {"compute_s", ep.seconds - ep.exchange_seconds},
-                        {"all_local_fwd_bwd_s", alone.seconds},
-                        {"bytes_per_token", ep.bytes_per_token},
-                        {"model_bytes_per_token", model_bytes},
-                        {"system", system_info()}};
-    std::printf("%s\n", j.dump(2).c_str());
-    return 0;
-  }
-  std::printf(
-      "one MoE layer (D %lld, E %lld, k %lld, F %lld), %d ranks, %lld tokens per rank, %d "
-      "threads per rank, forward+backward:\n",
-      static_cast<long long>(D), static_cast<long long>(cfg.num_experts), static_cast<long long>(k),
-      static_cast<long long>(cfg.moe_intermediate_size), P, static_cast<long long>(T),
-      thread_count());
-  std::printf("  experts spread:   %8.2f ms  (all-to-all %.2f ms = %.0f%%, the rest %.2f ms)\n",
-              1e3 * ep.seconds, 1e3 * ep.exchange_seconds, 100.0 * ep.exchange_seconds / ep.seconds,
-              1e3 * (ep.seconds - ep.exchange_seconds));
-  std::printf("  experts all local: %7.2f ms  (the same tokens, no exchange)\n",
-              1e3 * alone.seconds);
-  std::printf("  bytes sent per token: %.0f measured, %.0f on paper (4 k D 4 (P-1)/P)\n",
-              ep.bytes_per_token, model_bytes);
+  print_bench_ep(cfg, P, T, ep, alone, model_bytes, o.json);
   return 0;
 }
 

@@ -74,28 +74,8 @@ std::string human_count(double n) {
   return buf;
 }
 
-void print_eval(const EvalResult& r) {
-  const std::string source = r.source == "valid" ? "the validation split" : "'" + r.source + "'";
-  std::printf("run %s on %s: %lld tokens (windows of %lld)\n", r.model.c_str(), source.c_str(),
-              static_cast<long long>(r.tokens), static_cast<long long>(r.seq_len));
-  std::printf("loss %.4f  perplexity %.1f\n", r.loss, r.perplexity);
-  // Attention's FLOPs grow with the context: counted at the length the run trained at, as
-  // `moe params --context S` counts them.
-  std::printf(
-      "parameters %s total, %s active per token; %s forward FLOPs per token (at context %lld)\n",
-      human_count(double(r.total_params)).c_str(), human_count(double(r.active_params)).c_str(),
-      human_count(r.active_flops_per_token).c_str(), static_cast<long long>(r.seq_len));
-  if (r.layers.empty()) return;
-  if (r.capacity_factor)
-    std::printf(
-        "drop: share of assignments capacity factor %g would drop (batches of %lld x %lld "
-        "tokens)\n",
-        *r.capacity_factor, static_cast<long long>(r.batch_size),
-        static_cast<long long>(r.seq_len));
-  else if (r.router_type == "expert_choice")
-    std::printf("drop: none (expert choice: each expert takes its tokens, none is dropped)\n");
-  else
-    std::printf("drop: none (dropless; pass --capacity-factor to see what a capacity drops)\n");
+// One row per MoE layer: load, drops, gates, specialization and consistency; then the alerts.
+void print_layer_table(const EvalResult& r) {
   std::printf(
       "\nlayer  load per expert  cv     gini   entropy  max/mean  drop    top1 gate  "
       "NMI top1  same-next (chance)  noise agree\n");
@@ -119,45 +99,74 @@ void print_eval(const EvalResult& r) {
   for (const LayerEval& l : r.layers)
     for (const std::string& a : l.alerts)
       std::printf("warning: layer %lld %s\n", static_cast<long long>(l.layer), a.c_str());
+}
 
-  for (const LayerEval& l : r.layers) {
-    std::printf("\nlayer %lld: experts' share of each domain's tokens (top-1, %%)\n",
-                static_cast<long long>(l.layer));
-    if (l.domain_matrix) {
-      std::printf("  %-8s", "domain");
-      for (int64_t e = 0; e < l.experts; ++e) std::printf(" %5lld", static_cast<long long>(e));
-      std::printf("\n");
-      const DomainMatrix& m = *l.domain_matrix;
-      for (size_t d = 0; d < m.domains.size(); ++d) {
-        std::printf("  %-8s", m.domains[d].c_str());
-        for (double s : m.top1[d]) std::printf(" %5.1f", 100.0 * s);
-        std::printf("\n");
-      }
-    }
-    std::printf("  top tokens by lift (token lift):\n");
-    for (int64_t e = 0; e < l.experts; ++e) {
-      std::printf("  expert %2lld:", static_cast<long long>(e));
-      if (l.top_tokens[e].empty()) std::printf(" -");
-      for (size_t i = 0; i < l.top_tokens[e].size() && i < 6; ++i)
-        std::printf(" %s %.1f", l.top_tokens[e][i].token.c_str(), l.top_tokens[e][i].lift);
-      std::printf("\n");
-    }
-  }
-  if (r.saturation) {
-    const Saturation& s = *r.saturation;
-    std::printf(
-        "\nrouting saturation over kept checkpoints (%lld tokens): top-k set as at step "
-        "%lld, per step\n",
-        static_cast<long long>(s.tokens), static_cast<long long>(s.steps.back()));
-    std::printf("  %-5s", "layer");
-    for (int64_t step : s.steps) std::printf(" %7lld", static_cast<long long>(step));
+// A layer's experts' share of each domain's tokens and each expert's top tokens by lift.
+void print_layer_specialization(const LayerEval& l) {
+  std::printf("\nlayer %lld: experts' share of each domain's tokens (top-1, %%)\n",
+              static_cast<long long>(l.layer));
+  if (l.domain_matrix) {
+    std::printf("  %-8s", "domain");
+    for (int64_t e = 0; e < l.experts; ++e) std::printf(" %5lld", static_cast<long long>(e));
     std::printf("\n");
-    for (const SaturationLayer& l : s.layers) {
-      std::printf("  %5lld", static_cast<long long>(l.layer));
-      for (double v : l.same_as_final) std::printf(" %6.1f%%", 100.0 * v);
+    const DomainMatrix& m = *l.domain_matrix;
+    for (size_t d = 0; d < m.domains.size(); ++d) {
+      std::printf("  %-8s", m.domains[d].c_str());
+      for (double s : m.top1[d]) std::printf(" %5.1f", 100.0 * s);
       std::printf("\n");
     }
   }
+  std::printf("  top tokens by lift (token lift):\n");
+  for (int64_t e = 0; e < l.experts; ++e) {
+    std::printf("  expert %2lld:", static_cast<long long>(e));
+    if (l.top_tokens[e].empty()) std::printf(" -");
+    for (size_t i = 0; i < l.top_tokens[e].size() && i < 6; ++i)
+      std::printf(" %s %.1f", l.top_tokens[e][i].token.c_str(), l.top_tokens[e][i].lift);
+    std::printf("\n");
+  }
+}
+
+// Per MoE layer, the share of top-k sets at each kept checkpoint that match the last one's.
+void print_saturation(const Saturation& s) {
+  std::printf(
+      "\nrouting saturation over kept checkpoints (%lld tokens): top-k set as at step "
+      "%lld, per step\n",
+      static_cast<long long>(s.tokens), static_cast<long long>(s.steps.back()));
+  std::printf("  %-5s", "layer");
+  for (int64_t step : s.steps) std::printf(" %7lld", static_cast<long long>(step));
+  std::printf("\n");
+  for (const SaturationLayer& l : s.layers) {
+    std::printf("  %5lld", static_cast<long long>(l.layer));
+    for (double v : l.same_as_final) std::printf(" %6.1f%%", 100.0 * v);
+    std::printf("\n");
+  }
+}
+
+void print_eval(const EvalResult& r) {
+  const std::string source = r.source == "valid" ? "the validation split" : "'" + r.source + "'";
+  std::printf("run %s on %s: %lld tokens (windows of %lld)\n", r.model.c_str(), source.c_str(),
+              static_cast<long long>(r.tokens), static_cast<long long>(r.seq_len));
+  std::printf("loss %.4f  perplexity %.1f\n", r.loss, r.perplexity);
+  // Attention's FLOPs grow with the context: counted at the length the run trained at, as
+  // `moe params --context S` counts them.
+  std::printf(
+      "parameters %s total, %s active per token; %s forward FLOPs per token (at context %lld)\n",
+      human_count(double(r.total_params)).c_str(), human_count(double(r.active_params)).c_str(),
+      human_count(r.active_flops_per_token).c_str(), static_cast<long long>(r.seq_len));
+  if (r.layers.empty()) return;
+  if (r.capacity_factor)
+    std::printf(
+        "drop: share of assignments capacity factor %g would drop (batches of %lld x %lld "
+        "tokens)\n",
+        *r.capacity_factor, static_cast<long long>(r.batch_size),
+        static_cast<long long>(r.seq_len));
+  else if (r.router_type == "expert_choice")
+    std::printf("drop: none (expert choice: each expert takes its tokens, none is dropped)\n");
+  else
+    std::printf("drop: none (dropless; pass --capacity-factor to see what a capacity drops)\n");
+  print_layer_table(r);
+  for (const LayerEval& l : r.layers) print_layer_specialization(l);
+  if (r.saturation) print_saturation(*r.saturation);
 }
 
 void print_compare(const CompareResult& r) {

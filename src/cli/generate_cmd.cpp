@@ -78,6 +78,29 @@ uint64_t resolve_seed(const std::string& text) {
   return seed;
 }
 
+// The MoE layers of `config` in `routing`, each with no expert touched yet.
+void start_routing(const ModelConfig& config, GenerationRouting& routing) {
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l)
+    if (config.moe && config.is_moe_layer(l)) routing.layers.push_back(l);
+  routing.touched.assign(routing.layers.size(), {});
+  routing.last.assign(routing.layers.size(), {});
+}
+
+// After each decode step (a token was drawn from its logits): that step's routes.
+void record_routes(const InferenceModel& model, GenerationRouting& routing) {
+  for (size_t i = 0; i < routing.layers.size(); ++i) {
+    routing.last[i].clear();
+    const auto note = [&](int32_t expert, float gate) {
+      routing.touched[i].insert(expert);
+      routing.last[i].emplace_back(expert, gate);
+    };
+    // The last position the forward ran (the prompt's last, then each drawn token).
+    const RoutingPlan& plan = model.last_routes(static_cast<int64_t>(i));
+    for (int64_t a = 0; a < plan.assignments(); ++a)
+      if (plan.token[a] == plan.tokens - 1) note(plan.expert[a], plan.gate[a]);
+  }
+}
+
 }  // namespace
 
 // The whole text is decoded after every token and the new part printed; a trailing U+FFFD (an
@@ -136,29 +159,10 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
     printed = std::move(text);
     return !stopped;
   };
-  if (routing) {
-    for (int64_t l = 0; l < config.num_hidden_layers; ++l)
-      if (config.moe && config.is_moe_layer(l)) routing->layers.push_back(l);
-    routing->touched.assign(routing->layers.size(), {});
-    routing->last.assign(routing->layers.size(), {});
-  }
-  // After each decode step (a token was drawn from its logits): that step's routes.
-  auto record_routes = [&] {
-    for (size_t i = 0; routing && i < routing->layers.size(); ++i) {
-      routing->last[i].clear();
-      const auto note = [&](int32_t expert, float gate) {
-        routing->touched[i].insert(expert);
-        routing->last[i].emplace_back(expert, gate);
-      };
-      // The last position the forward ran (the prompt's last, then each drawn token).
-      const RoutingPlan& plan = opened.model->last_routes(static_cast<int64_t>(i));
-      for (int64_t a = 0; a < plan.assignments(); ++a)
-        if (plan.token[a] == plan.tokens - 1) note(plan.expert[a], plan.gate[a]);
-    }
-  };
+  if (routing) start_routing(config, *routing);
   emit(false);
   const auto on_token = [&](int32_t t) {
-    record_routes();
+    if (routing) record_routes(*opened.model, *routing);
     ids.push_back(t);
     return emit(false);
   };

@@ -18,24 +18,10 @@
 
 namespace moe::cli {
 
-CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
-  TrainOptions& t = c.options;
-  CLI::App* train = app.add_subcommand(
-      "train", "Train an MoE language model (the shipped corpus, or --corpus your own text)");
-  train
-      ->add_option("--config", t.config,
-                   "Model config JSON: ours or a Hugging Face config.json (default: the built-in "
-                   "default model, as configs/default.json)")
-      ->check(CLI::ExistingFile);
-  train->add_option("--out", t.out_dir, "Run folder (refused if it holds a run; see --force)")
-      ->capture_default_str();
-  train->add_flag("--force", c.force,
-                  "Replace the run in --out; the old one stays until the new one's first "
-                  "checkpoint");
-  train
-      ->add_option("--resume", c.resume,
-                   "Continue the run in this folder exactly (--steps and --lr may change)")
-      ->check(CLI::ExistingDirectory);
+namespace {
+
+// The step count, batch shape and optimizer options of moe train.
+void add_optimization_options(CLI::App* train, TrainOptions& t) {
   train->add_option("--steps", t.steps, "Optimizer steps")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -57,6 +43,10 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
   train->add_option("--weight-decay", t.weight_decay, "AdamW decay")->capture_default_str();
   train->add_option("--grad-clip", t.grad_clip, "Global gradient-norm clip (0 = off)")
       ->capture_default_str();
+}
+
+// How often moe train validates, saves, reports expert loads and prints progress.
+void add_interval_options(CLI::App* train, TrainOptions& t) {
   train->add_option("--eval-every", t.eval_every, "Steps between validations")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -72,6 +62,30 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
   train->add_option("--log-every", t.log_every, "Steps between progress lines")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+}
+
+}  // namespace
+
+CLI::App* add_train_command(CLI::App& app, TrainCommand& c) {
+  TrainOptions& t = c.options;
+  CLI::App* train = app.add_subcommand(
+      "train", "Train an MoE language model (the shipped corpus, or --corpus your own text)");
+  train
+      ->add_option("--config", t.config,
+                   "Model config JSON: ours or a Hugging Face config.json (default: the built-in "
+                   "default model, as configs/default.json)")
+      ->check(CLI::ExistingFile);
+  train->add_option("--out", t.out_dir, "Run folder (refused if it holds a run; see --force)")
+      ->capture_default_str();
+  train->add_flag("--force", c.force,
+                  "Replace the run in --out; the old one stays until the new one's first "
+                  "checkpoint");
+  train
+      ->add_option("--resume", c.resume,
+                   "Continue the run in this folder exactly (--steps and --lr may change)")
+      ->check(CLI::ExistingDirectory);
+  add_optimization_options(train, t);
+  add_interval_options(train, t);
   train
       ->add_option("--corpus", t.corpus,
                    "Training text: gzip JSONL (default data/corpus.jsonl.gz), a UTF-8 text file "

@@ -91,6 +91,40 @@ void InferenceModel::batch_swiglu(const ExpertWeights& e, const float* x, int64_
   batch_rows(e.down, gate_act_.data(), rows, F, out, D);
 }
 
+// rows_out_[r, :] = block l's attention on x_[r, :] (normed into n_) for every row ([B, D]
+// both). Attention: the projections over all rows, then each row against its own cache
+// (scores_: `longest` floats per thread).
+void InferenceModel::batch_attention(size_t l, std::span<KvCache* const> caches, int64_t longest) {
+  const Block& b = blocks_[l];
+  const int64_t B = static_cast<int64_t>(caches.size()), D = config_.hidden_size;
+  const int64_t H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim, W = attn_.qkv_width();
+  float* n = n_.data();
+  norm_rows(B, D, config_.rms_norm_eps, x_.data(), b.attn_norm, n);
+  batch_rows(b.q, n, B, D, qkv_.data(), W);
+  batch_rows(b.k, n, B, D, qkv_.data() + H * hd, W);
+  batch_rows(b.v, n, B, D, qkv_.data() + (H + KV) * hd, W);
+  for (int64_t r = 0; r < B; ++r) {
+    KvCache& c = *caches[size_t(r)];
+    const std::span<float> row = qkv_.span().subspan(size_t(r * W), size_t(W));
+    apply_qkv_extras(attn_, 1, b.extras, row);
+    attention_decode_append(attn_, rope_, c.length, row, c.keys[l].span(), c.values[l].span());
+  }
+  int64_t cache_bytes = 0;  // keys and values the step's rows read in this block
+  for (const KvCache* c : caches)
+    cache_bytes += 2 * (c->length + 1) * KV * hd * int64_t(sizeof(float));
+#pragma omp parallel for schedule(dynamic) if (cache_bytes >= kParallelBytes)
+  for (int64_t i = 0; i < B * H; ++i) {
+    const int64_t r = i / H, head = i % H;
+    const KvCache& c = *caches[size_t(r)];
+    attention_decode_heads(
+        attn_, c.length, head, head + 1, qkv_.span().subspan(size_t(r * W), size_t(W)),
+        c.keys[l].span(), c.values[l].span(),
+        scores_.span().subspan(size_t(omp_get_thread_num() * longest), size_t(c.length + 1)),
+        ctx_.span().subspan(size_t(r * H * hd), size_t(H * hd)));
+  }
+  batch_rows(b.o, ctx_.data(), B, H * hd, rows_out_.data(), D);
+}
+
 void InferenceModel::decode_batch(std::span<const int32_t> tokens, std::span<KvCache* const> caches,
                                   std::span<float> logits) {
   const int64_t B = static_cast<int64_t>(tokens.size()), V = config_.vocab_size;
@@ -110,7 +144,7 @@ void InferenceModel::decode_batch(std::span<const int32_t> tokens, std::span<KvC
   // names: each sequence's step in turn there.
   if (B == 1 || cache_ || dump_) return decode_rows_in_turn(tokens, caches, logits);
 
-  const int64_t D = config_.hidden_size, H = attn_.heads, KV = attn_.kv_heads, hd = attn_.head_dim,
+  const int64_t D = config_.hidden_size, H = attn_.heads, hd = attn_.head_dim,
                 W = attn_.qkv_width(), threads = omp_get_max_threads();
   bytes_read_ = 0;
   int64_t longest = 0;
@@ -133,31 +167,7 @@ void InferenceModel::decode_batch(std::span<const int32_t> tokens, std::span<KvC
   float *x = x_.data(), *n = n_.data(), *ffn = out_.data();
   for (size_t l = 0; l < blocks_.size(); ++l) {
     const Block& b = blocks_[l];
-    // Attention: the projections over all rows, then each row against its own cache.
-    norm_rows(B, D, config_.rms_norm_eps, x, b.attn_norm, n);
-    batch_rows(b.q, n, B, D, qkv_.data(), W);
-    batch_rows(b.k, n, B, D, qkv_.data() + H * hd, W);
-    batch_rows(b.v, n, B, D, qkv_.data() + (H + KV) * hd, W);
-    for (int64_t r = 0; r < B; ++r) {
-      KvCache& c = *caches[size_t(r)];
-      const std::span<float> row = qkv_.span().subspan(size_t(r * W), size_t(W));
-      apply_qkv_extras(attn_, 1, b.extras, row);
-      attention_decode_append(attn_, rope_, c.length, row, c.keys[l].span(), c.values[l].span());
-    }
-    int64_t cache_bytes = 0;  // keys and values the step's rows read in this block
-    for (const KvCache* c : caches)
-      cache_bytes += 2 * (c->length + 1) * KV * hd * int64_t(sizeof(float));
-#pragma omp parallel for schedule(dynamic) if (cache_bytes >= kParallelBytes)
-    for (int64_t i = 0; i < B * H; ++i) {
-      const int64_t r = i / H, head = i % H;
-      const KvCache& c = *caches[size_t(r)];
-      attention_decode_heads(
-          attn_, c.length, head, head + 1, qkv_.span().subspan(size_t(r * W), size_t(W)),
-          c.keys[l].span(), c.values[l].span(),
-          scores_.span().subspan(size_t(omp_get_thread_num() * longest), size_t(c.length + 1)),
-          ctx_.span().subspan(size_t(r * H * hd), size_t(H * hd)));
-    }
-    batch_rows(b.o, ctx_.data(), B, H * hd, rows_out_.data(), D);
+    batch_attention(l, caches, longest);
     for (int64_t i = 0; i < B * D; ++i) {
       x[i] += rows_out_[i];
       ffn[i] = 0.0f;

@@ -142,9 +142,11 @@ class InferenceModel {
   // Rows of w per share of a product among the threads (decode_step.cpp): about 16 KiB.
   static int64_t share_rows(const WeightView& w);
   // decode_batch's pieces (batch_step.cpp): y[r] = w x[r] for each row with the one-row
-  // kernels; a SwiGLU MLP over rows; the MoE FFN of block b added to out_ for every row.
+  // kernels; block l's attention over rows, each against its own cache; a SwiGLU MLP over
+  // rows; the MoE FFN of block b added to out_ for every row.
   void batch_rows(const WeightView& w, const float* x, int64_t rows, int64_t ldx, float* y,
                   int64_t ldy);
+  void batch_attention(size_t l, std::span<KvCache* const> caches, int64_t longest);
   void batch_swiglu(const ExpertWeights& e, const float* x, int64_t rows, float* out);
   void batch_moe(const Block& b, const float* n, std::span<KvCache* const> caches);
   // decode_batch as one forward() per sequence (the expert cache, a dump).

@@ -278,6 +278,15 @@ void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool acc
       std::fill(g.begin(), g.end(), 0.0f);
     }
   }
+  run_routed_experts_backward(dy, dx, accumulate_grads);
+  router_backward(dx, router_loss_weight);
+  if (config_.n_shared_experts > 0) shared_experts_backward(dy, dx, accumulate_grads);
+}
+
+// dy: [T, D] -> dx: [T, D] (written), the gate gradients in dgate_ and the experts' gradients.
+void MoeLayer::run_routed_experts_backward(std::span<const float> dy, std::span<float> dx,
+                                           bool accumulate_grads) {
+  const int64_t D = config_.hidden_size;
   const int64_t kept = dispatcher_.kept();
   dyp_.resize({kept, D});
   dxp_.resize({kept, D});
@@ -295,6 +304,12 @@ void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool acc
                       accumulate_grads);
   }
   dispatcher_.permute_backward(dxp_.span(), D, dx);
+}
+
+// Adds the router's share to dx: [T, D] (through the route prefix's means under sequence
+// routing) and its gradients into the router weights.
+void MoeLayer::router_backward(std::span<float> dx, float router_loss_weight) {
+  const int64_t T = tokens_, D = config_.hidden_size;
   if (config_.routing_level == RoutingLevel::Sequence) {
     // r_t = mean of x_0..x_m, m = min(t, P-1)  =>  dx_i += sum over t >= i of dr_t / (m + 1),
     // for i <= P-1: a suffix sum per sequence.
@@ -319,37 +334,40 @@ void MoeLayer::backward(std::span<const float> dy, std::span<float> dx, bool acc
   } else {
     router_.backward(plan_, dgate_, dx, router_loss_weight);
   }
+}
 
-  if (config_.n_shared_experts > 0) {
-    const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;
-    dshared_.resize({T, D});
-    dshared_h13_.resize({T, 2 * Fs});
-    dshared_x_.resize({T, D});
-    const bool gated = config_.shared_expert_gate;
-    float* dwg = gated ? store_.grad(shared_gate_).data() : nullptr;
-    const float* wg = gated ? store_.value(shared_gate_).data() : nullptr;
-    for (int64_t t = 0; t < T; ++t) {
-      const float s = shared_scale_[t];
-      float dscale = 0.0f;
+// dy: [T, D]; adds the shared experts' (and their gate's) share to dx: [T, D].
+void MoeLayer::shared_experts_backward(std::span<const float> dy, std::span<float> dx,
+                                       bool accumulate_grads) {
+  const int64_t T = tokens_, D = config_.hidden_size;
+  const int64_t Fs = config_.n_shared_experts * config_.shared_expert_intermediate_size;
+  dshared_.resize({T, D});
+  dshared_h13_.resize({T, 2 * Fs});
+  dshared_x_.resize({T, D});
+  const bool gated = config_.shared_expert_gate;
+  float* dwg = gated ? store_.grad(shared_gate_).data() : nullptr;
+  const float* wg = gated ? store_.value(shared_gate_).data() : nullptr;
+  for (int64_t t = 0; t < T; ++t) {
+    const float s = shared_scale_[t];
+    float dscale = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+      dshared_[t * D + d] = s * dy[t * D + d];
+      dscale += dy[t * D + d] * shared_out_[t * D + d];
+    }
+    if (gated) {
+      // scale = sigmoid(z), z = x . w_g
+      const float dz = dscale * s * (1.0f - s);
       for (int64_t d = 0; d < D; ++d) {
-        dshared_[t * D + d] = s * dy[t * D + d];
-        dscale += dy[t * D + d] * shared_out_[t * D + d];
-      }
-      if (gated) {
-        // scale = sigmoid(z), z = x . w_g
-        const float dz = dscale * s * (1.0f - s);
-        for (int64_t d = 0; d < D; ++d) {
-          dwg[d] += dz * x_[t * D + d];
-          dx[t * D + d] += dz * wg[d];
-        }
+        dwg[d] += dz * x_[t * D + d];
+        dx[t * D + d] += dz * wg[d];
       }
     }
-    swiglu_backward({T, D, Fs}, x_.span(), store_.value(shared_w13_), store_.value(shared_w2_),
-                    shared_h13_.span(), shared_act_.span(), dshared_.span(), dshared_h13_.span(),
-                    dshared_x_.span(), store_.grad(shared_w13_), store_.grad(shared_w2_),
-                    accumulate_grads);
-    for (int64_t i = 0; i < T * D; ++i) dx[i] += dshared_x_[i];
   }
+  swiglu_backward({T, D, Fs}, x_.span(), store_.value(shared_w13_), store_.value(shared_w2_),
+                  shared_h13_.span(), shared_act_.span(), dshared_.span(), dshared_h13_.span(),
+                  dshared_x_.span(), store_.grad(shared_w13_), store_.grad(shared_w2_),
+                  accumulate_grads);
+  for (int64_t i = 0; i < T * D; ++i) dx[i] += dshared_x_[i];
 }
 
 void MoeLayer::update_expert_bias() {

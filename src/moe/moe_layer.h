@@ -101,6 +101,12 @@ class MoeLayer {
   void run_routed_experts(std::span<float> y);
   void add_shared_experts(std::span<float> y);
   void record_stats(bool training);
+  // The steps of backward, in order.
+  void run_routed_experts_backward(std::span<const float> dy, std::span<float> dx,
+                                   bool accumulate_grads);
+  void router_backward(std::span<float> dx, float router_loss_weight);
+  void shared_experts_backward(std::span<const float> dy, std::span<float> dx,
+                               bool accumulate_grads);
 
   MoeConfig config_;
   ParamStore& store_;

@@ -43,13 +43,34 @@ bool Router::thresholds_estimated() const {
 void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, bool training,
                      int64_t capacity, int64_t groups, const RouterNoise& noise, Rng& rng,
                      RoutingPlan& plan, bool batch_selection_in_eval) {
-  const int64_t D = config_.hidden_size, E = config_.num_experts;
   require(groups >= 1 && tokens % groups == 0, "router: groups must divide the tokens");
   tokens_ = tokens;
   seq_len_ = seq_len;
   jittered_ = training && config_.jitter_eps > 0;
   noisy_ = training && config_.router_type == RouterType::NoisyTopK;
 
+  prepare_input(x, tokens, noise, rng);
+  compute_logits(tokens, noise, rng);
+  compute_scores(tokens);
+
+  plan.tokens = tokens;
+  plan.experts = config_.num_experts;
+  if (config_.router_type == RouterType::ExpertChoice) {
+    if (training || batch_selection_in_eval) {
+      select_expert_choice(tokens, capacity, groups, plan);
+    } else {
+      select_by_threshold(tokens, plan);
+    }
+  } else {
+    select_token_choice(tokens, plan);
+  }
+  compute_losses(tokens, seq_len, groups);
+}
+
+// x: [T, D] -> input_: [T, D], x or, when jittered, x * jitter (the given draws, else rng's).
+void Router::prepare_input(std::span<const float> x, int64_t tokens, const RouterNoise& noise,
+                           Rng& rng) {
+  const int64_t D = config_.hidden_size;
   input_.resize({tokens, D});
   if (jittered_) {
     jitter_.resize({tokens, D});
@@ -65,29 +86,33 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
   } else {
     std::copy(x.begin(), x.begin() + tokens * D, input_.data());
   }
+}
 
+void Router::compute_logits(int64_t tokens, const RouterNoise& noise, Rng& rng) {
+  const int64_t D = config_.hidden_size, E = config_.num_experts;
   // logits = input W_r^T: [T, E]
   logits_.resize({tokens, E});
   gemm(Trans::No, Trans::Yes, tokens, E, D, 1.0f, input_.data(), D, store_.value(weight_).data(), D,
        0.0f, logits_.data(), E);
-  if (noisy_) {
-    // H = l + n * softplus(input W_noise^T)
-    noise_pre_.resize({tokens, E});
-    noise_normal_.resize({tokens, E});
-    gemm(Trans::No, Trans::Yes, tokens, E, D, 1.0f, input_.data(), D,
-         store_.value(noise_weight_).data(), D, 0.0f, noise_pre_.data(), E);
-    if (!noise.normal.empty()) {
-      if (static_cast<int64_t>(noise.normal.size()) != tokens * E)
-        throw Error("router noise draws: expected [T, E] = " + std::to_string(tokens * E) +
-                    " values, got " + std::to_string(noise.normal.size()));
-      std::copy(noise.normal.begin(), noise.normal.end(), noise_normal_.data());
-    } else {
-      rng.fill_normal(noise_normal_.span(), 0.0f, 1.0f);
-    }
-    for (int64_t i = 0; i < tokens * E; ++i)
-      logits_[i] += noise_normal_[i] * softplus(noise_pre_[i]);
+  if (!noisy_) return;
+  // H = l + n * softplus(input W_noise^T)
+  noise_pre_.resize({tokens, E});
+  noise_normal_.resize({tokens, E});
+  gemm(Trans::No, Trans::Yes, tokens, E, D, 1.0f, input_.data(), D,
+       store_.value(noise_weight_).data(), D, 0.0f, noise_pre_.data(), E);
+  if (!noise.normal.empty()) {
+    if (static_cast<int64_t>(noise.normal.size()) != tokens * E)
+      throw Error("router noise draws: expected [T, E] = " + std::to_string(tokens * E) +
+                  " values, got " + std::to_string(noise.normal.size()));
+    std::copy(noise.normal.begin(), noise.normal.end(), noise_normal_.data());
+  } else {
+    rng.fill_normal(noise_normal_.span(), 0.0f, 1.0f);
   }
+  for (int64_t i = 0; i < tokens * E; ++i) logits_[i] += noise_normal_[i] * softplus(noise_pre_[i]);
+}
 
+void Router::compute_scores(int64_t tokens) {
+  const int64_t E = config_.num_experts;
   // Scores and the normalised probabilities the balancing loss sees.
   scores_.resize({tokens, E});
   probs_.resize({tokens, E});
@@ -107,19 +132,10 @@ void Router::forward(std::span<const float> x, int64_t tokens, int64_t seq_len, 
       std::copy(s, s + E, p);
     }
   }
+}
 
-  plan.tokens = tokens;
-  plan.experts = E;
-  if (config_.router_type == RouterType::ExpertChoice) {
-    if (training || batch_selection_in_eval) {
-      select_expert_choice(tokens, capacity, groups, plan);
-    } else {
-      select_by_threshold(tokens, plan);
-    }
-  } else {
-    select_token_choice(tokens, plan);
-  }
-
+void Router::compute_losses(int64_t tokens, int64_t seq_len, int64_t groups) {
+  const int64_t E = config_.num_experts;
   aux_loss_ = 0.0f;
   // The batch-level loss is per capacity group, as the capacity.
   balance_window_ = config_.aux_loss_type == AuxLossType::Sequence ? seq_len : tokens / groups;

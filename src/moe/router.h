@@ -85,6 +85,12 @@ class Router {
   ParamRef noise_weight() const { return noise_weight_; }
 
  private:
+  // The steps of forward, in order: input (x, or x * jitter) -> logits (+ noise) -> scores and
+  // probabilities -> selection -> balancing and z-losses.
+  void prepare_input(std::span<const float> x, int64_t tokens, const RouterNoise& noise, Rng& rng);
+  void compute_logits(int64_t tokens, const RouterNoise& noise, Rng& rng);
+  void compute_scores(int64_t tokens);
+  void compute_losses(int64_t tokens, int64_t seq_len, int64_t groups);
   void select_token_choice(int64_t tokens, RoutingPlan& plan);
   void select_expert_choice(int64_t tokens, int64_t capacity, int64_t groups, RoutingPlan& plan);
   void select_by_threshold(int64_t tokens, RoutingPlan& plan);

@@ -296,6 +296,83 @@ void attention_forward(const AttentionShape& s, const RopeTable& rope, std::span
   gemm(Trans::No, Trans::Yes, T, D, C, 1.0f, ctx.data(), C, wo.data(), C, 0.0f, y.data(), D);
 }
 
+namespace {
+
+// The causal core's backward for one task of attention_backward, (sequence b, kv group g):
+// dq of the group's heads, dk and dv of its key and value head.
+// qkv, dqkv: [T, W]  ctx, dctx: [T, C]  lse: [B, H, S]
+void causal_core_backward_group(const AttentionShape& s, int64_t b, int64_t g,
+                                std::span<const float> qkv, std::span<const float> ctx,
+                                std::span<const float> lse, std::span<const float> dctx,
+                                std::span<float> dqkv, const TileScratch& tile) {
+  const int64_t S = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
+  const int64_t W = s.qkv_width(), C = s.ctx_width(), group = H / KV;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  float* delta = tile.row_a;
+  const float* k = qkv.data() + b * S * W + (H + g) * hd;
+  const float* v = qkv.data() + b * S * W + (H + KV + g) * hd;
+  float* dk = dqkv.data() + b * S * W + (H + g) * hd;
+  float* dv = dqkv.data() + b * S * W + (H + KV + g) * hd;
+  for (int64_t i = 0; i < S; ++i) {
+    std::fill_n(dk + i * W, hd, 0.0f);
+    std::fill_n(dv + i * W, hd, 0.0f);
+  }
+  for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+    const float* row_lse = lse.data() + (b * H + h) * S;
+    for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
+      const int64_t r1 = std::min(S, r0 + kRowBlock), rows = r1 - r0;
+      const float* q = qkv.data() + (b * S + r0) * W + h * hd;
+      const float* o = ctx.data() + (b * S + r0) * C + h * hd;
+      const float* dout = dctx.data() + (b * S + r0) * C + h * hd;
+      float* dq = dqkv.data() + (b * S + r0) * W + h * hd;
+      // rowsum(dout * out): the softmax backward's per-row term, the same for every tile.
+      for (int64_t r = 0; r < rows; ++r) delta[r] = dot(dout + r * C, o + r * C, hd);
+      for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
+        const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
+        float* p = tile.scores;
+        float* dp = tile.grads;
+        // P = exp(q k^T * scale - lse) under the causal mask.
+        for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+          gemm(Trans::No, Trans::Yes, part, needed, hd, scale, q + a0 * W, W, k + c0 * W, W, 0.0f,
+               p + a0 * kKeyBlock, kKeyBlock);
+        });
+        for (int64_t r = 0; r < rows; ++r) {
+          float* pr = p + r * kKeyBlock;
+          const float m = row_lse[r0 + r];
+          const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
+          exp_shifted(pr, unmasked, m);
+          std::fill(pr + unmasked, pr + cols, 0.0f);
+        }
+        // dV += P^T dout;  dP = dout V^T
+        for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+          gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+               dout + a0 * C, C, 1.0f, dv + c0 * W, W);
+          gemm(Trans::No, Trans::Yes, part, needed, hd, 1.0f, dout + a0 * C, C, v + c0 * W, W, 0.0f,
+               dp + a0 * kKeyBlock, kKeyBlock);
+        });
+        // dlogits = P * (dP - delta) * scale  (softmax backward, scale folded in); masked
+        // entries stay 0 with P.
+        for (int64_t r = 0; r < rows; ++r) {
+          float* pr = p + r * kKeyBlock;
+          const float* dpr = dp + r * kKeyBlock;
+          const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
+#pragma omp simd
+          for (int64_t j = 0; j < unmasked; ++j) pr[j] = pr[j] * (dpr[j] - delta[r]) * scale;
+        }
+        // dQ (+)= dlogits K;  dK += dlogits^T Q
+        for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
+          gemm(Trans::No, Trans::No, part, hd, needed, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+               k + c0 * W, W, c0 == 0 ? 0.0f : 1.0f, dq + a0 * W, W);
+          gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
+               q + a0 * W, W, 1.0f, dk + c0 * W, W);
+        });
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void attention_backward(const AttentionShape& s, const RopeTable& rope, std::span<const float> x,
                         std::span<const float> wqkv, std::span<const float> wo,
                         std::span<const float> qkv, std::span<const float> ctx,
@@ -304,9 +381,8 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
                         std::span<float> dwqkv, std::span<float> dwo, std::span<float> scratch,
                         const QkvExtras& extras, const QkvExtrasGrads& extras_grads) {
   check_shape(s, rope, static_cast<int64_t>(scratch.size()));
-  const int64_t T = s.tokens(), D = s.model, S = s.seq, H = s.heads, KV = s.kv_heads;
-  const int64_t hd = s.head_dim, W = s.qkv_width(), C = s.ctx_width(), group = H / KV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t T = s.tokens(), D = s.model, KV = s.kv_heads;
+  const int64_t W = s.qkv_width(), C = s.ctx_width();
 
   // y = ctx Wo^T:  dWo += dy^T ctx,  dctx = dy Wo
   gemm(Trans::Yes, Trans::No, D, C, T, 1.0f, dy.data(), D, ctx.data(), C, 1.0f, dwo.data(), C);
@@ -319,69 +395,8 @@ void attention_backward(const AttentionShape& s, const RopeTable& rope, std::spa
   const int threads = omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic) if (tasks >= threads)
   for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t b = task / KV, g = task % KV;
     const TileScratch tile = thread_tiles(scratch);
-    float* delta = tile.row_a;
-    const float* k = qkv.data() + b * S * W + (H + g) * hd;
-    const float* v = qkv.data() + b * S * W + (H + KV + g) * hd;
-    float* dk = dqkv.data() + b * S * W + (H + g) * hd;
-    float* dv = dqkv.data() + b * S * W + (H + KV + g) * hd;
-    for (int64_t i = 0; i < S; ++i) {
-      std::fill_n(dk + i * W, hd, 0.0f);
-      std::fill_n(dv + i * W, hd, 0.0f);
-    }
-    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-      const float* row_lse = lse.data() + (b * H + h) * S;
-      for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
-        const int64_t r1 = std::min(S, r0 + kRowBlock), rows = r1 - r0;
-        const float* q = qkv.data() + (b * S + r0) * W + h * hd;
-        const float* o = ctx.data() + (b * S + r0) * C + h * hd;
-        const float* dout = dctx.data() + (b * S + r0) * C + h * hd;
-        float* dq = dqkv.data() + (b * S + r0) * W + h * hd;
-        // rowsum(dout * out): the softmax backward's per-row term, the same for every tile.
-        for (int64_t r = 0; r < rows; ++r) delta[r] = dot(dout + r * C, o + r * C, hd);
-        for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
-          const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
-          float* p = tile.scores;
-          float* dp = tile.grads;
-          // P = exp(q k^T * scale - lse) under the causal mask.
-          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
-            gemm(Trans::No, Trans::Yes, part, needed, hd, scale, q + a0 * W, W, k + c0 * W, W, 0.0f,
-                 p + a0 * kKeyBlock, kKeyBlock);
-          });
-          for (int64_t r = 0; r < rows; ++r) {
-            float* pr = p + r * kKeyBlock;
-            const float m = row_lse[r0 + r];
-            const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
-            exp_shifted(pr, unmasked, m);
-            std::fill(pr + unmasked, pr + cols, 0.0f);
-          }
-          // dV += P^T dout;  dP = dout V^T
-          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
-            gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
-                 dout + a0 * C, C, 1.0f, dv + c0 * W, W);
-            gemm(Trans::No, Trans::Yes, part, needed, hd, 1.0f, dout + a0 * C, C, v + c0 * W, W,
-                 0.0f, dp + a0 * kKeyBlock, kKeyBlock);
-          });
-          // dlogits = P * (dP - delta) * scale  (softmax backward, scale folded in); masked
-          // entries stay 0 with P.
-          for (int64_t r = 0; r < rows; ++r) {
-            float* pr = p + r * kKeyBlock;
-            const float* dpr = dp + r * kKeyBlock;
-            const int64_t unmasked = std::min(cols, r0 + r + 1 - c0);
-#pragma omp simd
-            for (int64_t j = 0; j < unmasked; ++j) pr[j] = pr[j] * (dpr[j] - delta[r]) * scale;
-          }
-          // dQ (+)= dlogits K;  dK += dlogits^T Q
-          for_tile_parts(r0, rows, c0, cols, [&](int64_t a0, int64_t part, int64_t needed) {
-            gemm(Trans::No, Trans::No, part, hd, needed, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
-                 k + c0 * W, W, c0 == 0 ? 0.0f : 1.0f, dq + a0 * W, W);
-            gemm(Trans::Yes, Trans::No, needed, hd, part, 1.0f, p + a0 * kKeyBlock, kKeyBlock,
-                 q + a0 * W, W, 1.0f, dk + c0 * W, W);
-          });
-        }
-      }
-    }
+    causal_core_backward_group(s, task / KV, task % KV, qkv, ctx, lse, dctx, dqkv, tile);
   }
   rope_qk(s, rope, dqkv, true);
   qkv_extras_backward(s, T, extras, dqkv, extras_grads);

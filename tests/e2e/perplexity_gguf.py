@@ -19,35 +19,47 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 MOE, LLAMA_BIN, MODELS, LLAMA_SOURCE = sys.argv[1:5]
 CTX, CHUNKS = 64, 8
 TEXT = os.path.join(LLAMA_SOURCE, "README.md")
 
 
-def llama_perplexity(model):
-    """llama-perplexity's final estimate and chunk count. Its log is written by a thread that
-    sometimes loses the last lines when the process exits into a pipe: the figure is taken from
-    the final estimate or from the last chunk's running value (the same number), and the run is
-    repeated when neither arrived."""
-    env = dict(os.environ, LD_LIBRARY_PATH=LLAMA_BIN)
-    for _ in range(3):
-        r = subprocess.run([os.path.join(LLAMA_BIN, "llama-perplexity"), "-m", model, "-f", TEXT,
-                            "-c", str(CTX), "-b", str(CTX), "--chunks", str(CHUNKS), "-t", "2",
-                            "-ctk", "f32", "-ctv", "f32", "-fa", "off"],
-                           env=env, capture_output=True, text=True, errors="replace")
-        log = r.stdout + r.stderr
-        if r.returncode != 0:
-            sys.exit(f"llama-perplexity failed on {model}:\n{log[-3000:]}")
-        chunks = re.search(r"calculating perplexity over (\d+) chunks", log)
-        final = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
-        if chunks and not final:
-            final = re.search(r"\[%s\]([0-9.]+)," % chunks.group(1), log)
-        if chunks and final:
-            return float(final.group(1)), int(chunks.group(1))
-    sys.exit(f"llama-perplexity gave no final estimate on {model}:\n{log[-3000:]}")
+# llama.cpp's tools log through a thread of a logger they never destroy (common/log.cpp, "logs
+# may be lost if not flushed before the program exits"): the final estimate is often lost when
+# llama-perplexity exits. A library preloaded into it waits a moment at exit, after main
+# returns, so that the thread writes out what it holds.
+EXIT_DELAY_SOURCE = """#include <unistd.h>
+__attribute__((destructor)) static void wait_for_log_thread(void) { usleep(300000); }
+"""
+
+
+def exit_delay_library(folder):
+    source, library = os.path.join(folder, "exit_delay.c"), os.path.join(folder, "exit_delay.so")
+    with open(source, "w") as f:
+        f.write(EXIT_DELAY_SOURCE)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", library, source], check=True)
+    return library
+
+
+def llama_perplexity(model, preload):
+    """llama-perplexity's final estimate and chunk count."""
+    env = dict(os.environ, LD_LIBRARY_PATH=LLAMA_BIN, LD_PRELOAD=preload)
+    r = subprocess.run([os.path.join(LLAMA_BIN, "llama-perplexity"), "-m", model, "-f", TEXT,
+                        "-c", str(CTX), "-b", str(CTX), "--chunks", str(CHUNKS), "-t", "2",
+                        "-ctk", "f32", "-ctv", "f32", "-fa", "off"],
+                       env=env, capture_output=True, text=True, errors="replace")
+    log = r.stdout + r.stderr
+    chunks = re.search(r"calculating perplexity over (\d+) chunks", log)
+    final = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
+    if r.returncode != 0 or not chunks or not final:
+        sys.exit(f"llama-perplexity gave no final estimate on {model} (exit {r.returncode}):\n"
+                 f"{log[-3000:]}")
+    return float(final.group(1)), int(chunks.group(1))
 
 
 def moe_perplexity(model):
@@ -63,9 +75,11 @@ def main():
     if len(files) < 18:
         sys.exit(f"expected the 18 GGUF files of the gguf_models fixture in {MODELS}, found {len(files)}")
     failures = 0
+    work = tempfile.mkdtemp(prefix="moe-perplexity-")
+    preload = exit_delay_library(work)
     for path in files:
         name = path.stem
-        theirs, chunks = llama_perplexity(str(path))
+        theirs, chunks = llama_perplexity(str(path), preload)
         ours = moe_perplexity(str(path))
         tolerance = 1e-5 if name.endswith("-f32") else 5e-3
         relative = abs(ours["perplexity"] - theirs) / theirs
@@ -76,11 +90,11 @@ def main():
               f"llama.cpp {theirs:14.4f}  relative {relative:.2e} (limit {tolerance:g}), "
               f"{ours['chunks']} chunks")
     # A text too short for two chunks is refused in one line, exit 2.
-    short = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"moe-ppl-short-{os.getpid()}.txt"
+    short = pathlib.Path(work) / "short.txt"
     short.write_text("A few words.\n")
     r = subprocess.run([MOE, "eval", "-m", str(files[0]), "--text", str(short), "--ctx", str(CTX)],
                        capture_output=True, text=True)
-    short.unlink()
+    shutil.rmtree(work)
     if r.returncode != 2 or "needs at least" not in r.stderr or r.stderr.count("\n") != 1:
         print(f"FAIL a short text: exit {r.returncode}, {r.stderr!r}")
         failures += 1
