@@ -108,7 +108,9 @@ void GgufWeights::add(const GgufTensorInfo& tensor, const GgufModelConfig& model
   if (!full.starts_with("blk.")) throw unknown();
   const auto block = leading_index(full.substr(4));
   if (!block) throw unknown();
-  const auto [layer, rest] = *block;
+  // Plain names, not a structured binding: the lambdas below capture them (clang 14 cannot).
+  const int64_t layer = block->first;
+  const std::string_view rest = block->second;
   const std::string p = "model.layers." + std::to_string(layer) + ".";
   const ModelConfig& c = model.config;
 
