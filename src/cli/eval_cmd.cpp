@@ -200,7 +200,7 @@ int run_perplexity(const EvalCommand& c) {
   const std::string text = read_text_file(c.options.text, "--text");
   prepare_for_reading(path);
   const OpenedModel m = open_model(path);
-  const FolderTokenizer tokenizer = model_tokenizer(path);
+  const FolderTokenizer tokenizer = model_tokenizer(m, path);
   const bool hugging_face = m.kind == ModelKind::HuggingFace;
   const std::vector<int32_t> ids = encode_prompt(path, hugging_face, tokenizer, text);
   const int64_t ctx = c.ctx > 0 ? c.ctx : std::min<int64_t>(512, m.config.max_position_embeddings);

@@ -116,10 +116,8 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
   prepare_for_reading(run);
   const OpenedModel opened = open_model(run, decoder_options);
   const ModelConfig& config = opened.config;
-  const FolderTokenizer tokenizer = model_tokenizer(run);
-  if (tokenizer.vocab_size() > config.vocab_size)
-    throw Error(run + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
-                " pieces, more than the model's vocab_size " + std::to_string(config.vocab_size));
+  const FolderTokenizer tokenizer = model_tokenizer(opened, run);
+  require_tokenizer_fits(tokenizer, config, run);
   std::vector<int32_t> ids =
       encode_prompt(run, opened.kind == ModelKind::HuggingFace, tokenizer, prompt);
   // Refused before the prompt is echoed: on failure nothing goes to stdout.

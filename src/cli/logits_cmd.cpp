@@ -45,7 +45,7 @@ std::vector<int32_t> prompt_ids(const LogitsCommand& c, const OpenedModel& model
   std::vector<int64_t> given = c.ids;
   if (given.empty()) {
     const std::string text = read_prompt(c.prompt);
-    const FolderTokenizer tokenizer = model_tokenizer(c.model);
+    const FolderTokenizer tokenizer = model_tokenizer(model, c.model);
     const std::vector<int32_t> encoded =
         encode_prompt(c.model, model.kind == ModelKind::HuggingFace, tokenizer, text);
     given.assign(encoded.begin(), encoded.end());

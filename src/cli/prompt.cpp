@@ -105,6 +105,18 @@ FolderTokenizer model_tokenizer(const std::string& path) {
   return FolderTokenizer::from_gguf(file.header());
 }
 
+FolderTokenizer model_tokenizer(const OpenedModel& model, const std::string& path) {
+  if (model.gguf) return FolderTokenizer::from_gguf(model.gguf->header());
+  return FolderTokenizer::open(path);
+}
+
+void require_tokenizer_fits(const FolderTokenizer& tokenizer, const ModelConfig& config,
+                            const std::string& path) {
+  if (tokenizer.vocab_size() > config.vocab_size)
+    throw Error(path + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                " pieces, more than the model's vocab_size " + std::to_string(config.vocab_size));
+}
+
 void prepare_for_reading(const std::string& path) {
   if (!is_gguf_file(path) && !is_hf_checkpoint(path)) recover_for_reading(path);
 }

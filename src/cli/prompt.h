@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "infer/open_model.h"
 #include "model/config.h"
 #include "text/folder_tokenizer.h"
 
@@ -46,6 +47,13 @@ std::vector<int32_t> encode_prompt(const std::string& dir, bool hugging_face,
 
 // The tokenizer of any model path: a GGUF file's from its metadata, a folder's from its files.
 FolderTokenizer model_tokenizer(const std::string& path);
+// The tokenizer of a model open_model already opened from `path`: a GGUF file's from the
+// header it mapped, not read again.
+FolderTokenizer model_tokenizer(const OpenedModel& model, const std::string& path);
+
+// Throws Error naming `path` when the tokenizer has more pieces than the model has rows.
+void require_tokenizer_fits(const FolderTokenizer& tokenizer, const ModelConfig& config,
+                            const std::string& path);
 
 // A run folder's interrupted save finished before it is read (as training would on resume);
 // nothing for a Hugging Face folder or a GGUF file, which training never writes.

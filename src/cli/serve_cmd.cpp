@@ -678,11 +678,8 @@ int run_serve(const ServeCommand& c) {
   decoder.cache_policy = c.cache_policy == "lfu" ? CachePolicy::Lfu : CachePolicy::Lru;
   prepare_for_reading(c.model);
   OpenedModel opened = open_model(c.model, decoder);
-  FolderTokenizer tokenizer = model_tokenizer(c.model);
-  if (tokenizer.vocab_size() > opened.config.vocab_size)
-    throw Error(c.model + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
-                " pieces, more than the model's vocab_size " +
-                std::to_string(opened.config.vocab_size));
+  FolderTokenizer tokenizer = model_tokenizer(opened, c.model);
+  require_tokenizer_fits(tokenizer, opened.config, c.model);
   const ChatTemplate chat = c.chat_template.empty() ? detect_chat_template(c.model)
                                                     : chat_template_named(c.chat_template);
   const int64_t context = c.ctx_size > 0 ? c.ctx_size : opened.config.max_position_embeddings;
