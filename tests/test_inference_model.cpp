@@ -553,6 +553,7 @@ TEST(InferenceModel, ExpertCacheGivesTheSameLogitsAndCountsItsReads) {
           if (capacity == 6) {
             EXPECT_LE(stats.misses + stats.prefetched, 3 * 6);  // each expert read once
           }
+          EXPECT_LE(stats.prefetch_used, stats.prefetched);
           if (!prefetch) {
             EXPECT_EQ(stats.prefetched, 0);
           }
@@ -615,6 +616,19 @@ TEST(ExpertCache, HitsAndMissesOfAFixedSequenceFollowEachPolicy) {
   // A cycle over 3 experts in 2 slots: LRU always drops the next one needed.
   const std::vector<int64_t> cycle = {0, 1, 2, 0, 1, 2, 0, 1, 2};
   EXPECT_EQ(run(CachePolicy::Lru, cycle), std::make_pair(int64_t{0}, int64_t{9}));
+
+  // Prefetch: 0 and 1 read ahead; 1 is then used (a hit that prefetch earned), 3 is not
+  // predicted (a miss, evicting the unused 0), and 1 again is a plain hit, counted once.
+  ExpertCache cache(experts, 2, CachePolicy::Lru);
+  const std::vector<int32_t> guess = {0, 1};
+  cache.prefetch(0, guess);
+  for (const int64_t e : {1, 3, 1}) EXPECT_EQ(cache.get(0, e).gate.f32()[0], float(e));
+  const ExpertCacheStats stats = cache.stats();
+  EXPECT_EQ(stats.prefetched, 2);
+  EXPECT_EQ(stats.prefetch_used, 1);
+  EXPECT_EQ(stats.misses, 1);
+  EXPECT_DOUBLE_EQ(stats.prefetch_recall(), 0.5);     // 1 of the 2 experts read for lookups
+  EXPECT_DOUBLE_EQ(stats.prefetch_precision(), 0.5);  // 1 of the 2 prefetched experts used
 }
 
 TEST(InferenceModel, NamesTheTensorOrTokenThatIsWrong) {

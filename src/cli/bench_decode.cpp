@@ -184,9 +184,12 @@ DecodeTiming time_decode(InferenceModel& decoder, const std::vector<int32_t>& pr
   }
   if (decoder.expert_cache()) {
     const ExpertCacheStats after = decoder.expert_cache()->stats();
-    t.cache = ExpertCacheStats{after.hits - before.hits, after.misses - before.misses,
+    t.cache = ExpertCacheStats{after.hits - before.hits,
+                               after.misses - before.misses,
                                after.prefetched - before.prefetched,
-                               after.bytes_read - before.bytes_read, after.direct_io};
+                               after.bytes_read - before.bytes_read,
+                               after.direct_io,
+                               after.prefetch_used - before.prefetch_used};
   }
   return t;
 }
@@ -227,6 +230,8 @@ void print_json(const BenchDecodeCommand& c, const BenchModel& m, const DecodeRe
                          {"hit_rate", during.hit_rate()},
                          {"storage_bytes_per_token", double(during.bytes_read) / double(c.tokens)},
                          {"prefetched_per_token", double(during.prefetched) / double(c.tokens)},
+                         {"prefetch_recall", during.prefetch_recall()},
+                         {"prefetch_precision", during.prefetch_precision()},
                          {"direct_io", during.direct_io}};
   }
   std::printf("%s\n", j.dump(2).c_str());

@@ -72,8 +72,8 @@ ExpertCache::~ExpertCache() {
 }
 
 ExpertCacheStats ExpertCache::stats() const {
-  return ExpertCacheStats{hits_.load(), misses_.load(), prefetched_.load(), bytes_read_.load(),
-                          direct_io_};
+  return ExpertCacheStats{hits_.load(),       misses_.load(), prefetched_.load(),
+                          bytes_read_.load(), direct_io_,     prefetch_used_.load()};
 }
 
 void ExpertCache::wait(Layer& layer) {
@@ -114,6 +114,7 @@ void ExpertCache::load(Layer& layer, Slot& slot, int64_t expert) {
   slot.views.down = place(e.down);
   slot.expert = expert;
   slot.reserved = false;
+  slot.prefetched_unused = false;
 }
 
 ExpertCache::Slot& ExpertCache::victim(Layer& layer, std::span<const int64_t> keep) {
@@ -145,6 +146,8 @@ ExpertWeights ExpertCache::get(int64_t layer_index, int64_t expert) {
   for (Slot& s : layer.slots)
     if (s.expert == expert) {
       ++hits_;
+      if (s.prefetched_unused) ++prefetch_used_;
+      s.prefetched_unused = false;
       s.last_use = clock_;
       return s.views;
     }
@@ -179,6 +182,7 @@ void ExpertCache::prefetch(int64_t layer_index, std::span<const int32_t> experts
   layer.pending = std::async(std::launch::async, [this, &layer, loads] {
     for (const auto& [slot, e] : loads) {
       load(layer, *slot, e);
+      slot->prefetched_unused = true;
       ++prefetched_;
     }
   });

@@ -48,7 +48,16 @@ struct ExpertCacheStats {
   int64_t prefetched = 0;        // experts loaded ahead by prefetch()
   int64_t bytes_read = 0;        // from storage, all loads
   bool direct_io = true;         // false where O_DIRECT was refused
+  int64_t prefetch_used = 0;     // prefetched experts a lookup then found (before eviction)
   double hit_rate() const { return hits + misses ? double(hits) / double(hits + misses) : 0.0; }
+  // Of the experts the forward pass needed from storage, the share prefetch had brought in.
+  double prefetch_recall() const {
+    return prefetch_used + misses ? double(prefetch_used) / double(prefetch_used + misses) : 0.0;
+  }
+  // Of the experts prefetch read, the share that a lookup then used.
+  double prefetch_precision() const {
+    return prefetched ? double(prefetch_used) / double(prefetched) : 0.0;
+  }
 };
 
 class ExpertCache {
@@ -73,8 +82,9 @@ class ExpertCache {
 
  private:
   struct Slot {
-    int64_t expert = -1;    // resident expert, -1 = empty
-    bool reserved = false;  // a prefetch is filling it
+    int64_t expert = -1;             // resident expert, -1 = empty
+    bool reserved = false;           // a prefetch is filling it
+    bool prefetched_unused = false;  // filled by prefetch, not yet looked up
     uint64_t last_use = 0;
     std::shared_ptr<std::byte> buffer;  // aligned for O_DIRECT; gate, up, down back to back
     ExpertWeights views;
@@ -96,7 +106,7 @@ class ExpertCache {
   CachePolicy policy_;
   uint64_t clock_ = 0;
   // Counted by the forward pass and the prefetch thread alike.
-  std::atomic<int64_t> hits_{0}, misses_{0}, prefetched_{0}, bytes_read_{0};
+  std::atomic<int64_t> hits_{0}, misses_{0}, prefetched_{0}, bytes_read_{0}, prefetch_used_{0};
   bool direct_io_ = true;
   std::vector<std::pair<std::string, int>> files_;  // descriptors, all opened up front
   uint64_t slot_bytes_ = 0;
