@@ -3,10 +3,12 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "analysis/perplexity.h"
 #include "analysis/routing_metrics.h"
 #include "cli/prompt.h"
+#include "infer/gguf_quantize.h"
 #include "infer/open_model.h"
 #include "model/hf_checkpoint.h"
 #include "moe/load_metrics.h"
@@ -55,6 +57,11 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& c) {
       ->needs(text);
   eval->add_option("--chunks", c.chunks, "Perplexity: chunks evaluated at most (default: all)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  eval->add_option("--quantize", c.quantize,
+                   "Perplexity: first quantize a run or Hugging Face folder in memory to this "
+                   "type, each tensor as `moe quantize` types it (" +
+                       gguf_file_type_names() + "); dense blocks between MoE blocks included")
+      ->needs(text);
   eval->add_flag("--json", c.json, "Print one JSON object");
   return eval;
 }
@@ -199,8 +206,15 @@ int run_perplexity(const EvalCommand& c) {
           "moe eval -m " + path + ": give --text FILE, the text whose perplexity to measure");
   const std::string text = read_text_file(c.options.text, "--text");
   prepare_for_reading(path);
-  const OpenedModel m = open_model(path);
+  OpenedModel m = open_model(path);
   const FolderTokenizer tokenizer = model_tokenizer(m, path);
+  std::optional<GgufQuantizeSummary> typed;
+  if (!c.quantize.empty()) {
+    const std::optional<GgufFileType> type = parse_gguf_file_type(c.quantize);
+    require(type.has_value(),
+            "--quantize '" + c.quantize + "' is not one of " + gguf_file_type_names());
+    typed = quantize_in_memory(m, path, *type, {});
+  }
   const bool hugging_face = m.kind == ModelKind::HuggingFace;
   const std::vector<int32_t> ids = encode_prompt(path, hugging_face, tokenizer, text);
   const int64_t ctx = c.ctx > 0 ? c.ctx : std::min<int64_t>(512, m.config.max_position_embeddings);
@@ -208,18 +222,26 @@ int run_perplexity(const EvalCommand& c) {
   const PerplexityResult r =
       chunked_perplexity(*m.model, ids, ctx, prompt_bos(path, hugging_face, tokenizer), c.chunks);
   if (c.json) {
-    const nlohmann::json j = {{"model", path},
-                              {"text", c.options.text},
-                              {"perplexity", r.perplexity},
-                              {"mean_nll", r.mean_nll},
-                              {"nll_stderr", r.nll_stderr},
-                              {"ctx", r.n_ctx},
-                              {"chunks", r.chunks},
-                              {"scored_tokens", r.scored_tokens},
-                              {"text_tokens", r.text_tokens}};
+    nlohmann::json j = {{"model", path},
+                        {"text", c.options.text},
+                        {"perplexity", r.perplexity},
+                        {"mean_nll", r.mean_nll},
+                        {"nll_stderr", r.nll_stderr},
+                        {"ctx", r.n_ctx},
+                        {"chunks", r.chunks},
+                        {"scored_tokens", r.scored_tokens},
+                        {"text_tokens", r.text_tokens}};
+    if (typed) {
+      j["quantize"] = c.quantize;
+      j["weight_bytes"] = typed->bytes;
+      j["tensors_by_type"] = typed->tensors_by_type;
+    }
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
+  if (typed)
+    std::printf("%s quantized in memory to %s: %.2f MB of weights\n", path.c_str(),
+                c.quantize.c_str(), static_cast<double>(typed->bytes) / 1e6);
   std::printf(
       "%s on %s: perplexity %.4f (mean NLL %.6f +/- %.6f nats) over %lld chunks of %lld "
       "tokens, %lld tokens scored of %lld\n",

@@ -18,6 +18,9 @@ struct EvalCommand {
   // `ctx` tokens: for Hugging Face folders and GGUF files, and for a run with --ctx.
   int64_t ctx = 0;      // 0: not given (512, llama-perplexity's default, capped by the model)
   int64_t chunks = -1;  // at most this many chunks; -1: all
+  // Perplexity of a run or Hugging Face folder quantized in memory to this type (q8_0, ...), as
+  // `moe quantize` would type it; "" = as stored.
+  std::string quantize;
   bool json = false;
 };
 

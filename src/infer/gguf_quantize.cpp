@@ -234,6 +234,45 @@ void produce(const WeightSource& weights, const PlannedTensor& t, GgmlType type,
   }
 }
 
+// `v` (stored as `name`) in `out` as `type`, with the values rounded as a file of that type
+// holds them; returns the bytes it takes in that type.
+uint64_t hold_typed(const WeightView& v, const std::string& name, GgmlType type,
+                    OwnedWeights& out) {
+  Tensor values(v.shape);
+  const int64_t cols = v.shape.back(), rows = v.numel() / cols;
+  for (int64_t r = 0; r < rows; ++r)
+    widen_row(v, r, values.span().subspan(size_t(r * cols), size_t(cols)));
+  const auto count = static_cast<uint64_t>(v.numel());
+  switch (type) {
+    case GgmlType::F32:
+      out.add_f32(name, std::move(values));
+      return 4 * count;
+    case GgmlType::F16:
+      for (float& x : values.span()) x = half_to_float(float_to_half(x));
+      out.add_f32(name, std::move(values));
+      return 2 * count;
+    case GgmlType::BF16: {
+      std::vector<uint16_t> bits(count);
+      for (size_t i = 0; i < bits.size(); ++i) bits[i] = float_to_bf16(values[int64_t(i)]);
+      out.add_bf16(name, v.shape, std::move(bits));
+      return 2 * count;
+    }
+    default: {
+      const auto quant = static_cast<QuantType>(type);
+      out.add_quantized(name, values, quant);
+      return static_cast<uint64_t>(rows * quant_row_bytes(quant, cols));
+    }
+  }
+}
+
+MixFacts mix_facts(const OpenedModel& model) {
+  MixFacts facts;
+  facts.layers = model.config.num_hidden_layers;
+  facts.experts = model.config.moe ? model.config.moe->num_experts : 0;
+  facts.tied_embeddings = !model.weights->find("lm_head.weight");
+  return facts;
+}
+
 // ---- the metadata ----
 
 void add_model_metadata(GgufWriter& w, const ModelConfig& c, const std::string& arch,
@@ -345,10 +384,7 @@ GgufQuantizeSummary write_llama_cpp_gguf(const OpenedModel& model, const std::st
         model.kind == ModelKind::Run ? TokenizerFolderKind::Run : TokenizerFolderKind::HuggingFace,
         model.config.vocab_size, w);
 
-  MixFacts facts;
-  facts.layers = model.config.num_hidden_layers;
-  facts.experts = model.config.moe ? model.config.moe->num_experts : 0;
-  facts.tied_embeddings = !model.weights->find("lm_head.weight");
+  const MixFacts facts = mix_facts(model);
   for (const PlannedTensor& t : plan) {
     const GgmlType tensor_type_chosen = tensor_type(t, type, facts);
     ++summary.tensors_by_type[to_string(tensor_type_chosen)];
@@ -361,6 +397,29 @@ GgufQuantizeSummary write_llama_cpp_gguf(const OpenedModel& model, const std::st
   w.write(out);
   std::error_code ec;
   summary.bytes = std::filesystem::file_size(out, ec);
+  return summary;
+}
+
+GgufQuantizeSummary quantize_in_memory(OpenedModel& model, const std::string& source,
+                                       GgufFileType type, const InferenceOptions& options) {
+  require(model.kind != ModelKind::Gguf,
+          source +
+              ": a GGUF file's tensors are already typed; `moe quantize` writes it as "
+              "another type");
+  GgufQuantizeSummary summary;
+  summary.architecture = architecture_of(model);
+  const MixFacts facts = mix_facts(model);
+  auto quantized = std::make_unique<OwnedWeights>();
+  for (const PlannedTensor& t : plan_tensors(model, summary.architecture, source)) {
+    const GgmlType chosen = tensor_type(t, type, facts);
+    for (const std::string& name : t.sources) {
+      ++summary.tensors_by_type[to_string(chosen)];
+      summary.bytes += hold_typed(model.weights->at(name), name, chosen, *quantized);
+    }
+  }
+  model.model.reset();  // it views the weights replaced next
+  model.weights = std::move(quantized);
+  model.model = std::make_unique<InferenceModel>(model.config, model.arch, *model.weights, options);
   return summary;
 }
 

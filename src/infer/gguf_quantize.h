@@ -46,4 +46,15 @@ struct GgufQuantizeSummary {
 GgufQuantizeSummary write_llama_cpp_gguf(const OpenedModel& model, const std::string& source,
                                          GgufFileType type, const std::string& out);
 
+// `model` (a run or a Hugging Face folder) quantized in memory to `type` for moe's own engine:
+// each tensor gets the type write_llama_cpp_gguf gives it, and is rounded exactly as it would
+// be in that file, so the engine computes what it computes on the file. Dense blocks between
+// MoE blocks, which llama.cpp's architectures cannot hold, are included (their MLPs typed as
+// llama.cpp types a dense model's). F16 tensors are kept as their fp32 values (the engine
+// widens F16 to fp32 anyway) and counted at 2 bytes a value. Replaces model.weights and
+// model.model; returns the summary, with `bytes` the tensors' bytes as typed. Throws Error for
+// a GGUF file (already typed: `moe quantize` writes it as another type).
+GgufQuantizeSummary quantize_in_memory(OpenedModel& model, const std::string& source,
+                                       GgufFileType type, const InferenceOptions& options);
+
 }  // namespace moe

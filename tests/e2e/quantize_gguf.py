@@ -18,7 +18,7 @@ the weights' type there, moe does not), and so the mixtral fixture's quantized f
 expert down-projections (rows of 24) fall back to f16, within 1e-2. The f32 file's logits must equal the source model's in moe within 1e-6 of the
 range (the same weights; only the q/k rows moved). Then the refusals: an unknown --type, run and
 Hugging Face setups llama.cpp cannot run, an --out in a missing folder: exit 2, one line, and no
-file left behind.
+file left behind. Last, `moe eval --quantize` (the same types, in memory) against the files.
 
 Usage: quantize_gguf.py MOE SOURCE_DIR LLAMA_BIN_DIR HF_FIXTURES_DIR   (/usr/bin/python3: numpy)
 """
@@ -230,6 +230,26 @@ def expect_refusal(work, args, words):
     print(f"refused as expected: {lines[0]}")
 
 
+def moe_token_ids(model, prompt):
+    out = run([MOE, "tokenize", "-m", model, "-p", prompt], text=True).stdout.splitlines()
+    return [int(line.split()[0]) for line in out if not line.endswith(" tokens")]
+
+
+def check_layout_symbols(work, run_folder):
+    """A run's tokenizer carries newlines and tabs as its own pieces; its GGUF file names those
+    pieces by the characters, so llama.cpp gives a newline the token the model was trained on."""
+    prompt = "one\ntwo\tthree\n"
+    want = moe_token_ids(run_folder, prompt)
+    gguf = os.path.join(work, "run-f32.gguf")
+    got = moe_token_ids(gguf, prompt)
+    out = os.path.join(work, "debug-layout")
+    run([os.path.join(LLAMA_BIN, "llama-debug"), "-m", gguf, "-p", prompt, "-t", "2", "-c", "64",
+         "--save-logits", "--logits-output-dir", out])
+    llama = np.fromfile(os.path.join(out, "llamacpp-run-f32-tokens.bin"), dtype=np.int32).tolist()
+    print(f"newlines and tabs: the run {want}, its file in moe {got}, in llama.cpp {llama}")
+    assert want == got == llama, "FAIL: a run's file tokenizes newlines or tabs unlike the run"
+
+
 def check_refusals(work, run_folder):
     out = os.path.join(work, "refused", "model.gguf")
     os.makedirs(os.path.dirname(out))
@@ -245,6 +265,58 @@ def check_refusals(work, run_folder):
     # Qwen2-MoE with dense blocks (decoder_sparse_step 2), OLMoE with grouped-query attention.
     expect_refusal(work, ["-m", os.path.join(HF, "qwen2_moe_f32"), "-o", out, "-t", "f32"], "dense blocks")
     expect_refusal(work, ["-m", os.path.join(HF, "olmoe_f32"), "-o", out, "-t", "f32"], "grouped-query attention")
+
+
+def moe_eval(model, text, *extra, ctx=64):
+    r = subprocess.run([MOE, "eval", "-m", model, "--text", text, "--ctx", str(ctx), "--json", *extra],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"FAIL: moe eval -m {model} {extra}: {r.stderr}"
+    return json.loads(r.stdout)
+
+
+def check_in_memory(work, models):
+    """`moe eval --quantize T` on a folder against `moe eval` on the file `moe quantize` wrote
+    from it: the same types, the same rounded values, so the same perplexity up to the order of
+    sums (llama's q/k rows are interleaved in the file) and a rare activation rounded the other
+    way at a quantization boundary: within 1e-3, over the same tokens. The text is prose with
+    single spaces: a run's sentencepiece splits runs of spaces at word starts, llama.cpp's
+    tokenizer (and so the file's) does not. The tiny run with dense blocks, which no file holds,
+    is quantized in memory too; a GGUF file is refused."""
+    import gzip
+    import re
+    text = os.path.join(work, "eval.txt")
+    with gzip.open(os.path.join(work, "corpus.jsonl.gz"), "rt") as f:
+        docs = [json.loads(line) for line in f]
+    prose = [re.sub(r"[ \t]+", " ", d["text"]) for d in docs if d["domain"] in ("en", "fr", "de", "es")]
+    with open(text, "w") as f:
+        f.write("\n\n".join(prose[:30]))
+    failures = []
+    for name, folder in models.items():
+        for t in ["q8_0", "q4_0", "q4_k_m"]:
+            in_memory = moe_eval(folder, text, "--quantize", t)
+            from_file = moe_eval(os.path.join(work, f"{name}-{t}.gguf"), text)
+            assert in_memory["text_tokens"] == from_file["text_tokens"], \
+                f"FAIL: {name}: the folder and its file tokenize the text differently"
+            gap = abs(in_memory["perplexity"] / from_file["perplexity"] - 1)
+            print(f"{name}-{t}: perplexity in memory {in_memory['perplexity']:.6f}, from the file "
+                  f"{from_file['perplexity']:.6f} ({gap:.2g}), {in_memory['weight_bytes']} bytes of weights")
+            if gap > 1e-3:
+                failures.append(f"{name}-{t}: quantized in memory, perplexity {gap:.2g} from the file's")
+    tiny = os.path.join(work, "tiny")
+    full = moe_eval(tiny, text, "--quantize", "f32", ctx=32)
+    for t in ["q8_0", "q4_0"]:
+        typed = moe_eval(tiny, text, "--quantize", t, ctx=32)
+        gap = abs(typed["perplexity"] / full["perplexity"] - 1)
+        print(f"tiny (dense blocks)-{t}: perplexity {typed['perplexity']:.4f} against f32's "
+              f"{full['perplexity']:.4f}; {typed['weight_bytes']} bytes against {full['weight_bytes']}")
+        if gap > 0.02 or not typed["weight_bytes"] < full["weight_bytes"] / 3:
+            failures.append(f"tiny-{t}: in memory, perplexity {gap:.2g} from f32's or bytes not cut")
+    r = subprocess.run([MOE, "eval", "-m", os.path.join(work, "run-q8_0.gguf"), "--text", text,
+                        "--quantize", "q4_0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "already typed" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        f"FAIL: eval --quantize of a GGUF file: {r.returncode} {r.stderr}"
+    print(f"refused as expected: {r.stderr.strip()}")
+    return failures
 
 
 RUN_CONFIG = {"vocab_size": 400, "hidden_size": 256, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -270,6 +342,9 @@ def main():
                                         # a quantized GGUF, dequantized and quantized again
                                         "requantized": (os.path.join(work, "run-q8_0.gguf"), 64)})
         check_refusals(work, run_folder)
+        check_layout_symbols(work, run_folder)
+        failures += check_in_memory(work, {"qwen2moe": os.path.join(work, "qwen2moe"),
+                                           "olmoe": os.path.join(work, "olmoe"), "run": run_folder})
         assert not failures, "FAIL:\n" + "\n".join(failures)
     finally:
         shutil.rmtree(work)
