@@ -144,6 +144,10 @@ TEST(MemoryEstimate, InferenceCountsTheKvCacheAndEvaluationNoTrainingState) {
   const uint64_t expert = 3 * uint64_t(config.hidden_size * config.moe->moe_intermediate_size) * 4;
   EXPECT_EQ(estimate_inference_memory(config, shape).parameters,
             2 * uint64_t(config.num_moe_layers()) * expert);
+  // At their stored size where known: quantized experts take a fraction of that.
+  shape.cached_expert_bytes = 12345;
+  EXPECT_EQ(estimate_inference_memory(config, shape).parameters,
+            2 * uint64_t(config.num_moe_layers()) * 12345);
   // Evaluation holds the fp32 model and a forward's activations; no gradients or moments.
   const MemoryEstimate eval = estimate_evaluation_memory(config, {32, 128, 2, 1});
   const MemoryEstimate train = estimate_training_memory(config, {32, 128, 2, 1});

@@ -21,6 +21,7 @@
 #include "tensor/blas_info.h"
 #include "tensor/error.h"
 #include "tensor/gemm.h"
+#include "tensor/memory_available.h"
 #include "tensor/rng.h"
 #include "tensor/safetensors.h"
 #include "tensor/system_info.h"
@@ -104,7 +105,7 @@ void open_folder(const BenchDecodeCommand& c, const InferenceOptions& options, B
   m.opened = open_model(c.model, rounds ? InferenceOptions{} : options);
   const bool rounds_in_memory = rounds && c.expert_cache == 0;
   require_inference_memory(m.opened.config, c.prompt + c.tokens, c.prompt, c.expert_cache,
-                           "bench decode of " + c.model,
+                           cached_expert_bytes(*m.opened.model), "bench decode of " + c.model,
                            rounds_in_memory ? 2 * total_parameters(m.opened.config) : 0);
   if (rounds) {
     if (c.expert_cache > 0) {
@@ -129,7 +130,7 @@ void make_random(const BenchDecodeCommand& c, const InferenceOptions& options, B
   require(!quantized || c.expert_cache == 0,
           "--expert-cache reads an f32 or bf16 checkpoint file; --dtype " + m.dtype +
               " keeps the model in memory");
-  require_inference_memory(random, c.prompt + c.tokens, c.prompt, c.expert_cache,
+  require_inference_memory(random, c.prompt + c.tokens, c.prompt, c.expert_cache, 0,
                            "bench decode --random " + c.random,
                            c.expert_cache > 0 ? 0
                            : quantized        ? total_parameters(random)
@@ -317,8 +318,12 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   // The bandwidth is probed before prefill and again after decode, and the larger reading
   // counts: this virtual machine's bandwidth drifts from minute to minute, and a probe that
   // caught a dip would flatter decode's share (shares above 1 were seen with one probe).
+  // The probe's buffer: 1 GiB, or a third of the memory still free under a limit (a memory
+  // cgroup that holds the model below its size), which is still far beyond the caches.
+  const int64_t probe_bytes =
+      static_cast<int64_t>(std::min<uint64_t>(uint64_t{1} << 30, available_memory().bytes / 3));
   DecodeReport r;
-  r.bandwidth_before = measure_read_bandwidth();
+  r.bandwidth_before = measure_read_bandwidth(probe_bytes);
   Rng rng(2);
   std::vector<int32_t> prompt(static_cast<size_t>(c.prompt));
   for (auto& t : prompt) t = static_cast<int32_t>(rng.next_u64() % V);
@@ -326,7 +331,7 @@ int run_bench_decode(const BenchDecodeCommand& c) {
   const double prefill_seconds = time_prefill(decoder, prompt, c.prompt + c.tokens, logits);
   r.decode = time_decode(decoder, prompt, c.tokens, logits);
   r.decode_rate = static_cast<double>(c.tokens) / r.decode.seconds;
-  r.bandwidth_after = measure_read_bandwidth();
+  r.bandwidth_after = measure_read_bandwidth(probe_bytes);
   r.bandwidth = std::max(r.bandwidth_before, r.bandwidth_after);
   r.bytes_per_token = r.decode.weight_bytes / static_cast<double>(c.tokens);
   r.share = r.bytes_per_token * r.decode_rate / r.bandwidth;

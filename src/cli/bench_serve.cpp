@@ -68,7 +68,7 @@ BenchModel open_bench_model(const BenchServeCommand& c, int64_t slots) {
     m.opened = open_model(c.model);
     m.name = c.model;
     require_context(m.opened.config, c, m.name);
-    require_inference_memory(m.opened.config, positions * slots, c.prefill_chunk, 0, what);
+    require_inference_memory(m.opened.config, positions * slots, c.prefill_chunk, 0, 0, what);
     const WeightView q = m.opened.weights->at("model.layers.0.self_attn.q_proj.weight");
     m.dtype = q.quant ? q.type_name() : q.dtype == TensorDtype::BF16 ? "bf16" : "f32";
     return m;
@@ -79,7 +79,7 @@ BenchModel open_bench_model(const BenchServeCommand& c, int64_t slots) {
   require_context(config, c, m.name);
   const bool quantized = m.dtype != "bf16" && m.dtype != "f32";
   const uint64_t bytes_per_value = quantized ? 1 : m.dtype == "bf16" ? 2 : 4;
-  require_inference_memory(config, positions * slots, c.prefill_chunk, 0, what,
+  require_inference_memory(config, positions * slots, c.prefill_chunk, 0, 0, what,
                            bytes_per_value * total_parameters(config));
   m.weights = std::make_unique<OwnedWeights>(random_weights(config, m.dtype));
   m.made = std::make_unique<InferenceModel>(config, HfArch::Mixtral, *m.weights);

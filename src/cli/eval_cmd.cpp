@@ -218,7 +218,7 @@ int run_perplexity(const EvalCommand& c) {
   const bool hugging_face = m.kind == ModelKind::HuggingFace;
   const std::vector<int32_t> ids = encode_prompt(path, hugging_face, tokenizer, text);
   const int64_t ctx = c.ctx > 0 ? c.ctx : std::min<int64_t>(512, m.config.max_position_embeddings);
-  require_inference_memory(m.config, ctx, ctx, 0, "moe eval");
+  require_inference_memory(m.config, ctx, ctx, 0, 0, "moe eval");
   const PerplexityResult r =
       chunked_perplexity(*m.model, ids, ctx, prompt_bos(path, hugging_face, tokenizer), c.chunks);
   if (c.json) {

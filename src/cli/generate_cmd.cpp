@@ -128,7 +128,7 @@ Generation stream_generation(const std::string& run, const std::string& prompt, 
   const int64_t positions =
       std::min(static_cast<int64_t>(ids.size()) + max_tokens, config.max_position_embeddings);
   require_inference_memory(config, positions, static_cast<int64_t>(ids.size()),
-                           decoder_options.expert_cache,
+                           decoder_options.expert_cache, cached_expert_bytes(*opened.model),
                            "generating " + std::to_string(positions) + " positions");
   // The stop text is looked for in what follows the prompt only.
   const size_t prompt_chars = tokenizer.decode(ids).size();

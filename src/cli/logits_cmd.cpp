@@ -79,7 +79,7 @@ std::vector<float> last_logits(const LogitsCommand& c, size_t& prompt_tokens) {
   const std::vector<int32_t> ids = prompt_ids(c, m);
   prompt_tokens = ids.size();
   const auto T = static_cast<int64_t>(ids.size());
-  require_inference_memory(m.config, T, c.dump.empty() ? 1 : T, 0,
+  require_inference_memory(m.config, T, c.dump.empty() ? 1 : T, 0, 0,
                            "logits after " + std::to_string(T) + " tokens");
   KvCache cache = m.model->make_cache(static_cast<int64_t>(ids.size()));
   std::vector<float> logits(static_cast<size_t>(m.config.vocab_size));

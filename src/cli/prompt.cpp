@@ -122,18 +122,23 @@ void prepare_for_reading(const std::string& path) {
 }
 
 void require_inference_memory(const ModelConfig& config, int64_t positions, int64_t prompt,
-                              int64_t cached_experts, const std::string& what,
-                              uint64_t resident_weights) {
+                              int64_t cached_experts, uint64_t expert_bytes,
+                              const std::string& what, uint64_t resident_weights) {
   InferenceShape shape;
   shape.positions = positions;
   shape.prompt = prompt;
   shape.threads = thread_count();
   shape.cached_experts = cached_experts;
+  shape.cached_expert_bytes = expert_bytes;
   shape.resident_weights = resident_weights;
   require_memory(estimate_inference_memory(config, shape), what, available_memory(),
                  resident_weights > 0
                      ? "--expert-cache N keeps the experts in a file and N per layer in memory"
                      : "a shorter prompt, fewer tokens or a smaller --expert-cache");
+}
+
+uint64_t cached_expert_bytes(const InferenceModel& model) {
+  return model.expert_cache() ? model.expert_cache()->slot_bytes() : 0;
 }
 
 }  // namespace moe::cli

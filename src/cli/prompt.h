@@ -60,10 +60,15 @@ void require_tokenizer_fits(const FolderTokenizer& tokenizer, const ModelConfig&
 void prepare_for_reading(const std::string& path);
 
 // Refuses in one line (OutOfMemory, exit 2) an inference run of `config` whose KV cache of
-// `positions`, prefill of `prompt` tokens, `cached_experts` per MoE layer and weights made in
-// memory cannot fit in the memory this process may use (model/memory_estimate.h).
+// `positions`, prefill of `prompt` tokens, `cached_experts` per MoE layer of `expert_bytes`
+// each (0: counted as fp32) and weights made in memory cannot fit in the memory this process
+// may use (model/memory_estimate.h).
 void require_inference_memory(const ModelConfig& config, int64_t positions, int64_t prompt,
-                              int64_t cached_experts, const std::string& what,
-                              uint64_t resident_weights = 0);
+                              int64_t cached_experts, uint64_t expert_bytes,
+                              const std::string& what, uint64_t resident_weights = 0);
+
+// The bytes of one expert as `model`'s expert cache holds it (quantized blocks stay blocks);
+// 0 without a cache.
+uint64_t cached_expert_bytes(const InferenceModel& model);
 
 }  // namespace moe::cli

@@ -687,7 +687,7 @@ int run_serve(const ServeCommand& c) {
     throw Error("--ctx-size " + std::to_string(context) + " is more than the model's context of " +
                 std::to_string(opened.config.max_position_embeddings));
   require_inference_memory(opened.config, context * c.parallel, c.prefill_chunk,
-                           decoder.expert_cache,
+                           decoder.expert_cache, cached_expert_bytes(*opened.model),
                            "serving " + std::to_string(c.parallel) + " slots of " +
                                std::to_string(context) + " positions");
   ModelServer model(c, std::move(opened), std::move(tokenizer), chat);

@@ -79,6 +79,8 @@ class ExpertCache {
 
   ExpertCacheStats stats() const;
   int64_t capacity() const { return capacity_; }
+  // One slot's bytes: the largest expert's gate, up and down as stored, each aligned for O_DIRECT.
+  uint64_t slot_bytes() const { return slot_bytes_; }
 
  private:
   struct Slot {

@@ -215,6 +215,7 @@ MemoryEstimate estimate_inference_memory(const ModelConfig& c, const InferenceSh
                            std::max(1.0, rows_per_token) * (2 * D + 2 * hidden) + 2 * hidden;
   e.activations = saturate(T * per_token * kFloat + double(s.positions) * kFloat);
   e.logits = saturate(double(c.vocab_size) * kFloat);
+  if (s.cached_expert_bytes > 0) expert = double(s.cached_expert_bytes);
   e.parameters = saturate(double(s.cached_experts) * double(c.num_moe_layers()) * expert +
                           double(s.resident_weights));
   e.runtime = runtime_memory(std::max(s.threads, 1));

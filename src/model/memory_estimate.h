@@ -60,14 +60,16 @@ struct InferenceShape {
   int64_t positions = 0;  // the KV cache's length: prompt plus generated tokens
   int64_t prompt = 0;     // tokens of the prefill, one batch
   int threads = 1;
-  int64_t cached_experts = 0;     // --expert-cache: experts per MoE layer held in RAM (0: none)
-  uint64_t mapped = 0;            // bytes of the weight files mapped read-only
-  uint64_t resident_weights = 0;  // weights made in memory (a random model, a bf16 rounding)
+  int64_t cached_experts = 0;        // --expert-cache: experts per MoE layer held in RAM (0: none)
+  uint64_t cached_expert_bytes = 0;  // one cached expert's bytes as stored (0: counted as fp32)
+  uint64_t mapped = 0;               // bytes of the weight files mapped read-only
+  uint64_t resident_weights = 0;     // weights made in memory (a random model, a bf16 rounding)
 };
 
 // Peak memory of the inference engine (generate, logits, bench decode) beyond its mapped
 // weights: the KV cache, the prefill's activations, the logits, the expert cache's experts
-// (counted as fp32, an upper bound) and the runtime; the mapped files are counted apart.
+// (at their stored size where the caller knows it, else as fp32, an upper bound) and the runtime;
+// the mapped files are counted apart.
 MemoryEstimate estimate_inference_memory(const ModelConfig& config, const InferenceShape& shape);
 
 // Peak memory of `moe bench layer` / `bench ep`: `copies` MoE layers of `config` (their
