@@ -58,8 +58,8 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& c) {
   eval->add_option("--chunks", c.chunks, "Perplexity: chunks evaluated at most (default: all)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   eval->add_option("--quantize", c.quantize,
-                   "Perplexity: first quantize a run or Hugging Face folder in memory to this "
-                   "type, each tensor as `moe quantize` types it (" +
+                   "Perplexity (of a run too, without --ctx): first quantize a run or Hugging Face "
+                   "folder in memory to this type, each tensor as `moe quantize` types it (" +
                        gguf_file_type_names() + "); dense blocks between MoE blocks included")
       ->needs(text);
   eval->add_flag("--json", c.json, "Print one JSON object");
@@ -255,7 +255,10 @@ int run_perplexity(const EvalCommand& c) {
 
 int run_eval(EvalCommand c) {
   const std::string& first = c.models.front();
-  if (c.models.size() == 1 && (c.ctx > 0 || is_gguf_file(first) || is_hf_checkpoint(first)))
+  require(c.quantize.empty() || c.models.size() == 1,
+          "--quantize measures one model's perplexity; give one --model");
+  if (c.models.size() == 1 &&
+      (c.ctx > 0 || !c.quantize.empty() || is_gguf_file(first) || is_hf_checkpoint(first)))
     return run_perplexity(c);
   if (c.models.size() > 1) {
     const CompareResult r = compare_runs(c.models);

@@ -312,6 +312,12 @@ def check_in_memory(work, models):
     assert r.returncode == 2 and "already typed" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
         f"FAIL: eval --quantize of a GGUF file: {r.returncode} {r.stderr}"
     print(f"refused as expected: {r.stderr.strip()}")
+    # A run without --ctx: --quantize still means the perplexity, and an unknown type is refused.
+    r = subprocess.run([MOE, "eval", "-m", tiny, "--text", text, "--quantize", "q3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--quantize 'q3' is not one of" in r.stderr and not r.stdout, \
+        f"FAIL: eval --quantize q3: {r.returncode} {r.stdout[:200]} {r.stderr}"
+    print(f"refused as expected: {r.stderr.strip()}")
     return failures
 
 
