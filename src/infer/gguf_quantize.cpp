@@ -76,10 +76,12 @@ struct PlannedTensor {
   int64_t interleaved_heads = 0;     // > 0: llama's q/k, rows interleaved per head
 };
 
-// Every tensor of `model` under its llama.cpp name; throws Error for a weight that has no place
-// in the architecture (nothing may be left behind silently).
+// Every tensor of `model` under its llama.cpp name. A weight that has no place in the
+// architecture goes to `unplaced` where one is given; without it, it is an Error (a file may
+// leave nothing behind silently).
 std::vector<PlannedTensor> plan_tensors(const OpenedModel& model, const std::string& arch,
-                                        const std::string& source) {
+                                        const std::string& source,
+                                        std::vector<std::string>* unplaced = nullptr) {
   const WeightSource& weights = *model.weights;
   const ModelConfig& c = model.config;
   std::vector<PlannedTensor> plan;
@@ -124,9 +126,12 @@ std::vector<PlannedTensor> plan_tensors(const OpenedModel& model, const std::str
   if (weights.find("lm_head.weight")) add("output.weight", {"lm_head.weight"}, -1);
   for (const std::string& name : weights.names())
     // The noisy router's noise projection only acts in training.
-    if (!used.contains(name) && !name.ends_with(".gate.noise_weight"))
-      throw Error(source + ": tensor '" + name + "' has no place in llama.cpp's " + arch +
-                  " architecture");
+    if (!used.contains(name) && !name.ends_with(".gate.noise_weight")) {
+      if (!unplaced)
+        throw Error(source + ": tensor '" + name + "' has no place in llama.cpp's " + arch +
+                    " architecture");
+      unplaced->push_back(name);
+    }
   return plan;
 }
 
@@ -410,12 +415,18 @@ GgufQuantizeSummary quantize_in_memory(OpenedModel& model, const std::string& so
   summary.architecture = architecture_of(model);
   const MixFacts facts = mix_facts(model);
   auto quantized = std::make_unique<OwnedWeights>();
-  for (const PlannedTensor& t : plan_tensors(model, summary.architecture, source)) {
+  // What no llama.cpp file holds (a sigmoid router's bias, expert-choice thresholds) stays f32.
+  std::vector<std::string> unplaced;
+  for (const PlannedTensor& t : plan_tensors(model, summary.architecture, source, &unplaced)) {
     const GgmlType chosen = tensor_type(t, type, facts);
     for (const std::string& name : t.sources) {
       ++summary.tensors_by_type[to_string(chosen)];
       summary.bytes += hold_typed(model.weights->at(name), name, chosen, *quantized);
     }
+  }
+  for (const std::string& name : unplaced) {
+    ++summary.tensors_by_type[to_string(GgmlType::F32)];
+    summary.bytes += hold_typed(model.weights->at(name), name, GgmlType::F32, *quantized);
   }
   model.model.reset();  // it views the weights replaced next
   model.weights = std::move(quantized);

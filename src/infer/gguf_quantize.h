@@ -50,7 +50,8 @@ GgufQuantizeSummary write_llama_cpp_gguf(const OpenedModel& model, const std::st
 // each tensor gets the type write_llama_cpp_gguf gives it, and is rounded exactly as it would
 // be in that file, so the engine computes what it computes on the file. Dense blocks between
 // MoE blocks, which llama.cpp's architectures cannot hold, are included (their MLPs typed as
-// llama.cpp types a dense model's). F16 tensors are kept as their fp32 values (the engine
+// llama.cpp types a dense model's), and so are routers llama.cpp cannot run (a sigmoid router's
+// bias, expert-choice thresholds: kept f32). F16 tensors are kept as their fp32 values (the engine
 // widens F16 to fp32 anyway) and counted at 2 bytes a value. Replaces model.weights and
 // model.model; returns the summary, with `bytes` the tensors' bytes as typed. Throws Error for
 // a GGUF file (already typed: `moe quantize` writes it as another type).
