@@ -268,7 +268,7 @@ def check_refusals(work, run_folder):
 
 
 def moe_eval(model, text, *extra, ctx=64):
-    r = subprocess.run([MOE, "eval", "-m", model, "--text", text, "--ctx", str(ctx), "--json", *extra],
+    r = subprocess.run([MOE, "eval", "-m", model, "--text", text, "--ctx", str(ctx), "--chunks", "2", "--json", *extra],
                        capture_output=True, text=True)
     assert r.returncode == 0, f"FAIL: moe eval -m {model} {extra}: {r.stderr}"
     return json.loads(r.stdout)
