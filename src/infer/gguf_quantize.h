@@ -53,8 +53,9 @@ GgufQuantizeSummary write_llama_cpp_gguf(const OpenedModel& model, const std::st
 // llama.cpp types a dense model's), and so are routers llama.cpp cannot run (a sigmoid router's
 // bias, expert-choice thresholds: kept f32). F16 tensors are kept as their fp32 values (the engine
 // widens F16 to fp32 anyway) and counted at 2 bytes a value. Replaces model.weights and
-// model.model; returns the summary, with `bytes` the tensors' bytes as typed. Throws Error for
-// a GGUF file (already typed: `moe quantize` writes it as another type).
+// model.model; returns the summary, with `bytes` the tensors' bytes as typed and each expert
+// counted apart in tensors_by_type (a file merges them). Throws Error for a GGUF file (already
+// typed: `moe quantize` writes it as another type).
 GgufQuantizeSummary quantize_in_memory(OpenedModel& model, const std::string& source,
                                        GgufFileType type, const InferenceOptions& options);
 

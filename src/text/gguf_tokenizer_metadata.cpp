@@ -14,6 +14,7 @@
 #include "tensor/gguf.h"
 #include "tensor/gguf_writer.h"
 #include "text/gguf_tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace moe {
 namespace {
@@ -175,26 +176,21 @@ void pad_vocabulary(std::vector<std::string>& tokens, std::vector<int32_t>& type
   }
 }
 
-// Our tokenizers (text/tokenizer.h) carry newlines and tabs as the user-defined pieces U+21B5
-// and U+21E5, swapping them for the characters before encoding. llama.cpp swaps nothing, so
-// the file names those pieces by the characters themselves: a newline then becomes the token
-// the model was trained on, not a byte. They are written as normal pieces: llama.cpp cuts the
-// text at user-defined pieces and gives each following fragment a space prefix, which the
-// run's tokenizer never did after a newline.
-void name_layout_symbols_as_characters(SentencePieceVocabulary& v) {
-  const auto user_defined = [&](std::string_view piece) {
-    const auto it = std::find(v.pieces.begin(), v.pieces.end(), piece);
-    if (it == v.pieces.end()) return std::optional<size_t>();
-    const auto at = static_cast<size_t>(it - v.pieces.begin());
-    if (v.types[at] != static_cast<int32_t>(GgufTokenType::UserDefined))
-      return std::optional<size_t>();
-    return std::optional(at);
-  };
-  const std::optional<size_t> newline = user_defined("\u21B5"), tab = user_defined("\u21E5");
-  if (!newline || !tab) return;  // Mixtral's: newlines and tabs are bytes
-  v.pieces[*newline] = "\n";
-  v.pieces[*tab] = "\t";
-  v.types[*newline] = v.types[*tab] = static_cast<int32_t>(GgufTokenType::Normal);
+// Where the model's Tokenizer carries newlines and tabs as its own pieces (text/tokenizer.h),
+// swapping them for the characters before encoding, the file names those pieces by the
+// characters themselves, since llama.cpp swaps nothing: a newline then becomes the token the
+// model was trained on, not a byte. They are written as normal pieces: llama.cpp cuts the text
+// at user-defined pieces and gives each following fragment a space prefix, which the model's
+// tokenizer never did after a newline.
+void name_layout_symbols_as_characters(const std::string& path, SentencePieceVocabulary& v) {
+  if (!Tokenizer(path).maps_layout_symbols()) return;  // Mixtral's: newlines and tabs are bytes
+  for (const auto& [symbol, character] :
+       {std::pair{kNewlineSymbol, "\n"}, std::pair{kTabSymbol, "\t"}}) {
+    const auto at =
+        static_cast<size_t>(std::find(v.pieces.begin(), v.pieces.end(), symbol) - v.pieces.begin());
+    v.pieces.at(at) = character;
+    v.types.at(at) = static_cast<int32_t>(GgufTokenType::Normal);
+  }
 }
 
 void add_sentencepiece(const std::string& path, TokenizerFolderKind kind,
@@ -207,7 +203,7 @@ void add_sentencepiece(const std::string& path, TokenizerFolderKind kind,
           path +
               ": a sentencepiece model that is not BPE; llama.cpp's 'llama' vocabulary "
               "merges pieces as BPE does");
-  name_layout_symbols_as_characters(v);
+  name_layout_symbols_as_characters(path, v);
   pad_vocabulary(v.pieces, v.types, vocab_size, path);
   v.scores.resize(v.pieces.size(), -1000.0f);  // the padding, never chosen
   out.set("tokenizer.ggml.model", gguf_scalar<std::string>("llama"));

@@ -16,9 +16,6 @@
 namespace moe {
 namespace {
 
-constexpr std::string_view kNewline = "\u21B5";  // ↵
-constexpr std::string_view kTab = "\u21E5";      // ⇥
-
 std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
   std::string out;
   out.reserve(text.size());
@@ -34,7 +31,7 @@ std::string replace_all(std::string_view text, std::string_view from, std::strin
 }
 
 std::string to_model_text(std::string_view text) {
-  return replace_all(replace_all(text, "\n", kNewline), "\t", kTab);
+  return replace_all(replace_all(text, "\n", kNewlineSymbol), "\t", kTabSymbol);
 }
 
 // Training sentences: each document cut into pieces of at most max_bytes at line ends.
@@ -145,7 +142,7 @@ void Tokenizer::train(std::span<const std::string> texts, const TokenizerTrainOp
       {"remove_extra_whitespaces", "false"},  // indentation is content in code
       {"allow_whitespace_only_pieces", "true"},
       {"split_digits", "true"},
-      {"user_defined_symbols", std::string(kNewline) + "," + std::string(kTab)},
+      {"user_defined_symbols", std::string(kNewlineSymbol) + "," + std::string(kTabSymbol)},
       {"max_sentence_length", std::to_string(4 * o.max_chunk_bytes)},
       {"input_sentence_size", "0"},
       {"shuffle_input_sentence", "false"},
@@ -189,7 +186,7 @@ Tokenizer::Tokenizer(const std::string& model_path)
     return id != sp_->unk_id() && !sp_->IsByte(id) && !sp_->IsControl(id) &&
            sp_->GetScore(id) == 0.0f;
   };
-  layout_symbols_ = user_defined(kNewline) && user_defined(kTab);
+  layout_symbols_ = user_defined(kNewlineSymbol) && user_defined(kTabSymbol);
 }
 
 Tokenizer::~Tokenizer() = default;
@@ -214,7 +211,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
   if (!status.ok())
     throw Error("tokenizer: decode failed: " + status_text(status, "no reason given"));
   if (!layout_symbols_) return text;
-  return replace_all(replace_all(text, kNewline, "\n"), kTab, "\t");
+  return replace_all(replace_all(text, kNewlineSymbol, "\n"), kTabSymbol, "\t");
 }
 
 int32_t Tokenizer::vocab_size() const {

@@ -28,6 +28,10 @@ struct TokenizerTrainOptions {
   int64_t max_text_bytes = 8'000'000;
 };
 
+// The pieces our tokenizers carry newlines and tabs as (user-defined symbols).
+inline constexpr std::string_view kNewlineSymbol = "\u21B5";  // ↵
+inline constexpr std::string_view kTabSymbol = "\u21E5";      // ⇥
+
 // Tokenizer::train's error when the texts hold too few distinct pieces for the vocabulary.
 class VocabularyTooLarge : public Error {
  public:
